@@ -1,0 +1,100 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/*
+ * Maps of the NAT. Every map is pinned by name, so a restarted agent finds
+ * the live tables and translation never stops. Sizes that depend on the
+ * configuration are set by the loader before load; the numbers here are
+ * placeholders the loader always overrides.
+ */
+#ifndef BLOCKNAT_MAPS_H
+#define BLOCKNAT_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "types.h"
+
+/* inside_prefixes: key lpm_v4_key (inside prefix), value inside_prefix. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 256);
+	__type(key, struct lpm_v4_key);
+	__type(value, struct inside_prefix);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} inside_prefixes SEC(".maps");
+
+/* pool_addrs: key u32 pool index, value __be32 public address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __be32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pool_addrs SEC(".maps");
+
+/* pool_index: key __be32 public address, value u32 pool index. Tells the
+ * outside program in one lookup whether a packet is ours. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __be32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pool_index SEC(".maps");
+
+/* subscribers: key u32 subscriber number, value subscriber_state. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct subscriber_state);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} subscribers SEC(".maps");
+
+/*
+ * flows_fwd: key flow_key (inside addr, port, proto), value flow_fwd.
+ * flows_rev: key flow_key (public addr, port, proto), value flow_rev.
+ * Plain hashes, not LRU: an existing mapping must never be evicted to make
+ * room (RFC 6888 REQ-11); the agent's sweeper expires idle ones.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct flow_key);
+	__type(value, struct flow_fwd);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} flows_fwd SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct flow_key);
+	__type(value, struct flow_rev);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} flows_rev SEC(".maps");
+
+/* iface_roles: key u32 ifindex, value u32 enum iface_role. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} iface_roles SEC(".maps");
+
+/* tx_ports: key u32 ifindex, value u32 ifindex: redirect targets. */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tx_ports SEC(".maps");
+
+/* block_events: ring buffer of struct block_event, nothing else. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} block_events SEC(".maps");
+
+#endif

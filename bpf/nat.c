@@ -1,0 +1,518 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+/*
+ * blocknat data plane: deterministic port-block NAT (RFC 7422) in XDP.
+ *
+ * xdp_inside runs on the subscriber-facing interfaces and translates the
+ * source of packets leaving by an outside interface; xdp_outside runs on the
+ * internet-facing interfaces and translates the destination of packets to a
+ * pool address back to the subscriber. Anything that is not the NAT's
+ * business goes to the kernel with XDP_PASS. A packet is translated
+ * correctly, passed, or dropped with a counter: never aborted.
+ *
+ * The only thing reported to user space is that a subscriber's block became
+ * active. Destinations never leave this file.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/icmp.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "types.h"
+#include "csum.h"
+#include "parse.h"
+#include "stats.h"
+#include "maps.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* BTF anchors: bpf2go emits Go twins only for types in the object's BTF, and
+ * these two are otherwise used only through pointers and constants. */
+const struct block_event *unused_block_event __attribute__((unused));
+const enum stat_index *unused_stat_index __attribute__((unused));
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#define IP_MF 0x2000
+#define IP_DF 0x4000
+#define IP_OFFSET 0x1fff
+#define EEXIST 17
+
+/*
+ * The mapping's fixed parameters. They change only with a new epoch, which
+ * loads a new program, so they are constants the verifier can see. The
+ * loader sets every one; the defaults only make the object loadable alone.
+ */
+volatile const __u16 port_lo = 1024;
+volatile const __u16 block_size = 64;
+volatile const __u32 sharing_ratio = 1; /* subscribers per public address */
+volatile const __u32 subscriber_count = 1;
+volatile const __u32 epoch = 0;
+
+/* Bound on ports tried for a new mapping. Blocks up to this size are
+ * searched completely; larger ones are nearly empty when this runs out. */
+#define MAX_PORT_PROBES 64
+
+/* l4 is the translatable part of a packet: the port (or ICMP echo
+ * identifier) to rewrite and the checksum that covers it. */
+struct l4 {
+	__be16 *port;
+	__sum16 *check;  /* NULL when a UDP checksum is 0 and must stay 0 */
+	__u8 proto;
+	__u8 pseudo;     /* the checksum covers the IP pseudo-header */
+	__u8 udp;
+	__u8 tcp_flags;  /* TCP_FLAG_* bits of interest, in the low byte */
+};
+
+#define TF_FIN 0x01
+#define TF_SYN 0x02
+#define TF_RST 0x04
+#define TF_ACK 0x10
+
+enum l4_verdict {
+	L4_OK = 0,
+	L4_MALFORMED = -1,
+	L4_UNSUPPORTED = -2,
+};
+
+/*
+ * parse_l4 finds the field to translate. outbound selects the source port
+ * and ICMP echo requests; inbound selects the destination port and echo
+ * replies. Other ICMP types are not translated here.
+ */
+static __always_inline int parse_l4(struct cursor *c, void *data_end, __u8 proto, int outbound,
+				    struct l4 *l4)
+{
+	l4->proto = proto;
+	switch (proto) {
+	case IPPROTO_TCP: {
+		struct tcphdr *th;
+
+		if (parse_tcphdr(c, data_end, &th) < 0)
+			return L4_MALFORMED;
+		l4->port = outbound ? &th->source : &th->dest;
+		l4->check = &th->check;
+		l4->pseudo = 1;
+		l4->tcp_flags = ((__u8 *)th)[13];
+		return L4_OK;
+	}
+	case IPPROTO_UDP: {
+		struct udphdr *uh;
+
+		if (parse_udphdr(c, data_end, &uh) < 0)
+			return L4_MALFORMED;
+		l4->port = outbound ? &uh->source : &uh->dest;
+		l4->check = uh->check ? &uh->check : 0;
+		l4->pseudo = 1;
+		l4->udp = 1;
+		return L4_OK;
+	}
+	case IPPROTO_ICMP: {
+		struct icmphdr *ih;
+		int type = parse_icmphdr(c, data_end, &ih);
+
+		if (type < 0)
+			return L4_MALFORMED;
+		if (type != (outbound ? ICMP_ECHO : ICMP_ECHOREPLY))
+			return L4_UNSUPPORTED;
+		l4->port = &ih->un.echo.id;
+		l4->check = &ih->checksum;
+		return L4_OK;
+	}
+	}
+	return L4_UNSUPPORTED;
+}
+
+/*
+ * rewrite replaces one address (at *addr) and the L4 port, and fixes the IP
+ * and L4 checksums incrementally.
+ */
+static __always_inline void rewrite(struct iphdr *iph, __be32 *addr, struct l4 *l4, __be32 to_addr,
+				    __be16 to_port)
+{
+	__be32 from_addr = *addr;
+	__be16 from_port = *l4->port;
+
+	*addr = to_addr;
+	iph->check = csum_replace4(iph->check, from_addr, to_addr);
+	*l4->port = to_port;
+	if (l4->check) {
+		__sum16 c = *l4->check;
+
+		if (l4->pseudo)
+			c = csum_replace4(c, from_addr, to_addr);
+		c = csum_replace2(c, from_port, to_port);
+		if (l4->udp)
+			c = udp_csum_mangled(c);
+		*l4->check = c;
+	}
+}
+
+/* ip_decrease_ttl mirrors the kernel's: the TTL sits in the high byte of its
+ * 16-bit word, so the checksum changes by 0x0100 with an end-around carry. */
+static __always_inline void ip_decrease_ttl(struct iphdr *iph)
+{
+	__u32 check = iph->check;
+
+	check += bpf_htons(0x0100);
+	iph->check = (__sum16)(check + (check >= 0xffff));
+	iph->ttl--;
+}
+
+/*
+ * fib_lookup asks the kernel's routing table and neighbour cache where the
+ * packet goes. tot_len 0 skips the MTU check, which otherwise stops the
+ * lookup before it names the egress interface.
+ */
+static __always_inline int fib_lookup(struct xdp_md *ctx, struct iphdr *iph, __u16 tot_len,
+				      struct bpf_fib_lookup *fib)
+{
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = AF_INET;
+	fib->tos = iph->tos;
+	fib->l4_protocol = iph->protocol;
+	fib->tot_len = tot_len;
+	fib->ipv4_src = iph->saddr;
+	fib->ipv4_dst = iph->daddr;
+	fib->ifindex = ctx->ingress_ifindex;
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+}
+
+/* forward sends a translated packet on its way: straight out of the egress
+ * interface when the fib knew the neighbour, else through the kernel. */
+static __always_inline int forward(struct ethhdr *eth, struct iphdr *iph, struct bpf_fib_lookup *fib, int rc)
+{
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+		/* The kernel forwards the translated packet itself (it resolves
+		 * the neighbour, fragments, or answers with ICMP). */
+		stat_inc(STAT_PASS_FIB);
+		return XDP_PASS;
+	}
+	ip_decrease_ttl(iph);
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	/* The low bits of flags are the action when ifindex is not a
+	 * redirect target: let the kernel forward it instead. */
+	return bpf_redirect_map(&tx_ports, fib->ifindex, XDP_PASS);
+}
+
+static __always_inline __u8 tcp_state(__u8 flags)
+{
+	if (flags & (TF_FIN | TF_RST))
+		return FLOW_STATE_TCP_TRANS;
+	if (flags & TF_SYN)
+		return FLOW_STATE_TCP_TRANS;
+	return FLOW_STATE_TCP_EST;
+}
+
+/*
+ * subscriber_of maps an inside address to its subscriber number, or returns
+ * -1 if the address is in no inside prefix (a spoofed or stray source).
+ */
+static __always_inline __s64 subscriber_of(__be32 addr)
+{
+	struct lpm_v4_key key = { .prefixlen = 32, .addr = addr };
+	struct inside_prefix *p = bpf_map_lookup_elem(&inside_prefixes, &key);
+	__u32 sub;
+
+	if (!p)
+		return -1;
+	sub = p->first_subscriber + (bpf_ntohl(addr) - p->network);
+	if (sub >= subscriber_count)
+		return -1;
+	return sub;
+}
+
+/*
+ * block_activate marks a subscriber's block active and, for the first flow
+ * of an idle block only, reports it. The compare-and-swap makes exactly one
+ * CPU report a block that several CPUs touch at once.
+ */
+static __always_inline void block_activate(__u32 sub, __be32 inside, __be32 public, __u16 base, __u64 now)
+{
+	struct subscriber_state *s = bpf_map_lookup_elem(&subscribers, &sub);
+	struct block_event *e;
+
+	if (!s)
+		return;
+	if (s->last_active_ns != now)
+		s->last_active_ns = now;
+	if (s->active)
+		return;
+	if (__sync_val_compare_and_swap(&s->active, 0, 1) != 0)
+		return;
+	stat_inc(STAT_BLOCK_ACTIVATIONS);
+	e = bpf_ringbuf_reserve(&block_events, sizeof(*e), 0);
+	if (!e) {
+		/* The reconciler still finds the block: it is active above. */
+		stat_inc(STAT_RINGBUF_FULL);
+		return;
+	}
+	e->time_ns = bpf_ktime_get_ns();
+	e->subscriber = sub;
+	e->inside_addr = inside;
+	e->public_addr = public;
+	e->port_lo = base;
+	e->port_hi = base + block_size - 1;
+	e->epoch = epoch;
+	e->kind = BLOCK_EVENT_ACTIVATE;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void count_block_full(__u32 sub)
+{
+	struct subscriber_state *s = bpf_map_lookup_elem(&subscribers, &sub);
+
+	if (s)
+		__sync_fetch_and_add(&s->block_full_drops, 1);
+}
+
+/*
+ * flow_create maps (inside addr, port, proto) to a free port of the
+ * subscriber's block. The reverse entry is claimed first with BPF_NOEXIST,
+ * which is what makes a port ours; the forward entry follows, and the
+ * reverse one is rolled back if that fails. Returns the forward entry, or
+ * NULL with *drop_reason set.
+ */
+static __always_inline struct flow_fwd *flow_create(struct flow_key *fkey, __u32 sub, __u8 state, __u64 now,
+						   __u32 *drop_reason)
+{
+	__u32 pool_slot = sub / sharing_ratio;
+	__u16 base = port_lo + (sub % sharing_ratio) * block_size;
+	__u32 start = bpf_get_prandom_u32() % block_size;
+	struct flow_rev rev = { .addr = fkey->addr, .port = fkey->port, .subscriber = sub };
+	struct flow_key rkey = { .proto = fkey->proto };
+	struct flow_fwd fwd = {};
+	struct flow_fwd *found;
+	__be32 *public;
+	__u32 i;
+	long err;
+
+	public = bpf_map_lookup_elem(&pool_addrs, &pool_slot);
+	if (!public) {
+		*drop_reason = STAT_DROP_FLOW_TABLE;
+		return 0;
+	}
+	rkey.addr = *public;
+
+	for (i = 0; i < MAX_PORT_PROBES; i++) {
+		__u32 off;
+
+		if (i >= block_size)
+			break;
+		off = start + i;
+		if (off >= block_size)
+			off -= block_size;
+		rkey.port = bpf_htons(base + off);
+		err = bpf_map_update_elem(&flows_rev, &rkey, &rev, BPF_NOEXIST);
+		if (!err)
+			goto claimed;
+		if (err != -EEXIST) {
+			*drop_reason = STAT_DROP_FLOW_TABLE;
+			return 0;
+		}
+	}
+	count_block_full(sub);
+	*drop_reason = STAT_DROP_BLOCK_FULL;
+	return 0;
+
+claimed:
+	fwd.last_seen_ns = now;
+	fwd.nat_addr = rkey.addr;
+	fwd.nat_port = rkey.port;
+	fwd.state = state;
+	fwd.subscriber = sub;
+	err = bpf_map_update_elem(&flows_fwd, fkey, &fwd, BPF_NOEXIST);
+	if (err) {
+		bpf_map_delete_elem(&flows_rev, &rkey);
+		/* Another CPU mapped the same flow first: use its port. */
+		found = bpf_map_lookup_elem(&flows_fwd, fkey);
+		if (!found)
+			*drop_reason = STAT_DROP_FLOW_TABLE;
+		return found;
+	}
+	stat_inc(STAT_NEW_FLOWS);
+	block_activate(sub, fkey->addr, rkey.addr, base, now);
+	return bpf_map_lookup_elem(&flows_fwd, fkey);
+}
+
+SEC("xdp")
+int xdp_inside(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct cursor c = { .pos = data };
+	struct bpf_fib_lookup fib;
+	struct flow_key fkey = {};
+	struct flow_fwd *fwd;
+	struct ethhdr *eth;
+	struct iphdr *iph;
+	struct l4 l4 = {};
+	__u32 *role, drop_reason;
+	__u64 now;
+	__s64 sub;
+	int proto, rc;
+
+	if (parse_ethhdr(&c, data_end, &eth) != ETH_P_IP) {
+		stat_inc(STAT_PASS_NOT_IPV4);
+		return XDP_PASS;
+	}
+	proto = parse_iphdr(&c, data_end, &iph);
+	if (proto < 0) {
+		stat_inc(STAT_DROP_MALFORMED);
+		return XDP_DROP;
+	}
+	if (iph->ttl <= 1) {
+		stat_inc(STAT_PASS_TTL);
+		return XDP_PASS;
+	}
+
+	rc = fib_lookup(ctx, iph, bpf_ntohs(iph->tot_len), &fib);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		if (iph->frag_off & bpf_htons(IP_DF)) {
+			/* The kernel answers "fragmentation needed" to the
+			 * subscriber, which is only right untranslated. */
+			stat_inc(STAT_PASS_FRAG_NEEDED);
+			return XDP_PASS;
+		}
+		/* Translated below and left to the kernel to fragment. */
+		int again = fib_lookup(ctx, iph, 0, &fib);
+
+		if (again != BPF_FIB_LKUP_RET_SUCCESS && again != BPF_FIB_LKUP_RET_NO_NEIGH)
+			rc = again;
+	}
+	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED) {
+		stat_inc(STAT_PASS_LOCAL);
+		return XDP_PASS;
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH &&
+	    rc != BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		/* Unreachable, blackhole, prohibited: the kernel says so. */
+		stat_inc(STAT_PASS_FIB);
+		return XDP_PASS;
+	}
+	role = bpf_map_lookup_elem(&iface_roles, &fib.ifindex);
+	if (!role || *role != IFACE_OUTSIDE) {
+		stat_inc(STAT_PASS_NOT_NAT);
+		return XDP_PASS;
+	}
+
+	sub = subscriber_of(iph->saddr);
+	if (sub < 0) {
+		stat_inc(STAT_DROP_SPOOFED);
+		return XDP_DROP;
+	}
+	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
+		stat_inc(STAT_DROP_FRAGMENT);
+		return XDP_DROP;
+	}
+
+	switch (parse_l4(&c, data_end, proto, 1, &l4)) {
+	case L4_OK:
+		break;
+	case L4_MALFORMED:
+		stat_inc(STAT_DROP_MALFORMED);
+		return XDP_DROP;
+	default:
+		stat_inc(STAT_DROP_UNSUPPORTED);
+		return XDP_DROP;
+	}
+
+	now = bpf_ktime_get_coarse_ns();
+	fkey.addr = iph->saddr;
+	fkey.port = *l4.port;
+	fkey.proto = l4.proto;
+	fwd = bpf_map_lookup_elem(&flows_fwd, &fkey);
+	if (fwd) {
+		__u8 state = l4.proto == IPPROTO_TCP ? tcp_state(l4.tcp_flags) : FLOW_STATE_OTHER;
+
+		/* Only write when something changed: the coarse clock ticks
+		 * per jiffy, so most packets leave the cache line clean. */
+		if (fwd->last_seen_ns != now)
+			fwd->last_seen_ns = now;
+		if (fwd->state != state)
+			fwd->state = state;
+	} else {
+		__u8 state = l4.proto == IPPROTO_TCP ? tcp_state(l4.tcp_flags) : FLOW_STATE_OTHER;
+
+		fwd = flow_create(&fkey, sub, state, now, &drop_reason);
+		if (!fwd) {
+			stat_inc(drop_reason);
+			return XDP_DROP;
+		}
+	}
+
+	rewrite(iph, &iph->saddr, &l4, fwd->nat_addr, fwd->nat_port);
+	stat_inc(STAT_OUT_PACKETS);
+	stat_add(STAT_OUT_BYTES, data_end - data);
+	return forward(eth, iph, &fib, rc);
+}
+
+SEC("xdp")
+int xdp_outside(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct cursor c = { .pos = data };
+	struct bpf_fib_lookup fib;
+	struct flow_key rkey = {};
+	struct flow_rev *rev;
+	struct ethhdr *eth;
+	struct iphdr *iph;
+	struct l4 l4 = {};
+	int proto, rc;
+
+	if (parse_ethhdr(&c, data_end, &eth) != ETH_P_IP) {
+		stat_inc(STAT_PASS_NOT_IPV4);
+		return XDP_PASS;
+	}
+	proto = parse_iphdr(&c, data_end, &iph);
+	if (proto < 0) {
+		stat_inc(STAT_DROP_MALFORMED);
+		return XDP_DROP;
+	}
+	if (!bpf_map_lookup_elem(&pool_index, &iph->daddr)) {
+		stat_inc(STAT_PASS_NOT_POOL);
+		return XDP_PASS;
+	}
+	if (iph->ttl <= 1) {
+		stat_inc(STAT_PASS_TTL);
+		return XDP_PASS;
+	}
+	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
+		stat_inc(STAT_DROP_FRAGMENT);
+		return XDP_DROP;
+	}
+
+	switch (parse_l4(&c, data_end, proto, 0, &l4)) {
+	case L4_OK:
+		break;
+	case L4_MALFORMED:
+		stat_inc(STAT_DROP_MALFORMED);
+		return XDP_DROP;
+	default:
+		stat_inc(STAT_DROP_UNSUPPORTED);
+		return XDP_DROP;
+	}
+
+	rkey.addr = iph->daddr;
+	rkey.port = *l4.port;
+	rkey.proto = l4.proto;
+	rev = bpf_map_lookup_elem(&flows_rev, &rkey);
+	if (!rev) {
+		/* Unsolicited: no state is created for it. */
+		stat_inc(STAT_DROP_NO_MAPPING);
+		return XDP_DROP;
+	}
+
+	rewrite(iph, &iph->daddr, &l4, rev->addr, rev->port);
+	stat_inc(STAT_IN_PACKETS);
+	stat_add(STAT_IN_BYTES, data_end - data);
+	rc = fib_lookup(ctx, iph, bpf_ntohs(iph->tot_len), &fib);
+	return forward(eth, iph, &fib, rc);
+}

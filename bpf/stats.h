@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/*
+ * The stats enum indexes one PERCPU_ARRAY. Every verdict other than a
+ * translation has its own counter, so an operator can always tell why a
+ * packet was passed to the kernel or dropped. Go names these in
+ * loader/stats.go; keep the two in step (a test checks the count).
+ */
+#ifndef BLOCKNAT_STATS_H
+#define BLOCKNAT_STATS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+enum stat_index {
+	STAT_OUT_PACKETS = 0,    /* translated inside -> outside */
+	STAT_OUT_BYTES,
+	STAT_IN_PACKETS,         /* translated outside -> inside */
+	STAT_IN_BYTES,
+	STAT_NEW_FLOWS,          /* mappings created */
+	STAT_BLOCK_ACTIVATIONS,  /* idle blocks made active */
+	STAT_PASS_NOT_IPV4,      /* ARP, IPv6, ...: not ours */
+	STAT_PASS_LOCAL,         /* to the router itself */
+	STAT_PASS_TTL,           /* TTL <= 1: the kernel answers time exceeded */
+	STAT_PASS_FIB,           /* no route or no neighbour: the kernel decides */
+	STAT_PASS_FRAG_NEEDED,   /* over the egress MTU with DF: the kernel answers */
+	STAT_PASS_NOT_POOL,      /* outside traffic not to a pool address */
+	STAT_PASS_NOT_NAT,       /* inside traffic that does not leave by an outside interface */
+	STAT_DROP_MALFORMED,     /* truncated or inconsistent headers */
+	STAT_DROP_SPOOFED,       /* inside source outside every inside prefix */
+	STAT_DROP_NO_MAPPING,    /* inbound to an unmapped pool port */
+	STAT_DROP_BLOCK_FULL,    /* subscriber's block has no free port */
+	STAT_DROP_UNSUPPORTED,   /* protocol or ICMP type this NAT does not translate */
+	STAT_DROP_FRAGMENT,      /* IP fragment: never forwarded untranslated */
+	STAT_DROP_FLOW_TABLE,    /* flow table full or update failed */
+	STAT_RINGBUF_FULL,       /* a block event could not be reserved */
+	STAT_MAX,
+};
+
+/* stats: key u32 stat_index, value u64 per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} stats SEC(".maps");
+
+static __always_inline void stat_add(__u32 idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+
+	/* Per-CPU: no other writer, so no atomic is needed. */
+	if (v)
+		*v += n;
+}
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	stat_add(idx, 1);
+}
+
+#endif

@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/*
+ * Types shared between the XDP program and Go. bpf2go emits the Go twins of
+ * every struct named with -type, so the layouts below are the single source of
+ * truth: fixed-width fields only, explicit padding, and a size assertion each.
+ */
+#ifndef BLOCKNAT_TYPES_H
+#define BLOCKNAT_TYPES_H
+
+#include <linux/types.h>
+
+/* Kinds of block event. Only activation is reported by the kernel; releases
+ * are decided by the agent's sweeper and never cross the ring buffer. */
+enum block_event_kind {
+	BLOCK_EVENT_ACTIVATE = 1,
+};
+
+/*
+ * block_event is the only thing the data plane ever reports. It names a
+ * subscriber's port block and nothing about destinations or flows.
+ * time_ns is CLOCK_MONOTONIC (coarse); the agent converts it to wall time.
+ */
+struct block_event {
+	__u64 time_ns;
+	__u32 subscriber;
+	__be32 inside_addr;
+	__be32 public_addr;
+	__u16 port_lo;
+	__u16 port_hi;
+	__u32 epoch;
+	__u32 kind;
+};
+_Static_assert(sizeof(struct block_event) == 32, "block_event layout");
+
+/* flow_key names one endpoint-independent mapping side. For the forward table
+ * it is (inside address, inside port); for the reverse table it is (public
+ * address, public port). For ICMP echo the port is the identifier. */
+struct flow_key {
+	__be32 addr;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+_Static_assert(sizeof(struct flow_key) == 8, "flow_key layout");
+
+/* flow_fwd is the forward entry: where a subscriber's (addr, port) is mapped. */
+struct flow_fwd {
+	__u64 last_seen_ns; /* CLOCK_MONOTONIC_COARSE of the last outbound packet */
+	__be32 nat_addr;
+	__be16 nat_port;
+	__u8 state;         /* enum flow_state, for the sweeper's timeouts */
+	__u8 pad;
+	__u32 subscriber;
+	__u32 pad2;
+};
+_Static_assert(sizeof(struct flow_fwd) == 24, "flow_fwd layout");
+
+/* flow_rev is the reverse entry written with the forward one, all or nothing. */
+struct flow_rev {
+	__be32 addr;        /* inside address */
+	__be16 port;        /* inside port or ICMP identifier */
+	__u16 pad;
+	__u32 subscriber;
+};
+_Static_assert(sizeof(struct flow_rev) == 12, "flow_rev layout");
+
+enum flow_state {
+	FLOW_STATE_OTHER = 0,    /* UDP and ICMP: one timeout each */
+	FLOW_STATE_TCP_TRANS = 1, /* SYN only, or FIN/RST seen */
+	FLOW_STATE_TCP_EST = 2,
+};
+
+/* subscriber_state is indexed by subscriber number (configuration order). */
+struct subscriber_state {
+	__u64 last_active_ns;   /* coarse monotonic time a flow was last created */
+	__u64 block_full_drops; /* new flows refused because the block was full */
+	__u32 active;           /* 1 while the block is active; the agent resets it */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct subscriber_state) == 24, "subscriber_state layout");
+
+/* inside_prefix is the value of the inside LPM trie: a prefix's first
+ * subscriber number and its network address in host order, so the
+ * subscriber number of an address is first + (addr - network). */
+struct inside_prefix {
+	__u32 first_subscriber;
+	__u32 network;
+};
+_Static_assert(sizeof(struct inside_prefix) == 8, "inside_prefix layout");
+
+struct lpm_v4_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+_Static_assert(sizeof(struct lpm_v4_key) == 8, "lpm_v4_key layout");
+
+/* Interface roles, the value of the iface_roles map. */
+enum iface_role {
+	IFACE_INSIDE = 1,
+	IFACE_OUTSIDE = 2,
+};
+
+#endif

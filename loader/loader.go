@@ -1,0 +1,401 @@
+// Package loader loads blocknat's XDP programs with a mapping configuration,
+// attaches them to the router's interfaces, pins programs, links and maps in
+// bpffs so translation outlives the agent, and gives typed access to the maps.
+package loader
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/blocknat/blocknat/userspace/mapping"
+)
+
+// Go names for the types shared with the C program (bpf/types.h).
+type (
+	BlockEvent      = natBlockEvent
+	FlowKey         = natFlowKey
+	FlowFwd         = natFlowFwd
+	FlowRev         = natFlowRev
+	SubscriberState = natSubscriberState
+)
+
+// Block event kinds (enum block_event_kind).
+const BlockEventActivate = 1
+
+// Flow states (enum flow_state), used by the sweeper to pick a timeout.
+const (
+	FlowStateOther    = 0
+	FlowStateTCPTrans = 1
+	FlowStateTCPEst   = 2
+)
+
+// Role says which side of the NAT an interface is on.
+type Role uint32
+
+const (
+	RoleInside  Role = 1 // enum iface_role IFACE_INSIDE
+	RoleOutside Role = 2 // IFACE_OUTSIDE
+)
+
+func (r Role) String() string {
+	switch r {
+	case RoleInside:
+		return "inside"
+	case RoleOutside:
+		return "outside"
+	}
+	return fmt.Sprintf("role(%d)", uint32(r))
+}
+
+// Mode is how a program is attached: in the driver, or in the generic
+// (skb) path for drivers without XDP support.
+type Mode int
+
+const (
+	ModeNative Mode = iota
+	ModeGeneric
+)
+
+// ParseMode accepts the config's spelling.
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "", "native":
+		return ModeNative, nil
+	case "generic":
+		return ModeGeneric, nil
+	}
+	return 0, fmt.Errorf("xdp_mode %q: want native or generic", s)
+}
+
+// Params is everything the data plane needs to know about a configuration.
+type Params struct {
+	Mapping  *mapping.Mapping
+	Epoch    uint32
+	MaxFlows uint32 // capacity of each flow table
+}
+
+func (p Params) check() error {
+	m := p.Mapping
+	switch {
+	case m == nil:
+		return errors.New("no mapping")
+	case m.Subscribers == 0:
+		return errors.New("inside.prefixes: no subscribers")
+	case len(m.Pool) == 0:
+		return errors.New("outside.pool: no addresses")
+	case m.Ratio == 0:
+		return errors.New("mapping: sharing ratio 0")
+	case m.BlockSize == 0:
+		return errors.New("ports.block_size: 0 ports per block")
+	case uint64(m.PortLo)+uint64(m.Ratio)*uint64(m.BlockSize)-1 > 65535:
+		return errors.New("ports.range: blocks run past port 65535")
+	case p.MaxFlows == 0:
+		return errors.New("max_flows: 0")
+	}
+	return nil
+}
+
+// Directory layout under the pin directory.
+const (
+	mapsDir  = "maps"
+	progsDir = "progs"
+	linksDir = "links"
+)
+
+// NAT is a loaded data plane.
+type NAT struct {
+	objs   natObjects
+	pinDir string // "" when nothing is pinned (tests)
+	params Params
+	links  map[string]link.Link
+}
+
+// ErrConfigChanged reports pinned maps left by a configuration whose table
+// sizes differ from this one. Reusing them would misread their contents.
+var ErrConfigChanged = errors.New("pinned maps belong to a different configuration")
+
+// Load checks the parameters, loads the programs and maps into the kernel,
+// and fills the configuration maps. When pinDir is not empty, maps already
+// pinned there are reused (so live flows survive an agent restart) and new
+// ones are pinned.
+func Load(p Params, pinDir string) (*NAT, error) {
+	if err := p.check(); err != nil {
+		return nil, err
+	}
+	spec, err := loadNat()
+	if err != nil {
+		return nil, fmt.Errorf("read nat object: %w", err)
+	}
+	m := p.Mapping
+	vars := map[string]any{
+		"port_lo":          m.PortLo,
+		"block_size":       m.BlockSize,
+		"sharing_ratio":    m.Ratio,
+		"subscriber_count": m.Subscribers,
+		"epoch":            p.Epoch,
+	}
+	for name, v := range vars {
+		vs, ok := spec.Variables[name]
+		if !ok {
+			return nil, fmt.Errorf("nat object has no variable %s", name)
+		}
+		if err := vs.Set(v); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	sizes := map[string]uint32{
+		"inside_prefixes": uint32(len(m.Prefixes)),
+		"pool_addrs":      uint32(len(m.Pool)),
+		"pool_index":      uint32(len(m.Pool)),
+		"subscribers":     m.Subscribers,
+		"flows_fwd":       p.MaxFlows,
+		"flows_rev":       p.MaxFlows,
+	}
+	for name, n := range sizes {
+		spec.Maps[name].MaxEntries = n
+	}
+
+	opts := &ebpf.CollectionOptions{}
+	if pinDir != "" {
+		if err := EnsureBPFFS(pinDir); err != nil {
+			return nil, err
+		}
+		for _, d := range []string{mapsDir, progsDir, linksDir} {
+			if err := os.MkdirAll(filepath.Join(pinDir, d), 0o700); err != nil {
+				return nil, fmt.Errorf("create pin directory: %w", err)
+			}
+		}
+		opts.Maps.PinPath = filepath.Join(pinDir, mapsDir)
+	} else {
+		// Unpinned (tests, benchmarks): private maps nobody else can see.
+		for _, ms := range spec.Maps {
+			ms.Pinning = ebpf.PinNone
+		}
+	}
+
+	n := &NAT{pinDir: pinDir, params: p, links: map[string]link.Link{}}
+	if err := spec.LoadAndAssign(&n.objs, opts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			// %+v prints the whole verifier log, which is what anyone
+			// debugging a rejected program needs.
+			return nil, fmt.Errorf("load nat programs: %+v", ve)
+		}
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("load nat maps from %s: %w (%w); run 'blocknatd detach' to start afresh, which drops live mappings",
+				opts.Maps.PinPath, ErrConfigChanged, err)
+		}
+		return nil, fmt.Errorf("load nat objects: %w", err)
+	}
+	if err := n.fillConfigMaps(); err != nil {
+		n.Close()
+		return nil, err
+	}
+	if pinDir != "" {
+		if err := n.pinPrograms(); err != nil {
+			n.Close()
+			return nil, err
+		}
+	}
+	return n, nil
+}
+
+func (n *NAT) fillConfigMaps() error {
+	m := n.params.Mapping
+	var first uint32
+	for i, pfx := range m.Prefixes {
+		key := natLpmV4Key{Prefixlen: uint32(pfx.Bits()), Addr: be32(pfx.Addr())}
+		val := natInsidePrefix{FirstSubscriber: first, Network: binary.BigEndian.Uint32(pfx.Addr().AsSlice())}
+		if err := n.objs.InsidePrefixes.Update(&key, &val, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("inside.prefixes[%d] %s: write to map: %w", i, pfx, err)
+		}
+		first += uint32(1) << (32 - pfx.Bits())
+	}
+	for i, a := range m.Pool {
+		idx, addr := uint32(i), be32(a)
+		if err := n.objs.PoolAddrs.Update(&idx, &addr, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("outside.pool address %s: write to map: %w", a, err)
+		}
+		if err := n.objs.PoolIndex.Update(&addr, &idx, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("outside.pool address %s: write to map: %w", a, err)
+		}
+	}
+	return nil
+}
+
+func (n *NAT) pinPrograms() error {
+	for name, prog := range map[string]*ebpf.Program{"xdp_inside": n.objs.XdpInside, "xdp_outside": n.objs.XdpOutside} {
+		path := filepath.Join(n.pinDir, progsDir, name)
+		// The previous agent's program stays attached through its link
+		// until Attach swaps it; only the pin name moves on.
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("unpin old %s: %w", name, err)
+		}
+		if err := prog.Pin(path); err != nil {
+			return fmt.Errorf("pin %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Attach attaches the program for role to the named interface, or, when a
+// link pinned by an earlier run still holds it, swaps the new program into
+// that link so traffic never sees the interface without a program.
+func (n *NAT) Attach(iface string, role Role, mode Mode) error {
+	ifc, err := net.InterfaceByName(iface)
+	if err != nil {
+		return fmt.Errorf("%s interface %s: %w", role, iface, err)
+	}
+	prog := n.objs.XdpInside
+	if role == RoleOutside {
+		prog = n.objs.XdpOutside
+	}
+	if err := n.register(ifc.Index, role); err != nil {
+		return fmt.Errorf("%s interface %s: %w", role, iface, err)
+	}
+
+	pinPath := ""
+	if n.pinDir != "" {
+		pinPath = filepath.Join(n.pinDir, linksDir, iface)
+		if l, err := link.LoadPinnedLink(pinPath, nil); err == nil {
+			info, infoErr := l.Info()
+			if infoErr == nil && info.XDP() != nil && int(info.XDP().Ifindex) == ifc.Index {
+				if err := l.Update(prog); err != nil {
+					l.Close()
+					return fmt.Errorf("replace program on %s interface %s: %w", role, iface, err)
+				}
+				n.links[iface] = l
+				return nil
+			}
+			// A stale pin: its interface is gone or was recreated.
+			l.Unpin()
+			l.Close()
+		}
+	}
+
+	flags := link.XDPDriverMode
+	if mode == ModeGeneric {
+		flags = link.XDPGenericMode
+	}
+	l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index, Flags: flags})
+	if err != nil {
+		return fmt.Errorf("attach xdp to %s interface %s (%s mode): %w", role, iface, modeName(mode), err)
+	}
+	if pinPath != "" {
+		if err := l.Pin(pinPath); err != nil {
+			l.Close()
+			return fmt.Errorf("pin xdp link of %s: %w", iface, err)
+		}
+	}
+	n.links[iface] = l
+	return nil
+}
+
+func modeName(m Mode) string {
+	if m == ModeGeneric {
+		return "generic"
+	}
+	return "native"
+}
+
+// register tells the programs an interface's role and makes it a redirect
+// target, so packets routed out of it can leave straight from XDP.
+func (n *NAT) register(ifindex int, role Role) error {
+	idx, r := uint32(ifindex), uint32(role)
+	if err := n.objs.IfaceRoles.Update(&idx, &r, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write iface_roles: %w", err)
+	}
+	if err := n.objs.TxPorts.Update(&idx, &idx, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write tx_ports: %w", err)
+	}
+	return nil
+}
+
+// Close releases this process's handles. Pinned links keep the programs
+// attached, so translation continues; use Detach to stop it.
+func (n *NAT) Close() error {
+	var errs []error
+	for _, l := range n.links {
+		errs = append(errs, l.Close())
+	}
+	n.links = nil
+	errs = append(errs, n.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Detach removes everything blocknat pinned under pinDir: the links (which
+// detaches the programs), the programs and the maps, so the kernel frees
+// them once no process holds them.
+func Detach(pinDir string) error {
+	if _, err := os.Stat(pinDir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	linkPins, _ := filepath.Glob(filepath.Join(pinDir, linksDir, "*"))
+	var errs []error
+	for _, p := range linkPins {
+		l, err := link.LoadPinnedLink(p, nil)
+		if err != nil {
+			// Not a link we can open: removing the pin still drops it.
+			errs = append(errs, removeIfExists(p))
+			continue
+		}
+		errs = append(errs, l.Unpin(), l.Close())
+	}
+	if err := os.RemoveAll(pinDir); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", pinDir, err))
+	}
+	return errors.Join(errs...)
+}
+
+func removeIfExists(p string) error {
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Params returns the parameters the data plane was loaded with.
+func (n *NAT) Params() Params { return n.params }
+
+// Events is the ring buffer of block events.
+func (n *NAT) Events() *ebpf.Map { return n.objs.BlockEvents }
+
+// SubscribersMap is indexed by subscriber number (struct subscriber_state).
+func (n *NAT) SubscribersMap() *ebpf.Map { return n.objs.Subscribers }
+
+// FlowsFwd and FlowsRev are the two sides of every mapping.
+func (n *NAT) FlowsFwd() *ebpf.Map { return n.objs.FlowsFwd }
+func (n *NAT) FlowsRev() *ebpf.Map { return n.objs.FlowsRev }
+
+// InsideProgram and OutsideProgram are the loaded XDP programs.
+func (n *NAT) InsideProgram() *ebpf.Program  { return n.objs.XdpInside }
+func (n *NAT) OutsideProgram() *ebpf.Program { return n.objs.XdpOutside }
+
+func be32(a netip.Addr) uint32 {
+	b := a.As4()
+	// The program compares raw packet bytes; the map must hold them in
+	// the same order, which a native-endian load of the bytes gives.
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+// AddrFromBE32 turns a network-order address read from a map into netip.
+func AddrFromBE32(v uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+// PortFromBE16 turns a network-order port read from a map into host order.
+func PortFromBE16(v uint16) uint16 {
+	var b [2]byte
+	binary.NativeEndian.PutUint16(b[:], v)
+	return binary.BigEndian.Uint16(b[:])
+}

@@ -1,0 +1,331 @@
+// Package config reads and validates the blocknat YAML configuration.
+//
+// Decoding is strict: an unknown or misspelt field is an error, because a
+// NAT that silently ignores a setting can map subscribers differently from
+// what the operator wrote, and the mapping is what later answers "who was
+// it?". Every error names the field at fault, as written in the file
+// (inside.prefixes[1], ports.range), so an operator can fix it without
+// reading code.
+package config
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"unicode"
+
+	"github.com/goccy/go-yaml"
+	"github.com/goccy/go-yaml/ast"
+	"github.com/goccy/go-yaml/parser"
+
+	"github.com/blocknat/blocknat/userspace/mapping"
+)
+
+// Default is the demo topology's configuration, embedded so the demo and
+// the tests run without a file on disk.
+//
+//go:embed default.yaml
+var Default []byte
+
+// Defaults of the optional fields.
+const (
+	DefaultPortRange = "1024-65535"
+	DefaultXDPMode   = XDPModeNative
+	DefaultStateDir  = "/var/lib/blocknat"
+	DefaultBPFFSDir  = "/sys/fs/bpf/blocknat"
+	DefaultMaxFlows  = 262144
+)
+
+// XDP attach modes accepted in xdp_mode.
+const (
+	XDPModeNative  = "native"
+	XDPModeGeneric = "generic"
+)
+
+// Bounds of max_flows: below MinFlows a busy router runs out of mappings at
+// once; MaxFlows keeps the kernel tables allocatable.
+const (
+	MinFlows = 1024
+	MaxFlows = 1 << 24
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	Inside   Inside  `yaml:"inside"`
+	Outside  Outside `yaml:"outside"`
+	Ports    Ports   `yaml:"ports"`
+	XDPMode  string  `yaml:"xdp_mode"`
+	StateDir string  `yaml:"state_dir"`
+	BPFFSDir string  `yaml:"bpffs_dir"`
+	MaxFlows uint32  `yaml:"max_flows"`
+}
+
+// Inside is the subscriber side.
+type Inside struct {
+	Interfaces []string `yaml:"interfaces"`
+	Prefixes   []string `yaml:"prefixes"`
+}
+
+// Outside is the internet side.
+type Outside struct {
+	Interfaces []string `yaml:"interfaces"`
+	Pool       []string `yaml:"pool"`
+}
+
+// Ports is the port range cut into blocks.
+type Ports struct {
+	Range     string `yaml:"range"`
+	BlockSize uint16 `yaml:"block_size"` // 0: derived from the sharing ratio
+}
+
+// withDefaults returns a Config holding the default of every optional
+// field. Decoding into it leaves absent fields at their default, while a
+// field written explicitly, even as empty, is validated as written.
+func withDefaults() *Config {
+	return &Config{
+		Ports:    Ports{Range: DefaultPortRange},
+		XDPMode:  DefaultXDPMode,
+		StateDir: DefaultStateDir,
+		BPFFSDir: DefaultBPFFSDir,
+		MaxFlows: DefaultMaxFlows,
+	}
+}
+
+// Parse decodes a configuration strictly, applies defaults and validates it.
+func Parse(data []byte) (*Config, error) {
+	file, err := parser.ParseBytes(data, 0)
+	if err != nil {
+		return nil, fmt.Errorf("parse config: %s", describeYAMLError(err, nil))
+	}
+	var body ast.Node
+	documents := 0
+	for _, doc := range file.Docs {
+		if doc.Body == nil {
+			continue
+		}
+		documents++
+		body = doc.Body
+	}
+	if documents > 1 {
+		return nil, errors.New("parse config: the file holds more than one YAML document")
+	}
+	if body == nil || body.Type() == ast.NullType {
+		return nil, errors.New("parse config: the file is empty; at least inside and outside are required")
+	}
+
+	c := withDefaults()
+	if err := yaml.NodeToValue(body, c, yaml.Strict()); err != nil {
+		return nil, fmt.Errorf("parse config: %s", describeYAMLError(err, body))
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	return c, nil
+}
+
+// Load reads and parses the configuration file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load config %s: %w", path, err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("load config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// describeYAMLError turns a go-yaml error into one line with its position
+// and, when the node is found in body, the field path ("inside.bogus");
+// the library's own rendering spans several lines and names Go types.
+func describeYAMLError(err error, body ast.Node) string {
+	var yerr yaml.Error
+	if !errors.As(err, &yerr) || yerr.GetToken() == nil {
+		return err.Error()
+	}
+	pos := yerr.GetToken().Position
+	msg := fmt.Sprintf("%s (line %d, column %d)", yerr.GetMessage(), pos.Line, pos.Column)
+	if body != nil {
+		if field := fieldAt(body, pos.Line, pos.Column); field != "" {
+			msg = field + ": " + msg
+		}
+	}
+	return msg
+}
+
+// fieldAt returns the dotted path of the first node at line:column.
+func fieldAt(body ast.Node, line, column int) string {
+	finder := &nodeFinder{line: line, column: column}
+	ast.Walk(finder, body)
+	return strings.TrimPrefix(strings.TrimPrefix(finder.path, "$"), ".")
+}
+
+type nodeFinder struct {
+	line, column int
+	path         string
+}
+
+func (f *nodeFinder) Visit(n ast.Node) ast.Visitor {
+	if n == nil || f.path != "" {
+		return nil
+	}
+	if tk := n.GetToken(); tk != nil && tk.Position.Line == f.line && tk.Position.Column == f.column {
+		f.path = n.GetPath()
+		return nil
+	}
+	return f
+}
+
+// Validate reports every problem found, joined, each naming its field.
+func (c *Config) Validate() error {
+	var errs []error
+	errs = append(errs, validateInterfaces(c.Inside.Interfaces, c.Outside.Interfaces)...)
+
+	_, prefixErrs := parsePrefixes("inside.prefixes", c.Inside.Prefixes)
+	_, poolErrs := parsePrefixes("outside.pool", c.Outside.Pool)
+	_, _, rangeErr := c.PortRange()
+	errs = append(errs, prefixErrs...)
+	errs = append(errs, poolErrs...)
+	if rangeErr != nil {
+		errs = append(errs, rangeErr)
+	}
+	// The mapping's own checks (overlaps, sharing ratio, block size) only
+	// make sense once its inputs parse; otherwise they would repeat the
+	// errors above in other words.
+	if len(prefixErrs) == 0 && len(poolErrs) == 0 && rangeErr == nil {
+		if _, err := c.Mapping(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+
+	if c.XDPMode != XDPModeNative && c.XDPMode != XDPModeGeneric {
+		errs = append(errs, fmt.Errorf("xdp_mode: %q is not %q or %q", c.XDPMode, XDPModeNative, XDPModeGeneric))
+	}
+	for _, dir := range []struct{ field, path string }{{"state_dir", c.StateDir}, {"bpffs_dir", c.BPFFSDir}} {
+		if !filepath.IsAbs(dir.path) {
+			errs = append(errs, fmt.Errorf("%s: %q is not an absolute path", dir.field, dir.path))
+		}
+	}
+	if c.MaxFlows < MinFlows || c.MaxFlows > MaxFlows {
+		errs = append(errs, fmt.Errorf("max_flows: %d is not between %d and %d", c.MaxFlows, MinFlows, MaxFlows))
+	}
+	return errors.Join(errs...)
+}
+
+// validateInterfaces checks names and that no interface is listed twice,
+// in one list or across both: an interface on both sides would translate
+// its own traffic.
+func validateInterfaces(inside, outside []string) []error {
+	var errs []error
+	if len(inside) == 0 {
+		errs = append(errs, errors.New("inside.interfaces: at least one interface is required"))
+	}
+	if len(outside) == 0 {
+		errs = append(errs, errors.New("outside.interfaces: at least one interface is required"))
+	}
+	seen := make(map[string]string) // name -> field where it was first listed
+	for _, list := range []struct {
+		field string
+		names []string
+	}{{"inside.interfaces", inside}, {"outside.interfaces", outside}} {
+		for k, name := range list.names {
+			field := fmt.Sprintf("%s[%d]", list.field, k)
+			if err := checkInterfaceName(name); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", field, err))
+				continue
+			}
+			if first, dup := seen[name]; dup {
+				errs = append(errs, fmt.Errorf("%s: %s is already listed as %s", field, name, first))
+				continue
+			}
+			seen[name] = field
+		}
+	}
+	return errs
+}
+
+// checkInterfaceName applies the kernel's rules (dev_valid_name): at most
+// IFNAMSIZ-1 = 15 bytes, not "." or "..", no '/', ':' or whitespace.
+func checkInterfaceName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("empty interface name")
+	case len(name) > 15:
+		return fmt.Errorf("interface name %q is longer than 15 bytes", name)
+	case name == "." || name == "..":
+		return fmt.Errorf("%q is not a valid interface name", name)
+	case strings.ContainsFunc(name, func(r rune) bool { return r == '/' || r == ':' || r == 0 || unicode.IsSpace(r) }):
+		return fmt.Errorf("interface name %q contains '/', ':' or whitespace", name)
+	}
+	return nil
+}
+
+// parsePrefixes parses IPv4 prefixes; a bare address means a /32. Host bits
+// are refused rather than masked: 100.64.0.1/24 is more likely a typo than
+// a wish for 100.64.0.0/24, and the mapping depends on the exact set.
+func parsePrefixes(field string, entries []string) ([]netip.Prefix, []error) {
+	var errs []error
+	if len(entries) == 0 {
+		return nil, []error{fmt.Errorf("%s: at least one entry is required", field)}
+	}
+	out := make([]netip.Prefix, 0, len(entries))
+	for k, entry := range entries {
+		var p netip.Prefix
+		var err error
+		if strings.Contains(entry, "/") {
+			p, err = netip.ParsePrefix(entry)
+		} else {
+			var a netip.Addr
+			a, err = netip.ParseAddr(entry)
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s[%d]: %q is not an IPv4 prefix or address: %w", field, k, entry, err))
+		case !p.Addr().Is4():
+			errs = append(errs, fmt.Errorf("%s[%d]: %q is not IPv4", field, k, entry))
+		case p != p.Masked():
+			errs = append(errs, fmt.Errorf("%s[%d]: %q has host bits set (the prefix is %s)", field, k, entry, p.Masked()))
+		default:
+			out = append(out, p)
+		}
+	}
+	return out, errs
+}
+
+// PortRange parses ports.range, "lo-hi" with 1 <= lo <= hi <= 65535.
+func (c *Config) PortRange() (lo, hi uint16, err error) {
+	loText, hiText, ok := strings.Cut(c.Ports.Range, "-")
+	if !ok {
+		return 0, 0, fmt.Errorf("ports.range: %q is not of the form lo-hi", c.Ports.Range)
+	}
+	l, errLo := strconv.ParseUint(strings.TrimSpace(loText), 10, 16)
+	h, errHi := strconv.ParseUint(strings.TrimSpace(hiText), 10, 16)
+	if errLo != nil || errHi != nil {
+		return 0, 0, fmt.Errorf("ports.range: %q is not of the form lo-hi with ports 1-65535", c.Ports.Range)
+	}
+	if l < 1 {
+		return 0, 0, fmt.Errorf("ports.range: %q starts at port 0, which cannot be used", c.Ports.Range)
+	}
+	if l > h {
+		return 0, 0, fmt.Errorf("ports.range: %q starts above its end", c.Ports.Range)
+	}
+	return uint16(l), uint16(h), nil
+}
+
+// Mapping builds the deterministic mapping the configuration describes.
+func (c *Config) Mapping() (*mapping.Mapping, error) {
+	prefixes, prefixErrs := parsePrefixes("inside.prefixes", c.Inside.Prefixes)
+	pool, poolErrs := parsePrefixes("outside.pool", c.Outside.Pool)
+	lo, hi, rangeErr := c.PortRange()
+	if err := errors.Join(append(append(prefixErrs, poolErrs...), rangeErr)...); err != nil {
+		return nil, err
+	}
+	return mapping.New(prefixes, pool, lo, hi, c.Ports.BlockSize)
+}
