@@ -249,17 +249,17 @@ func (f *natFixture) flowCount() (fwd, rev int) {
 
 // pkt describes a test frame; build turns it into bytes with gopacket.
 type pkt struct {
-	proto            layers.IPProtocol
-	src, dst         string // "addr:port"; for ICMP the port is the echo id
-	ttl              uint8
-	icmpType         uint8
-	tcpFlags         string // letters S, A, F, R
-	payload          []byte
-	srcMAC, dstMAC   net.HardwareAddr
-	options          []layers.IPv4Option
-	zeroUDPChecksum  bool
-	flags            layers.IPv4Flag
-	fragOffset       uint16
+	proto           layers.IPProtocol
+	src, dst        string // "addr:port"; for ICMP the port is the echo id
+	ttl             uint8
+	icmpType        uint8
+	tcpFlags        string // letters S, A, F, R
+	payload         []byte
+	srcMAC, dstMAC  net.HardwareAddr
+	options         []layers.IPv4Option
+	zeroUDPChecksum bool
+	flags           layers.IPv4Flag
+	fragOffset      uint16
 }
 
 func (p pkt) build(t testing.TB) []byte {
