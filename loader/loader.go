@@ -399,3 +399,39 @@ func PortFromBE16(v uint16) uint16 {
 	binary.NativeEndian.PutUint16(b[:], v)
 	return binary.BigEndian.Uint16(b[:])
 }
+
+// Interface is one interface to attach, with its side of the NAT.
+type Interface struct {
+	Name string
+	Role Role
+}
+
+// AttachAll attaches every interface, or none: when one fails, the links
+// this call created are removed again, so a refused start leaves no
+// interface half-translated. Links reused from a previous run are kept,
+// since they carried traffic before this call.
+func (n *NAT) AttachAll(ifaces []Interface, mode Mode) error {
+	var created []string
+	for _, ifc := range ifaces {
+		_, reused := n.links[ifc.Name]
+		pinned := n.pinDir != "" && exists(filepath.Join(n.pinDir, linksDir, ifc.Name))
+		if err := n.Attach(ifc.Name, ifc.Role, mode); err != nil {
+			for _, name := range created {
+				l := n.links[name]
+				l.Unpin()
+				l.Close()
+				delete(n.links, name)
+			}
+			return err
+		}
+		if !reused && !pinned {
+			created = append(created, ifc.Name)
+		}
+	}
+	return nil
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}

@@ -341,7 +341,12 @@ func (t *Topology) enableGRO(ctx context.Context) error {
 		if _, err := t.Router.Exec(ctx, "ethtool", "-K", l.routerIface, "gro", "on"); err != nil {
 			return err
 		}
-		if _, err := l.peer.Exec(ctx, "ethtool", "-K", peerIface, "gro", "on"); err != nil {
+		// tx off: a veth hands the router packets whose L4 checksum is
+		// only partial (CHECKSUM_PARTIAL, to be finished by "hardware").
+		// XDP sees raw bytes and a redirected frame loses that promise,
+		// so without this the far side drops every translated packet.
+		// Frames from a real NIC always carry full checksums.
+		if _, err := l.peer.Exec(ctx, "ethtool", "-K", peerIface, "gro", "on", "tx", "off"); err != nil {
 			return err
 		}
 	}

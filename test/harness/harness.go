@@ -1,0 +1,198 @@
+// Package harness runs the real blocknat binaries against a netns topology:
+// it builds them, mounts a bpffs the test can see, writes a configuration
+// for the topology, and starts and stops blocknatd inside the router
+// namespace. The end-to-end tests and the demo share it, so the demo runs
+// exactly what the tests prove.
+package harness
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/blocknat/blocknat/loader"
+	"github.com/blocknat/blocknat/test/netns"
+)
+
+// ModuleRoot finds the repository root through the go tool, so tests and
+// the demo build the same sources wherever they are started.
+func ModuleRoot(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("not inside the blocknat module")
+	}
+	return filepath.Dir(mod), nil
+}
+
+// Binaries are the built commands.
+type Binaries struct {
+	Blocknatd string
+	Blocknat  string
+}
+
+// Build compiles blocknatd and blocknat into dir.
+func Build(ctx context.Context, dir string) (Binaries, error) {
+	root, err := ModuleRoot(ctx)
+	if err != nil {
+		return Binaries{}, err
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+"/", "./cmd/blocknatd", "./cmd/blocknat")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return Binaries{}, fmt.Errorf("go build: %w\n%s", err, out)
+	}
+	return Binaries{Blocknatd: filepath.Join(dir, "blocknatd"), Blocknat: filepath.Join(dir, "blocknat")}, nil
+}
+
+// MountBPFFS mounts a bpffs on dir in this mount namespace. `ip netns exec`
+// only remounts /sys, so an agent started that way pins into this very
+// bpffs, and the caller can open its maps. The returned function removes
+// whatever was pinned (detaching the programs) and unmounts.
+func MountBPFFS(dir string) (func() error, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		return nil, fmt.Errorf("mount bpffs on %s: %w", dir, err)
+	}
+	return func() error {
+		var detachErr error
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if !e.IsDir() {
+				continue // bpffs's own maps.debug and friends
+			}
+			detachErr = errors.Join(detachErr, loader.Detach(filepath.Join(dir, e.Name())))
+		}
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			return errors.Join(detachErr, fmt.Errorf("unmount %s: %w", dir, err))
+		}
+		return detachErr
+	}, nil
+}
+
+// Config renders a configuration for the standard topology.
+func Config(topo *netns.Topology, stateDir, pinDir string, extra string) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "inside:  {interfaces: [%s], prefixes: [%s]}\n", strings.Join(topo.InsideIfaces, ", "), topo.InsidePrefix)
+	fmt.Fprintf(&b, "outside: {interfaces: [%s], pool: [%s]}\n", topo.OutsideIface, topo.Pool)
+	fmt.Fprintf(&b, "ports:   {range: 1024-65535, block_size: 0}\n")
+	fmt.Fprintf(&b, "xdp_mode: native\nstate_dir: %s\nbpffs_dir: %s\n", stateDir, pinDir)
+	b.WriteString(extra)
+	return b.Bytes()
+}
+
+// Agent is a blocknatd process in a namespace.
+type Agent struct {
+	cmd    *exec.Cmd
+	log    *syncBuffer
+	done   chan struct{}
+	err    error
+	PinDir string
+}
+
+// StartAgent starts blocknatd in ns and waits until every interface has its
+// pinned link, or the process dies, or the timeout passes.
+func StartAgent(ctx context.Context, ns *netns.NS, bin, configPath, pinDir string, ifaces []string, timeout time.Duration) (*Agent, error) {
+	a := &Agent{log: &syncBuffer{}, done: make(chan struct{}), PinDir: pinDir}
+	a.cmd = ns.Command(context.WithoutCancel(ctx), bin, "--config", configPath)
+	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
+	if err := a.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start blocknatd: %w", err)
+	}
+	go func() {
+		a.err = a.cmd.Wait()
+		close(a.done)
+	}()
+	deadline := time.Now().Add(timeout)
+	for {
+		ready := true
+		for _, ifc := range ifaces {
+			if _, err := os.Stat(filepath.Join(pinDir, "links", ifc)); err != nil {
+				ready = false
+			}
+		}
+		if ready {
+			return a, nil
+		}
+		select {
+		case <-a.done:
+			return nil, fmt.Errorf("blocknatd exited before attaching (%v):\n%s", a.err, a.log.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			a.Kill()
+			return nil, fmt.Errorf("blocknatd did not attach within %s:\n%s", timeout, a.log.String())
+		}
+	}
+}
+
+// Log is everything the agent wrote so far.
+func (a *Agent) Log() string { return a.log.String() }
+
+// Stop sends SIGTERM and waits for a clean exit.
+func (a *Agent) Stop() error {
+	return a.signalAndWait(syscall.SIGTERM)
+}
+
+// Kill sends SIGKILL, as a crash would, and waits.
+func (a *Agent) Kill() error {
+	err := a.signalAndWait(syscall.SIGKILL)
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return nil
+	}
+	return err
+}
+
+func (a *Agent) signalAndWait(sig syscall.Signal) error {
+	select {
+	case <-a.done:
+		return a.err
+	default:
+	}
+	// ip netns exec runs the agent as its own process (it execs), so the
+	// signal reaches blocknatd itself.
+	if err := a.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return err
+	}
+	select {
+	case <-a.done:
+		return a.err
+	case <-time.After(15 * time.Second):
+		a.cmd.Process.Kill()
+		<-a.done
+		return fmt.Errorf("blocknatd ignored %v for 15s", sig)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,0 +1,26 @@
+// Package logattr holds the attribute keys of every blocknat log line, so
+// that one name means one thing across the agent and operators can filter
+// on it. Nothing here may carry a destination address: the NAT never logs
+// where subscribers go.
+package logattr
+
+const (
+	Config     = "config"
+	Interface  = "interface"
+	Role       = "role"
+	Mode       = "mode"
+	PinDir     = "pin_dir"
+	Epoch      = "epoch"
+	Subscriber = "subscriber"
+	Inside     = "inside"
+	Public     = "public"
+	PortLo     = "port_lo"
+	PortHi     = "port_hi"
+	Count      = "count"
+	Err        = "err"
+	Signal     = "signal"
+	Path       = "path"
+	Operator   = "operator"
+	Action     = "action"
+	Outcome    = "outcome"
+)
