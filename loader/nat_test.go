@@ -26,7 +26,7 @@ var actionNames = map[uint32]string{0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PAS
 
 // The default fixture: 100.64.0.0/24 over 198.51.100.10/31, ports
 // 1024-65535: 256 subscribers, 128 per address, 504 ports per block.
-func defaultFixture(t *testing.T) *natFixture {
+func defaultFixture(t testing.TB) *natFixture {
 	return newFixture(t, []string{"100.64.0.0/24"}, []string{"198.51.100.10/31"}, 1024, 65535, 0)
 }
 

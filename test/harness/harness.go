@@ -105,8 +105,10 @@ type Agent struct {
 	PinDir string
 }
 
-// StartAgent starts blocknatd in ns and waits until every interface has its
-// pinned link, or the process dies, or the timeout passes.
+// StartAgent starts blocknatd in ns and waits until XDP is attached to
+// every named interface, or the process dies, or the timeout passes. It
+// watches the interfaces rather than the pins, because an agent whose
+// bpffs lives in its private mount namespace pins where no one else sees.
 func StartAgent(ctx context.Context, ns *netns.NS, bin, configPath, pinDir string, ifaces []string, timeout time.Duration) (*Agent, error) {
 	a := &Agent{log: &syncBuffer{}, done: make(chan struct{}), PinDir: pinDir}
 	a.cmd = ns.Command(context.WithoutCancel(ctx), bin, "--config", configPath)
@@ -120,13 +122,7 @@ func StartAgent(ctx context.Context, ns *netns.NS, bin, configPath, pinDir strin
 	}()
 	deadline := time.Now().Add(timeout)
 	for {
-		ready := true
-		for _, ifc := range ifaces {
-			if _, err := os.Stat(filepath.Join(pinDir, "links", ifc)); err != nil {
-				ready = false
-			}
-		}
-		if ready {
+		if XDPAttached(ctx, ns, ifaces) && strings.Contains(a.log.String(), "msg=translating") {
 			return a, nil
 		}
 		select {
@@ -139,6 +135,17 @@ func StartAgent(ctx context.Context, ns *netns.NS, bin, configPath, pinDir strin
 			return nil, fmt.Errorf("blocknatd did not attach within %s:\n%s", timeout, a.log.String())
 		}
 	}
+}
+
+// XDPAttached reports whether every interface in ns has an XDP program.
+func XDPAttached(ctx context.Context, ns *netns.NS, ifaces []string) bool {
+	for _, ifc := range ifaces {
+		out, err := ns.Exec(ctx, "ip", "-d", "link", "show", "dev", ifc)
+		if err != nil || !strings.Contains(string(out), "prog/xdp") {
+			return false
+		}
+	}
+	return true
 }
 
 // Log is everything the agent wrote so far.

@@ -1,0 +1,234 @@
+package loader
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"net/netip"
+	"testing"
+
+	"github.com/google/gopacket/layers"
+)
+
+// FuzzNAT feeds arbitrary frames to both programs and judges each verdict
+// against a Go model of the translation. Its seed corpus runs with every
+// `go test`; `go test -fuzz FuzzNAT ./loader` explores further.
+//
+// Invariants:
+//   - the verdict is DROP, PASS or REDIRECT, never ABORTED or TX;
+//   - a frame is either untouched or translated as the model predicts: only
+//     the fields NAT and forwarding own change, the new endpoint lies in the
+//     right block (outbound) or is the mapped subscriber (inbound), and every
+//     checksum that was valid before is valid after;
+//   - inbound frames never create state.
+func FuzzNAT(f *testing.F) {
+	fx := defaultFixture(f)
+	seed := udpOut(sub2+":40000", server+":7000")
+	for _, p := range []pkt{
+		seed,
+		{proto: layers.IPProtocolTCP, src: sub2 + ":40001", dst: server + ":443", tcpFlags: "S"},
+		{proto: layers.IPProtocolICMPv4, src: sub2 + ":777", dst: server + ":0", icmpType: layers.ICMPv4TypeEchoRequest},
+		{proto: layers.IPProtocolUDP, src: "10.1.2.3:1", dst: server + ":7000"},
+		{proto: layers.IPProtocolUDP, src: sub2 + ":40000", dst: server + ":7000", options: []layers.IPv4Option{{OptionType: 1}, {OptionType: 1}, {OptionType: 1}, {OptionType: 1}}},
+	} {
+		f.Add(true, p.build(f))
+	}
+	fx.t = f
+	fx.reset()
+	mapped := mapOut(seed)(fx)
+	for _, p := range []pkt{
+		{proto: layers.IPProtocolUDP, src: server + ":7000", dst: mapped.String(), payload: []byte("reply")},
+		{proto: layers.IPProtocolTCP, src: server + ":443", dst: mapped.String(), tcpFlags: "SA"},
+		{proto: layers.IPProtocolUDP, src: server + ":7000", dst: "198.51.100.11:3000"},
+	} {
+		f.Add(false, p.build(f))
+	}
+	for _, c := range malformedCases(seed, pkt{proto: layers.IPProtocolTCP, src: sub2 + ":1", dst: server + ":2", tcpFlags: "A"}) {
+		f.Add(c.outbound, c.frame(fx, mapped))
+	}
+
+	f.Fuzz(func(t *testing.T, outbound bool, frame []byte) {
+		if len(frame) < 14 || len(frame) > 1500 {
+			return // BPF_PROG_TEST_RUN refuses runts; jumbo frames add nothing
+		}
+		fx.t = t
+		fwdBefore, _ := fx.flowCount()
+		var act uint32
+		var out []byte
+		if outbound {
+			act, out = fx.outbound(frame)
+		} else {
+			act, out = fx.inbound(frame)
+		}
+		switch act {
+		case xdpDrop, xdpPass, xdpRedirect:
+		default:
+			t.Fatalf("verdict %s%s", actionNames[act], dump(frame))
+		}
+		if !outbound {
+			if fwd, _ := fx.flowCount(); fwd != fwdBefore {
+				t.Fatalf("inbound frame created state%s", dump(frame))
+			}
+		}
+		if act == xdpDrop || bytes.Equal(frame, out) {
+			return
+		}
+		m, ok := modelParse(frame)
+		if !ok {
+			t.Fatalf("changed a frame the model cannot translate (%s)\nin:%sout:%s", actionNames[act], dump(frame), dump(out))
+		}
+		o, _ := modelParse(out)
+		if outbound {
+			block, err := fx.m.Forward(m.src.Addr())
+			if err != nil {
+				t.Fatalf("translated a source outside the inside prefixes%s", dump(frame))
+			}
+			if o.src.Addr() != block.Public || o.src.Port() < block.PortLo || o.src.Port() > block.PortHi || o.dst != m.dst {
+				t.Fatalf("translated %s->%s into %s->%s, block %+v%s", m.src, m.dst, o.src, o.dst, block, dump(out))
+			}
+		} else {
+			// The model's flow table is the reverse map itself: the
+			// fuzzer's own outbound frames may have added mappings.
+			key := FlowKey{Addr: be32(m.dst.Addr()), Port: htons(m.dst.Port()), Proto: m.proto}
+			var rev FlowRev
+			if err := fx.nat.objs.FlowsRev.Lookup(&key, &rev); err != nil {
+				t.Fatalf("inbound %s->%s translated without a mapping%s", m.src, m.dst, dump(frame))
+			}
+			want := netip.AddrPortFrom(AddrFromBE32(rev.Addr), PortFromBE16(rev.Port))
+			if o.dst != want || o.src != m.src {
+				t.Fatalf("inbound %s->%s became %s->%s, mapping says %s%s", m.src, m.dst, o.src, o.dst, want, dump(out))
+			}
+		}
+		if diff := unexpectedChanges(frame, out, m); diff != "" {
+			t.Fatalf("%s\nin:%sout:%s", diff, dump(frame), dump(out))
+		}
+		if m.ipValid && !ipChecksumValid(out, m) {
+			t.Fatalf("IP checksum broken by translation%s", dump(out))
+		}
+		if m.l4Valid && !l4ChecksumValid(out, m) {
+			t.Fatalf("L4 checksum broken by translation%s", dump(out))
+		}
+	})
+}
+
+// model is the Go reading of a frame the NAT may translate.
+type model struct {
+	ihl, l4off  int
+	proto       byte
+	src, dst    netip.AddrPort // ICMP: the echo id in the inside host's slot
+	portOff     int            // offset of the translated port (src or dst)
+	checkOff    int            // offset of the L4 checksum, -1 for UDP "none"
+	ipValid     bool
+	l4Valid     bool
+	outboundish bool
+}
+
+// modelParse accepts exactly the frames the NAT translates in either
+// direction: IPv4, IHL >= 5, whole headers, not a fragment, TCP with data
+// offset >= 5, UDP, ICMP echo or echo reply.
+func modelParse(b []byte) (model, bool) {
+	var m model
+	if len(b) < 34 || binary.BigEndian.Uint16(b[12:]) != 0x0800 || b[14]>>4 != 4 {
+		return m, false
+	}
+	m.ihl = int(b[14]&0xf) * 4
+	totLen := int(binary.BigEndian.Uint16(b[16:]))
+	if m.ihl < 20 || len(b) < 14+m.ihl || totLen < m.ihl {
+		return m, false
+	}
+	if binary.BigEndian.Uint16(b[20:])&0x3fff != 0 {
+		return m, false
+	}
+	m.proto = b[23]
+	m.l4off = 14 + m.ihl
+	l4 := b[m.l4off:]
+	srcIP, dstIP := netip.AddrFrom4([4]byte(b[26:30])), netip.AddrFrom4([4]byte(b[30:34]))
+	var sport, dport uint16
+	switch m.proto {
+	case 6:
+		if len(l4) < 20 || int(l4[12]>>4)*4 < 20 || len(l4) < int(l4[12]>>4)*4 {
+			return m, false
+		}
+		sport, dport = binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:])
+		m.checkOff = m.l4off + 16
+	case 17:
+		if len(l4) < 8 {
+			return m, false
+		}
+		sport, dport = binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:])
+		m.checkOff = m.l4off + 6
+		if binary.BigEndian.Uint16(l4[6:]) == 0 {
+			m.checkOff = -1
+		}
+	case 1:
+		if len(l4) < 8 || (l4[0] != 8 && l4[0] != 0) {
+			return m, false
+		}
+		id := binary.BigEndian.Uint16(l4[4:])
+		if l4[0] == 8 {
+			sport = id
+		} else {
+			dport = id
+		}
+		m.checkOff = m.l4off + 2
+	default:
+		return m, false
+	}
+	m.src, m.dst = netip.AddrPortFrom(srcIP, sport), netip.AddrPortFrom(dstIP, dport)
+	m.ipValid = ipChecksumValid(b, m)
+	m.l4Valid = m.checkOff >= 0 && l4ChecksumValid(b, m)
+	return m, true
+}
+
+func ipChecksumValid(b []byte, m model) bool {
+	hdr := b[14 : 14+m.ihl]
+	return checksum(hdr, 10, nil) == binary.BigEndian.Uint16(hdr[10:])
+}
+
+// l4ChecksumValid checks the L4 checksum over what the IP header claims is
+// the segment, when the frame holds it all.
+func l4ChecksumValid(b []byte, m model) bool {
+	end := 14 + int(binary.BigEndian.Uint16(b[16:]))
+	if m.checkOff < 0 || end > len(b) || end < m.checkOff+2 {
+		return false
+	}
+	seg := b[m.l4off:end]
+	skip := m.checkOff - m.l4off
+	var pseudo []byte
+	if m.proto != 1 {
+		pseudo = append(append([]byte{}, b[26:34]...), 0, m.proto, byte(len(seg)>>8), byte(len(seg)))
+	}
+	want := checksum(seg, skip, pseudo)
+	got := binary.BigEndian.Uint16(b[m.checkOff:])
+	return got == want || (m.proto == 17 && want == 0 && got == 0xffff)
+}
+
+// unexpectedChanges lists bytes that changed outside what translation and
+// forwarding may touch: MACs, TTL, IP checksum, one address, one port (or
+// echo id) and the L4 checksum.
+func unexpectedChanges(in, out []byte, m model) string {
+	allowed := map[int]bool{}
+	for i := 0; i < 12; i++ {
+		allowed[i] = true
+	}
+	allowed[22], allowed[24], allowed[25] = true, true, true
+	for i := 26; i < 34; i++ {
+		allowed[i] = true
+	}
+	if m.proto == 1 {
+		allowed[m.l4off+4], allowed[m.l4off+5] = true, true
+	} else {
+		for i := 0; i < 4; i++ {
+			allowed[m.l4off+i] = true
+		}
+	}
+	if m.checkOff >= 0 {
+		allowed[m.checkOff], allowed[m.checkOff+1] = true, true
+	}
+	for i := range in {
+		if in[i] != out[i] && !allowed[i] {
+			return "byte " + hex.EncodeToString([]byte{byte(i)}) + " changed though translation does not own it"
+		}
+	}
+	return ""
+}

@@ -1,0 +1,172 @@
+// Command demo is `sudo make demo`: it builds blocknat, creates a small
+// network-namespace topology (two subscribers, a router, the internet),
+// starts blocknatd on the router with the embedded default configuration,
+// sends real traffic, answers "who was that?" for an address and port the
+// server observed, and removes everything again.
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/blocknat/blocknat/test/harness"
+	"github.com/blocknat/blocknat/test/netns"
+	"github.com/blocknat/blocknat/userspace/config"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Stdout); err != nil {
+		fmt.Fprintf(os.Stderr, "demo failed: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+type step struct {
+	w io.Writer
+	n int
+}
+
+func (s *step) say(format string, args ...any) {
+	s.n++
+	fmt.Fprintf(s.w, "\n[%d] %s\n", s.n, fmt.Sprintf(format, args...))
+}
+
+func (s *step) show(format string, args ...any) {
+	fmt.Fprintf(s.w, "    %s\n", fmt.Sprintf(format, args...))
+}
+
+func run(ctx context.Context, w io.Writer) (err error) {
+	if os.Geteuid() != 0 {
+		return errors.New("run as root (sudo make demo): it creates network namespaces and loads XDP")
+	}
+	cfg, err := config.Parse(config.Default)
+	if err != nil {
+		return fmt.Errorf("embedded default config: %w", err)
+	}
+	s := &step{w: w}
+	work, err := os.MkdirTemp("", "blocknat-demo")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+
+	s.say("Building blocknatd and blocknat")
+	bins, err := harness.Build(ctx, filepath.Join(work, "bin"))
+	if err != nil {
+		return err
+	}
+
+	s.say("Creating the topology: two subscribers -> router -> internet")
+	prefix := fmt.Sprintf("bn-demo-%d", os.Getpid()%100000)
+	topo, err := netns.NewTopology(ctx, netns.TopologyOptions{Prefix: prefix})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Fprintf(w, "\n[cleanup] removing namespaces %s-* and demo state\n", prefix)
+		err = errors.Join(err, topo.Close(), os.RemoveAll(cfg.StateDir))
+	}()
+	for i, sub := range topo.Subscribers {
+		s.show("subscriber %d: %s in namespace %s", i, sub.Addr, sub.NS.Name)
+	}
+	s.show("router:       %s (inside %s, outside %s); the internet: %s, servers %s",
+		topo.Router.Name, strings.Join(topo.InsideIfaces, ","), topo.OutsideIface, topo.Internet.Name, topo.ServerAddrs[0])
+
+	s.say("Starting blocknatd on the router with the embedded default configuration")
+	cfgPath := filepath.Join(work, "blocknat.yaml")
+	if err := os.WriteFile(cfgPath, config.Default, 0o600); err != nil {
+		return err
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(config.Default)), "\n") {
+		if line != "" && !strings.HasPrefix(strings.TrimSpace(line), "#") {
+			s.show("%s", line)
+		}
+	}
+	ifaces := append(append([]string{}, cfg.Inside.Interfaces...), cfg.Outside.Interfaces...)
+	agent, err := harness.StartAgent(ctx, topo.Router, bins.Blocknatd, cfgPath, cfg.BPFFSDir, ifaces, 20*time.Second)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if stopErr := agent.Stop(); stopErr != nil {
+			err = errors.Join(err, fmt.Errorf("stop blocknatd: %w\n%s", stopErr, agent.Log()))
+		}
+	}()
+	s.show("XDP attached to %s", strings.Join(ifaces, ", "))
+
+	s.say("Sending real traffic: curl and UDP from each subscriber")
+	httpAddr := netip.AddrPortFrom(topo.ServerAddrs[0], 8080)
+	srv, err := netns.StartHTTPServer(topo.Internet, httpAddr)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	udpAddr := netip.AddrPortFrom(topo.ServerAddrs[1], 9000)
+	echo, err := netns.StartUDPEcho(topo.Internet, udpAddr)
+	if err != nil {
+		return err
+	}
+	defer echo.Close()
+	for i, sub := range topo.Subscribers {
+		out, err := sub.NS.Exec(ctx, "curl", "--noproxy", "*", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://"+httpAddr.String()+"/")
+		if err != nil {
+			return fmt.Errorf("curl from subscriber %d: %w", i, err)
+		}
+		s.show("subscriber %d: curl http://%s/ -> HTTP %s", i, httpAddr, strings.TrimSpace(string(out)))
+		payload := []byte(fmt.Sprintf("hello from %s", sub.Addr))
+		reply, err := netns.UDPRoundTrip(sub.NS, 0, udpAddr, payload, 3*time.Second)
+		if err != nil {
+			return fmt.Errorf("UDP from subscriber %d: %w", i, err)
+		}
+		s.show("subscriber %d: UDP to %s echoed %q", i, udpAddr, reply)
+	}
+
+	s.say("What the internet saw (the HTTP server's log)")
+	remotes := srv.Remotes()
+	if len(remotes) == 0 {
+		return errors.New("the HTTP server saw no client")
+	}
+	for _, r := range remotes {
+		s.show("request from %s", r)
+	}
+
+	observed := remotes[len(remotes)-1]
+	s.say("Who was %s? Asking blocknat", observed)
+	s.show("$ blocknat mapping reverse --config blocknat.yaml %s", observed)
+	out, err := runCLI(ctx, bins.Blocknat, "mapping", "reverse", "--config", cfgPath, observed.String())
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		s.show("%s", line)
+	}
+	want := topo.Subscribers[len(topo.Subscribers)-1].Addr.String()
+	if !strings.Contains(string(out), want) {
+		return fmt.Errorf("blocknat named someone other than %s", want)
+	}
+	s.show("correct: that request came from %s", want)
+	return nil
+}
+
+func runCLI(ctx context.Context, bin string, args ...string) ([]byte, error) {
+	var out, errb bytes.Buffer
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("blocknat %s: %w\n%s", strings.Join(args, " "), err, errb.String())
+	}
+	return out.Bytes(), nil
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs, with apt-get, whatever a fresh Debian machine lacks to build the
+# BPF objects and run the tests and the demo. Idempotent and quiet when
+# nothing is missing.
+set -euo pipefail
+
+# command -> Debian package
+declare -A need=(
+	[clang]=clang
+	[llvm-strip]=llvm
+	[ip]=iproute2
+	[ethtool]=ethtool
+	[curl]=curl
+	[iperf3]=iperf3
+	[socat]=socat
+	[nft]=nftables
+	[iptables]=iptables
+	[bpftool]=bpftool
+)
+missing=()
+for cmd in "${!need[@]}"; do
+	command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+# Headers: libbpf's helpers and the kernel's uapi (asm/ via gcc-multilib).
+[ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
+[ -e /usr/include/asm/types.h ] || missing+=(gcc-multilib linux-libc-dev)
+
+if [ ${#missing[@]} -eq 0 ]; then
+	exit 0
+fi
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+	echo "blocknat needs: ${missing[*]} (install them, or run this as root on Debian)" >&2
+	exit 1
+fi
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
