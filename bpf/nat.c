@@ -356,6 +356,7 @@ int xdp_inside(struct xdp_md *ctx)
 	__u32 *role, drop_reason;
 	__u64 now;
 	__s64 sub;
+	__u8 state;
 	int proto, rc;
 
 	if (parse_ethhdr(&c, data_end, &eth) != ETH_P_IP) {
@@ -402,11 +403,6 @@ int xdp_inside(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 
-	sub = subscriber_of(iph->saddr);
-	if (sub < 0) {
-		stat_inc(STAT_DROP_SPOOFED);
-		return XDP_DROP;
-	}
 	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
 		stat_inc(STAT_DROP_FRAGMENT);
 		return XDP_DROP;
@@ -424,22 +420,27 @@ int xdp_inside(struct xdp_md *ctx)
 	}
 
 	now = bpf_ktime_get_coarse_ns();
+	state = l4.proto == IPPROTO_TCP ? tcp_state(l4.tcp_flags) : FLOW_STATE_OTHER;
 	fkey.addr = iph->saddr;
 	fkey.port = *l4.port;
 	fkey.proto = l4.proto;
 	fwd = bpf_map_lookup_elem(&flows_fwd, &fkey);
 	if (fwd) {
-		__u8 state = l4.proto == IPPROTO_TCP ? tcp_state(l4.tcp_flags) : FLOW_STATE_OTHER;
-
-		/* Only write when something changed: the coarse clock ticks
-		 * per jiffy, so most packets leave the cache line clean. */
+		/* A forward entry exists only for a source that passed the
+		 * prefix check when it was created, so the established path
+		 * skips the LPM lookup. Fields are written only when they
+		 * change: the coarse clock ticks per jiffy, so most packets
+		 * leave the cache line clean. */
 		if (fwd->last_seen_ns != now)
 			fwd->last_seen_ns = now;
 		if (fwd->state != state)
 			fwd->state = state;
 	} else {
-		__u8 state = l4.proto == IPPROTO_TCP ? tcp_state(l4.tcp_flags) : FLOW_STATE_OTHER;
-
+		sub = subscriber_of(iph->saddr);
+		if (sub < 0) {
+			stat_inc(STAT_DROP_SPOOFED);
+			return XDP_DROP;
+		}
 		fwd = flow_create(&fkey, sub, state, now, &drop_reason);
 		if (!fwd) {
 			stat_inc(drop_reason);
