@@ -204,3 +204,61 @@ func runCmd(ctx context.Context, bin string, args ...string) ([]byte, error) {
 	}
 	return out.Bytes(), nil
 }
+
+// TestAgentMountsBPFFS: `ip netns exec` remounts /sys without bpffs; the
+// agent must mount one itself to pin under /sys/fs/bpf, and still attach.
+func TestAgentMountsBPFFS(t *testing.T) {
+	netns.RequirePrivileged(t)
+	topo := netns.NewTestTopology(t, "bn-e2ebpf")
+	dir := t.TempDir()
+	pinDir := "/sys/fs/bpf/blocknat-e2e"
+	cfgPath := filepath.Join(dir, "blocknat.yaml")
+	if err := os.WriteFile(cfgPath, harness.Config(topo, filepath.Join(dir, "state"), pinDir, ""), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The namespace's view of /sys/fs/bpf starts empty and not bpffs.
+	out, err := topo.Router.Exec(t.Context(), "stat", "-f", "-c", "%T", "/sys/fs/bpf")
+	if err == nil && strings.Contains(string(out), "bpf") {
+		t.Fatalf("/sys/fs/bpf already bpffs inside ip netns exec: the test proves nothing")
+	}
+	ifaces := append(append([]string{}, topo.InsideIfaces...), topo.OutsideIface)
+	agent, err := harness.StartAgent(t.Context(), topo.Router, bins.Blocknatd, cfgPath, pinDir, ifaces, 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.Stop(); err != nil {
+		t.Fatalf("stop: %v\n%s", err, agent.Log())
+	}
+}
+
+// TestAgentRefusesBadConfig: a broken configuration stops the agent before
+// it touches an interface, with an error naming the field.
+func TestAgentRefusesBadConfig(t *testing.T) {
+	netns.RequirePrivileged(t)
+	topo := netns.NewTestTopology(t, "bn-e2ecfg")
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name, extra, want string
+	}{
+		{"unknown field", "turbo: true\n", "turbo"},
+		{"missing interface", "", "bn-nosuch"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := harness.Config(topo, filepath.Join(dir, "state"), filepath.Join(dir, "pins"), tc.extra)
+			if tc.name == "missing interface" {
+				cfg = bytes.Replace(cfg, []byte(topo.OutsideIface+"]"), []byte("bn-nosuch]"), 1)
+			}
+			cfgPath := filepath.Join(dir, "blocknat.yaml")
+			if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			out, err := topo.Router.Exec(t.Context(), bins.Blocknatd, "--config", cfgPath)
+			if err == nil || !strings.Contains(string(out), tc.want) {
+				t.Fatalf("blocknatd with %s: err=%v, output %q, want a failure naming %q", tc.name, err, out, tc.want)
+			}
+			if harness.XDPAttached(t.Context(), topo.Router, topo.InsideIfaces[:1]) {
+				t.Errorf("a refused start left XDP on %s", topo.InsideIfaces[0])
+			}
+		})
+	}
+}
