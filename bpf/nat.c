@@ -237,6 +237,7 @@ static __always_inline void block_activate(__u32 sub, __be32 inside, __be32 publ
 {
 	struct subscriber_state *s = bpf_map_lookup_elem(&subscribers, &sub);
 	struct block_event *e;
+	__u64 since;
 
 	if (!s)
 		return;
@@ -246,14 +247,17 @@ static __always_inline void block_activate(__u32 sub, __be32 inside, __be32 publ
 		return;
 	if (__sync_val_compare_and_swap(&s->active, 0, 1) != 0)
 		return;
+	since = bpf_ktime_get_ns();
+	s->active_since_ns = since;
 	stat_inc(STAT_BLOCK_ACTIVATIONS);
 	e = bpf_ringbuf_reserve(&block_events, sizeof(*e), 0);
 	if (!e) {
-		/* The reconciler still finds the block: it is active above. */
+		/* The reconciler still finds the block, and when it began:
+		 * both are in the subscriber's state above. */
 		stat_inc(STAT_RINGBUF_FULL);
 		return;
 	}
-	e->time_ns = bpf_ktime_get_ns();
+	e->time_ns = since;
 	e->subscriber = sub;
 	e->inside_addr = inside;
 	e->public_addr = public;

@@ -73,11 +73,13 @@ enum flow_state {
 /* subscriber_state is indexed by subscriber number (configuration order). */
 struct subscriber_state {
 	__u64 last_active_ns;   /* coarse monotonic time a flow was last created */
+	__u64 active_since_ns;  /* monotonic time the block became active, for the
+				   reconciler when the ring buffer event was lost */
 	__u64 block_full_drops; /* new flows refused because the block was full */
 	__u32 active;           /* 1 while the block is active; the agent resets it */
 	__u32 pad;
 };
-_Static_assert(sizeof(struct subscriber_state) == 24, "subscriber_state layout");
+_Static_assert(sizeof(struct subscriber_state) == 32, "subscriber_state layout");
 
 /* inside_prefix is the value of the inside LPM trie: a prefix's first
  * subscriber number and its network address in host order, so the

@@ -94,6 +94,7 @@ const (
 type natSubscriberState struct {
 	_              structs.HostLayout
 	LastActiveNs   uint64
+	ActiveSinceNs  uint64
 	BlockFullDrops uint64
 	Active         uint32
 	Pad            uint32

@@ -456,7 +456,6 @@ func TestBlockEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rd.Close()
-	before := time.Now()
 	mapOut(udpOut(sub2+":40000", server+":7000"))(f)
 	mapOut(udpOut(sub2+":40001", "203.0.113.9:7000"))(f)
 	mapOut(pkt{proto: layers.IPProtocolTCP, src: "100.64.0.3:40000", dst: server + ":80", tcpFlags: "S"})(f)
@@ -490,11 +489,17 @@ func TestBlockEvents(t *testing.T) {
 		if e.TimeNs == 0 {
 			t.Error("event without a time")
 		}
+		var st SubscriberState
+		if err := f.nat.objs.Subscribers.Lookup(&e.Subscriber, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Active != 1 || st.ActiveSinceNs != e.TimeNs {
+			t.Errorf("subscriber %d state %+v: want active since the event's time %d", e.Subscriber, st, e.TimeNs)
+		}
 	}
 	if got := f.stats()["block_activations"]; got != 2 {
 		t.Errorf("block_activations = %d, want 2", got)
 	}
-	_ = before
 }
 
 func TestStatNamesMatchEnum(t *testing.T) {

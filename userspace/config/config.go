@@ -63,6 +63,13 @@ type Config struct {
 	StateDir string  `yaml:"state_dir"`
 	BPFFSDir string  `yaml:"bpffs_dir"`
 	MaxFlows uint32  `yaml:"max_flows"`
+
+	Retention Retention `yaml:"retention"`
+	Timeouts  Timeouts  `yaml:"timeouts"`
+	API       API       `yaml:"api"`
+	Roles     Roles     `yaml:"roles"`
+	Audit     Audit     `yaml:"audit"`
+	Intervals Intervals `yaml:"intervals"`
 }
 
 // Inside is the subscriber side.
@@ -87,13 +94,15 @@ type Ports struct {
 // field. Decoding into it leaves absent fields at their default, while a
 // field written explicitly, even as empty, is validated as written.
 func withDefaults() *Config {
-	return &Config{
+	c := &Config{
 		Ports:    Ports{Range: DefaultPortRange},
 		XDPMode:  DefaultXDPMode,
 		StateDir: DefaultStateDir,
 		BPFFSDir: DefaultBPFFSDir,
 		MaxFlows: DefaultMaxFlows,
 	}
+	agentDefaults(c)
+	return c
 }
 
 // Parse decodes a configuration strictly, applies defaults and validates it.
@@ -215,6 +224,7 @@ func (c *Config) Validate() error {
 	if c.MaxFlows < MinFlows || c.MaxFlows > MaxFlows {
 		errs = append(errs, fmt.Errorf("max_flows: %d is not between %d and %d", c.MaxFlows, MinFlows, MaxFlows))
 	}
+	errs = append(errs, c.validateAgent()...)
 	return errors.Join(errs...)
 }
 
