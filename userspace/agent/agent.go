@@ -1,16 +1,31 @@
-// Package agent is blocknatd's body: it loads and attaches the data plane
-// for a configuration and keeps it running until its context ends. Later
-// stages hang the event reader, the record store and the API off Run.
+// Package agent is blocknatd's body. Run opens the record store, records
+// the mapping's epoch, loads and attaches the data plane, and then keeps
+// four things going until its context ends: the ring-buffer reader that
+// writes block records, the sweeper that expires mappings and releases idle
+// blocks, the reconciler that repairs records from the kernel's view, and
+// the daily retention sweep.
 package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/config"
+	"github.com/blocknat/blocknat/userspace/events"
 	"github.com/blocknat/blocknat/userspace/logattr"
+	"github.com/blocknat/blocknat/userspace/mapping"
+	"github.com/blocknat/blocknat/userspace/reconcile"
+	"github.com/blocknat/blocknat/userspace/store"
+	"github.com/blocknat/blocknat/userspace/sweeper"
 )
 
 // Interfaces lists the configuration's interfaces with their roles, inside
@@ -26,34 +41,195 @@ func Interfaces(cfg *config.Config) []loader.Interface {
 	return out
 }
 
-// Run loads the data plane, attaches it and blocks until ctx is done. On
-// return the pinned links keep translating: stopping the agent must not cut
-// subscribers off. loader.Detach removes the data plane.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	m, err := cfg.Mapping()
-	if err != nil {
+// StorePath is where the record store lives under state_dir.
+func StorePath(cfg *config.Config) string { return filepath.Join(cfg.StateDir, "records") }
+
+// Agent is a running blocknatd.
+type Agent struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	mapping  *mapping.Mapping
+	store    *store.Store
+	epoch    store.Epoch
+	nat      *loader.NAT
+	recorder *events.Recorder
+	sweeper  *sweeper.Sweeper
+	recon    *reconcile.Reconciler
+	clock    events.Clock
+	started  time.Time
+
+	mu            sync.Mutex
+	lastSweep     sweeper.Result
+	lastReconcile reconcile.Result
+	lastRetention store.SweepStats
+	retentionAt   time.Time
+}
+
+// Run starts everything and blocks until ctx ends. On return the pinned
+// links keep translating: stopping the agent must not cut subscribers off.
+// loader.Detach removes the data plane.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) {
+	a := &Agent{cfg: cfg, log: log, clock: events.SystemClock{}, started: time.Now()}
+	if a.mapping, err = cfg.Mapping(); err != nil {
 		return err
 	}
 	mode, err := loader.ParseMode(cfg.XDPMode)
 	if err != nil {
 		return err
 	}
-	nat, err := loader.Load(loader.Params{Mapping: m, Epoch: 1, MaxFlows: cfg.MaxFlows}, cfg.BPFFSDir)
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state_dir %s: %w", cfg.StateDir, err)
+	}
+	if a.store, err = store.Open(StorePath(cfg), store.Options{Logger: log}); err != nil {
+		return fmt.Errorf("open record store: %w", err)
+	}
+	defer func() { err = errors.Join(err, a.store.Close()) }()
+	if a.epoch, err = a.recordEpoch(time.Now()); err != nil {
+		return err
+	}
+
+	a.nat, err = loader.Load(loader.Params{Mapping: a.mapping, Epoch: a.epoch.ID, MaxFlows: cfg.MaxFlows}, cfg.BPFFSDir)
 	if err != nil {
 		return fmt.Errorf("load data plane: %w", err)
 	}
-	defer nat.Close()
-	if err := nat.AttachAll(Interfaces(cfg), mode); err != nil {
+	defer a.nat.Close()
+	if err := a.nat.AttachAll(Interfaces(cfg), mode); err != nil {
 		return err
 	}
 	for _, ifc := range Interfaces(cfg) {
 		log.Info("xdp attached", logattr.Interface, ifc.Name, logattr.Role, ifc.Role.String(), logattr.Mode, cfg.XDPMode)
 	}
-	log.Info("translating",
-		"subscribers", m.Subscribers, "pool_addresses", len(m.Pool), "block_size", m.BlockSize,
-		"ratio", m.Ratio, logattr.PinDir, cfg.BPFFSDir)
 
-	<-ctx.Done()
+	rd, err := ringbuf.NewReader(a.nat.Events())
+	if err != nil {
+		return fmt.Errorf("open block event ring buffer: %w", err)
+	}
+	a.recorder = events.NewRecorder(a.store, events.Options{Clock: a.clock, Logger: log})
+	a.sweeper = &sweeper.Sweeper{
+		Maps:    sweeper.Maps{FlowsFwd: a.nat.FlowsFwd(), FlowsRev: a.nat.FlowsRev(), Subscribers: a.nat.SubscribersMap()},
+		Mapping: a.mapping, Clock: a.clock, Records: a.recorder, Logger: log,
+		Timeouts: sweeper.Timeouts{
+			UDP: time.Duration(cfg.Timeouts.UDP), TCPEstablished: time.Duration(cfg.Timeouts.TCPEstablished),
+			TCPTransitory: time.Duration(cfg.Timeouts.TCPTransitory), ICMP: time.Duration(cfg.Timeouts.ICMP),
+			BlockIdle: time.Duration(cfg.Timeouts.BlockIdle),
+		},
+	}
+	a.recon = &reconcile.Reconciler{Subscribers: a.nat.SubscribersMap(), Mapping: a.mapping, Epoch: a.epoch.ID,
+		Store: a.store, Records: a.recorder, Clock: a.clock, Grace: time.Second}
+
+	var wg sync.WaitGroup
+	recCtx, stopRecorder := context.WithCancel(context.WithoutCancel(ctx))
+	recErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		recErr <- a.recorder.Run(recCtx, rd)
+	}()
+	defer func() {
+		// Shutdown order: stop the reader, which flushes what it read
+		// into the store; the deferred store.Close runs after.
+		stopRecorder()
+		wg.Wait()
+		err = errors.Join(err, <-recErr)
+	}()
+
+	log.Info("translating", "subscribers", a.mapping.Subscribers, "pool_addresses", len(a.mapping.Pool),
+		"block_size", a.mapping.BlockSize, "ratio", a.mapping.Ratio, logattr.Epoch, a.epoch.ID, logattr.PinDir, cfg.BPFFSDir)
+
+	a.reconcileOnce(ctx)
+	a.retention(time.Now())
+	a.maintain(ctx)
 	log.Info("stopping; the data plane keeps translating", logattr.PinDir, cfg.BPFFSDir)
 	return nil
+}
+
+// maintain runs the periodic work from one goroutine, so the sweeper's and
+// the reconciler's views of the kernel tables never interleave.
+func (a *Agent) maintain(ctx context.Context) {
+	sweep := time.NewTicker(time.Duration(a.cfg.Intervals.Sweep))
+	recon := time.NewTicker(time.Duration(a.cfg.Intervals.Reconcile))
+	keep := time.NewTicker(time.Duration(a.cfg.Intervals.Retention))
+	daily := time.NewTicker(24 * time.Hour)
+	defer sweep.Stop()
+	defer recon.Stop()
+	defer keep.Stop()
+	defer daily.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sweep.C:
+			res, err := a.sweeper.Sweep(ctx)
+			if err != nil && ctx.Err() == nil {
+				a.log.Error("sweep failed", logattr.Err, err.Error())
+			}
+			a.mu.Lock()
+			a.lastSweep = res
+			a.mu.Unlock()
+		case <-recon.C:
+			a.reconcileOnce(ctx)
+		case now := <-keep.C:
+			a.retention(now)
+		case now := <-daily.C:
+			// RFC 7422 §3: the mapping in force is logged again daily,
+			// so every retention window holds it.
+			if _, err := a.recordEpoch(now); err != nil {
+				a.log.Error("re-record epoch failed", logattr.Err, err.Error())
+			}
+		}
+	}
+}
+
+func (a *Agent) reconcileOnce(ctx context.Context) {
+	res, err := a.recon.Once(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Error("reconcile failed", logattr.Err, err.Error())
+		}
+		return
+	}
+	if res.Recovered > 0 || res.Closed > 0 {
+		a.log.Info("reconciled records with the kernel", "active", res.Active, "recovered", res.Recovered, "closed", res.Closed)
+	}
+	a.mu.Lock()
+	a.lastReconcile = res
+	a.mu.Unlock()
+}
+
+func (a *Agent) retention(now time.Time) {
+	st, err := a.store.Sweep(time.Duration(a.cfg.Retention.Records))
+	if err != nil {
+		a.log.Error("retention sweep failed", logattr.Err, err.Error())
+		return
+	}
+	a.mu.Lock()
+	a.lastRetention, a.retentionAt = st, now
+	a.mu.Unlock()
+}
+
+// recordEpoch writes the epoch for the current mapping: the latest one
+// again if its parameters are unchanged, else a new one in force from now.
+func (a *Agent) recordEpoch(now time.Time) (store.Epoch, error) {
+	m := a.mapping
+	hash := m.Hash()
+	epochs, err := a.store.Epochs()
+	if err != nil {
+		return store.Epoch{}, fmt.Errorf("read epochs: %w", err)
+	}
+	e := store.Epoch{ID: 1, Start: now, Prefixes: m.Prefixes, Pool: m.Pool, PortLo: m.PortLo, PortHi: m.PortHi,
+		BlockSize: m.BlockSize, Ratio: m.Ratio, Hash: hash}
+	if n := len(epochs); n > 0 {
+		latest := epochs[n-1]
+		if latest.Hash == hash {
+			e = latest
+		} else {
+			e.ID = latest.ID + 1
+			a.log.Info("mapping changed: new epoch", logattr.Epoch, e.ID)
+		}
+	}
+	e.Recorded = now
+	if err := a.store.PutEpoch(e); err != nil {
+		return store.Epoch{}, fmt.Errorf("record epoch %d: %w", e.ID, err)
+	}
+	return e, nil
 }

@@ -1,0 +1,127 @@
+// Package reconcile makes the record store agree with the kernel: every
+// block the data plane shows as active has an open record, and every open
+// record belongs to a block that is still active. It runs at start (after a
+// crash, the ring buffer's events may be gone) and periodically (a full
+// ring buffer or a failing disk may have lost some).
+package reconcile
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/blocknat/blocknat/loader"
+	"github.com/blocknat/blocknat/userspace/events"
+	"github.com/blocknat/blocknat/userspace/mapping"
+	"github.com/blocknat/blocknat/userspace/store"
+)
+
+// OpenLister lists the store's open records (*store.Store).
+type OpenLister interface {
+	Open() ([]store.Record, error)
+}
+
+// Submitter writes record changes in order with the ring buffer's events.
+type Submitter interface {
+	Submit(ctx context.Context, ops []store.Op) error
+}
+
+// Reconciler compares the kernel's subscriber table with the open records.
+type Reconciler struct {
+	Subscribers *ebpf.Map
+	Mapping     *mapping.Mapping
+	Epoch       uint32
+	Store       OpenLister
+	Records     Submitter
+	Clock       events.Clock
+	// Grace skips blocks activated this recently: their ring buffer event
+	// is probably still on its way, and the record it makes is exact.
+	Grace time.Duration
+}
+
+// Result counts the repairs of one pass.
+type Result struct {
+	Active    int // blocks active in the kernel
+	Recovered int // open records created for active blocks that had none
+	Closed    int // open records closed because their block is not active
+}
+
+type blockID struct {
+	subscriber uint32
+	public     [4]byte
+	portLo     uint16
+}
+
+func idOf(sub uint32, b mapping.Block) blockID {
+	return blockID{sub, b.Public.As4(), b.PortLo}
+}
+
+// Once runs one pass.
+func (r *Reconciler) Once(ctx context.Context) (Result, error) {
+	var res Result
+	nowMono := r.Clock.MonoNow()
+	now := r.Clock.Wall(nowMono)
+
+	open, err := r.Store.Open()
+	if err != nil {
+		return res, fmt.Errorf("list open records: %w", err)
+	}
+	openByID := make(map[blockID]store.Record, len(open))
+	for _, rec := range open {
+		openByID[blockID{rec.Subscriber, rec.Public.As4(), rec.PortLo}] = rec
+	}
+
+	var ops []store.Op
+	active := map[blockID]bool{}
+	var idx uint32
+	var st loader.SubscriberState
+	it := r.Subscribers.Iterate()
+	for it.Next(&idx, &st) {
+		if st.Active == 0 {
+			continue
+		}
+		res.Active++
+		block, err := r.Mapping.Block(idx)
+		if err != nil {
+			return res, fmt.Errorf("subscriber %d is active in the kernel but not in the mapping: %w", idx, err)
+		}
+		id := idOf(idx, block)
+		active[id] = true
+		if _, ok := openByID[id]; ok {
+			continue
+		}
+		start := now
+		if st.ActiveSinceNs != 0 {
+			if nowMono-st.ActiveSinceNs < uint64(r.Grace) {
+				continue
+			}
+			// The data plane noted when the block became active, so a
+			// recovered record starts when the block really did.
+			start = r.Clock.Wall(st.ActiveSinceNs)
+		}
+		ops = append(ops, store.Op{Kind: store.OpActivate, Record: store.Record{
+			Subscriber: idx, Inside: block.Inside, Public: block.Public, PortLo: block.PortLo, PortHi: block.PortHi,
+			Start: start, Epoch: r.Epoch, Flags: store.FlagRecovered}})
+		res.Recovered++
+	}
+	if err := it.Err(); err != nil {
+		return res, fmt.Errorf("scan subscribers: %w", err)
+	}
+	for id, rec := range openByID {
+		if active[id] {
+			continue
+		}
+		rec.End = now
+		ops = append(ops, store.Op{Kind: store.OpRelease, Record: rec})
+		res.Closed++
+	}
+	if len(ops) == 0 {
+		return res, nil
+	}
+	if err := r.Records.Submit(ctx, ops); err != nil {
+		return res, fmt.Errorf("write %d reconciled records: %w", len(ops), err)
+	}
+	return res, nil
+}

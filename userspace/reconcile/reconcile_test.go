@@ -1,0 +1,101 @@
+package reconcile
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/blocknat/blocknat/loader"
+	"github.com/blocknat/blocknat/userspace/internal/testclock"
+	"github.com/blocknat/blocknat/userspace/mapping"
+	"github.com/blocknat/blocknat/userspace/store"
+)
+
+type direct struct{ st *store.Store }
+
+func (d direct) Submit(_ context.Context, ops []store.Op) error { return d.st.Apply(ops) }
+
+// TestReconcile: the kernel shows subscribers 2, 3 and 4 active; the store
+// has open records for 3 (matching) and 5 (no longer active). Afterwards
+// 2 and 4 have recovered records starting when the kernel says their
+// blocks began, 3 is untouched, 5 is closed.
+func TestReconcile(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("BLOCKNAT_REQUIRE_PRIVILEGED") == "1" {
+			t.Fatal("needs root for kernel maps")
+		}
+		t.Skip("needs root for kernel maps")
+	}
+	m, err := mapping.New([]netip.Prefix{netip.MustParsePrefix("100.64.0.0/24")}, []netip.Prefix{netip.MustParsePrefix("198.51.100.10/31")}, 1024, 65535, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nat, err := loader.Load(loader.Params{Mapping: m, Epoch: 4, MaxFlows: 1024}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nat.Close()
+	clock := testclock.New(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), 10*time.Hour)
+	st, err := store.Open("records", store.Options{FS: vfs.NewMem(), Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+
+	now := clock.MonoNow()
+	since := map[uint32]uint64{2: now - uint64(time.Hour), 3: now - uint64(2*time.Hour), 4: 0}
+	for sub, s := range since {
+		state := loader.SubscriberState{Active: 1, ActiveSinceNs: s, LastActiveNs: now}
+		if err := nat.SubscribersMap().Put(&sub, &state); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ops []store.Op
+	for _, sub := range []uint32{3, 5} {
+		b, _ := m.Block(sub)
+		ops = append(ops, store.Op{Kind: store.OpActivate, Record: store.Record{Subscriber: sub, Inside: b.Inside, Public: b.Public,
+			PortLo: b.PortLo, PortHi: b.PortHi, Start: clock.Wall(now - uint64(2*time.Hour)), Epoch: 4}})
+	}
+	if err := st.Apply(ops); err != nil {
+		t.Fatal(err)
+	}
+
+	r := &Reconciler{Subscribers: nat.SubscribersMap(), Mapping: m, Epoch: 4, Store: st, Records: direct{st}, Clock: clock, Grace: time.Second}
+	res, err := r.Once(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res != (Result{Active: 3, Recovered: 2, Closed: 1}) {
+		t.Errorf("result %+v", res)
+	}
+	open, _ := st.Open()
+	bySub := map[uint32]store.Record{}
+	for _, rec := range open {
+		bySub[rec.Subscriber] = rec
+	}
+	if len(open) != 3 {
+		t.Fatalf("open records %+v, want subscribers 2, 3, 4", open)
+	}
+	if r2 := bySub[2]; r2.Flags&store.FlagRecovered == 0 || !r2.Start.Equal(clock.Wall(since[2])) || r2.Epoch != 4 {
+		t.Errorf("subscriber 2: %+v, want recovered from %v", r2, clock.Wall(since[2]))
+	}
+	if r4 := bySub[4]; r4.Flags&store.FlagRecovered == 0 || !r4.Start.Equal(clock.Now()) {
+		t.Errorf("subscriber 4 (no start in the kernel): %+v, want recovered from now", r4)
+	}
+	if r3 := bySub[3]; r3.Flags != 0 {
+		t.Errorf("subscriber 3 was rewritten: %+v", r3)
+	}
+	b5, _ := m.Block(5)
+	closed, _ := st.Lookup(b5.Public, b5.PortLo, clock.Now(), 0)
+	if len(closed) != 1 || closed[0].Open() {
+		t.Errorf("subscriber 5: %+v, want its record closed now", closed)
+	}
+	// A second pass finds nothing to do.
+	if res, _ := r.Once(context.Background()); res.Recovered != 0 || res.Closed != 0 {
+		t.Errorf("second pass %+v", res)
+	}
+}

@@ -1,0 +1,85 @@
+// Package store keeps blocknat's block records and mapping epochs in Pebble
+// and answers "which subscriber had public IP X, port P, at time T?" from them.
+//
+// # Records and intervals
+//
+// A Record says that a subscriber held the port block [PortLo, PortHi] of a
+// public address during the closed interval [Start, End]. A record is open
+// while End is zero, and an open record covers [Start, now]. A lookup widened
+// by a tolerance d returns every record whose interval intersects [T-d, T+d],
+// each with its own interval, so that the investigator sees every candidate.
+//
+// # Key layout
+//
+// All integers are big-endian so that byte order is numeric order. A day is
+// the UTC day number (Unix time / 86400 s); times are Unix nanoseconds.
+//
+//	r <day u32> <public 4B> <port_lo u16> <start u64> <subscriber u32>   = value
+//	s <day u32> <inside 4B> <start u64> <public 4B> <port_lo u16> <subscriber u32>
+//	o <public 4B> <port_lo u16> <start u64> <subscriber u32>              = value
+//	p <inside 4B> <start u64> <public 4B> <port_lo u16> <subscriber u32>
+//	e <start u64> <epoch id u32>                                         = epoch
+//	m <name>                                                             = meta
+//
+// "r" is the record partition: a closed record is stored in every day
+// partition its interval touches, so a lookup for T seeks once in T's day
+// (once per day a tolerance spans) and never needs to look back in time.
+// "s" is the same per day, ordered by inside address, for History. "o" and
+// "p" hold the open records, by block and by inside address. The value of r
+// and o is a version byte, the inside address, port_hi, then uvarints for
+// End-Start (r only), the epoch and the flags: about 15 bytes.
+//
+// # Carrying open records
+//
+// The design says open records are carried into each new day's partition. The
+// store does that lazily, at release: while a record is open it lives only in
+// "o"/"p", which retention never touches, and every read also seeks there once
+// (an open record answers for any T in [Start, now]). When the record is
+// released its End is known, and the same batch that removes it from "o"/"p"
+// writes a copy into every day partition from its start day (or the oldest
+// retained day) to its end day. The copies are therefore final and never need
+// rewriting, a store with no writes for days still answers for today, and an
+// open record older than the retention period survives every sweep.
+//
+// # Lookup bound
+//
+// Blocks of one public address never overlap within an epoch, but an epoch
+// change can alter the block size, so a port can fall into blocks with
+// different port_lo values over time. The store keeps the widest block it has
+// ever stored (meta "m width"); a lookup for port P scans port_lo in
+// [P-width+1, P] for that address in each partition: one bounded seek that
+// reads only the blocks that can contain P.
+//
+// # Retention
+//
+// Sweep(retention) computes cutoff = now - retention and its day C. In one
+// Sync batch it range-deletes the r and s partitions of every day before C,
+// point-deletes the records of day C that ended before the cutoff, deletes
+// epochs no retained record needs, and records C as the oldest retained day.
+// A record that ended after the cutoff was copied into day C when it was
+// released, so reads for a time before C are answered from partition C
+// instead. Sweep then flushes the memtable and compacts the deleted spans (and
+// the small o, p and e keyspaces, whose release tombstones still shadow old
+// values) with parallelize=true, so the SSTables holding expired data are
+// rewritten without it.
+//
+// Pebble keeps copies outside the live SSTables too: the WAL, which it may
+// recycle (a recycled WAL keeps its old bytes past the new writes), and the
+// MANIFEST, whose edits name the smallest and largest key of every SSTable
+// ever created and which Pebble keeps one generation of after rotating
+// (NumPrevManifest cannot go below 1). Sweep therefore closes and reopens the
+// database twice, each time followed by a small flushed write: a reopen deletes
+// every obsolete and recycled WAL, and the first version edit after a reopen
+// starts a fresh MANIFEST holding only a snapshot of the live files; the second
+// round deletes the MANIFEST that described the files before the compaction.
+// After Sweep returns, no file in the store directory holds an expired record.
+// Unlinking frees the blocks but does not overwrite them on the device; where
+// erasure at the media level is required, put the store on an encrypted
+// volume.
+//
+// # Concurrency
+//
+// Writers (Apply, PutEpoch, Sweep) are serialised. Reads run concurrently with
+// writes and see one consistent Pebble view each. Sweep blocks reads only while
+// it reopens the database. Apply blocks while a Sweep runs.
+package store

@@ -1,0 +1,189 @@
+package store
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// PutEpoch writes an epoch and syncs. Writing the same ID and Start again
+// replaces the copy, which is how the daily re-write refreshes Recorded. A
+// zero Recorded is set to the store's clock.
+func (s *Store) PutEpoch(e Epoch) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	if s.db == nil {
+		return ErrClosed
+	}
+	now := s.now()
+	if e.Recorded.IsZero() {
+		e.Recorded = now
+	}
+	key, val, err := encodeEpoch(&e, now)
+	if err != nil {
+		return fmt.Errorf("put epoch %d: %w", e.ID, err)
+	}
+	if err := s.db.Set(key, val, pebble.Sync); err != nil {
+		return fmt.Errorf("put epoch %d: %w", e.ID, err)
+	}
+	return nil
+}
+
+// EpochAt returns the epoch in force at t: the one with the latest Start not
+// after t (the highest ID if several share that Start).
+func (s *Store) EpochAt(t time.Time) (Epoch, error) {
+	var e Epoch
+	found := false
+	ns := clampNS(t)
+	if ns < 0 {
+		return e, fmt.Errorf("epoch at %s: %w", t, ErrNotFound)
+	}
+	err := s.read("epoch at", func(v *view) error {
+		upper := []byte{prefixEpoch}
+		if ns == int64(^uint64(0)>>1) {
+			upper = []byte{prefixEpoch + 1}
+		} else {
+			upper = binary.BigEndian.AppendUint64(upper, uint64(ns+1))
+		}
+		v.it.SetBounds([]byte{prefixEpoch}, upper)
+		if !v.it.Last() {
+			return v.it.Error()
+		}
+		val, err := v.it.ValueAndErr()
+		if err != nil {
+			return err
+		}
+		e, err = decodeEpoch(v.it.Key(), val)
+		found = err == nil
+		return err
+	})
+	if err != nil {
+		return Epoch{}, fmt.Errorf("epoch at %s: %w", t, err)
+	}
+	if !found {
+		return Epoch{}, fmt.Errorf("epoch at %s: %w", t.UTC().Format(time.RFC3339Nano), ErrNotFound)
+	}
+	return e, nil
+}
+
+// Epochs returns every stored epoch, ordered by Start then ID.
+func (s *Store) Epochs() ([]Epoch, error) {
+	var out []Epoch
+	err := s.read("epochs", func(v *view) error {
+		var err error
+		out, err = v.epochs()
+		return err
+	})
+	return out, err
+}
+
+func (v *view) epochs() ([]Epoch, error) {
+	var out []Epoch
+	err := v.scan([]byte{prefixEpoch}, []byte{prefixEpoch + 1}, func(k, val []byte) error {
+		e, err := decodeEpoch(k, val)
+		if err == nil {
+			out = append(out, e)
+		}
+		return err
+	})
+	return out, err
+}
+
+// encodeEpoch returns the key and value of an epoch:
+//
+//	version, recorded u64, port_lo u16, port_hi u16, block_size u16,
+//	ratio u32, hash [32], uvarint n, n × (addr 4B, bits 1B), uvarint m, m × addr 4B
+func encodeEpoch(e *Epoch, now time.Time) (key, val []byte, err error) {
+	startNS, err := checkTime(e.Start, "start", now)
+	if err != nil {
+		return nil, nil, err
+	}
+	recordedNS, err := checkTime(e.Recorded, "recorded", now)
+	if err != nil {
+		return nil, nil, err
+	}
+	if e.PortLo > e.PortHi {
+		return nil, nil, fmt.Errorf("port_lo %d above port_hi %d: %w", e.PortLo, e.PortHi, ErrInvalid)
+	}
+	val = append(val, valueVersionEpoch)
+	val = binary.BigEndian.AppendUint64(val, uint64(recordedNS))
+	val = binary.BigEndian.AppendUint16(val, e.PortLo)
+	val = binary.BigEndian.AppendUint16(val, e.PortHi)
+	val = binary.BigEndian.AppendUint16(val, e.BlockSize)
+	val = binary.BigEndian.AppendUint32(val, e.Ratio)
+	val = append(val, e.Hash[:]...)
+	val = binary.AppendUvarint(val, uint64(len(e.Prefixes)))
+	for i, p := range e.Prefixes {
+		a, err := addr4(p.Addr(), fmt.Sprintf("prefixes[%d]", i))
+		if err != nil {
+			return nil, nil, err
+		}
+		if !p.IsValid() || p.Bits() > 32 {
+			return nil, nil, fmt.Errorf("prefixes[%d]: %v is not a valid IPv4 prefix: %w", i, p, ErrInvalid)
+		}
+		val = append(val, a[:]...)
+		val = append(val, byte(p.Bits()))
+	}
+	val = binary.AppendUvarint(val, uint64(len(e.Pool)))
+	for i, p := range e.Pool {
+		a, err := addr4(p, fmt.Sprintf("pool[%d]", i))
+		if err != nil {
+			return nil, nil, err
+		}
+		val = append(val, a[:]...)
+	}
+	return epochKey(startNS, e.ID), val, nil
+}
+
+func decodeEpoch(k, v []byte) (Epoch, error) {
+	var e Epoch
+	if len(k) != epochKeyLen || k[0] != prefixEpoch {
+		return e, fmt.Errorf("epoch key %x: bad length or prefix: %w", k, ErrCorrupt)
+	}
+	e.Start = time.Unix(0, int64(binary.BigEndian.Uint64(k[1:]))).UTC()
+	e.ID = binary.BigEndian.Uint32(k[9:])
+	bad := func(what string) (Epoch, error) {
+		return Epoch{}, fmt.Errorf("epoch %d value: %s: %w", e.ID, what, ErrCorrupt)
+	}
+	const fixed = 1 + 8 + 2 + 2 + 2 + 4 + 32
+	if len(v) < fixed {
+		return bad("short")
+	}
+	if v[0] != valueVersionEpoch {
+		return bad("unknown version")
+	}
+	e.Recorded = time.Unix(0, int64(binary.BigEndian.Uint64(v[1:]))).UTC()
+	e.PortLo = binary.BigEndian.Uint16(v[9:])
+	e.PortHi = binary.BigEndian.Uint16(v[11:])
+	e.BlockSize = binary.BigEndian.Uint16(v[13:])
+	e.Ratio = binary.BigEndian.Uint32(v[15:])
+	copy(e.Hash[:], v[19:51])
+	rest := v[fixed:]
+	n, w := binary.Uvarint(rest)
+	if w <= 0 || n > uint64(len(rest))/5 {
+		return bad("prefix count")
+	}
+	rest = rest[w:]
+	for range n {
+		if len(rest) < 5 || rest[4] > 32 {
+			return bad("prefix")
+		}
+		e.Prefixes = append(e.Prefixes, netip.PrefixFrom(addrFrom4([4]byte(rest[:4])), int(rest[4])))
+		rest = rest[5:]
+	}
+	m, w := binary.Uvarint(rest)
+	if w <= 0 || m*4 != uint64(len(rest)-w) {
+		return bad("pool")
+	}
+	rest = rest[w:]
+	for range m {
+		e.Pool = append(e.Pool, addrFrom4([4]byte(rest[:4])))
+		rest = rest[4:]
+	}
+	return e, nil
+}

@@ -1,0 +1,255 @@
+package store
+
+import (
+	"encoding/binary"
+	"fmt"
+	"time"
+)
+
+// Keyspace prefixes; see the package documentation for the layout.
+const (
+	prefixRecord     = 'r'
+	prefixInside     = 's'
+	prefixOpen       = 'o'
+	prefixOpenInside = 'p'
+	prefixEpoch      = 'e'
+	prefixMeta       = 'm'
+)
+
+// Meta keys.
+var (
+	metaSwept    = []byte("m swept")    // u32: oldest retained day partition
+	metaWidth    = []byte("m width")    // u32: widest block ever stored
+	metaRotation = []byte("m rotation") // u64: counter written to force a version edit after a reopen
+)
+
+const nsPerDay = int64(24 * time.Hour)
+
+const (
+	recordKeyLen     = 1 + 4 + 4 + 2 + 8 + 4
+	insideKeyLen     = 1 + 4 + 4 + 8 + 4 + 2 + 4
+	openKeyLen       = 1 + 4 + 2 + 8 + 4
+	openInsideKeyLen = 1 + 4 + 8 + 4 + 2 + 4
+	epochKeyLen      = 1 + 8 + 4
+)
+
+// Value format versions, so that a later layout can be read beside this one.
+const (
+	valueVersionRecord = 1
+	valueVersionEpoch  = 1
+)
+
+// dayOf returns the UTC day number of a non-negative Unix nanosecond time.
+func dayOf(ns int64) uint32 { return uint32(ns / nsPerDay) }
+
+func dayStart(day uint32) time.Time { return time.Unix(int64(day)*86400, 0).UTC() }
+
+// recordID is what makes a record unique: the block it held, when it began
+// and who held it.
+type recordID struct {
+	public [4]byte
+	portLo uint16
+	start  int64
+	sub    uint32
+}
+
+// openID is how a release finds the record it closes.
+type openID struct {
+	sub    uint32
+	public [4]byte
+	portLo uint16
+}
+
+func (id recordID) open() openID { return openID{sub: id.sub, public: id.public, portLo: id.portLo} }
+
+// dayPrefix is the first key of a day partition of keyspace p.
+func dayPrefix(p byte, day uint32) []byte {
+	k := make([]byte, 5, 16)
+	k[0] = p
+	binary.BigEndian.PutUint32(k[1:], day)
+	return k
+}
+
+// blockPrefix is r<day><public><portLo>.
+func blockPrefix(day uint32, public [4]byte, portLo uint16) []byte {
+	k := make([]byte, 0, 11)
+	k = append(k, prefixRecord)
+	k = binary.BigEndian.AppendUint32(k, day)
+	k = append(k, public[:]...)
+	return binary.BigEndian.AppendUint16(k, portLo)
+}
+
+func recordKey(day uint32, id recordID) []byte {
+	k := make([]byte, 0, recordKeyLen)
+	k = append(k, prefixRecord)
+	k = binary.BigEndian.AppendUint32(k, day)
+	k = append(k, id.public[:]...)
+	k = binary.BigEndian.AppendUint16(k, id.portLo)
+	k = binary.BigEndian.AppendUint64(k, uint64(id.start))
+	return binary.BigEndian.AppendUint32(k, id.sub)
+}
+
+func parseRecordKey(k []byte) (day uint32, id recordID, err error) {
+	if len(k) != recordKeyLen || k[0] != prefixRecord {
+		return 0, id, fmt.Errorf("record key %x: bad length or prefix: %w", k, ErrCorrupt)
+	}
+	day = binary.BigEndian.Uint32(k[1:])
+	copy(id.public[:], k[5:9])
+	id.portLo = binary.BigEndian.Uint16(k[9:])
+	id.start = int64(binary.BigEndian.Uint64(k[11:]))
+	id.sub = binary.BigEndian.Uint32(k[19:])
+	return day, id, nil
+}
+
+func insideKey(day uint32, inside [4]byte, id recordID) []byte {
+	k := make([]byte, 0, insideKeyLen)
+	k = append(k, prefixInside)
+	k = binary.BigEndian.AppendUint32(k, day)
+	k = append(k, inside[:]...)
+	k = binary.BigEndian.AppendUint64(k, uint64(id.start))
+	k = append(k, id.public[:]...)
+	k = binary.BigEndian.AppendUint16(k, id.portLo)
+	return binary.BigEndian.AppendUint32(k, id.sub)
+}
+
+// insidePrefix is s<day><inside>.
+func insidePrefix(day uint32, inside [4]byte) []byte {
+	k := dayPrefix(prefixInside, day)
+	return append(k, inside[:]...)
+}
+
+func parseInsideKey(k []byte) (day uint32, id recordID, err error) {
+	if len(k) != insideKeyLen || k[0] != prefixInside {
+		return 0, id, fmt.Errorf("inside key %x: bad length or prefix: %w", k, ErrCorrupt)
+	}
+	day = binary.BigEndian.Uint32(k[1:])
+	id.start = int64(binary.BigEndian.Uint64(k[9:]))
+	copy(id.public[:], k[17:21])
+	id.portLo = binary.BigEndian.Uint16(k[21:])
+	id.sub = binary.BigEndian.Uint32(k[23:])
+	return day, id, nil
+}
+
+func openKey(id recordID) []byte {
+	k := make([]byte, 0, openKeyLen)
+	k = append(k, prefixOpen)
+	k = append(k, id.public[:]...)
+	k = binary.BigEndian.AppendUint16(k, id.portLo)
+	k = binary.BigEndian.AppendUint64(k, uint64(id.start))
+	return binary.BigEndian.AppendUint32(k, id.sub)
+}
+
+// openBlockPrefix is o<public><portLo>.
+func openBlockPrefix(public [4]byte, portLo uint16) []byte {
+	k := make([]byte, 0, 7)
+	k = append(k, prefixOpen)
+	k = append(k, public[:]...)
+	return binary.BigEndian.AppendUint16(k, portLo)
+}
+
+func parseOpenKey(k []byte) (id recordID, err error) {
+	if len(k) != openKeyLen || k[0] != prefixOpen {
+		return id, fmt.Errorf("open key %x: bad length or prefix: %w", k, ErrCorrupt)
+	}
+	copy(id.public[:], k[1:5])
+	id.portLo = binary.BigEndian.Uint16(k[5:])
+	id.start = int64(binary.BigEndian.Uint64(k[7:]))
+	id.sub = binary.BigEndian.Uint32(k[15:])
+	return id, nil
+}
+
+func openInsideKey(inside [4]byte, id recordID) []byte {
+	k := make([]byte, 0, openInsideKeyLen)
+	k = append(k, prefixOpenInside)
+	k = append(k, inside[:]...)
+	k = binary.BigEndian.AppendUint64(k, uint64(id.start))
+	k = append(k, id.public[:]...)
+	k = binary.BigEndian.AppendUint16(k, id.portLo)
+	return binary.BigEndian.AppendUint32(k, id.sub)
+}
+
+func parseOpenInsideKey(k []byte) (id recordID, err error) {
+	if len(k) != openInsideKeyLen || k[0] != prefixOpenInside {
+		return id, fmt.Errorf("open inside key %x: bad length or prefix: %w", k, ErrCorrupt)
+	}
+	id.start = int64(binary.BigEndian.Uint64(k[5:]))
+	copy(id.public[:], k[13:17])
+	id.portLo = binary.BigEndian.Uint16(k[17:])
+	id.sub = binary.BigEndian.Uint32(k[19:])
+	return id, nil
+}
+
+func epochKey(startNS int64, id uint32) []byte {
+	k := make([]byte, 0, epochKeyLen)
+	k = append(k, prefixEpoch)
+	k = binary.BigEndian.AppendUint64(k, uint64(startNS))
+	return binary.BigEndian.AppendUint32(k, id)
+}
+
+// keyAfter returns the smallest key greater than every key with prefix p, for
+// use as an exclusive upper bound.
+func keyAfter(p []byte) []byte {
+	k := append([]byte(nil), p...)
+	for i := len(k) - 1; i >= 0; i-- {
+		if k[i] != 0xff {
+			k[i]++
+			return k[:i+1]
+		}
+	}
+	return nil // p is all 0xff: no upper bound
+}
+
+// encodeValue writes the part of a record that is not in its key. closed
+// selects the r layout, which carries End as a duration since Start.
+func encodeValue(dst []byte, r *Record, inside [4]byte, closed bool) []byte {
+	dst = append(dst, valueVersionRecord)
+	dst = append(dst, inside[:]...)
+	dst = binary.BigEndian.AppendUint16(dst, r.PortHi)
+	if closed {
+		dst = binary.AppendUvarint(dst, uint64(r.End.UnixNano()-r.Start.UnixNano()))
+	}
+	dst = binary.AppendUvarint(dst, uint64(r.Epoch))
+	return binary.AppendUvarint(dst, uint64(r.Flags))
+}
+
+// decodeValue rebuilds a record from its identity and its value.
+func decodeValue(v []byte, id recordID, closed bool) (Record, error) {
+	r := Record{
+		Subscriber: id.sub,
+		Public:     addrFrom4(id.public),
+		PortLo:     id.portLo,
+		Start:      time.Unix(0, id.start).UTC(),
+	}
+	bad := func(what string) (Record, error) {
+		return Record{}, fmt.Errorf("record value %x: %s: %w", v, what, ErrCorrupt)
+	}
+	if len(v) < 7 {
+		return bad("short")
+	}
+	if v[0] != valueVersionRecord {
+		return bad("unknown version")
+	}
+	r.Inside = addrFrom4([4]byte(v[1:5]))
+	r.PortHi = binary.BigEndian.Uint16(v[5:])
+	rest := v[7:]
+	if closed {
+		d, n := binary.Uvarint(rest)
+		if n <= 0 {
+			return bad("end")
+		}
+		r.End = time.Unix(0, id.start+int64(d)).UTC()
+		rest = rest[n:]
+	}
+	epoch, n := binary.Uvarint(rest)
+	if n <= 0 || epoch > 0xffffffff {
+		return bad("epoch")
+	}
+	rest = rest[n:]
+	flags, n := binary.Uvarint(rest)
+	if n <= 0 || flags > 0xffffffff || n != len(rest) {
+		return bad("flags")
+	}
+	r.Epoch = uint32(epoch)
+	r.Flags = Flags(flags)
+	return r, nil
+}

@@ -1,0 +1,235 @@
+package store
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// SweepStats report what a Sweep removed.
+type SweepStats struct {
+	Cutoff          time.Time     // now - retention
+	OldestRetained  time.Time     // start of the oldest day partition kept
+	Partitions      int           // day partitions deleted whole
+	ExpiredRecords  int           // records deleted (each counted once)
+	ExpiredEpochs   int           // epochs deleted
+	DiskBytesBefore uint64        // every file of the store, before
+	DiskBytesAfter  uint64        // and after
+	Duration        time.Duration // wall time taken
+}
+
+// Sweep deletes every record that ended before now-retention and every epoch
+// recorded before then that no retained record needs, then compacts and
+// reopens the database so that the deleted bytes are in no file of the store
+// directory when it returns (see the package documentation, Retention).
+// Records still open, or that ended after the cutoff, are kept whatever their
+// start, and keep answering for their whole interval. The epoch in force at
+// the cutoff and every epoch named by a record that began before the cutoff
+// and is kept are kept too.
+//
+// Sweep blocks Apply and PutEpoch while it runs, and reads while it reopens.
+func (s *Store) Sweep(retention time.Duration) (SweepStats, error) {
+	if retention <= 0 {
+		return SweepStats{}, fmt.Errorf("sweep: retention %s: must be positive: %w", retention, ErrInvalid)
+	}
+	began := time.Now()
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	cutoff := s.now().Add(-retention).UTC()
+	st := SweepStats{Cutoff: cutoff}
+	cutoffNS := clampNS(cutoff)
+	if cutoffNS < 0 {
+		return st, nil // the cutoff is before anything the store can hold
+	}
+	if err := s.sweepData(cutoffNS, &st); err != nil {
+		return st, err
+	}
+	s.dbMu.Lock()
+	err := s.rotateLocked()
+	if err == nil {
+		st.DiskBytesAfter = s.db.Metrics().DiskSpaceUsage()
+	}
+	s.dbMu.Unlock()
+	if err != nil {
+		return st, err
+	}
+	st.Duration = time.Since(began)
+	s.log.Info("retention sweep", logKeyCutoff, st.Cutoff, logKeyOldestDay, st.OldestRetained,
+		logKeyPartitions, st.Partitions, logKeyRecords, st.ExpiredRecords, logKeyEpochs, st.ExpiredEpochs,
+		logKeyDuration, st.Duration)
+	return st, nil
+}
+
+// sweepData deletes, commits, flushes and compacts. The caller holds writeMu;
+// reads go on meanwhile.
+func (s *Store) sweepData(cutoffNS int64, st *SweepStats) error {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	db := s.db
+	if db == nil {
+		return ErrClosed
+	}
+	st.DiskBytesBefore = db.Metrics().DiskSpaceUsage()
+	oldSwept := s.swept.Load()
+	newSwept := max(oldSwept, dayOf(cutoffNS))
+	st.OldestRetained = dayStart(newSwept)
+
+	b := db.NewBatch()
+	defer b.Close()
+	referenced := make(map[uint32]bool)
+	for _, r := range s.open {
+		if r.Start.UnixNano() < cutoffNS {
+			referenced[r.Epoch] = true
+		}
+	}
+	// Walk the partitions about to go, and the one that stays but holds
+	// records that ended before the cutoff.
+	it, err := db.NewIter(&pebble.IterOptions{
+		LowerBound: dayPrefix(prefixRecord, oldSwept),
+		UpperBound: dayPrefix(prefixRecord, newSwept+1),
+	})
+	if err != nil {
+		return fmt.Errorf("sweep: iterate partitions: %w", err)
+	}
+	lastDay, haveDay := uint32(0), false
+	for ok := it.First(); ok; ok = it.Next() {
+		day, id, err := parseRecordKey(it.Key())
+		if err != nil {
+			return errors.Join(fmt.Errorf("sweep: %w", err), it.Close())
+		}
+		if day < newSwept && (!haveDay || day != lastDay) {
+			st.Partitions++
+		}
+		lastDay, haveDay = day, true
+		val, err := it.ValueAndErr()
+		if err != nil {
+			return errors.Join(fmt.Errorf("sweep: read %x: %w", it.Key(), err), it.Close())
+		}
+		rec, err := decodeValue(val, id, true)
+		if err != nil {
+			return errors.Join(fmt.Errorf("sweep: %w", err), it.Close())
+		}
+		endNS := rec.End.UnixNano()
+		switch {
+		case endNS < cutoffNS:
+			if dayOf(endNS) == day {
+				st.ExpiredRecords++ // a record's last copy is in its end day
+			}
+			if day == newSwept {
+				inside := rec.Inside.As4()
+				if err := errors.Join(b.Delete(recordKey(day, id), nil), b.Delete(insideKey(day, inside, id), nil)); err != nil {
+					return errors.Join(fmt.Errorf("sweep: batch delete: %w", err), it.Close())
+				}
+			}
+		case day == newSwept && id.start < cutoffNS:
+			referenced[rec.Epoch] = true
+		}
+	}
+	if err := errors.Join(it.Error(), it.Close()); err != nil {
+		return fmt.Errorf("sweep: iterate partitions: %w", err)
+	}
+	if newSwept > 0 {
+		if err := errors.Join(
+			b.DeleteRange(dayPrefix(prefixRecord, 0), dayPrefix(prefixRecord, newSwept), nil),
+			b.DeleteRange(dayPrefix(prefixInside, 0), dayPrefix(prefixInside, newSwept), nil),
+		); err != nil {
+			return fmt.Errorf("sweep: batch delete range: %w", err)
+		}
+	}
+
+	// Epochs: keep the one in force at the cutoff (records after it may name
+	// it), every later one, and every one a kept record names.
+	ev, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixEpoch}, UpperBound: []byte{prefixEpoch + 1}})
+	if err != nil {
+		return fmt.Errorf("sweep: iterate epochs: %w", err)
+	}
+	v := &view{db: db, it: ev}
+	epochs, err := v.epochs()
+	if err = errors.Join(err, ev.Close()); err != nil {
+		return fmt.Errorf("sweep: read epochs: %w", err)
+	}
+	inForce := -1
+	for i := range epochs {
+		if epochs[i].Start.UnixNano() <= cutoffNS {
+			inForce = i
+		}
+	}
+	for i := range epochs {
+		e := &epochs[i]
+		if i == inForce || e.Start.UnixNano() > cutoffNS || e.Recorded.UnixNano() >= cutoffNS || referenced[e.ID] {
+			continue
+		}
+		if err := b.Delete(epochKey(e.Start.UnixNano(), e.ID), nil); err != nil {
+			return fmt.Errorf("sweep: batch delete epoch %d: %w", e.ID, err)
+		}
+		st.ExpiredEpochs++
+	}
+
+	if err := b.Set(metaSwept, binary.BigEndian.AppendUint32(nil, newSwept), nil); err != nil {
+		return fmt.Errorf("sweep: batch set swept: %w", err)
+	}
+	s.swept.Store(newSwept)
+	if err := b.Commit(pebble.Sync); err != nil {
+		s.swept.Store(oldSwept)
+		return fmt.Errorf("sweep: commit: %w", err)
+	}
+
+	// Flushing makes the WAL that held the deleted records obsolete; the
+	// compactions rewrite every SSTable holding them (or the tombstones,
+	// whose keys name inside addresses) down to the bottom level, where
+	// Pebble drops both. The o, p and e keyspaces are small but hold the
+	// release tombstones of records now expired, so they are compacted too.
+	if err := db.Flush(); err != nil {
+		return fmt.Errorf("sweep: flush: %w", err)
+	}
+	spans := [][2][]byte{
+		{dayPrefix(prefixRecord, 0), dayPrefix(prefixRecord, newSwept+1)},
+		{dayPrefix(prefixInside, 0), dayPrefix(prefixInside, newSwept+1)},
+		{[]byte{prefixEpoch}, []byte{prefixOpenInside + 1}}, // e, m, o, p
+	}
+	for _, sp := range spans {
+		if err := db.Compact(context.Background(), sp[0], sp[1], true); err != nil {
+			return fmt.Errorf("sweep: compact [%x, %x): %w", sp[0], sp[1], err)
+		}
+	}
+	return nil
+}
+
+// rotateLocked closes and reopens Pebble twice, each time followed by a
+// flushed write. A reopen deletes every obsolete and recycled WAL; the first
+// version edit after it starts a new MANIFEST holding only a snapshot of the
+// live files. Pebble keeps one previous MANIFEST, so the second round is what
+// deletes the one that described the files before the sweep's compactions.
+// The caller holds writeMu and dbMu exclusively. On failure the store is
+// left closed.
+func (s *Store) rotateLocked() error {
+	for round := 1; round <= 2; round++ {
+		if s.db == nil {
+			return ErrClosed
+		}
+		err := s.db.Close()
+		s.db = nil
+		if err != nil {
+			s.log.Error("sweep rotation failed; store closed", logKeyError, err)
+			return fmt.Errorf("sweep: rotation %d: close pebble: %w", round, err)
+		}
+		db, err := pebble.Open(s.dir, s.pebbleOptions())
+		if err != nil {
+			s.log.Error("sweep rotation failed; store closed", logKeyError, err)
+			return fmt.Errorf("sweep: rotation %d: reopen pebble at %s: %w", round, s.dir, err)
+		}
+		s.db = db
+		s.rotations++
+		if err := db.Set(metaRotation, binary.BigEndian.AppendUint64(nil, s.rotations), pebble.Sync); err != nil {
+			return fmt.Errorf("sweep: rotation %d: write: %w", round, err)
+		}
+		if err := db.Flush(); err != nil {
+			return fmt.Errorf("sweep: rotation %d: flush: %w", round, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,169 @@
+package sweeper
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/blocknat/blocknat/loader"
+	"github.com/blocknat/blocknat/userspace/internal/testclock"
+	"github.com/blocknat/blocknat/userspace/mapping"
+	"github.com/blocknat/blocknat/userspace/store"
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("BLOCKNAT_REQUIRE_PRIVILEGED") == "1" {
+			t.Fatal("needs root for kernel maps")
+		}
+		t.Skip("needs root for kernel maps")
+	}
+}
+
+type recordedOps struct {
+	mu  sync.Mutex
+	ops []store.Op
+}
+
+func (r *recordedOps) Submit(_ context.Context, ops []store.Op) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ops = append(r.ops, ops...)
+	return nil
+}
+
+// fixture loads the real maps (nothing attached) for 100.64.0.0/24.
+func fixture(t *testing.T) (*Sweeper, *loader.NAT, *testclock.Clock, *recordedOps) {
+	t.Helper()
+	requireRoot(t)
+	m, err := mapping.New([]netip.Prefix{netip.MustParsePrefix("100.64.0.0/24")}, []netip.Prefix{netip.MustParsePrefix("198.51.100.10/31")}, 1024, 65535, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nat, err := loader.Load(loader.Params{Mapping: m, Epoch: 1, MaxFlows: 1024}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nat.Close() })
+	clock := testclock.New(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), time.Hour)
+	rec := &recordedOps{}
+	s := &Sweeper{
+		Maps:    Maps{FlowsFwd: nat.FlowsFwd(), FlowsRev: nat.FlowsRev(), Subscribers: nat.SubscribersMap()},
+		Mapping: m, Clock: clock, Records: rec,
+		Timeouts: Timeouts{UDP: 300 * time.Second, TCPEstablished: 7440 * time.Second, TCPTransitory: 240 * time.Second,
+			ICMP: 60 * time.Second, BlockIdle: 300 * time.Second},
+	}
+	return s, nat, clock, rec
+}
+
+func be32(a string) uint32 {
+	b := netip.MustParseAddr(a).As4()
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+}
+
+func be16(p uint16) uint16 { return p>>8 | p<<8 }
+
+// addFlow installs both sides of a mapping as the data plane would.
+func addFlow(t *testing.T, nat *loader.NAT, sub uint32, inside string, port uint16, proto uint8, state uint8, natPort uint16, lastSeen uint64) loader.FlowKey {
+	t.Helper()
+	key := loader.FlowKey{Addr: be32(inside), Port: be16(port), Proto: proto}
+	fwd := loader.FlowFwd{LastSeenNs: lastSeen, NatAddr: be32("198.51.100.10"), NatPort: be16(natPort), State: state, Subscriber: sub}
+	rkey := loader.FlowKey{Addr: fwd.NatAddr, Port: fwd.NatPort, Proto: proto}
+	rev := loader.FlowRev{Addr: key.Addr, Port: key.Port, Subscriber: sub}
+	if err := nat.FlowsFwd().Put(&key, &fwd); err != nil {
+		t.Fatal(err)
+	}
+	if err := nat.FlowsRev().Put(&rkey, &rev); err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+func exists(m *ebpf.Map, key loader.FlowKey) bool {
+	var v []byte
+	return m.Lookup(&key, &v) == nil
+}
+
+// TestTimeoutsByKind: after 250 s idle, TCP transitory and ICMP mappings
+// expire (both sides), UDP and established TCP do not.
+func TestTimeoutsByKind(t *testing.T) {
+	s, nat, clock, _ := fixture(t)
+	now := clock.MonoNow()
+	udp := addFlow(t, nat, 2, "100.64.0.2", 40000, 17, loader.FlowStateOther, 2100, now)
+	est := addFlow(t, nat, 2, "100.64.0.2", 40001, 6, loader.FlowStateTCPEst, 2101, now)
+	syn := addFlow(t, nat, 2, "100.64.0.2", 40002, 6, loader.FlowStateTCPTrans, 2102, now)
+	ping := addFlow(t, nat, 2, "100.64.0.2", 7, 1, loader.FlowStateOther, 2103, now)
+	clock.Advance(250 * time.Second)
+	res, err := s.Sweep(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Expired != 2 || res.Flows != 2 {
+		t.Errorf("result %+v, want 2 expired and 2 live", res)
+	}
+	for name, c := range map[string]struct {
+		key  loader.FlowKey
+		port uint16
+		want bool
+	}{"udp": {udp, 2100, true}, "tcp established": {est, 2101, true}, "tcp transitory": {syn, 2102, false}, "icmp": {ping, 2103, false}} {
+		rkey := loader.FlowKey{Addr: be32("198.51.100.10"), Port: be16(c.port), Proto: c.key.Proto}
+		if exists(nat.FlowsFwd(), c.key) != c.want || exists(nat.FlowsRev(), rkey) != c.want {
+			t.Errorf("%s: forward %v reverse %v, want both %v", name, exists(nat.FlowsFwd(), c.key), exists(nat.FlowsRev(), rkey), c.want)
+		}
+	}
+	// UDP's 300 s and the established 7440 s pass later.
+	clock.Advance(60 * time.Second)
+	if res, _ := s.Sweep(context.Background()); res.Expired != 1 || res.Flows != 1 {
+		t.Errorf("after 310 s: %+v, want UDP expired", res)
+	}
+	clock.Advance(7200 * time.Second)
+	if res, _ := s.Sweep(context.Background()); res.Expired != 1 || res.Flows != 0 {
+		t.Errorf("after 7510 s: %+v, want the established mapping expired", res)
+	}
+}
+
+// TestReleaseIdleBlock: a block with no mapping for block_idle is marked
+// idle in the kernel and its record released; a busy block stays.
+func TestReleaseIdleBlock(t *testing.T) {
+	s, nat, clock, rec := fixture(t)
+	now := clock.MonoNow()
+	for _, sub := range []uint32{2, 3} {
+		st := loader.SubscriberState{Active: 1, LastActiveNs: now, ActiveSinceNs: now}
+		if err := nat.SubscribersMap().Put(&sub, &st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock.Advance(200 * time.Second)
+	addFlow(t, nat, 3, "100.64.0.3", 40000, 17, loader.FlowStateOther, 2600, clock.MonoNow())
+	if res, _ := s.Sweep(context.Background()); res.Released != 0 {
+		t.Fatalf("released %d blocks before block_idle", res.Released)
+	}
+	clock.Advance(150 * time.Second)
+	res, err := s.Sweep(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Released != 1 || res.ActiveBlocks != 1 {
+		t.Fatalf("result %+v, want subscriber 2 released and 3 still active", res)
+	}
+	if len(rec.ops) != 1 || rec.ops[0].Kind != store.OpRelease || rec.ops[0].Record.Subscriber != 2 ||
+		rec.ops[0].Record.Public != netip.MustParseAddr("198.51.100.10") || rec.ops[0].Record.PortLo != 2032 ||
+		!rec.ops[0].Record.End.Equal(clock.Now()) {
+		t.Errorf("ops %+v, want one release of subscriber 2's block at %v", rec.ops, clock.Now())
+	}
+	for sub, want := range map[uint32]uint32{2: 0, 3: 1} {
+		var st loader.SubscriberState
+		if err := nat.SubscribersMap().Lookup(&sub, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Active != want {
+			t.Errorf("subscriber %d active=%d, want %d", sub, st.Active, want)
+		}
+	}
+}
