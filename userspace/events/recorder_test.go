@@ -26,7 +26,9 @@ type fakeRing struct {
 	once   sync.Once
 }
 
-func newFakeRing() *fakeRing { return &fakeRing{ch: make(chan []byte, 64), closed: make(chan struct{})} }
+func newFakeRing() *fakeRing {
+	return &fakeRing{ch: make(chan []byte, 64), closed: make(chan struct{})}
+}
 
 func (f *fakeRing) ReadInto(r *ringbuf.Record) error {
 	select {
