@@ -10,21 +10,51 @@ import (
 // Pinned gives another process (the CLI, a test, a status probe) read
 // access to a running data plane's maps through their pins.
 type Pinned struct {
-	stats *ebpf.Map
+	stats, subscribers *ebpf.Map
 }
 
-// OpenPinned opens the maps pinned under pinDir.
+// OpenPinned opens the maps pinned under pinDir, read-only.
 func OpenPinned(pinDir string) (*Pinned, error) {
-	path := filepath.Join(pinDir, mapsDir, "stats")
-	m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		return nil, fmt.Errorf("open pinned stats map %s: %w", path, err)
+	var p Pinned
+	for name, dst := range map[string]**ebpf.Map{"stats": &p.stats, "subscribers": &p.subscribers} {
+		path := filepath.Join(pinDir, mapsDir, name)
+		m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
+		if err != nil {
+			p.Close()
+			return nil, fmt.Errorf("open pinned map %s: %w", path, err)
+		}
+		*dst = m
 	}
-	return &Pinned{stats: m}, nil
+	return &p, nil
 }
 
 // Stats reads the data plane's counters summed over all CPUs.
 func (p *Pinned) Stats() (Stats, error) { return readStats(p.stats) }
 
+// ActiveSubscribers lists the subscribers whose block the kernel shows
+// as active.
+func (p *Pinned) ActiveSubscribers() ([]uint32, error) {
+	var out []uint32
+	var idx uint32
+	var st SubscriberState
+	it := p.subscribers.Iterate()
+	for it.Next(&idx, &st) {
+		if st.Active != 0 {
+			out = append(out, idx)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read subscribers: %w", err)
+	}
+	return out, nil
+}
+
 // Close releases the map handles.
-func (p *Pinned) Close() error { return p.stats.Close() }
+func (p *Pinned) Close() error {
+	for _, m := range []*ebpf.Map{p.stats, p.subscribers} {
+		if m != nil {
+			m.Close()
+		}
+	}
+	return nil
+}

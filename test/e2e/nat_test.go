@@ -43,13 +43,21 @@ func TestMain(m *testing.M) {
 
 // env is one topology with blocknatd running on its router.
 type env struct {
-	topo    *netns.Topology
-	agent   *harness.Agent
-	cfgPath string
-	pinDir  string
+	topo     *netns.Topology
+	agent    *harness.Agent
+	cfgPath  string
+	pinDir   string
+	stateDir string
+	ifaces   []string
 }
 
 func startEnv(t *testing.T, prefix string) *env {
+	t.Helper()
+	return startEnvWith(t, prefix, "")
+}
+
+// startEnvWith starts blocknatd with extra configuration lines.
+func startEnvWith(t *testing.T, prefix, extra string) *env {
 	t.Helper()
 	netns.RequirePrivileged(t)
 	netns.RequireTools(t, "curl")
@@ -64,15 +72,13 @@ func startEnv(t *testing.T, prefix string) *env {
 			t.Errorf("cleanup bpffs: %v", err)
 		}
 	})
-	e := &env{topo: topo, cfgPath: filepath.Join(dir, "blocknat.yaml"), pinDir: filepath.Join(dir, "bpf", "blocknat")}
-	if err := os.WriteFile(e.cfgPath, harness.Config(topo, filepath.Join(dir, "state"), e.pinDir, ""), 0o600); err != nil {
+	e := &env{topo: topo, cfgPath: filepath.Join(dir, "blocknat.yaml"), pinDir: filepath.Join(dir, "bpf", "blocknat"),
+		stateDir: filepath.Join(dir, "state")}
+	if err := os.WriteFile(e.cfgPath, harness.Config(topo, e.stateDir, e.pinDir, extra), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ifaces := append(append([]string{}, topo.InsideIfaces...), topo.OutsideIface)
-	e.agent, err = harness.StartAgent(t.Context(), topo.Router, bins.Blocknatd, e.cfgPath, e.pinDir, ifaces, 20*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e.ifaces = append(append([]string{}, topo.InsideIfaces...), topo.OutsideIface)
+	e.start(t)
 	t.Cleanup(func() {
 		if err := e.agent.Stop(); err != nil {
 			t.Errorf("stop blocknatd: %v\n%s", err, e.agent.Log())
@@ -87,6 +93,16 @@ func startEnv(t *testing.T, prefix string) *env {
 		}
 	})
 	return e
+}
+
+// start (re)starts blocknatd.
+func (e *env) start(t *testing.T) {
+	t.Helper()
+	var err error
+	e.agent, err = harness.StartAgent(t.Context(), e.topo.Router, bins.Blocknatd, e.cfgPath, e.pinDir, e.ifaces, 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 // forward asks the real CLI where a subscriber's block is.

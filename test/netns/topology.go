@@ -516,3 +516,30 @@ func nthAddr(base netip.Addr, n int) netip.Addr {
 func host(a netip.Addr) string {
 	return netip.PrefixFrom(a, a.BitLen()).String()
 }
+
+// AddSubscriberAddrs gives subscriber i's namespace more inside addresses,
+// each one a further subscriber to the NAT: the router routes each over
+// subscriber i's link with a permanent neighbour entry. Tests use it to
+// activate many blocks from one namespace.
+func (t *Topology) AddSubscriberAddrs(ctx context.Context, i int, addrs []netip.Addr) error {
+	sub := t.Subscribers[i]
+	mac, err := linkMAC(ctx, sub.NS, sub.Iface)
+	if err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		if !t.InsidePrefix.Contains(a) {
+			return fmt.Errorf("%s is not in the inside prefix %s", a, t.InsidePrefix)
+		}
+		if _, err := sub.NS.ip(ctx, "addr", "add", a.String()+"/32", "dev", sub.Iface); err != nil {
+			return fmt.Errorf("address %s: %w", a, err)
+		}
+		if _, err := t.Router.ip(ctx, "route", "add", a.String()+"/32", "dev", t.InsideIfaces[i]); err != nil {
+			return fmt.Errorf("router route to %s: %w", a, err)
+		}
+		if _, err := t.Router.ip(ctx, "neigh", "replace", a.String(), "lladdr", mac, "dev", t.InsideIfaces[i], "nud", "permanent"); err != nil {
+			return fmt.Errorf("router neighbour %s: %w", a, err)
+		}
+	}
+	return nil
+}

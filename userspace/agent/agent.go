@@ -115,7 +115,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		},
 	}
 	a.recon = &reconcile.Reconciler{Subscribers: a.nat.SubscribersMap(), Mapping: a.mapping, Epoch: a.epoch.ID,
-		Store: a.store, Records: a.recorder, Clock: a.clock, Grace: time.Second}
+		Store: a.store, Records: a.recorder, Clock: a.clock}
 
 	var wg sync.WaitGroup
 	recCtx, stopRecorder := context.WithCancel(context.WithoutCancel(ctx))

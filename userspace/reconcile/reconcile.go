@@ -36,8 +36,12 @@ type Reconciler struct {
 	Store       OpenLister
 	Records     Submitter
 	Clock       events.Clock
-	// Grace skips blocks activated this recently: their ring buffer event
-	// is probably still on its way, and the record it makes is exact.
+	// Grace skips blocks activated this recently, whose ring buffer event
+	// is probably still on its way. The agent uses 0: a recovered record
+	// starts at the time the kernel noted, so it is exact either way, and
+	// the event, when it comes, clears the recovered mark. Skipping a block
+	// whose event died with a crashed agent would leave it unrecorded until
+	// the next pass.
 	Grace time.Duration
 }
 

@@ -309,7 +309,8 @@ func (s *Store) Close() error {
 // Apply writes a batch of activations and releases as one Pebble batch
 // committed with pebble.Sync: when Apply returns nil, every op is on stable
 // storage, and a crash leaves either all of them or none. If any op is
-// invalid nothing is written.
+// invalid nothing is written. Addresses must be IPv4, and times after 1970
+// and at most maxClockSkew (24h) after the store's clock.
 func (s *Store) Apply(ops []Op) error {
 	if len(ops) == 0 {
 		return nil
@@ -351,12 +352,16 @@ func (s *Store) Apply(ops []Op) error {
 			}
 			oid := id.open()
 			if cur, ok := current(oid); ok {
-				if !rec.Start.Before(cur.Start) {
+				confirms := rec.Start.Equal(cur.Start) && cur.Flags&FlagRecovered != 0 && rec.Flags&FlagRecovered == 0
+				if !rec.Start.Before(cur.Start) && !confirms {
 					continue // the block is already recorded as open from an earlier time
 				}
-				// A later report with an earlier start (the ring buffer's
-				// event after the reconciler found the block) widens the
-				// record to the true start.
+				// Either a later report with an earlier start (the ring
+				// buffer's event after the reconciler found the block
+				// without knowing its start) widens the record to the true
+				// start, or the ring buffer's event for exactly the
+				// activation the reconciler recovered confirms it, and the
+				// record is no longer marked recovered.
 				curID, curInside := idOf(&cur)
 				if err := errors.Join(b.Delete(openKey(curID), nil), b.Delete(openInsideKey(curInside, curID), nil)); err != nil {
 					return fmt.Errorf("apply op %d: batch delete: %w", i, err)

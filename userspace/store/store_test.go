@@ -449,3 +449,35 @@ func TestReopenKeepsState(t *testing.T) {
 		t.Fatalf("open after release: %v", recStrings(open))
 	}
 }
+
+// TestRingBufferConfirmsRecovered: the reconciler recovered a block with
+// the start the kernel noted; the ring buffer's event for that activation
+// arrives afterwards and clears the recovered mark, keeping one record.
+func TestRingBufferConfirmsRecovered(t *testing.T) {
+	start := time.Date(2026, 11, 20, 10, 0, 0, 0, time.UTC)
+	s, _ := openMem(t, newClock(start.Add(time.Hour)))
+	rec := Record{Subscriber: 2, Inside: netip.MustParseAddr("100.64.0.2"), Public: netip.MustParseAddr("198.51.100.10"),
+		PortLo: 2032, PortHi: 2535, Start: start, Epoch: 1, Flags: FlagRecovered}
+	if err := s.Apply([]Op{{Kind: OpActivate, Record: rec}}); err != nil {
+		t.Fatal(err)
+	}
+	later := rec
+	later.Start = start.Add(time.Second)
+	later.Flags = 0
+	confirm := rec
+	confirm.Flags = 0
+	// A later start does not confirm; the same start does.
+	for i, op := range []Record{later, confirm} {
+		if err := s.Apply([]Op{{Kind: OpActivate, Record: op}}); err != nil {
+			t.Fatal(err)
+		}
+		open, err := s.Open()
+		if err != nil || len(open) != 1 || !open[0].Start.Equal(start) {
+			t.Fatalf("step %d: open %+v (%v), want one record from %v", i, open, err, start)
+		}
+		wantRecovered := i == 0
+		if got := open[0].Flags&FlagRecovered != 0; got != wantRecovered {
+			t.Errorf("step %d: recovered=%v, want %v", i, got, wantRecovered)
+		}
+	}
+}
