@@ -69,7 +69,7 @@ type Agent struct {
 // links keep translating: stopping the agent must not cut subscribers off.
 // loader.Detach removes the data plane.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) {
-	a := &Agent{cfg: cfg, log: log, clock: events.SystemClock{}, started: time.Now()}
+	a := &Agent{cfg: cfg, log: log, clock: &events.SystemClock{}, started: time.Now()}
 	if a.mapping, err = cfg.Mapping(); err != nil {
 		return err
 	}

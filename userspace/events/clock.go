@@ -1,6 +1,7 @@
 package events
 
 import (
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -13,21 +14,35 @@ type Clock interface {
 	MonoNow() uint64
 }
 
-// SystemClock reads the real clocks. The conversion takes the wall clock
-// now and subtracts how long ago the event happened on the monotonic clock,
-// so a wall-clock step after the event does not move it.
-type SystemClock struct{}
+// offsetTTL is how long one wall-minus-monotonic offset is used before it
+// is read again, to follow NTP's slewing of the wall clock.
+const offsetTTL = time.Minute
+
+// SystemClock reads the real clocks. It converts with an offset (wall minus
+// monotonic) that it refreshes every minute, so the same monotonic time
+// converts to the same wall time whichever part of the agent asks: the ring
+// buffer's event and the reconciler's reading of the same activation agree
+// to the nanosecond. Use it by pointer.
+type SystemClock struct {
+	mu     sync.Mutex
+	offset int64
+	readAt uint64
+}
 
 // MonoNow is CLOCK_MONOTONIC in nanoseconds.
-func (SystemClock) MonoNow() uint64 {
+func (*SystemClock) MonoNow() uint64 {
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return uint64(ts.Nano())
 }
 
 // Wall converts a monotonic timestamp to UTC wall time.
-func (c SystemClock) Wall(monoNS uint64) time.Time {
-	now := time.Now()
-	ago := int64(c.MonoNow()) - int64(monoNS)
-	return now.Add(-time.Duration(ago)).UTC()
+func (c *SystemClock) Wall(monoNS uint64) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now := c.MonoNow(); c.readAt == 0 || now-c.readAt > uint64(offsetTTL) {
+		c.offset = time.Now().UnixNano() - int64(c.MonoNow())
+		c.readAt = now
+	}
+	return time.Unix(0, int64(monoNS)+c.offset).UTC()
 }

@@ -84,7 +84,7 @@ func NewRecorder(sink Sink, opts Options) *Recorder {
 		opts.MaxPending = 1 << 20
 	}
 	if opts.Clock == nil {
-		opts.Clock = SystemClock{}
+		opts.Clock = &SystemClock{}
 	}
 	log := opts.Logger
 	if log == nil {
