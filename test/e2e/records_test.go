@@ -235,3 +235,51 @@ func TestPrivacyNoDestination(t *testing.T) {
 		t.Fatal("state_dir holds no files: the check proves nothing")
 	}
 }
+
+// TestIdleBlockReleased: with short timeouts, a subscriber's mapping
+// expires, its block is released and its record closed; new traffic opens
+// a new record.
+func TestIdleBlockReleased(t *testing.T) {
+	e := startEnvWith(t, "bn-e2eidle", "timeouts: {udp: 1s, block_idle: 1s}\nintervals: {sweep: 200ms}\n")
+	srv, err := netns.StartUDPEcho(e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[0], 9000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	sub := e.topo.Subscribers[0]
+	if _, err := netns.UDPRoundTrip(sub.NS, 0, srv.Addr, []byte("x"), 3*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	firstDone := time.Now()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(e.activeInKernel(t)) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("block still active 10s after its last packet:\n%s", e.agent.Log())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	released := time.Now()
+	if _, err := netns.UDPRoundTrip(sub.NS, 0, srv.Addr, []byte("y"), 3*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if err := e.agent.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	st := e.openStore(t)
+	recs, err := st.History(sub.Addr, firstDone.Add(-time.Minute), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 2 {
+		t.Fatalf("history %+v, want a closed record and a new open one", recs)
+	}
+	sort.Slice(recs, func(i, j int) bool { return recs[i].Start.Before(recs[j].Start) })
+	closed, reopened := recs[0], recs[1]
+	if closed.Open() || closed.End.Before(firstDone.Add(time.Second)) || closed.End.After(released) {
+		t.Errorf("first record %+v: want it closed between %v and %v", closed, firstDone.Add(time.Second), released)
+	}
+	if !reopened.Open() || reopened.Start.Before(released) {
+		t.Errorf("second record %+v: want it open from after %v", reopened, released)
+	}
+}
