@@ -78,6 +78,10 @@ func newTestNS(t testing.TB) *testNS {
 	n("addr", "add", "192.0.2.1/30", "dev", "out0")
 	n("addr", "add", "10.10.0.1/24", "dev", "lan0")
 	n("route", "add", "default", "via", "192.0.2.2")
+	// A directly connected outside network with no neighbour entries (the
+	// fib finds the route but not the MAC), and an unreachable one.
+	n("route", "add", "198.18.0.0/24", "dev", "out0")
+	n("route", "add", "unreachable", "198.18.1.0/24")
 	n("neigh", "add", "192.0.2.2", "lladdr", macUpstream.String(), "dev", "out0", "nud", "permanent")
 	n("neigh", "add", "100.64.0.2", "lladdr", macSub2.String(), "dev", "in0", "nud", "permanent")
 	n("neigh", "add", "100.64.0.3", "lladdr", macSub3.String(), "dev", "in0", "nud", "permanent")

@@ -196,6 +196,19 @@ func TestNATTable(t *testing.T) {
 			wantAction: xdpPass, wantStat: "pass_ttl"},
 		{name: "to the router itself", frame: frameOf(udpOut(sub2+":40000", "100.64.0.254:7000")), outbound: true,
 			wantAction: xdpPass, wantStat: "pass_local"},
+		{name: "neighbour unknown: translated, then to the kernel", frame: frameOf(udpOut(sub2+":40000", "198.18.0.5:7000")), outbound: true,
+			wantAction: xdpPass, wantStat: "pass_fib", wantFlows: 1, check: func(t *testing.T, f *natFixture, in, out []byte) {
+				din, dout := decode(t, in), decode(t, out)
+				block, _ := f.m.Forward(din.src().Addr())
+				if src := dout.src(); src.Addr() != block.Public || src.Port() < block.PortLo || src.Port() > block.PortHi {
+					t.Errorf("passed untranslated (%s): the kernel would forward the inside address", src)
+				}
+				if dout.ip.TTL != din.ip.TTL {
+					t.Errorf("TTL %d: the kernel decrements it when it forwards", dout.ip.TTL)
+				}
+			}},
+		{name: "unreachable: to the kernel untranslated", frame: frameOf(udpOut(sub2+":40000", "198.18.1.5:7000")), outbound: true,
+			wantAction: xdpPass, wantStat: "pass_fib"},
 		{name: "to a non-NAT network", frame: frameOf(udpOut(sub2+":40000", "10.10.0.5:7000")), outbound: true,
 			wantAction: xdpPass, wantStat: "pass_not_nat"},
 		{name: "unsupported protocol", frame: func(f *natFixture, _ netip.AddrPort) []byte {
