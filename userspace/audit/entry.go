@@ -1,0 +1,160 @@
+package audit
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Outcome says how a request ended.
+type Outcome string
+
+const (
+	OutcomeAnswered  Outcome = "answered"  // data returned
+	OutcomeEmpty     Outcome = "empty"     // authorised, nothing matched
+	OutcomeRefused   Outcome = "refused"   // not authorised (role) or missing purpose
+	OutcomeMalformed Outcome = "malformed" // request could not be parsed/validated
+	OutcomeError     Outcome = "error"     // internal failure
+)
+
+func (o Outcome) valid() bool {
+	switch o {
+	case OutcomeAnswered, OutcomeEmpty, OutcomeRefused, OutcomeMalformed, OutcomeError:
+		return true
+	}
+	return false
+}
+
+// Entry is one use of the records. The caller fills in Operator, Role,
+// Action, Criteria, Purpose, Outcome and Detail; Append assigns the rest.
+type Entry struct {
+	Seq      uint64            `json:"seq"`                // 1-based, assigned by Append
+	Time     time.Time         `json:"time"`               // assigned by Append (UTC, RFC 3339 nano)
+	Operator string            `json:"operator"`           // e.g. "uid:1001(alice)" or "cert:CN=alice"
+	Role     string            `json:"role"`               // role the request was judged under, "" if none
+	Action   string            `json:"action"`             // lookup, history, export, status, audit.show, audit.verify, ...
+	Criteria map[string]string `json:"criteria,omitempty"` // the search criterion exactly as asked
+	Purpose  string            `json:"purpose,omitempty"`  // case reference
+	Outcome  Outcome           `json:"outcome"`
+	Detail   string            `json:"detail,omitempty"` // e.g. "2 records", refusal reason
+	Prev     string            `json:"prev"`             // hex SHA-256 of the previous entry
+	Hash     string            `json:"hash"`             // hex SHA-256 of the canonical encoding, see the package doc
+}
+
+// Limits on what one entry may hold. A client controls the criteria, and an
+// unbounded line would let it bloat the log that must record it; clipping
+// instead of refusing keeps every request on record.
+const (
+	MaxFieldBytes = 4096 // longer strings are cut and marked "…[truncated N bytes]"
+	MaxCriteria   = 64   // further criteria (by sorted key) are dropped and counted under TruncatedKey
+	TruncatedKey  = "…truncated"
+)
+
+const (
+	entryDomain  = "blocknat-audit-entry-v1"
+	signedDomain = "blocknat-audit-signed-v1"
+)
+
+// zeroHash is the prev of seq 1.
+var zeroHash = strings.Repeat("0", 2*sha256.Size)
+
+// prepare checks what the caller must supply and makes every string valid,
+// bounded UTF-8: encoding/json would silently replace invalid bytes when
+// writing the line, and the hash must cover exactly what the line says.
+func prepare(e Entry) (Entry, error) {
+	var errs []error
+	if e.Operator == "" {
+		errs = append(errs, errors.New("entry.operator: required (who is asking)"))
+	}
+	if e.Action == "" {
+		errs = append(errs, errors.New("entry.action: required (what kind of use)"))
+	}
+	if !e.Outcome.valid() {
+		errs = append(errs, fmt.Errorf("entry.outcome: %q is not one of answered, empty, refused, malformed, error", e.Outcome))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Entry{}, err
+	}
+	out := Entry{
+		Operator: clip(e.Operator),
+		Role:     clip(e.Role),
+		Action:   clip(e.Action),
+		Purpose:  clip(e.Purpose),
+		Outcome:  e.Outcome,
+		Detail:   clip(e.Detail),
+	}
+	if len(e.Criteria) > 0 {
+		// Copy, so that the caller cannot change a stored entry afterwards.
+		keys := make([]string, 0, len(e.Criteria))
+		for k := range e.Criteria {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		out.Criteria = make(map[string]string, min(len(keys), MaxCriteria+1))
+		for i, k := range keys {
+			if i == MaxCriteria {
+				out.Criteria[TruncatedKey] = fmt.Sprintf("%d more criteria not logged", len(keys)-MaxCriteria)
+				break
+			}
+			out.Criteria[clip(k)] = clip(e.Criteria[k])
+		}
+	}
+	return out, nil
+}
+
+func clip(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= MaxFieldBytes {
+		return s
+	}
+	cut := MaxFieldBytes
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + fmt.Sprintf("…[truncated %d bytes]", len(s)-cut)
+}
+
+// canon builds the length-prefixed encoding described in the package doc.
+type canon []byte
+
+func (c *canon) str(s string) {
+	*c = binary.BigEndian.AppendUint32(*c, uint32(len(s)))
+	*c = append(*c, s...)
+}
+
+func (c *canon) u64(v uint64) { *c = binary.BigEndian.AppendUint64(*c, v) }
+
+func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+// entryHash is the hash of every field of e except Hash.
+func entryHash(e *Entry) string {
+	c := make(canon, 0, 256)
+	c.str(entryDomain)
+	c.u64(e.Seq)
+	c.str(formatTime(e.Time))
+	c.str(e.Operator)
+	c.str(e.Role)
+	c.str(e.Action)
+	keys := make([]string, 0, len(e.Criteria))
+	for k := range e.Criteria {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	c.u64(uint64(len(keys)))
+	for _, k := range keys {
+		c.str(k)
+		c.str(e.Criteria[k])
+	}
+	c.str(e.Purpose)
+	c.str(string(e.Outcome))
+	c.str(e.Detail)
+	c.str(e.Prev)
+	sum := sha256.Sum256(c)
+	return hex.EncodeToString(sum[:])
+}

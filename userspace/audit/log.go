@@ -1,0 +1,499 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/blocknat/blocknat/userspace/logattr"
+)
+
+// Defaults of Options.
+const (
+	DefaultCheckpointEvery    = 100
+	DefaultCheckpointInterval = 5 * time.Minute
+)
+
+// ErrClosed is returned by a Log's methods after Close.
+var ErrClosed = errors.New("audit log is closed")
+
+// Options configures Open.
+type Options struct {
+	Now func() time.Time // nil = time.Now
+	// KeyPath is the ed25519 private key (PEM PKCS #8), generated with mode
+	// 0600 if missing. Required, and best kept outside the log directory so
+	// that copies of the directory never carry it.
+	KeyPath string
+	// CheckpointEvery writes a signed checkpoint every N entries (0 = 100).
+	CheckpointEvery int
+	// CheckpointInterval also writes one when entries were added and this
+	// long has passed since the last (0 = 5m, negative = never). It is
+	// checked on Append and by Tick, which Run calls.
+	CheckpointInterval time.Duration
+	// Retention: Sweep removes segments whose newest entry is older than
+	// this (0 = keep forever).
+	Retention time.Duration
+	Logger    *slog.Logger // nil = discard
+}
+
+// attrSeq is the log attribute for an entry's seq (logattr has none yet).
+const attrSeq = "seq"
+
+// Log is an open audit log. Its methods are safe for concurrent use.
+type Log struct {
+	dir    string
+	opts   Options
+	now    func() time.Time
+	logger *slog.Logger
+	priv   ed25519.PrivateKey
+	pub    ed25519.PublicKey
+
+	// files keeps Sweep's unlinking away from readers (Entries, Verify),
+	// which read outside mu so that they do not hold up Append. Lock order:
+	// files, then mu.
+	files sync.RWMutex
+
+	mu       sync.Mutex
+	closed   bool
+	failed   error // sticky: the on-disk state is unknown, see fail
+	seq      uint64
+	hash     string
+	segments []segmentInfo
+	cur      *os.File // the newest segment, open for appending; nil until needed
+	curName  string
+	cps      *os.File // checkpoints.jsonl
+	cpsSize  int64
+	cpSeq    uint64    // seq of the newest checkpoint
+	cpTime   time.Time // when it was written
+}
+
+// Open opens the log in dir, creating it if needed, and recovers its state
+// from disk. It verifies the whole log first and refuses to append to one
+// that does not verify; the error names the first problem. See the package
+// doc for the one crash trace it repairs by itself.
+func Open(dir string, opts Options) (*Log, error) {
+	if opts.KeyPath == "" {
+		return nil, errors.New("audit: Options.KeyPath: required (the signing key's file, outside the log directory)")
+	}
+	if opts.CheckpointEvery < 0 {
+		return nil, fmt.Errorf("audit: Options.CheckpointEvery: %d is negative", opts.CheckpointEvery)
+	}
+	if opts.CheckpointEvery == 0 {
+		opts.CheckpointEvery = DefaultCheckpointEvery
+	}
+	if opts.CheckpointInterval == 0 {
+		opts.CheckpointInterval = DefaultCheckpointInterval
+	}
+	if opts.Retention < 0 {
+		return nil, fmt.Errorf("audit: Options.Retention: %v is negative", opts.Retention)
+	}
+	l := &Log{dir: dir, opts: opts, now: opts.Now, logger: opts.Logger}
+	if l.now == nil {
+		l.now = time.Now
+	}
+	if l.logger == nil {
+		l.logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("audit: create log directory: %w", err)
+	}
+	priv, err := loadOrCreateKey(opts.KeyPath, l.logger)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	l.priv, l.pub = priv, priv.Public().(ed25519.PublicKey)
+	if err := writePublicKey(dir, l.pub); err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+
+	snap, err := takeSnapshot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	res, err := scan(snap, l.pub)
+	if err != nil {
+		return nil, fmt.Errorf("audit: verify at open: %w", err)
+	}
+	fresh := res.report.Entries == 0 && res.report.Checkpoints == 0 && len(snap.segments) == 0
+	resignHead := fresh
+	var refuse []problem
+	for _, p := range res.problems {
+		switch {
+		case p.kind == kindNoHead && fresh:
+		case p.kind == kindUnsignedTail && p.count == 1:
+			// The crash window between the entry's fsync and the head's.
+			resignHead = true
+			l.logger.Warn("audit entry written but not yet covered by the signed head (crash before the head was updated); signing it now",
+				attrSeq, p.Seq, logattr.Path, p.File)
+		default:
+			refuse = append(refuse, p)
+		}
+	}
+	if len(refuse) > 0 {
+		var named []string
+		torn := true
+		for i, p := range refuse {
+			torn = torn && p.kind == kindTorn
+			if i < 3 {
+				named = append(named, p.String())
+			}
+		}
+		hint := "run `blocknat audit verify` to see every problem"
+		if torn {
+			hint += "; torn last lines are what a crash mid-write leaves, and the audit repair step (audit.RepairTornTail) moves them aside"
+		}
+		return nil, fmt.Errorf("audit: log %s does not verify (%d problems), refusing to append: %s; %s",
+			dir, len(refuse), strings.Join(named, "; "), hint)
+	}
+
+	l.seq, l.hash, l.segments = res.lastSeq, res.lastHash, res.segments
+	if res.lastCheckpoint != nil {
+		l.cpSeq, l.cpTime = res.lastCheckpoint.Seq, res.lastCheckpoint.Time
+	} else {
+		l.cpTime = l.now()
+	}
+	if n := len(l.segments); n > 0 {
+		last := l.segments[n-1]
+		if l.cur, err = os.OpenFile(filepath.Join(dir, last.name), os.O_WRONLY|os.O_APPEND, 0); err != nil {
+			return nil, fmt.Errorf("audit: open segment %s: %w", last.name, err)
+		}
+		l.curName = last.name
+	}
+	if l.cps, err = os.OpenFile(filepath.Join(dir, checkpointsFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err != nil {
+		l.closeFiles()
+		return nil, fmt.Errorf("audit: open %s: %w", checkpointsFile, err)
+	}
+	if snap.checkpoints != nil {
+		l.cpsSize = snap.checkpoints.size
+	} else if err := syncDir(dir); err != nil {
+		l.closeFiles()
+		return nil, fmt.Errorf("audit: sync log directory: %w", err)
+	}
+	if resignHead {
+		if err := l.writeHead(l.now()); err != nil {
+			l.closeFiles()
+			return nil, fmt.Errorf("audit: write %s: %w", headFile, err)
+		}
+	}
+	l.logger.Info("audit log open", logattr.Path, dir, attrSeq, l.seq, logattr.Count, res.report.Entries)
+	return l, nil
+}
+
+// Append assigns e its Seq, Time, Prev and Hash, writes it, fsyncs it, signs
+// the new head and returns the entry as stored. When it returns an error the
+// entry may or may not be on disk (the next Open tells), but the caller must
+// treat the request as unlogged and return no data.
+func (l *Log) Append(e Entry) (Entry, error) {
+	e, err := prepare(e)
+	if err != nil {
+		return Entry{}, fmt.Errorf("audit append: %w", err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.usable(); err != nil {
+		return Entry{}, err
+	}
+	now := l.now().UTC()
+	e.Seq, e.Time, e.Prev = l.seq+1, now, l.hash
+	e.Hash = entryHash(&e)
+	line, err := json.Marshal(&e)
+	if err != nil {
+		return Entry{}, fmt.Errorf("audit append: encode entry: %w", err)
+	}
+	line = append(line, '\n')
+
+	// An entry goes into its day's segment, but never into one older than
+	// the newest, so that names keep sorting in seq order when the clock
+	// steps back.
+	if name := segmentName(now); l.cur == nil || name > l.curName {
+		if err := l.startSegment(name); err != nil {
+			return Entry{}, fmt.Errorf("audit append: start segment %s: %w", name, err)
+		}
+	}
+	seg := &l.segments[len(l.segments)-1]
+	if err := l.writeLine(l.cur, seg.size, line); err != nil {
+		return Entry{}, fmt.Errorf("audit append: write %s: %w", l.curName, err)
+	}
+	seg.size += int64(len(line))
+	noteEntry(seg, e.Seq, e.Hash, e.Time)
+	l.seq, l.hash = e.Seq, e.Hash
+	if err := l.writeHead(e.Time); err != nil {
+		// The entry is on disk and the head behind it. One such entry is what
+		// Open expects after a crash; a second would look like tampering, so
+		// stop appending until the log is reopened.
+		err = fmt.Errorf("audit append: write %s: %w", headFile, err)
+		l.fail(err)
+		return Entry{}, err
+	}
+	if l.checkpointDue(now, true) {
+		if err := l.checkpointLocked(now); err != nil {
+			// The head already covers the entry; a late checkpoint costs
+			// nothing but timeliness, so the request need not fail.
+			l.logger.Error("audit checkpoint failed", attrSeq, e.Seq, logattr.Err, err)
+		}
+	}
+	return e, nil
+}
+
+func (l *Log) usable() error {
+	if l.closed {
+		return ErrClosed
+	}
+	if l.failed != nil {
+		return fmt.Errorf("audit log stopped after an earlier failure, reopen it: %w", l.failed)
+	}
+	return nil
+}
+
+// fail stops the log: after a failed fsync the kernel may have dropped the
+// dirty pages, so nothing more may be written on top of an unknown state.
+func (l *Log) fail(err error) {
+	if l.failed == nil {
+		l.failed = err
+		l.logger.Error("audit log stopped", logattr.Err, err)
+	}
+}
+
+func (l *Log) startSegment(name string) error {
+	f, err := os.OpenFile(filepath.Join(l.dir, name), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := syncDir(l.dir); err != nil {
+		f.Close()
+		return err
+	}
+	if l.cur != nil {
+		l.cur.Close()
+	}
+	l.cur, l.curName = f, name
+	l.segments = append(l.segments, segmentInfo{name: name})
+	return nil
+}
+
+// writeLine appends line to f, whose size is size, and fsyncs it. A short
+// write is cut back off so that the file stays whole; if that fails too,
+// the log stops.
+func (l *Log) writeLine(f *os.File, size int64, line []byte) error {
+	_, err := f.Write(line)
+	if err != nil {
+		if terr := f.Truncate(size); terr != nil {
+			l.fail(fmt.Errorf("cut back partial line of %s: %w (after %w)", f.Name(), terr, err))
+		}
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		l.fail(fmt.Errorf("fsync %s: %w", f.Name(), err))
+		return err
+	}
+	return nil
+}
+
+func (l *Log) writeHead(t time.Time) error {
+	rec := signRecord(l.priv, kindHead, l.seq, l.hash, t)
+	return writeFileAtomic(l.dir, headFile, rec.line(), 0o600)
+}
+
+func (l *Log) checkpointDue(now time.Time, countToo bool) bool {
+	if l.seq <= l.cpSeq {
+		return false
+	}
+	if countToo && l.seq-l.cpSeq >= uint64(l.opts.CheckpointEvery) {
+		return true
+	}
+	return l.opts.CheckpointInterval > 0 && now.Sub(l.cpTime) >= l.opts.CheckpointInterval
+}
+
+func (l *Log) checkpointLocked(now time.Time) error {
+	if err := l.writeRecord(signRecord(l.priv, kindCheckpoint, l.seq, l.hash, now)); err != nil {
+		return err
+	}
+	l.cpSeq, l.cpTime = l.seq, now
+	return nil
+}
+
+func (l *Log) writeRecord(rec signedRecord) error {
+	line := rec.line()
+	if err := l.writeLine(l.cps, l.cpsSize, line); err != nil {
+		return fmt.Errorf("write %s: %w", checkpointsFile, err)
+	}
+	l.cpsSize += int64(len(line))
+	return nil
+}
+
+// Checkpoint signs and appends a checkpoint of the newest entry now.
+func (l *Log) Checkpoint() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.usable(); err != nil {
+		return err
+	}
+	if err := l.checkpointLocked(l.now().UTC()); err != nil {
+		return fmt.Errorf("audit checkpoint: %w", err)
+	}
+	return nil
+}
+
+// Tick writes a checkpoint if entries were added and CheckpointInterval has
+// passed since the last one. Run calls it; it is exported for callers that
+// drive time themselves.
+func (l *Log) Tick() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.usable(); err != nil {
+		return err
+	}
+	now := l.now().UTC()
+	if !l.checkpointDue(now, false) {
+		return nil
+	}
+	if err := l.checkpointLocked(now); err != nil {
+		return fmt.Errorf("audit checkpoint: %w", err)
+	}
+	return nil
+}
+
+// Run calls Tick often enough that a checkpoint is at most a quarter of
+// CheckpointInterval late, until ctx is done or the log is closed.
+func (l *Log) Run(ctx context.Context) {
+	if l.opts.CheckpointInterval <= 0 {
+		<-ctx.Done()
+		return
+	}
+	t := time.NewTicker(max(l.opts.CheckpointInterval/4, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := l.Tick(); errors.Is(err, ErrClosed) {
+				return
+			} else if err != nil {
+				l.logger.Error("audit checkpoint failed", logattr.Err, err)
+			}
+		}
+	}
+}
+
+// Len is the chain length: the seq of the newest entry.
+func (l *Log) Len() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.seq
+}
+
+// PublicKey is the key that verifies the log's signatures.
+func (l *Log) PublicKey() ed25519.PublicKey { return bytes.Clone(l.pub) }
+
+// Entries returns up to limit entries (all when limit <= 0) from fromSeq on,
+// in seq order. Entries removed by retention are skipped. It decodes without
+// verifying; Verify is for that.
+func (l *Log) Entries(fromSeq uint64, limit int) ([]Entry, error) {
+	l.files.RLock()
+	defer l.files.RUnlock()
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil, ErrClosed
+	}
+	segs := append([]segmentInfo(nil), l.segments...)
+	l.mu.Unlock()
+
+	var out []Entry
+	for _, seg := range segs {
+		if seg.entries == 0 || seg.lastSeq < fromSeq {
+			continue
+		}
+		data, err := readSnap(l.dir, fileSnap{seg.name, seg.size})
+		if err != nil {
+			return out, fmt.Errorf("audit entries: %w", err)
+		}
+		lines, _ := splitLines(data)
+		for i, line := range lines {
+			var e Entry
+			if err := json.Unmarshal(line, &e); err != nil {
+				return out, fmt.Errorf("audit entries: %s:%d: %w", seg.name, i+1, err)
+			}
+			if e.Seq < fromSeq {
+				continue
+			}
+			out = append(out, e)
+			if limit > 0 && len(out) == limit {
+				return out, nil
+			}
+		}
+	}
+	return out, nil
+}
+
+// Verify checks the open log as Verify(dir, PublicKey()) would, without
+// holding up Append: it reads what was on disk when it started.
+func (l *Log) Verify() (Report, error) {
+	l.files.RLock()
+	defer l.files.RUnlock()
+	res, err := l.scanLive()
+	if err != nil {
+		return Report{}, err
+	}
+	return res.report, nil
+}
+
+// scanLive verifies the files as they were under mu. The caller holds files.
+func (l *Log) scanLive() (*scanResult, error) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil, ErrClosed
+	}
+	snap, err := takeSnapshot(l.dir)
+	l.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("audit verify: %w", err)
+	}
+	res, err := scan(snap, l.pub)
+	if err != nil {
+		return nil, fmt.Errorf("audit verify: %w", err)
+	}
+	return res, nil
+}
+
+// Close writes a last checkpoint when entries were added since the previous
+// one, so that a copy shipped after shutdown covers every entry.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil
+	}
+	var err error
+	if l.failed == nil && l.seq > l.cpSeq {
+		if err = l.checkpointLocked(l.now().UTC()); err != nil {
+			err = fmt.Errorf("audit close: final checkpoint: %w", err)
+		}
+	}
+	l.closed = true
+	return errors.Join(err, l.closeFiles())
+}
+
+func (l *Log) closeFiles() error {
+	var errs []error
+	for _, f := range []**os.File{&l.cur, &l.cps} {
+		if *f != nil {
+			if err := (*f).Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close %s: %w", strings.TrimPrefix((*f).Name(), l.dir+"/"), err))
+			}
+			*f = nil
+		}
+	}
+	return errors.Join(errs...)
+}
