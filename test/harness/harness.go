@@ -85,16 +85,25 @@ func MountBPFFS(dir string) (func() error, error) {
 	}, nil
 }
 
-// Config renders a configuration for the standard topology.
+// Config renders a configuration for the standard topology. The API
+// socket lives in stateDir, so tests never share one. Unless extra sets
+// roles, root (the tests' uid) holds every role.
 func Config(topo *netns.Topology, stateDir, pinDir string, extra string) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "inside:  {interfaces: [%s], prefixes: [%s]}\n", strings.Join(topo.InsideIfaces, ", "), topo.InsidePrefix)
 	fmt.Fprintf(&b, "outside: {interfaces: [%s], pool: [%s]}\n", topo.OutsideIface, topo.Pool)
 	fmt.Fprintf(&b, "ports:   {range: 1024-65535, block_size: 0}\n")
 	fmt.Fprintf(&b, "xdp_mode: native\nstate_dir: %s\nbpffs_dir: %s\n", stateDir, pinDir)
+	fmt.Fprintf(&b, "api: {socket: %s}\n", SocketPath(stateDir))
+	if !strings.Contains(extra, "roles:") {
+		b.WriteString("roles: {investigator: {uids: [0]}, auditor: {uids: [0]}, admin: {uids: [0]}}\n")
+	}
 	b.WriteString(extra)
 	return b.Bytes()
 }
+
+// SocketPath is where Config puts the API socket.
+func SocketPath(stateDir string) string { return filepath.Join(stateDir, "api.sock") }
 
 // Agent is a blocknatd process in a namespace.
 type Agent struct {

@@ -19,6 +19,8 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/blocknat/blocknat/loader"
+	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/config"
 	"github.com/blocknat/blocknat/userspace/events"
 	"github.com/blocknat/blocknat/userspace/logattr"
@@ -55,6 +57,7 @@ type Agent struct {
 	recorder *events.Recorder
 	sweeper  *sweeper.Sweeper
 	recon    *reconcile.Reconciler
+	audit    *audit.Log
 	clock    events.Clock
 	started  time.Time
 
@@ -87,6 +90,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	if a.epoch, err = a.recordEpoch(time.Now()); err != nil {
 		return err
 	}
+	if a.audit, err = openAudit(cfg, a); err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, a.audit.Close()) }()
 
 	a.nat, err = loader.Load(loader.Params{Mapping: a.mapping, Epoch: a.epoch.ID, MaxFlows: cfg.MaxFlows}, cfg.BPFFSDir)
 	if err != nil {
@@ -131,6 +138,23 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		stopRecorder()
 		wg.Wait()
 		err = errors.Join(err, <-recErr)
+	}()
+
+	apiCtx, stopAPI := context.WithCancel(ctx)
+	srv := api.NewServer(api.Deps{Store: a.store, Audit: a.audit, Roles: Roles(cfg), Status: a.status, Now: time.Now, Logger: log})
+	apiDone := a.serveAPI(apiCtx, srv)
+	defer func() {
+		// The API goes first: no answer may be given from a store that
+		// is being closed.
+		stopAPI()
+		if apiErr := <-apiDone; apiErr != nil && !errors.Is(apiErr, context.Canceled) {
+			err = errors.Join(err, apiErr)
+		}
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.audit.Run(recCtx)
 	}()
 
 	log.Info("translating", "subscribers", a.mapping.Subscribers, "pool_addresses", len(a.mapping.Pool),
@@ -197,6 +221,11 @@ func (a *Agent) reconcileOnce(ctx context.Context) {
 }
 
 func (a *Agent) retention(now time.Time) {
+	if removed, err := a.audit.Sweep(); err != nil {
+		a.log.Error("audit retention sweep failed", logattr.Err, err.Error())
+	} else if removed > 0 {
+		a.log.Info("audit entries past retention removed", logattr.Count, removed)
+	}
 	st, err := a.store.Sweep(time.Duration(a.cfg.Retention.Records))
 	if err != nil {
 		a.log.Error("retention sweep failed", logattr.Err, err.Error())

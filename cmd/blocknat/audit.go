@@ -1,0 +1,199 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/audit"
+)
+
+func init() {
+	commands["audit"] = command{
+		summary: "show or verify the audit log (through the agent, or offline on a copy)",
+		run:     runAudit,
+	}
+}
+
+var auditVerbs = []string{"show", "verify"}
+
+const auditSynopsis = `audit show [--from SEQ] [--limit N] [--json] [--socket PATH]
+       blocknat audit verify [--json] [--socket PATH]
+       blocknat audit verify --dir DIR --pubkey FILE [--json]
+
+show prints audit entries; without --from, the newest ones. verify has the
+agent check its log's hash chain and signatures. With --dir and --pubkey it
+checks a copy of the log directory offline, without the agent; take the
+public key from a copy kept off the router, not from the directory checked.
+verify exits 1 when the log fails, and names each problem's seq, file and line.`
+
+func runAudit(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintf(stderr, "blocknat audit: missing verb (%s)\nusage: blocknat %s\n", oneOf(auditVerbs), auditSynopsis)
+		return exitUsage
+	}
+	verb, args := args[0], args[1:]
+	switch verb {
+	case "show":
+		return runAuditShow(args, stdout, stderr)
+	case "verify":
+		return runAuditVerify(args, stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprintf(stdout, "usage: blocknat %s\n", auditSynopsis)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "blocknat audit: unknown verb %q (want %s)\n", verb, oneOf(auditVerbs))
+		return exitUsage
+	}
+}
+
+func runAuditShow(args []string, stdout, stderr io.Writer) int {
+	const name = "audit show"
+	fs := newFlagSet(name, auditSynopsis, stderr)
+	from := fs.Uint64("from", 0, "first entry `seq` (default: the newest entries)")
+	limit := fs.Int("limit", api.DefaultAuditLimit, fmt.Sprintf("at most `N` entries (1-%d)", api.MaxAuditLimit))
+	af := addAPIFlags(fs)
+	if ok, code := parseAPIFlags(fs, args); !ok {
+		return code
+	}
+	if *limit < 1 || *limit > api.MaxAuditLimit {
+		return report(stderr, name, usagef("--limit: %d is not between 1 and %d", *limit, api.MaxAuditLimit))
+	}
+	err := withClient(*af.socket, func(ctx context.Context, c *api.Client) error {
+		ans, err := c.AuditShow(ctx, *from, *limit)
+		if err != nil {
+			return err
+		}
+		if *af.asJSON {
+			return printJSON(stdout, ans)
+		}
+		printAuditEntries(stdout, ans)
+		return nil
+	})
+	return report(stderr, name, err)
+}
+
+func printAuditEntries(w io.Writer, ans *api.AuditShowResponse) {
+	if len(ans.Entries) == 0 {
+		fmt.Fprintf(w, "no entries in that range; the log holds entries up to %d\n", ans.Total)
+	} else {
+		fmt.Fprintf(w, "entries %d-%d of %d\n", ans.Entries[0].Seq, ans.Entries[len(ans.Entries)-1].Seq, ans.Total)
+	}
+	for _, e := range ans.Entries {
+		fmt.Fprintf(w, "%d  %s  %s  %s\n", e.Seq, humanTime(e.Time), e.Action, e.Outcome)
+		role := e.Role
+		if role == "" {
+			role = "no role"
+		}
+		fmt.Fprintf(w, "    operator %s (judged as %s)\n", e.Operator, role)
+		if len(e.Criteria) > 0 {
+			keys := make([]string, 0, len(e.Criteria))
+			for k := range e.Criteria {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys)
+			pairs := make([]string, len(keys))
+			for i, k := range keys {
+				pairs[i] = k + "=" + quoteIfNeeded(e.Criteria[k])
+			}
+			fmt.Fprintf(w, "    criteria %s\n", strings.Join(pairs, " "))
+		}
+		if e.Purpose != "" {
+			fmt.Fprintf(w, "    purpose  %s\n", quoteIfNeeded(e.Purpose))
+		}
+		if e.Detail != "" {
+			fmt.Fprintf(w, "    detail   %s\n", e.Detail)
+		}
+	}
+	fmt.Fprintf(w, "audit entry %d (this request)\n", ans.AuditSeq)
+}
+
+// quoteIfNeeded quotes values a reader could misread: empty, with spaces
+// or with control characters a client may have sent.
+func quoteIfNeeded(s string) string {
+	if s == "" || strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r == '"' || r == '=' || r == 0x7f }) {
+		return fmt.Sprintf("%q", s)
+	}
+	return s
+}
+
+func runAuditVerify(args []string, stdout, stderr io.Writer) int {
+	const name = "audit verify"
+	fs := newFlagSet(name, auditSynopsis, stderr)
+	dir := fs.String("dir", "", "verify the log `directory` offline instead of asking the agent")
+	pubkey := fs.String("pubkey", "", "the log's public key `file` (PEM), for --dir")
+	af := addAPIFlags(fs)
+	if ok, code := parseAPIFlags(fs, args); !ok {
+		return code
+	}
+	var (
+		res    api.AuditVerifyResponse
+		source string
+		err    error
+	)
+	switch {
+	case *dir == "" && *pubkey == "":
+		source = "agent"
+		err = withClient(*af.socket, func(ctx context.Context, c *api.Client) error {
+			ans, err := c.AuditVerify(ctx)
+			if err == nil {
+				res = *ans
+			}
+			return err
+		})
+	case *dir == "" || *pubkey == "":
+		return report(stderr, name, usagef("--dir and --pubkey go together (offline verification needs both)"))
+	default:
+		source = *dir
+		res, err = verifyOffline(*dir, *pubkey)
+	}
+	if err != nil {
+		return report(stderr, name, err)
+	}
+	if *af.asJSON {
+		err = printJSON(stdout, res)
+	} else {
+		printVerify(stdout, source, res)
+	}
+	if err != nil {
+		return report(stderr, name, fmt.Errorf("write output: %w", err))
+	}
+	if !res.OK {
+		return report(stderr, name, errors.New("the audit log failed verification"))
+	}
+	return exitOK
+}
+
+func verifyOffline(dir, pubkeyPath string) (api.AuditVerifyResponse, error) {
+	pub, err := audit.LoadPublicKey(pubkeyPath)
+	if err != nil {
+		return api.AuditVerifyResponse{}, fmt.Errorf("--pubkey: %w", err)
+	}
+	report, err := audit.Verify(dir, pub)
+	if err != nil {
+		return api.AuditVerifyResponse{}, fmt.Errorf("verify %s: %w", dir, err)
+	}
+	return api.VerifyResult(report), nil
+}
+
+func printVerify(w io.Writer, source string, res api.AuditVerifyResponse) {
+	span := "no entries"
+	if res.Entries > 0 {
+		span = fmt.Sprintf("entries %d-%d (%d present)", res.FirstSeq, res.LastSeq, res.Entries)
+	}
+	if res.OK {
+		fmt.Fprintf(w, "audit log (%s) verified: %s, %d signed checkpoints, signed head at %d\n", source, span, res.Checkpoints, res.HeadSeq)
+	} else {
+		fmt.Fprintf(w, "audit log (%s) FAILED verification: %s; %s\n", source, span, plural(len(res.Problems), "problem", "problems"))
+		for _, p := range res.Problems {
+			fmt.Fprintf(w, "  seq %d, %s:%d: %s\n", p.Seq, p.File, p.Line, p.Reason)
+		}
+	}
+	if res.AuditSeq != 0 {
+		fmt.Fprintf(w, "audit entry %d\n", res.AuditSeq)
+	}
+}

@@ -1,0 +1,170 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/config"
+)
+
+// AuditDir is where the audit log lives under state_dir.
+func AuditDir(cfg *config.Config) string { return filepath.Join(cfg.StateDir, "audit") }
+
+func openAudit(cfg *config.Config, a *Agent) (*audit.Log, error) {
+	log, err := audit.Open(AuditDir(cfg), audit.Options{
+		KeyPath:            cfg.AuditKeyPath(),
+		CheckpointEvery:    cfg.Audit.CheckpointEvery,
+		CheckpointInterval: time.Duration(cfg.Audit.CheckpointInterval),
+		Retention:          time.Duration(cfg.Retention.Audit),
+		Logger:             a.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	return log, nil
+}
+
+// Roles turns the configuration's role lists into the API's lookup tables.
+func Roles(cfg *config.Config) api.Roles {
+	r := api.Roles{UIDs: map[uint32][]api.Role{}, CertNames: map[string][]api.Role{}}
+	for role, m := range map[api.Role]config.Members{
+		api.RoleInvestigator: cfg.Roles.Investigator,
+		api.RoleAuditor:      cfg.Roles.Auditor,
+		api.RoleAdmin:        cfg.Roles.Admin,
+	} {
+		for _, uid := range m.UIDs {
+			r.UIDs[uid] = append(r.UIDs[uid], role)
+		}
+		for _, name := range m.CertNames {
+			r.CertNames[name] = append(r.CertNames[name], role)
+		}
+	}
+	return r
+}
+
+// serveAPI runs the unix socket (always) and the TLS listener (when
+// configured) until ctx ends.
+func (a *Agent) serveAPI(ctx context.Context, srv *api.Server) <-chan error {
+	errs := make(chan error, 2)
+	n := 1
+	go func() { errs <- srv.ServeUnix(ctx, a.cfg.API.Socket) }()
+	if t := a.cfg.API.TLS; t != nil {
+		n++
+		go func() {
+			cfg, err := tlsConfig(t)
+			if err != nil {
+				errs <- err
+				return
+			}
+			errs <- srv.ServeTLS(ctx, t.Listen, cfg)
+		}()
+	}
+	done := make(chan error, 1)
+	go func() {
+		var all []error
+		for i := 0; i < n; i++ {
+			all = append(all, <-errs)
+		}
+		done <- errors.Join(all...)
+	}()
+	return done
+}
+
+func tlsConfig(t *config.TLS) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
+	if err != nil {
+		return nil, fmt.Errorf("api.tls.cert/key: %w", err)
+	}
+	pem, err := os.ReadFile(t.ClientCA)
+	if err != nil {
+		return nil, fmt.Errorf("api.tls.client_ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("api.tls.client_ca %s: no PEM certificate in it", t.ClientCA)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion:   tls.VersionTLS12,
+	}, nil
+}
+
+// Status is the admin's view of the agent, also shown by `blocknat status`.
+type Status struct {
+	Started       time.Time         `json:"started"`
+	Epoch         uint32            `json:"epoch"`
+	EpochSince    time.Time         `json:"epoch_since"`
+	Subscribers   uint32            `json:"subscribers"`
+	PoolAddresses int               `json:"pool_addresses"`
+	BlockSize     uint16            `json:"block_size"`
+	DataPlane     map[string]uint64 `json:"data_plane"`
+	Records       RecordStatus      `json:"records"`
+	Sweep         SweepStatus       `json:"sweep"`
+	Retention     RetentionStatus   `json:"retention"`
+	AuditEntries  uint64            `json:"audit_entries"`
+}
+
+// RecordStatus says whether records are being written, which is what the
+// law cares about most.
+type RecordStatus struct {
+	Writing        bool      `json:"writing"`
+	LastError      string    `json:"last_error,omitempty"`
+	LastWrite      time.Time `json:"last_write,omitzero"`
+	EventsRead     uint64    `json:"events_read"`
+	Written        uint64    `json:"written"`
+	Dropped        uint64    `json:"dropped"`
+	OpenRecords    int       `json:"open_records"`
+	DiskBytes      uint64    `json:"disk_bytes"`
+	Recovered      int       `json:"recovered_last_reconcile"`
+	ClosedByRecon  int       `json:"closed_last_reconcile"`
+	OldestRetained time.Time `json:"oldest_retained,omitzero"`
+}
+
+// SweepStatus is the last sweep's result.
+type SweepStatus struct {
+	Flows        int `json:"flows"`
+	ActiveBlocks int `json:"active_blocks"`
+	Expired      int `json:"expired_last_sweep"`
+	Released     int `json:"released_last_sweep"`
+}
+
+// RetentionStatus is the last retention sweep.
+type RetentionStatus struct {
+	Period string    `json:"period"`
+	LastAt time.Time `json:"last_at,omitzero"`
+}
+
+func (a *Agent) status(context.Context) (any, error) {
+	st := Status{Started: a.started, Epoch: a.epoch.ID, EpochSince: a.epoch.Start, Subscribers: a.mapping.Subscribers,
+		PoolAddresses: len(a.mapping.Pool), BlockSize: a.mapping.BlockSize}
+	dp, err := a.nat.Stats()
+	if err != nil {
+		return nil, err
+	}
+	st.DataPlane = dp
+	h := a.recorder.Health()
+	st.Records = RecordStatus{Writing: !h.Failing, LastError: h.LastError, LastWrite: h.LastWrite, EventsRead: h.EventsRead,
+		Written: h.RecordsWritten, Dropped: h.Dropped}
+	if ss, err := a.store.Stats(); err == nil {
+		st.Records.OpenRecords, st.Records.DiskBytes, st.Records.OldestRetained = ss.OpenRecords, ss.DiskBytes, ss.OldestRetained
+	}
+	a.mu.Lock()
+	st.Records.Recovered, st.Records.ClosedByRecon = a.lastReconcile.Recovered, a.lastReconcile.Closed
+	st.Sweep = SweepStatus{Flows: a.lastSweep.Flows, ActiveBlocks: a.lastSweep.ActiveBlocks, Expired: a.lastSweep.Expired, Released: a.lastSweep.Released}
+	st.Retention = RetentionStatus{Period: a.cfg.Retention.Records.String(), LastAt: a.retentionAt}
+	a.mu.Unlock()
+	if a.audit != nil {
+		st.AuditEntries = a.audit.Len()
+	}
+	return st, nil
+}

@@ -1,0 +1,297 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/blocknat/blocknat/userspace/audit"
+)
+
+const lookupBody = `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","tolerance":"2s","purpose":"case 2026-4411"}`
+
+// TestEveryRequestAuditedOnce sends every kind of request and checks that
+// each appends exactly one entry, before the response (watchedAuditor), with
+// the criteria as given, and that the response names that entry.
+func TestEveryRequestAuditedOnce(t *testing.T) {
+	h := newHarness(t, harnessOptions{
+		roles:  rootRoles(RoleInvestigator, RoleAuditor, RoleAdmin),
+		status: func(context.Context) (any, error) { return map[string]any{"interfaces": 2}, nil },
+	})
+	big := `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"` + strings.Repeat("x", MaxBodyBytes) + `"}`
+	tests := []struct {
+		name, method, path, body string
+		status                   int
+		action                   string
+		outcome                  audit.Outcome
+		criteria                 map[string]string // exactly these
+		purpose                  string
+		inMessage                string // in the error message, or in the body of an answer
+	}{
+		{"lookup answered", "POST", PathLookup, lookupBody, 200, ActionLookup, audit.OutcomeAnswered,
+			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01Z", "tolerance": "2s"}, "case 2026-4411", `"inside":"100.64.0.27"`},
+		{"lookup empty", "POST", PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"case 1"}`, 200, ActionLookup, audit.OutcomeEmpty,
+			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01Z"}, "case 1", `"candidates":[]`},
+		{"lookup missing purpose", "POST", PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z"}`, 403, ActionLookup, audit.OutcomeRefused,
+			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01Z"}, "", "purpose required"},
+		{"lookup blank purpose", "POST", PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"  "}`, 403, ActionLookup, audit.OutcomeRefused,
+			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01Z"}, "  ", "purpose required"},
+		{"lookup time without zone", "POST", PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01","purpose":"case 1"}`, 400, ActionLookup, audit.OutcomeMalformed,
+			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01"}, "case 1", "has no time zone"},
+		{"lookup unknown field", "POST", PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","destination":"203.0.113.9","purpose":"case 1"}`, 400, ActionLookup, audit.OutcomeMalformed,
+			nil, "", `unknown field "destination"`},
+		{"lookup bad json", "POST", PathLookup, `{"ip": 198.51`, 400, ActionLookup, audit.OutcomeMalformed, nil, "", "body:"},
+		{"lookup two objects", "POST", PathLookup, lookupBody + `{}`, 400, ActionLookup, audit.OutcomeMalformed, nil, "", "data after the JSON object"},
+		{"lookup empty body", "POST", PathLookup, ``, 400, ActionLookup, audit.OutcomeMalformed, nil, "", "body: empty"},
+		{"lookup body too large", "POST", PathLookup, big, 413, ActionLookup, audit.OutcomeMalformed, nil, "", "larger than"},
+		{"lookup negative tolerance", "POST", PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","tolerance":"-1s","purpose":"p"}`, 400, ActionLookup, audit.OutcomeMalformed,
+			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01Z", "tolerance": "-1s"}, "p", "negative"},
+		{"lookup tolerance over cap", "POST", PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","tolerance":"25h","purpose":"p"}`, 400, ActionLookup, audit.OutcomeMalformed,
+			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01Z", "tolerance": "25h"}, "p", "maximum"},
+		{"lookup ipv6", "POST", PathLookup, `{"ip":"2001:db8::1","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"p"}`, 400, ActionLookup, audit.OutcomeMalformed,
+			map[string]string{"ip": "2001:db8::1", "port": "15123", "time": "2026-11-20T12:00:01Z"}, "p", "not an IPv4 address"},
+		{"lookup port too large", "POST", PathLookup, `{"ip":"198.51.100.10","port":70000,"time":"2026-11-20T12:00:01Z","purpose":"p"}`, 400, ActionLookup, audit.OutcomeMalformed,
+			nil, "", "body:"},
+		{"unknown path", "GET", "/v1/who?x=1", ``, 404, ActionUnknown, audit.OutcomeMalformed,
+			map[string]string{"method": "GET", "path": "/v1/who", "query": "x=1"}, "", "unknown path"},
+		{"wrong method", "GET", PathLookup, ``, 405, ActionLookup, audit.OutcomeMalformed,
+			map[string]string{"method": "GET"}, "", "method not allowed"},
+		{"history answered", "POST", PathHistory, `{"subscriber":"100.64.0.27","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00+01:00","purpose":"case 7"}`, 200, ActionHistory, audit.OutcomeAnswered,
+			map[string]string{"subscriber": "100.64.0.27", "from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00+01:00"}, "case 7", `"subscriber":27`},
+		{"history empty", "POST", PathHistory, `{"subscriber":"100.64.0.99","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"case 7"}`, 200, ActionHistory, audit.OutcomeEmpty,
+			map[string]string{"subscriber": "100.64.0.99", "from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z"}, "case 7", `"records":[]`},
+		{"history reversed range", "POST", PathHistory, `{"subscriber":"100.64.0.27","from":"2026-11-21T00:00:00Z","to":"2026-11-20T00:00:00Z","purpose":"case 7"}`, 400, ActionHistory, audit.OutcomeMalformed,
+			map[string]string{"subscriber": "100.64.0.27", "from": "2026-11-21T00:00:00Z", "to": "2026-11-20T00:00:00Z"}, "case 7", "before from"},
+		{"export answered", "POST", PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"csv","purpose":"court order 12"}`, 200, ActionExport, audit.OutcomeAnswered,
+			map[string]string{"from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z", "format": "csv"}, "court order 12", "100.64.0.40"},
+		{"export empty", "POST", PathExport, `{"from":"2026-10-20T00:00:00Z","to":"2026-10-21T00:00:00Z","format":"jsonl","purpose":"court order 12"}`, 200, ActionExport, audit.OutcomeEmpty,
+			map[string]string{"from": "2026-10-20T00:00:00Z", "to": "2026-10-21T00:00:00Z", "format": "jsonl"}, "court order 12", ""},
+		{"export bad format", "POST", PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"xml","purpose":"p"}`, 400, ActionExport, audit.OutcomeMalformed,
+			map[string]string{"from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z", "format": "xml"}, "p", "format"},
+		{"export missing purpose", "POST", PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"csv"}`, 403, ActionExport, audit.OutcomeRefused,
+			map[string]string{"from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z", "format": "csv"}, "", "purpose required"},
+		{"status", "GET", PathStatus, ``, 200, ActionStatus, audit.OutcomeAnswered, nil, "", `"interfaces":2`},
+		{"status with query", "GET", PathStatus + "?verbose=1", ``, 400, ActionStatus, audit.OutcomeMalformed,
+			map[string]string{"query": "verbose=1"}, "", "takes none"},
+		{"audit show", "GET", PathAudit + "?from=1&limit=2", ``, 200, ActionAuditShow, audit.OutcomeAnswered,
+			map[string]string{"from": "1", "limit": "2"}, "", `"seq":2`},
+		{"audit show bad limit", "GET", PathAudit + "?limit=0", ``, 400, ActionAuditShow, audit.OutcomeMalformed,
+			map[string]string{"limit": "0"}, "", "limit"},
+		{"audit show unknown parameter", "GET", PathAudit + "?operator=alice", ``, 400, ActionAuditShow, audit.OutcomeMalformed,
+			map[string]string{"operator": "alice"}, "", "unknown"},
+		{"audit verify", "POST", PathAuditVerify, ``, 200, ActionAuditVerify, audit.OutcomeAnswered, nil, "", `"ok":true`},
+		{"audit verify unknown field", "POST", PathAuditVerify, `{"deep":true}`, 400, ActionAuditVerify, audit.OutcomeMalformed, nil, "", "unknown field"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before, appends := h.log.Len(), h.auditor.appends.Load()
+			resp, body := h.raw(tc.method, tc.path, tc.body)
+			if got := h.auditor.appends.Load() - appends; got != 1 {
+				t.Fatalf("%d audit appends, want exactly 1", got)
+			}
+			seq := h.log.Len()
+			if seq != before+1 {
+				t.Fatalf("audit log grew from %d to %d, want one entry", before, seq)
+			}
+			if resp.StatusCode != tc.status {
+				t.Errorf("status %d, want %d; body %s", resp.StatusCode, tc.status, body)
+			}
+			if got := resp.Header.Get(HeaderAuditSeq); got != strconv.FormatUint(seq, 10) {
+				t.Errorf("%s = %q, want %d", HeaderAuditSeq, got, seq)
+			}
+			e := h.lastEntry()
+			if e.Operator != operatorName() || e.Action != tc.action || e.Outcome != tc.outcome || e.Purpose != tc.purpose {
+				t.Errorf("entry operator %q action %q outcome %q purpose %q, want %q %q %q %q",
+					e.Operator, e.Action, e.Outcome, e.Purpose, operatorName(), tc.action, tc.outcome, tc.purpose)
+			}
+			if len(e.Criteria) != len(tc.criteria) {
+				t.Errorf("criteria %v, want %v", e.Criteria, tc.criteria)
+			}
+			for k, v := range tc.criteria {
+				if e.Criteria[k] != v {
+					t.Errorf("criteria[%q] = %q, want %q (all: %v)", k, e.Criteria[k], v, e.Criteria)
+				}
+			}
+			if tc.status == 200 && !strings.Contains(body, tc.inMessage) {
+				t.Errorf("body %q does not contain %q", body, tc.inMessage)
+			}
+			if tc.status != 200 {
+				var er ErrorResponse
+				if err := json.Unmarshal([]byte(body), &er); err != nil {
+					t.Fatalf("error body %q: %v", body, err)
+				}
+				if !strings.Contains(er.Error, tc.inMessage) {
+					t.Errorf("error %q does not contain %q", er.Error, tc.inMessage)
+				}
+				if er.Outcome != string(tc.outcome) || er.AuditSeq != seq || er.Error != e.Detail {
+					t.Errorf("error body %+v; want outcome %s, seq %d, error = entry detail %q", er, tc.outcome, seq, e.Detail)
+				}
+				if tc.status == 405 && resp.Header.Get("Allow") != http.MethodPost {
+					t.Errorf("Allow = %q, want POST", resp.Header.Get("Allow"))
+				}
+			} else if resp.Header.Get("Content-Type") == "application/json" {
+				var ans struct {
+					AuditSeq uint64 `json:"audit_seq"`
+				}
+				if err := json.Unmarshal([]byte(body), &ans); err != nil || ans.AuditSeq != seq {
+					t.Errorf("answer audit_seq %d (%v), want %d", ans.AuditSeq, err, seq)
+				}
+			}
+		})
+	}
+	report, err := h.log.Verify()
+	if err != nil || !report.OK() {
+		t.Fatalf("audit log after the requests: %v %+v", err, report.Problems)
+	}
+}
+
+// TestAuditFailureWithholdsAnswer makes Append fail: the client gets 503
+// and nothing of the answer, for every kind of request.
+func TestAuditFailureWithholdsAnswer(t *testing.T) {
+	h := newHarness(t, harnessOptions{roles: rootRoles(RoleInvestigator, RoleAuditor, RoleAdmin)})
+	h.auditor.failAll.Store(true)
+	requests := []struct{ method, path, body string }{
+		{"POST", PathLookup, lookupBody},
+		{"POST", PathHistory, `{"subscriber":"100.64.0.27","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"p"}`},
+		{"POST", PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"csv","purpose":"p"}`},
+		{"GET", PathStatus, ``},
+		{"GET", PathAudit, ``},
+		{"POST", PathAuditVerify, ``},
+		{"POST", PathLookup, `{"ip":"198.51.100.10"}`}, // a failure is withheld too: it would be unrecorded
+		{"GET", "/v1/nowhere", ``},
+	}
+	for _, rq := range requests {
+		appends := h.auditor.appends.Load()
+		resp, body := h.raw(rq.method, rq.path, rq.body)
+		if got := h.auditor.appends.Load() - appends; got != 1 {
+			t.Errorf("%s %s: %d appends, want 1", rq.method, rq.path, got)
+		}
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Errorf("%s %s: status %d, want 503", rq.method, rq.path, resp.StatusCode)
+		}
+		for _, leak := range []string{"100.64.0", "198.51.100", "candidates", "subscriber", "records", "entries"} {
+			if strings.Contains(body, leak) {
+				t.Errorf("%s %s: 503 body %q holds %q", rq.method, rq.path, body, leak)
+			}
+		}
+		for _, hd := range []string{HeaderAuditSeq, HeaderRecords} {
+			if v := resp.Header.Get(hd); v != "" {
+				t.Errorf("%s %s: header %s = %q on 503", rq.method, rq.path, hd, v)
+			}
+		}
+		if !strings.Contains(body, "audit log unavailable") {
+			t.Errorf("%s %s: body %q does not say why", rq.method, rq.path, body)
+		}
+	}
+	if n := h.log.Len(); n != 0 {
+		t.Errorf("log holds %d entries; Append failed every time", n)
+	}
+	_, err := h.client.Lookup(context.Background(), LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T12:00:01Z", Purpose: "p"})
+	var apiErr *Error
+	if !errors.As(err, &apiErr) || apiErr.Status != 503 || apiErr.AuditSeq != 0 {
+		t.Errorf("client error %v, want *Error with status 503 and no audit seq", err)
+	}
+}
+
+// TestRoles checks the SO_PEERCRED identity and the role mapping.
+func TestRoles(t *testing.T) {
+	ctx := context.Background()
+	lookup := LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T12:00:01Z", Tolerance: "2s", Purpose: "case 9"}
+
+	t.Run("investigator", func(t *testing.T) {
+		h := newHarness(t, harnessOptions{roles: rootRoles(RoleInvestigator)})
+		ans, err := h.client.Lookup(ctx, lookup)
+		if err != nil {
+			t.Fatalf("Lookup: %v", err)
+		}
+		if len(ans.Candidates) != 2 {
+			t.Errorf("%d candidates, want 2", len(ans.Candidates))
+		}
+		if e := h.lastEntry(); e.Operator != operatorName() || e.Role != string(RoleInvestigator) || e.Outcome != audit.OutcomeAnswered {
+			t.Errorf("entry %+v", e)
+		}
+		// The same operator is no auditor.
+		_, err = h.client.AuditShow(ctx, 0, 0)
+		var apiErr *Error
+		if !errors.As(err, &apiErr) || apiErr.Status != 403 || apiErr.Outcome != "refused" {
+			t.Fatalf("AuditShow as investigator: %v, want refused", err)
+		}
+		if e := h.lastEntry(); e.Action != ActionAuditShow || e.Outcome != audit.OutcomeRefused || e.Role != string(RoleAuditor) {
+			t.Errorf("entry %+v", e)
+		}
+	})
+	for name, roles := range map[string]Roles{
+		"no role":     rootRoles(),
+		"other uid":   {UIDs: map[uint32][]Role{4242: {RoleInvestigator}}},
+		"wrong role":  rootRoles(RoleAuditor, RoleAdmin),
+		"cert only":   {CertNames: map[string][]Role{"root": {RoleInvestigator}}},
+		"empty roles": {},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, harnessOptions{roles: roles})
+			_, err := h.client.Lookup(ctx, lookup)
+			var apiErr *Error
+			if !errors.As(err, &apiErr) || apiErr.Status != 403 || apiErr.Outcome != "refused" {
+				t.Fatalf("Lookup: %v, want refused", err)
+			}
+			if apiErr.AuditSeq != 1 || !strings.Contains(apiErr.Message, "needs the role investigator") {
+				t.Errorf("error %+v", apiErr)
+			}
+			e := h.lastEntry()
+			if e.Operator != operatorName() || e.Action != ActionLookup || e.Outcome != audit.OutcomeRefused || e.Purpose != "case 9" {
+				t.Errorf("entry %+v", e)
+			}
+			if e.Criteria["ip"] != "198.51.100.10" || e.Criteria["port"] != "15123" || e.Criteria["tolerance"] != "2s" {
+				t.Errorf("refused entry lost the criteria: %v", e.Criteria)
+			}
+			if strings.Contains(apiErr.Message, "100.64.0.") {
+				t.Errorf("refusal leaks a subscriber: %s", apiErr.Message)
+			}
+		})
+	}
+}
+
+// TestUnidentifiedTransport mounts the handler where no identity is known
+// (plain TCP): the request is refused, and audited.
+func TestUnidentifiedTransport(t *testing.T) {
+	log, _ := openAuditLog(t)
+	srv := NewServer(Deps{Store: openFixtureStore(t), Audit: log, Logger: quietLogger(), Roles: rootRoles(RoleInvestigator)})
+	ts := httptest.NewServer(srv.Handler())
+	defer ts.Close()
+	resp, err := http.Post(ts.URL+PathLookup, "application/json", strings.NewReader(lookupBody))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden || log.Len() != 1 {
+		t.Fatalf("status %d, %d entries", resp.StatusCode, log.Len())
+	}
+	es, _ := log.Entries(1, 1)
+	if es[0].Operator != "unknown" || es[0].Outcome != audit.OutcomeRefused || es[0].Criteria["ip"] != "198.51.100.10" {
+		t.Errorf("entry %+v", es[0])
+	}
+}
+
+// TestOptionsStarAudited: net/http answers "OPTIONS *" on its own unless
+// told not to; it is a request like any other.
+func TestOptionsStarAudited(t *testing.T) {
+	h := newHarness(t, harnessOptions{roles: rootRoles(RoleInvestigator)})
+	req := &http.Request{Method: "OPTIONS", URL: &url.URL{Scheme: "http", Host: "blocknat", Opaque: "*"}, Header: http.Header{}}
+	resp, err := h.client.hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound || h.log.Len() != 1 {
+		t.Fatalf("status %d, %d entries", resp.StatusCode, h.log.Len())
+	}
+	if e := h.lastEntry(); e.Action != ActionUnknown || e.Criteria["method"] != "OPTIONS" {
+		t.Errorf("entry %+v", e)
+	}
+}

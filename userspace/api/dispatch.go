@@ -1,0 +1,285 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/logattr"
+	"github.com/blocknat/blocknat/userspace/store"
+)
+
+// Actions as audited.
+const (
+	ActionLookup      = "lookup"
+	ActionHistory     = "history"
+	ActionExport      = "export"
+	ActionStatus      = "status"
+	ActionAuditShow   = "audit.show"
+	ActionAuditVerify = "audit.verify"
+	// ActionUnknown is a request for a path the API does not serve.
+	ActionUnknown = "unknown"
+)
+
+// reply is a computed answer that has not been written yet. Its first half
+// becomes the audit entry; its second half is written after the append.
+type reply struct {
+	action   string
+	role     string
+	criteria map[string]string
+	purpose  string
+	outcome  audit.Outcome
+	detail   string
+
+	status  int
+	header  http.Header
+	message string // for anything but an answer
+	// answer builds the JSON body of an answer once the audit seq is known.
+	answer func(seq uint64) any
+	// stream writes an answer that is too large to hold (an export); it
+	// sets its own headers and status.
+	stream func(w http.ResponseWriter, seq uint64)
+}
+
+// failure ends a request without an answer.
+type failure struct {
+	status  int
+	outcome audit.Outcome
+	msg     string
+}
+
+func (f *failure) Error() string { return f.msg }
+
+func malformed(status int, format string, args ...any) *failure {
+	return &failure{status: status, outcome: audit.OutcomeMalformed, msg: fmt.Sprintf(format, args...)}
+}
+
+func refused(format string, args ...any) *failure {
+	return &failure{status: http.StatusForbidden, outcome: audit.OutcomeRefused, msg: fmt.Sprintf(format, args...)}
+}
+
+func internal(format string, args ...any) *failure {
+	return &failure{status: http.StatusInternalServerError, outcome: audit.OutcomeError, msg: fmt.Sprintf(format, args...)}
+}
+
+// fromStore classifies a store error: the store rejects some arguments the
+// API lets through (a port no block can hold), which is the caller's
+// mistake, not the agent's.
+func fromStore(step string, err error) *failure {
+	if errors.Is(err, store.ErrInvalid) {
+		return malformed(http.StatusBadRequest, "%s: %v", step, err)
+	}
+	return internal("%s: %v", step, err)
+}
+
+func (r *reply) fail(f *failure) {
+	r.status, r.outcome, r.message, r.detail = f.status, f.outcome, f.msg, f.msg
+	r.answer, r.stream = nil, nil
+}
+
+// route is one endpoint. parse reads and checks the request; it records the
+// criteria and purpose as given even when it fails, so that a refused or
+// malformed request is audited with what it asked. run computes the answer.
+type route struct {
+	action string
+	method string
+	role   Role
+	parse  func(s *Server, r *http.Request, rep *reply) (run func(rep *reply) *failure, f *failure)
+}
+
+var routes = map[string]route{
+	PathLookup:      {ActionLookup, http.MethodPost, RoleInvestigator, (*Server).parseLookup},
+	PathHistory:     {ActionHistory, http.MethodPost, RoleInvestigator, (*Server).parseHistory},
+	PathExport:      {ActionExport, http.MethodPost, RoleInvestigator, (*Server).parseExport},
+	PathStatus:      {ActionStatus, http.MethodGet, RoleAdmin, (*Server).parseStatus},
+	PathAudit:       {ActionAuditShow, http.MethodGet, RoleAuditor, (*Server).parseAuditShow},
+	PathAuditVerify: {ActionAuditVerify, http.MethodPost, RoleAuditor, (*Server).parseAuditVerify},
+}
+
+// maxCriterion caps a criterion taken from the URL of a request that names
+// no route, which may be anything.
+const maxCriterion = 256
+
+// dispatch computes the reply to r. It never writes a response; a panic in
+// a handler becomes an "error" reply so that it is audited like the rest.
+func (s *Server) dispatch(r *http.Request, id identity) (rep *reply) {
+	rep = &reply{action: ActionUnknown, criteria: map[string]string{}}
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("api handler panic", logattr.Action, rep.action, logattr.Err, fmt.Sprint(p), "stack", string(debug.Stack()))
+			rep.fail(internal("internal error while answering %s", rep.action))
+		}
+	}()
+	rt, ok := routes[r.URL.Path]
+	if !ok {
+		rep.criteria["method"] = truncate(r.Method)
+		rep.criteria["path"] = truncate(r.URL.Path)
+		if r.URL.RawQuery != "" {
+			rep.criteria["query"] = truncate(r.URL.RawQuery)
+		}
+		rep.fail(malformed(http.StatusNotFound, "unknown path %q", truncate(r.URL.Path)))
+		return rep
+	}
+	// The entry's role is the one the request is judged under: the role
+	// its action needs, whether or not the operator holds it.
+	rep.action, rep.role = rt.action, string(rt.role)
+	if r.Method != rt.method {
+		rep.criteria["method"] = truncate(r.Method)
+		rep.header = http.Header{"Allow": {rt.method}}
+		rep.fail(malformed(http.StatusMethodNotAllowed, "%s %s: method not allowed (use %s)", truncate(r.Method), r.URL.Path, rt.method))
+		return rep
+	}
+	run, f := rt.parse(s, r, rep)
+	switch {
+	case !id.known:
+		f = refused("operator not identified: the API answers only on its unix socket or over TLS with a client certificate")
+	case !id.has(rt.role):
+		f = refused("operator %s has role %s; %s needs the role %s", id.operator, id.roleNames(), rt.action, rt.role)
+	}
+	if f != nil {
+		rep.fail(f)
+		return rep
+	}
+	if f := run(rep); f != nil {
+		rep.fail(f)
+	}
+	return rep
+}
+
+func truncate(s string) string {
+	if len(s) <= maxCriterion {
+		return s
+	}
+	return s[:maxCriterion] + "…"
+}
+
+// write sends the reply; the audit entry is already appended.
+func (r *reply) write(w http.ResponseWriter, seq uint64) {
+	h := w.Header()
+	for k, v := range r.header {
+		h[k] = v
+	}
+	h.Set(HeaderAuditSeq, strconv.FormatUint(seq, 10))
+	switch {
+	case r.stream != nil:
+		r.stream(w, seq)
+	case r.answer != nil:
+		writeJSON(w, http.StatusOK, nil, r.answer(seq))
+	default:
+		writeJSON(w, r.status, nil, ErrorResponse{Error: r.message, Outcome: string(r.outcome), AuditSeq: seq})
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, header http.Header, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		// Only a programming error gets here; the entry is already written.
+		status = http.StatusInternalServerError
+		body, _ = json.Marshal(ErrorResponse{Error: "encode answer: " + err.Error()})
+	}
+	for k, vs := range header {
+		w.Header()[k] = vs
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)+1))
+	w.WriteHeader(status)
+	w.Write(append(body, '\n'))
+}
+
+// decodeBody reads a JSON object into dst: at most MaxBodyBytes, no unknown
+// fields, nothing after it. An empty body is allowed only when emptyOK.
+func decodeBody(r *http.Request, dst any, emptyOK bool) *failure {
+	data, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, MaxBodyBytes))
+	if err != nil {
+		if errors.As(err, new(*http.MaxBytesError)) {
+			return malformed(http.StatusRequestEntityTooLarge, "body: larger than %d bytes", MaxBodyBytes)
+		}
+		return malformed(http.StatusBadRequest, "body: read: %v", err)
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		if emptyOK {
+			return nil
+		}
+		return malformed(http.StatusBadRequest, "body: empty; expected a JSON object")
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		return malformed(http.StatusBadRequest, "body: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return malformed(http.StatusBadRequest, "body: data after the JSON object")
+	}
+	return nil
+}
+
+// noQuery rejects query parameters on endpoints that take none, for the
+// same reason unknown JSON fields are rejected.
+func noQuery(r *http.Request, rep *reply) *failure {
+	if r.URL.RawQuery == "" {
+		return nil
+	}
+	rep.criteria["query"] = truncate(r.URL.RawQuery)
+	return malformed(http.StatusBadRequest, "query parameters: %s takes none", r.URL.Path)
+}
+
+// Layouts used to explain a rejected time.
+const (
+	layoutNoZone = "2006-01-02T15:04:05.999999999"
+	layoutDate   = "2006-01-02"
+)
+
+// parseTime reads an RFC 3339 time with an explicit zone.
+func parseTime(field, v string) (time.Time, *failure) {
+	if v == "" {
+		return time.Time{}, malformed(http.StatusBadRequest, "%s: missing; give an RFC 3339 time with a zone, such as 2026-11-20T12:00:01Z", field)
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err == nil {
+		return t, nil
+	}
+	if _, err := time.Parse(layoutNoZone, v); err == nil {
+		return time.Time{}, malformed(http.StatusBadRequest,
+			"%s: %q has no time zone; add Z for UTC or an offset such as +01:00 (a time without a zone names a different instant on every machine)", field, v)
+	}
+	if _, err := time.Parse(layoutDate, v); err == nil {
+		return time.Time{}, malformed(http.StatusBadRequest, "%s: %q is a date; give a time of day and a zone, such as %sT12:00:01Z", field, v, v)
+	}
+	return time.Time{}, malformed(http.StatusBadRequest, "%s: %q is not an RFC 3339 time with a zone, such as 2026-11-20T12:00:01Z: %v", field, v, err)
+}
+
+func parseRange(fromText, toText string) (from, to time.Time, f *failure) {
+	if from, f = parseTime("from", fromText); f != nil {
+		return
+	}
+	if to, f = parseTime("to", toText); f != nil {
+		return
+	}
+	if to.Before(from) {
+		f = malformed(http.StatusBadRequest, "to: %s is before from %s", toText, fromText)
+	}
+	return
+}
+
+// needPurpose refuses a request for records that names no purpose.
+func needPurpose(purpose string) *failure {
+	if strings.TrimSpace(purpose) == "" {
+		return refused("purpose required: lookup, history and export must name a purpose or case reference")
+	}
+	return nil
+}
+
+// setCriterion records a criterion that was given.
+func setCriterion(rep *reply, key, value string) {
+	if value != "" {
+		rep.criteria[key] = value
+	}
+}

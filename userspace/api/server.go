@@ -1,0 +1,283 @@
+// Package api is blocknat's query API: the server the agent runs over a unix
+// socket (and optionally TLS with client certificates), and the Client the
+// CLI uses.
+//
+// # Protocol
+//
+// HTTP/1.1 with JSON bodies:
+//
+//	POST /v1/lookup        LookupRequest  -> LookupResponse   (investigator)
+//	POST /v1/history       HistoryRequest -> HistoryResponse  (investigator)
+//	POST /v1/export        ExportRequest  -> CSV or JSONL stream (investigator)
+//	GET  /v1/status                       -> StatusResponse   (admin)
+//	GET  /v1/audit?from=SEQ&limit=N       -> AuditShowResponse (auditor)
+//	POST /v1/audit/verify                 -> AuditVerifyResponse (auditor)
+//
+// Times are RFC 3339 with an explicit zone ("Z" or ±hh:mm); a time without
+// one is malformed, because a bare local time names a different instant on
+// every machine. Bodies are at most MaxBodyBytes and unknown fields are
+// malformed, so that a misspelt field is never silently ignored.
+//
+// # The audit rule
+//
+// Every request appends exactly one audit entry before the first byte of its
+// response is written: answered, empty, refused (no role, no purpose),
+// malformed (bad JSON, bad time, unknown path, wrong method) or failed. The
+// handler therefore works in two halves: dispatch reads the request and
+// computes the whole answer without touching the ResponseWriter, then the
+// entry is appended, and only then is the answer written. If the append
+// fails, the client gets 503 and no data. An export is counted first, the
+// count is audited, and then the records are streamed.
+//
+// Outcomes and HTTP statuses: answered and empty are 200; refused is 403
+// (missing role, or a lookup, history or export without a purpose: a purpose
+// or case reference is a precondition of access, not a syntax rule);
+// malformed is 400, 404 (unknown path), 405 (wrong method) or 413 (body too
+// large); error is 500; a failed audit append is 503.
+//
+// # Identity
+//
+// On the unix socket the operator is the peer's uid from SO_PEERCRED,
+// written "uid:1001(alice)" when the name resolves. Over TLS it is the
+// subject common name of the verified client certificate, "cert:CN=alice".
+// Roles maps both to roles. Nothing about destinations exists in the store,
+// and nothing about them is logged or audited.
+package api
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/logattr"
+	"github.com/blocknat/blocknat/userspace/store"
+)
+
+// Store is what the API reads; *store.Store satisfies it.
+type Store interface {
+	Lookup(ip netip.Addr, port uint16, t time.Time, tolerance time.Duration) ([]store.Record, error)
+	History(inside netip.Addr, from, to time.Time) ([]store.Record, error)
+	Export(from, to time.Time, fn func(store.Record) error) error
+	EpochAt(t time.Time) (store.Epoch, error)
+	Stats() (store.Stats, error)
+}
+
+// Auditor is the tamper-evident audit log.
+type Auditor interface {
+	// Append fills Seq, Time, Prev and Hash, makes the entry durable and
+	// returns it.
+	Append(e audit.Entry) (audit.Entry, error)
+	Len() uint64
+	Entries(fromSeq uint64, limit int) ([]audit.Entry, error)
+	Verify() (audit.Report, error)
+}
+
+// Deps are what the server needs from the agent.
+type Deps struct {
+	Store Store
+	Audit Auditor
+	Roles Roles
+	// Status returns the agent's status document (JSON-marshalable); nil
+	// leaves StatusResponse.Agent null.
+	Status func(ctx context.Context) (any, error)
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Logger receives one line per request (operator, action, outcome and
+	// audit seq; never criteria, which only the audit log holds); nil means
+	// slog.Default.
+	Logger *slog.Logger
+}
+
+// Server serves the API. Its Handler may be mounted anywhere, but only
+// ServeUnix and ServeTLS establish who is asking; requests arriving any
+// other way are refused (and audited).
+type Server struct {
+	store  Store
+	audit  Auditor
+	roles  Roles
+	status func(ctx context.Context) (any, error)
+	now    func() time.Time
+	log    *slog.Logger
+}
+
+// Timeouts of the HTTP server. An export extends its write deadline as it
+// goes (exportWriteTimeout per stretch), so WriteTimeout only bounds the
+// small answers.
+const (
+	readHeaderTimeout  = 10 * time.Second
+	readTimeout        = 30 * time.Second
+	writeTimeout       = 60 * time.Second
+	idleTimeout        = 2 * time.Minute
+	shutdownTimeout    = 5 * time.Second
+	exportWriteTimeout = 30 * time.Second
+)
+
+// logKeyAuditSeq is the log attribute of an audit sequence number.
+const logKeyAuditSeq = "audit_seq"
+
+// NewServer returns a server. Store and Audit are required: without an
+// audit log no request may be answered, so a nil one is a programming error
+// and panics.
+func NewServer(d Deps) *Server {
+	if d.Store == nil {
+		panic("api.NewServer: Deps.Store is nil")
+	}
+	if d.Audit == nil {
+		panic("api.NewServer: Deps.Audit is nil")
+	}
+	s := &Server{store: d.Store, audit: d.Audit, roles: d.Roles, status: d.Status, now: d.Now, log: d.Logger}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	return s
+}
+
+// Handler returns the API's handler.
+func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
+
+func (s *Server) httpServer() *http.Server {
+	return &http.Server{
+		Handler:           s.Handler(),
+		ConnContext:       connContext,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    16 << 10,
+		// "OPTIONS *" would otherwise be answered by net/http itself,
+		// unaudited; this way it reaches dispatch as an unknown path.
+		DisableGeneralOptionsHandler: true,
+		// The protocol is HTTP/1.1; an empty, non-nil map keeps net/http
+		// from offering HTTP/2 over TLS.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		ErrorLog:     slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+}
+
+// ServeUnix serves on a unix socket at path until ctx is done. It creates
+// the socket's directory, removes a stale socket left by a previous agent
+// (but refuses if one still answers), and makes the socket world-writable:
+// anyone may ask, roles decide, and every refusal is audited.
+func (s *Server) ServeUnix(ctx context.Context, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("api socket %s: create directory: %w", path, err)
+	}
+	if err := removeStaleSocket(path); err != nil {
+		return err
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("api socket %s: listen: %w", path, err)
+	}
+	// Removing the socket file at close would race a successor that has
+	// already bound the path; removeStaleSocket handles what we leave.
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	if err := os.Chmod(path, 0o666); err != nil {
+		ln.Close()
+		return fmt.Errorf("api socket %s: chmod: %w", path, err)
+	}
+	s.log.Info("api listening", logattr.Path, path)
+	return s.serve(ctx, ln, "unix "+path)
+}
+
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("api socket %s: %w", path, err)
+	}
+	if fi.Mode().Type() != os.ModeSocket {
+		return fmt.Errorf("api socket %s: exists and is not a socket (%s); not removing it", path, fi.Mode().Type())
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("api socket %s: another process is serving on it", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("api socket %s: remove stale socket: %w", path, err)
+	}
+	return nil
+}
+
+// ServeTLS serves on addr with TLS until ctx is done. cfg must require and
+// verify client certificates (tls.RequireAndVerifyClientCert with ClientCAs
+// set), since the certificate is the operator's identity: a client without
+// one fails the handshake and never reaches the handler.
+func (s *Server) ServeTLS(ctx context.Context, addr string, cfg *tls.Config) error {
+	if cfg == nil || cfg.ClientAuth != tls.RequireAndVerifyClientCert || cfg.ClientCAs == nil {
+		return fmt.Errorf("api tls %s: config must set ClientAuth to RequireAndVerifyClientCert and ClientCAs", addr)
+	}
+	cfg = cfg.Clone()
+	cfg.NextProtos = []string{"http/1.1"}
+	if cfg.MinVersion < tls.VersionTLS12 {
+		cfg.MinVersion = tls.VersionTLS12
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("api tls %s: listen: %w", addr, err)
+	}
+	s.log.Info("api listening", logattr.Path, "tls "+ln.Addr().String())
+	return s.serve(ctx, tls.NewListener(ln, cfg), "tls "+addr)
+}
+
+func (s *Server) serve(ctx context.Context, ln net.Listener, what string) error {
+	srv := s.httpServer()
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	select {
+	case err := <-done:
+		return fmt.Errorf("api %s: serve: %w", what, err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		// A long export is cut off rather than holding the agent's exit.
+		srv.Close()
+	}
+	if err := <-done; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("api %s: serve: %w", what, err)
+	}
+	return nil
+}
+
+// serveHTTP is the audit rule in code: dispatch computes the answer without
+// writing, the entry is appended, and only then is anything written.
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	id := s.identify(r)
+	rep := s.dispatch(r, id)
+	entry, err := s.audit.Append(audit.Entry{
+		Operator: id.operator,
+		Role:     rep.role,
+		Action:   rep.action,
+		Criteria: rep.criteria,
+		Purpose:  rep.purpose,
+		Outcome:  rep.outcome,
+		Detail:   rep.detail,
+	})
+	if err != nil {
+		s.log.Error("audit append failed; answer withheld",
+			logattr.Operator, id.operator, logattr.Action, rep.action, logattr.Outcome, string(rep.outcome), logattr.Err, err)
+		writeJSON(w, http.StatusServiceUnavailable, nil, ErrorResponse{
+			Error: "audit log unavailable: the request could not be recorded, so it is not answered",
+		})
+		return
+	}
+	s.log.Info("api request", logattr.Operator, id.operator, logattr.Action, rep.action,
+		logattr.Outcome, string(rep.outcome), logKeyAuditSeq, entry.Seq)
+	rep.write(w, entry.Seq)
+}
