@@ -29,6 +29,11 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
+		// Other uids run the CLI too (the role tests).
+		if err := os.Chmod(dir, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
 		bins, err = harness.Build(context.Background(), dir)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
