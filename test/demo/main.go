@@ -77,7 +77,7 @@ func run(ctx context.Context, w io.Writer) (err error) {
 	}
 	defer func() {
 		fmt.Fprintf(w, "\n[cleanup] removing namespaces %s-* and demo state\n", prefix)
-		err = errors.Join(err, topo.Close(), os.RemoveAll(cfg.StateDir))
+		err = errors.Join(err, topo.Close(), os.RemoveAll(cfg.StateDir), os.RemoveAll(filepath.Dir(cfg.API.Socket)))
 	}()
 	for i, sub := range topo.Subscribers {
 		s.show("subscriber %d: %s in namespace %s", i, sub.Addr, sub.NS.Name)
@@ -139,26 +139,56 @@ func run(ctx context.Context, w io.Writer) (err error) {
 	if len(remotes) == 0 {
 		return errors.New("the HTTP server saw no client")
 	}
+	seenAt := time.Now().UTC().Truncate(time.Millisecond)
 	for _, r := range remotes {
 		s.show("request from %s", r)
 	}
-
 	observed := remotes[len(remotes)-1]
-	s.say("Who was %s? Asking blocknat", observed)
-	s.show("$ blocknat mapping reverse --config blocknat.yaml %s", observed)
-	out, err := runCLI(ctx, bins.Blocknat, "mapping", "reverse", "--config", cfgPath, observed.String())
+	// Records are committed within 50 ms of the block becoming active.
+	time.Sleep(300 * time.Millisecond)
+
+	s.say("The police ask: who used %s at %s?", observed, seenAt.Format(time.RFC3339))
+	args := []string{"lookup", "--socket", cfg.API.Socket, "--ip", observed.Addr().String(), "--port", fmt.Sprint(observed.Port()),
+		"--time", seenAt.Format(time.RFC3339Nano), "--tolerance", "2s", "--purpose", "demo: case 2026-0001"}
+	s.show("$ blocknat %s", shellJoin(args))
+	out, err := runCLI(ctx, bins.Blocknat, args...)
 	if err != nil {
 		return err
 	}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+	for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
 		s.show("%s", line)
 	}
 	want := topo.Subscribers[len(topo.Subscribers)-1].Addr.String()
-	if !strings.Contains(string(out), want) {
+	if !strings.Contains(string(out), "inside "+want) {
 		return fmt.Errorf("blocknat named someone other than %s", want)
 	}
 	s.show("correct: that request came from %s", want)
+
+	s.say("The lookup is in the tamper-evident audit log")
+	for _, args := range [][]string{{"audit", "show", "--socket", cfg.API.Socket, "--limit", "1"}, {"audit", "verify", "--socket", cfg.API.Socket}} {
+		s.show("$ blocknat %s", strings.Join(args, " "))
+		out, err := runCLI(ctx, bins.Blocknat, args...)
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+			s.show("%s", line)
+		}
+	}
 	return nil
+}
+
+// shellJoin quotes what a shell would split, so a shown command can be
+// pasted as it is.
+func shellJoin(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if strings.ContainsAny(a, " \t'\"$") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
 }
 
 func runCLI(ctx context.Context, bin string, args ...string) ([]byte, error) {
