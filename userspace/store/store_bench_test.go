@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -165,17 +166,21 @@ func BenchmarkLookup(b *testing.B) {
 		b.Run(fmt.Sprintf("tolerance=%s", tol), func(b *testing.B) {
 			s := readFixture(b)
 			rng := rand.New(rand.NewPCG(5, 6))
+			lat := latencies{}
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				r := fixture.queries[rng.IntN(len(fixture.queries))]
 				at := r.Start.Add(time.Duration(rng.Int64N(int64(r.End.Sub(r.Start)) + 1)))
 				port := r.PortLo + uint16(rng.IntN(int(r.PortHi-r.PortLo)+1))
+				t0 := time.Now()
 				got, err := s.Lookup(r.Public, port, at, tol)
+				lat.add(time.Since(t0))
 				if err != nil || len(got) == 0 {
 					b.Fatalf("Lookup(%s:%d at %s) = %d records, %v", r.Public, port, at, len(got), err)
 				}
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "lookups/s")
+			lat.report(b)
 		})
 	}
 }
@@ -184,13 +189,32 @@ func BenchmarkLookup(b *testing.B) {
 func BenchmarkHistory(b *testing.B) {
 	s := readFixture(b)
 	rng := rand.New(rand.NewPCG(7, 8))
+	lat := latencies{}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		r := fixture.queries[rng.IntN(len(fixture.queries))]
+		t0 := time.Now()
 		got, err := s.History(r.Inside, r.Start.Add(-12*time.Hour), r.Start.Add(12*time.Hour))
+		lat.add(time.Since(t0))
 		if err != nil || len(got) == 0 {
 			b.Fatalf("History(%s) = %d records, %v", r.Inside, len(got), err)
 		}
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "queries/s")
+	lat.report(b)
+}
+
+// latencies collects per-operation times so a benchmark can report the
+// tail, which a mean hides.
+type latencies []time.Duration
+
+func (l *latencies) add(d time.Duration) { *l = append(*l, d) }
+
+func (l latencies) report(b *testing.B) {
+	if len(l) == 0 {
+		return
+	}
+	slices.Sort(l)
+	b.ReportMetric(float64(l[len(l)/2].Nanoseconds()), "p50-ns")
+	b.ReportMetric(float64(l[len(l)*99/100].Nanoseconds()), "p99-ns")
 }
