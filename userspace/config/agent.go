@@ -72,7 +72,17 @@ type Timeouts struct {
 	// BlockIdle: a block whose last flow expired this long ago is
 	// released, which closes its record.
 	BlockIdle Duration `yaml:"block_idle"`
+	// UDPInboundRefresh lets inbound packets keep a UDP mapping alive
+	// (RFC 4787 REQ-6 allows it; the default, false, lets only the
+	// subscriber's own packets do so).
+	UDPInboundRefresh bool `yaml:"udp_inbound_refresh"`
 }
+
+// Filtering behaviours (RFC 4787 REQ-8).
+const (
+	FilteringEndpointIndependent = "endpoint-independent"
+	FilteringAddressPort         = "address-and-port-dependent"
+)
 
 // API is where the query API listens.
 type API struct {
@@ -146,6 +156,7 @@ func agentDefaults(c *Config) {
 		BlockIdle:      Duration(DefaultBlockIdle),
 	}
 	c.API.Socket = DefaultSocket
+	c.Filtering = FilteringEndpointIndependent
 	c.Audit.CheckpointEvery = DefaultCheckpointEvery
 	c.Audit.CheckpointInterval = Duration(DefaultCheckpointInterval)
 	c.Intervals = Intervals{
@@ -201,6 +212,9 @@ func (c *Config) validateAgent() []error {
 				errs = append(errs, fmt.Errorf("api.tls.%s: required when api.tls is set", f.field))
 			}
 		}
+	}
+	if c.Filtering != FilteringEndpointIndependent && c.Filtering != FilteringAddressPort {
+		errs = append(errs, fmt.Errorf("filtering: %q is not %q or %q", c.Filtering, FilteringEndpointIndependent, FilteringAddressPort))
 	}
 	if c.Audit.CheckpointEvery < 1 {
 		errs = append(errs, errors.New("audit.checkpoint_every: must be at least 1"))

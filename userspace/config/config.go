@@ -70,6 +70,10 @@ type Config struct {
 	Roles     Roles     `yaml:"roles"`
 	Audit     Audit     `yaml:"audit"`
 	Intervals Intervals `yaml:"intervals"`
+	// Filtering is which inbound packets a mapping admits (RFC 4787
+	// REQ-8): any (endpoint-independent, the default) or only those from
+	// an address and port the subscriber has sent to.
+	Filtering string `yaml:"filtering"`
 }
 
 // Inside is the subscriber side.
