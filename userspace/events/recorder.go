@@ -44,6 +44,10 @@ type Options struct {
 	MaxPending int
 	Clock      Clock
 	Logger     *slog.Logger
+	// Observers see every batch after it is on disk, in order, on the
+	// Recorder's goroutine (exporters: IPFIX, syslog). They must not block
+	// for long: a slow observer delays the next batch.
+	Observers []func(ops []store.Op)
 }
 
 // Recorder batches block events into the store.
@@ -235,6 +239,9 @@ func (r *Recorder) apply(ops []store.Op) error {
 	}
 	r.written.Add(uint64(len(ops)))
 	r.lastWrite.Store(time.Now().UnixNano())
+	for _, o := range r.opts.Observers {
+		o(ops)
+	}
 	return nil
 }
 
