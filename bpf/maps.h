@@ -72,6 +72,29 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } flows_rev SEC(".maps");
 
+/*
+ * frags: key frag_key (inbound: remote, pool address, id, proto), value
+ * frag_val. LRU and small: a flood of fragments evicts old entries instead
+ * of exhausting memory, and entries older than FRAG_TIMEOUT are ignored.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct frag_key);
+	__type(value, struct frag_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} frags SEC(".maps");
+
+/* filters: key filter_key, value u64 coarse time last sent. Used only with
+ * address-and-port-dependent filtering; sized like the flow tables. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct filter_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} filters SEC(".maps");
+
 /* iface_roles: key u32 ifindex, value u32 enum iface_role. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -27,6 +27,7 @@
 #include "parse.h"
 #include "stats.h"
 #include "maps.h"
+#include "icmp.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -53,6 +54,16 @@ volatile const __u16 block_size = 64;
 volatile const __u32 sharing_ratio = 1; /* subscribers per public address */
 volatile const __u32 subscriber_count = 1;
 volatile const __u32 epoch = 0;
+/* Address-and-port-dependent filtering instead of endpoint-independent. */
+volatile const __u8 filter_apdf = 0;
+/* Let inbound UDP keep its mapping alive (RFC 4787 REQ-6). */
+volatile const __u8 udp_inbound_refresh = 0;
+
+/* How long the translation of a datagram's first fragment serves its
+ * later fragments. */
+#define FRAG_TIMEOUT_NS (5ULL * 1000000000ULL)
+/* At most one "host unreachable" per subscriber in this interval. */
+#define BLOCK_FULL_ICMP_INTERVAL_NS (100ULL * 1000000ULL)
 
 /* Bound on ports tried for a new mapping. Blocks up to this size are
  * searched completely; larger ones are nearly empty when this runs out. */
@@ -201,12 +212,19 @@ static __always_inline int forward(struct ethhdr *eth, struct iphdr *iph, struct
 	return bpf_redirect_map(&tx_ports, fib->ifindex, XDP_PASS);
 }
 
-static __always_inline __u8 tcp_state(__u8 flags)
+/*
+ * tcp_next_state follows a connection far enough to pick its timeout (RFC
+ * 5382): a SYN starts a handshake, an ACK establishes it, and a FIN or RST in
+ * either direction marks it closing until a new SYN reuses the mapping.
+ */
+static __always_inline __u8 tcp_next_state(__u8 cur, __u8 flags)
 {
 	if (flags & (TF_FIN | TF_RST))
-		return FLOW_STATE_TCP_TRANS;
+		return FLOW_STATE_TCP_CLOSING;
 	if (flags & TF_SYN)
 		return FLOW_STATE_TCP_TRANS;
+	if (cur == FLOW_STATE_TCP_CLOSING)
+		return cur;
 	return FLOW_STATE_TCP_EST;
 }
 
@@ -345,6 +363,104 @@ claimed:
 	return bpf_map_lookup_elem(&flows_fwd, fkey);
 }
 
+/* block_full_icmp answers a refused new flow with "host unreachable",
+ * at most once per interval per subscriber (RFC 6888 REQ-11). */
+static __always_inline int block_full_icmp(struct xdp_md *ctx, __u32 sub, __u64 now)
+{
+	struct subscriber_state *s = bpf_map_lookup_elem(&subscribers, &sub);
+
+	if (!s || now - s->last_icmp_ns < BLOCK_FULL_ICMP_INTERVAL_NS)
+		return XDP_DROP;
+	s->last_icmp_ns = now;
+	if (icmp_host_unreachable(ctx) < 0)
+		return XDP_DROP;
+	stat_inc(STAT_ICMP_BLOCK_FULL);
+	return XDP_TX;
+}
+
+/* filter_note remembers that a mapping sent to a remote endpoint; only
+ * address-and-port-dependent filtering needs it. */
+static __always_inline void filter_note(struct flow_fwd *fwd, struct iphdr *iph, struct l4 *l4, __be16 remote_port,
+					__u64 now)
+{
+	struct filter_key k = { .nat_addr = fwd->nat_addr, .remote_addr = iph->daddr, .nat_port = fwd->nat_port,
+				.remote_port = remote_port, .proto = l4->proto };
+	__u64 *seen = bpf_map_lookup_elem(&filters, &k);
+
+	if (seen) {
+		if (*seen != now)
+			*seen = now;
+		return;
+	}
+	bpf_map_update_elem(&filters, &k, &now, BPF_ANY);
+}
+
+/* filter_allows says whether an inbound packet from (saddr, sport) to
+ * the mapping (daddr, dport) passes the configured filtering. */
+static __always_inline int filter_allows(__be32 saddr, __be16 sport, __be32 daddr, __be16 dport, __u8 proto)
+{
+	struct filter_key k = { .nat_addr = daddr, .remote_addr = saddr, .nat_port = dport, .remote_port = sport,
+				.proto = proto };
+
+	if (!filter_apdf)
+		return 1;
+	return bpf_map_lookup_elem(&filters, &k) != 0;
+}
+
+/* remote_port is the port of the far end in the filter key: the other
+ * port of TCP and UDP, none for ICMP echo (the id is the mapping's port). */
+static __always_inline __be16 remote_port_of(struct l4 *l4, int outbound)
+{
+	struct udphdr *uh;
+
+	if (l4->proto == IPPROTO_ICMP)
+		return 0;
+	/* For TCP and UDP the source and destination ports are the first
+	 * two words; l4->port points at the one being translated. */
+	uh = (struct udphdr *)(outbound ? (void *)l4->port : (void *)l4->port - 2);
+	return outbound ? uh->dest : uh->source;
+}
+
+/*
+ * hairpin delivers a subscriber's packet to another subscriber's public
+ * address and port (RFC 4787 REQ-9, RFC 5382 REQ-8): the source is mapped
+ * as for the internet, the destination as for an inbound packet, so the
+ * receiver sees the sender's public address and port.
+ */
+static __always_inline int hairpin(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *iph, struct l4 *l4,
+				   struct flow_fwd *fwd)
+{
+	struct bpf_fib_lookup fib;
+	struct flow_key rkey = { .addr = iph->daddr, .proto = l4->proto };
+	struct l4 in = *l4;
+	struct flow_rev *rev;
+	__be16 src_port_new = fwd->nat_port;
+	int rc;
+
+	if (l4->proto == IPPROTO_ICMP) {
+		/* An echo to a pool address has no mapping on the far side. */
+		stat_inc(STAT_DROP_NO_MAPPING);
+		return XDP_DROP;
+	}
+	/* The destination port is the word after the source port. */
+	in.port = (__be16 *)((void *)l4->port + 2);
+	rkey.port = *in.port;
+	rev = bpf_map_lookup_elem(&flows_rev, &rkey);
+	if (!rev) {
+		stat_inc(STAT_DROP_NO_MAPPING);
+		return XDP_DROP;
+	}
+	if (!filter_allows(fwd->nat_addr, src_port_new, iph->daddr, rkey.port, l4->proto)) {
+		stat_inc(STAT_DROP_FILTERED);
+		return XDP_DROP;
+	}
+	rewrite(iph, &iph->saddr, l4, fwd->nat_addr, src_port_new);
+	rewrite(iph, &iph->daddr, &in, rev->addr, rev->port);
+	stat_inc(STAT_HAIRPIN);
+	rc = fib_lookup(ctx, iph, bpf_ntohs(iph->tot_len), &fib);
+	return forward(eth, iph, &fib, rc);
+}
+
 SEC("xdp")
 int xdp_inside(struct xdp_md *ctx)
 {
@@ -361,7 +477,7 @@ int xdp_inside(struct xdp_md *ctx)
 	__u64 now;
 	__s64 sub;
 	__u8 state;
-	int proto, rc;
+	int proto, rc, to_pool;
 
 	if (parse_ethhdr(&c, data_end, &eth) != ETH_P_IP) {
 		stat_inc(STAT_PASS_NOT_IPV4);
@@ -377,40 +493,76 @@ int xdp_inside(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 
-	rc = fib_lookup(ctx, iph, bpf_ntohs(iph->tot_len), &fib);
-	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-		if (iph->frag_off & bpf_htons(IP_DF)) {
-			/* The kernel answers "fragmentation needed" to the
-			 * subscriber, which is only right untranslated. */
-			stat_inc(STAT_PASS_FRAG_NEEDED);
+	/* A pool address is another subscriber's: hairpin, whatever the
+	 * routing table says about it. */
+	to_pool = bpf_map_lookup_elem(&pool_index, &iph->daddr) != 0;
+	if (!to_pool) {
+		rc = fib_lookup(ctx, iph, bpf_ntohs(iph->tot_len), &fib);
+		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+			if (iph->frag_off & bpf_htons(IP_DF)) {
+				/* The kernel answers "fragmentation needed"
+				 * to the subscriber, which is only right
+				 * untranslated. */
+				stat_inc(STAT_PASS_FRAG_NEEDED);
+				return XDP_PASS;
+			}
+			/* Translated below and left to the kernel to fragment. */
+			int again = fib_lookup(ctx, iph, 0, &fib);
+
+			if (again != BPF_FIB_LKUP_RET_SUCCESS && again != BPF_FIB_LKUP_RET_NO_NEIGH)
+				rc = again;
+		}
+		if (rc == BPF_FIB_LKUP_RET_NOT_FWDED) {
+			stat_inc(STAT_PASS_LOCAL);
 			return XDP_PASS;
 		}
-		/* Translated below and left to the kernel to fragment. */
-		int again = fib_lookup(ctx, iph, 0, &fib);
-
-		if (again != BPF_FIB_LKUP_RET_SUCCESS && again != BPF_FIB_LKUP_RET_NO_NEIGH)
-			rc = again;
-	}
-	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED) {
-		stat_inc(STAT_PASS_LOCAL);
-		return XDP_PASS;
-	}
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH &&
-	    rc != BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-		/* Unreachable, blackhole, prohibited: the kernel says so. */
-		stat_inc(STAT_PASS_FIB);
-		return XDP_PASS;
-	}
-	role = bpf_map_lookup_elem(&iface_roles, &fib.ifindex);
-	if (!role || *role != IFACE_OUTSIDE) {
-		stat_inc(STAT_PASS_NOT_NAT);
-		return XDP_PASS;
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH &&
+		    rc != BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+			/* Unreachable, blackhole, prohibited: the kernel says so. */
+			stat_inc(STAT_PASS_FIB);
+			return XDP_PASS;
+		}
+		role = bpf_map_lookup_elem(&iface_roles, &fib.ifindex);
+		if (!role || *role != IFACE_OUTSIDE) {
+			stat_inc(STAT_PASS_NOT_NAT);
+			return XDP_PASS;
+		}
 	}
 
-	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
-		stat_inc(STAT_DROP_FRAGMENT);
-		return XDP_DROP;
+	if (iph->frag_off & bpf_htons(IP_OFFSET)) {
+		/* A later fragment carries no port, but the subscriber's
+		 * public address does not depend on one: translate it
+		 * statelessly, so fragments arriving before the first are
+		 * handled the same as those after it. */
+		__u32 slot;
+		__be32 *public, from;
+
+		sub = subscriber_of(iph->saddr);
+		if (sub < 0) {
+			stat_inc(STAT_DROP_SPOOFED);
+			return XDP_DROP;
+		}
+		if (to_pool) {
+			stat_inc(STAT_DROP_FRAGMENT);
+			return XDP_DROP;
+		}
+		slot = (__u32)sub / sharing_ratio;
+		public = bpf_map_lookup_elem(&pool_addrs, &slot);
+		if (!public) {
+			stat_inc(STAT_DROP_FLOW_TABLE);
+			return XDP_DROP;
+		}
+		from = iph->saddr;
+		iph->saddr = *public;
+		iph->check = csum_replace4(iph->check, from, *public);
+		stat_inc(STAT_FRAGMENTS);
+		stat_inc(STAT_OUT_PACKETS);
+		stat_add(STAT_OUT_BYTES, data_end - data);
+		return forward(eth, iph, &fib, rc);
 	}
+
+	if (iph->frag_off & bpf_htons(IP_MF))
+		stat_inc(STAT_FRAGMENTS); /* a first fragment: its L4 header is here */
 
 	switch (parse_l4(&c, data_end, proto, 1, &l4)) {
 	case L4_OK:
@@ -424,7 +576,6 @@ int xdp_inside(struct xdp_md *ctx)
 	}
 
 	now = bpf_ktime_get_coarse_ns();
-	state = l4.proto == IPPROTO_TCP ? tcp_state(l4.tcp_flags) : FLOW_STATE_OTHER;
 	fkey.addr = iph->saddr;
 	fkey.port = *l4.port;
 	fkey.proto = l4.proto;
@@ -437,24 +588,76 @@ int xdp_inside(struct xdp_md *ctx)
 		 * leave the cache line clean. */
 		if (fwd->last_seen_ns != now)
 			fwd->last_seen_ns = now;
-		if (fwd->state != state)
-			fwd->state = state;
+		if (l4.proto == IPPROTO_TCP) {
+			state = tcp_next_state(fwd->state, l4.tcp_flags);
+			if (fwd->state != state)
+				fwd->state = state;
+		}
 	} else {
 		sub = subscriber_of(iph->saddr);
 		if (sub < 0) {
 			stat_inc(STAT_DROP_SPOOFED);
 			return XDP_DROP;
 		}
+		state = l4.proto == IPPROTO_TCP ? tcp_next_state(FLOW_STATE_TCP_TRANS, l4.tcp_flags) : FLOW_STATE_OTHER;
 		fwd = flow_create(&fkey, sub, state, now, &drop_reason);
 		if (!fwd) {
 			stat_inc(drop_reason);
+			if (drop_reason == STAT_DROP_BLOCK_FULL)
+				return block_full_icmp(ctx, sub, now);
 			return XDP_DROP;
 		}
 	}
+	if (filter_apdf)
+		filter_note(fwd, iph, &l4, remote_port_of(&l4, 1), now);
 
-	rewrite(iph, &iph->saddr, &l4, fwd->nat_addr, fwd->nat_port);
 	stat_inc(STAT_OUT_PACKETS);
 	stat_add(STAT_OUT_BYTES, data_end - data);
+	if (to_pool)
+		return hairpin(ctx, eth, iph, &l4, fwd);
+	rewrite(iph, &iph->saddr, &l4, fwd->nat_addr, fwd->nat_port);
+	return forward(eth, iph, &fib, rc);
+}
+
+/*
+ * icmp_error_in translates an ICMP error about a packet the NAT sent out
+ * (RFC 5508): the quoted packet's source is a public address and port, so
+ * the reverse table names the subscriber. The outer destination must be
+ * that same public address, or the error is forged or misrouted.
+ */
+static __always_inline int icmp_error_in(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *iph,
+					 struct icmphdr *icmph, void *data_end)
+{
+	struct bpf_fib_lookup fib;
+	struct icmp_quote q;
+	struct flow_key rkey = {};
+	struct flow_rev *rev;
+	__be32 from;
+	int rc;
+
+	if (parse_icmp_quote((void *)(icmph + 1), data_end, &q) < 0) {
+		stat_inc(STAT_DROP_ICMP_ERROR);
+		return XDP_DROP;
+	}
+	if (q.iph->saddr != iph->daddr) {
+		stat_inc(STAT_DROP_ICMP_ERROR);
+		return XDP_DROP;
+	}
+	rkey.addr = q.iph->saddr;
+	rkey.port = *q.port;
+	rkey.proto = q.proto;
+	rev = bpf_map_lookup_elem(&flows_rev, &rkey);
+	if (!rev) {
+		stat_inc(STAT_DROP_ICMP_ERROR);
+		return XDP_DROP;
+	}
+	icmp_quote_rewrite(icmph, &q, rev->addr, rev->port);
+	from = iph->daddr;
+	iph->daddr = rev->addr;
+	iph->check = csum_replace4(iph->check, from, rev->addr);
+	stat_inc(STAT_ICMP_ERRORS_IN);
+	stat_inc(STAT_IN_PACKETS);
+	rc = fib_lookup(ctx, iph, bpf_ntohs(iph->tot_len), &fib);
 	return forward(eth, iph, &fib, rc);
 }
 
@@ -466,11 +669,13 @@ int xdp_outside(struct xdp_md *ctx)
 	struct cursor c = { .pos = data };
 	struct bpf_fib_lookup fib;
 	struct flow_key rkey = {};
+	struct frag_key frk = {};
 	struct flow_rev *rev;
 	struct ethhdr *eth;
 	struct iphdr *iph;
 	struct l4 l4 = {};
-	int proto, rc;
+	int proto, rc, first_frag;
+	__u64 now;
 
 	if (parse_ethhdr(&c, data_end, &eth) != ETH_P_IP) {
 		stat_inc(STAT_PASS_NOT_IPV4);
@@ -489,9 +694,41 @@ int xdp_outside(struct xdp_md *ctx)
 		stat_inc(STAT_PASS_TTL);
 		return XDP_PASS;
 	}
-	if (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
-		stat_inc(STAT_DROP_FRAGMENT);
-		return XDP_DROP;
+
+	frk.saddr = iph->saddr;
+	frk.daddr = iph->daddr;
+	frk.id = iph->id;
+	frk.proto = iph->protocol;
+	if (iph->frag_off & bpf_htons(IP_OFFSET)) {
+		/* A later fragment: only the first carried the port, so its
+		 * translation is looked up by the datagram's identity. */
+		struct frag_val *fv = bpf_map_lookup_elem(&frags, &frk);
+		__be32 from;
+
+		if (!fv || bpf_ktime_get_coarse_ns() - fv->seen_ns > FRAG_TIMEOUT_NS) {
+			stat_inc(STAT_DROP_FRAGMENT);
+			return XDP_DROP;
+		}
+		from = iph->daddr;
+		iph->daddr = fv->addr;
+		iph->check = csum_replace4(iph->check, from, fv->addr);
+		stat_inc(STAT_FRAGMENTS);
+		stat_inc(STAT_IN_PACKETS);
+		stat_add(STAT_IN_BYTES, data_end - data);
+		rc = fib_lookup(ctx, iph, bpf_ntohs(iph->tot_len), &fib);
+		return forward(eth, iph, &fib, rc);
+	}
+	first_frag = (iph->frag_off & bpf_htons(IP_MF)) != 0;
+
+	if (proto == IPPROTO_ICMP && !first_frag) {
+		struct icmphdr *icmph = c.pos;
+
+		if ((void *)(icmph + 1) > data_end) {
+			stat_inc(STAT_DROP_MALFORMED);
+			return XDP_DROP;
+		}
+		if (icmp_is_error(icmph->type))
+			return icmp_error_in(ctx, eth, iph, icmph, data_end);
 	}
 
 	switch (parse_l4(&c, data_end, proto, 0, &l4)) {
@@ -513,6 +750,34 @@ int xdp_outside(struct xdp_md *ctx)
 		/* Unsolicited: no state is created for it. */
 		stat_inc(STAT_DROP_NO_MAPPING);
 		return XDP_DROP;
+	}
+	if (!filter_allows(iph->saddr, remote_port_of(&l4, 0), iph->daddr, rkey.port, l4.proto)) {
+		stat_inc(STAT_DROP_FILTERED);
+		return XDP_DROP;
+	}
+	if ((l4.proto == IPPROTO_TCP && (l4.tcp_flags & (TF_FIN | TF_RST))) ||
+	    (l4.proto == IPPROTO_UDP && udp_inbound_refresh)) {
+		/* The forward entry holds the state and the clock: a close
+		 * from the far end shortens the mapping, and inbound UDP
+		 * refreshes it only when configured. */
+		struct flow_key fkey = { .addr = rev->addr, .port = rev->port, .proto = l4.proto };
+		struct flow_fwd *fwd = bpf_map_lookup_elem(&flows_fwd, &fkey);
+
+		if (fwd) {
+			if (l4.proto == IPPROTO_TCP)
+				fwd->state = FLOW_STATE_TCP_CLOSING;
+			else
+				fwd->last_seen_ns = bpf_ktime_get_coarse_ns();
+		}
+	}
+
+	if (first_frag) {
+		struct frag_val fv = { .addr = rev->addr };
+
+		now = bpf_ktime_get_coarse_ns();
+		fv.seen_ns = now;
+		bpf_map_update_elem(&frags, &frk, &fv, BPF_ANY);
+		stat_inc(STAT_FRAGMENTS);
 	}
 
 	rewrite(iph, &iph->daddr, &l4, rev->addr, rev->port);

@@ -30,9 +30,15 @@ enum stat_index {
 	STAT_DROP_NO_MAPPING,    /* inbound to an unmapped pool port */
 	STAT_DROP_BLOCK_FULL,    /* subscriber's block has no free port */
 	STAT_DROP_UNSUPPORTED,   /* protocol or ICMP type this NAT does not translate */
-	STAT_DROP_FRAGMENT,      /* IP fragment: never forwarded untranslated */
+	STAT_DROP_FRAGMENT,      /* fragment with no known translation (its first fragment not seen) */
 	STAT_DROP_FLOW_TABLE,    /* flow table full or update failed */
 	STAT_RINGBUF_FULL,       /* a block event could not be reserved */
+	STAT_HAIRPIN,            /* subscriber to subscriber through a pool address */
+	STAT_ICMP_ERRORS_IN,     /* ICMP errors translated back to a subscriber */
+	STAT_DROP_ICMP_ERROR,    /* ICMP error matching no mapping, or inconsistent */
+	STAT_FRAGMENTS,          /* fragments translated */
+	STAT_DROP_FILTERED,      /* inbound refused by address-and-port-dependent filtering */
+	STAT_ICMP_BLOCK_FULL,    /* "host unreachable" sent for a full block */
 	STAT_MAX,
 };
 

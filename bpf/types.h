@@ -13,6 +13,7 @@
  * are decided by the agent's sweeper and never cross the ring buffer. */
 enum block_event_kind {
 	BLOCK_EVENT_ACTIVATE = 1,
+	BLOCK_EVENT_CANARY = 2,   /* the agent's self-check (bpf/canary.c); no subscriber */
 };
 
 /*
@@ -65,9 +66,11 @@ struct flow_rev {
 _Static_assert(sizeof(struct flow_rev) == 12, "flow_rev layout");
 
 enum flow_state {
-	FLOW_STATE_OTHER = 0,    /* UDP and ICMP: one timeout each */
-	FLOW_STATE_TCP_TRANS = 1, /* SYN only, or FIN/RST seen */
-	FLOW_STATE_TCP_EST = 2,
+	FLOW_STATE_OTHER = 0,       /* UDP and ICMP: one timeout each */
+	FLOW_STATE_TCP_TRANS = 1,   /* handshake: SYN seen, not yet an ACK */
+	FLOW_STATE_TCP_EST = 2,     /* an ACK after the handshake */
+	FLOW_STATE_TCP_CLOSING = 3, /* FIN or RST seen either way: stays until
+				       a new SYN, with the transitory timeout */
 };
 
 /* subscriber_state is indexed by subscriber number (configuration order). */
@@ -76,10 +79,44 @@ struct subscriber_state {
 	__u64 active_since_ns;  /* monotonic time the block became active, for the
 				   reconciler when the ring buffer event was lost */
 	__u64 block_full_drops; /* new flows refused because the block was full */
+	__u64 last_icmp_ns;     /* last "block full" ICMP sent, for rate limiting */
 	__u32 active;           /* 1 while the block is active; the agent resets it */
 	__u32 pad;
 };
-_Static_assert(sizeof(struct subscriber_state) == 32, "subscriber_state layout");
+_Static_assert(sizeof(struct subscriber_state) == 40, "subscriber_state layout");
+
+/* frag_key names one IP datagram's fragments (RFC 791): the addresses as
+ * they arrive, the protocol and the IP ID. */
+struct frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__u8 proto;
+	__u8 pad;
+};
+_Static_assert(sizeof(struct frag_key) == 12, "frag_key layout");
+
+/* frag_val is how the first fragment was translated: the address that
+ * replaces the inbound destination. */
+struct frag_val {
+	__u64 seen_ns;
+	__be32 addr;
+	__u32 pad;
+};
+_Static_assert(sizeof(struct frag_val) == 16, "frag_val layout");
+
+/* filter_key records that a mapping sent to a remote endpoint, for
+ * address-and-port-dependent filtering (RFC 4787 REQ-8). It lives only in
+ * the kernel table; it is never reported or stored. */
+struct filter_key {
+	__be32 nat_addr;
+	__be32 remote_addr;
+	__be16 nat_port;
+	__be16 remote_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct filter_key) == 16, "filter_key layout");
 
 /* inside_prefix is the value of the inside LPM trie: a prefix's first
  * subscriber number and its network address in host order, so the

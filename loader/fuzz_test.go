@@ -43,6 +43,11 @@ func FuzzNAT(f *testing.F) {
 	} {
 		f.Add(false, p.build(f))
 	}
+	f.Add(true, pkt{proto: layers.IPProtocolUDP, src: sub2 + ":40000", dst: server + ":7000", fragOffset: 185, raw: true}.build(f))
+	f.Add(false, pkt{proto: layers.IPProtocolUDP, src: server + ":7000", dst: mapped.String(), fragOffset: 9, raw: true}.build(f))
+	f.Add(true, pkt{proto: layers.IPProtocolUDP, src: "100.64.0.3:1000", dst: mapped.String(), payload: []byte("hairpin")}.build(f))
+	_, translated := fx.outbound(seed.build(f))
+	f.Add(false, icmpError(f, server, layers.CreateICMPv4TypeCode(3, 3), translated, 28))
 	for _, c := range malformedCases(seed, pkt{proto: layers.IPProtocolTCP, src: sub2 + ":1", dst: server + ":2", tcpFlags: "A"}) {
 		f.Add(c.outbound, c.frame(fx, mapped))
 	}
@@ -62,6 +67,13 @@ func FuzzNAT(f *testing.F) {
 		}
 		switch act {
 		case xdpDrop, xdpPass, xdpRedirect:
+		case xdpTX:
+			// Only the "host unreachable" for a full block goes back out.
+			if !outbound {
+				t.Fatalf("inbound XDP_TX%s", dump(frame))
+			}
+			checkHostUnreachable(t, frame, out)
+			return
 		default:
 			t.Fatalf("verdict %s%s", actionNames[act], dump(frame))
 		}
@@ -73,11 +85,27 @@ func FuzzNAT(f *testing.F) {
 		if act == xdpDrop || bytes.Equal(frame, out) {
 			return
 		}
+		if judgeFragmentOrError(t, fx, outbound, frame, out) {
+			return
+		}
 		m, ok := modelParse(frame)
 		if !ok {
 			t.Fatalf("changed a frame the model cannot translate (%s)\nin:%sout:%s", actionNames[act], dump(frame), dump(out))
 		}
 		o, _ := modelParse(out)
+		if outbound && isPool(fx, m.dst.Addr()) {
+			// Hairpin: both ends change; the destination by the
+			// reverse table, the source into the sender's block.
+			block, err := fx.m.Forward(m.src.Addr())
+			key := FlowKey{Addr: be32(m.dst.Addr()), Port: htons(m.dst.Port()), Proto: m.proto}
+			var rev FlowRev
+			if err != nil || fx.nat.objs.FlowsRev.Lookup(&key, &rev) != nil ||
+				o.dst != netip.AddrPortFrom(AddrFromBE32(rev.Addr), PortFromBE16(rev.Port)) ||
+				o.src.Addr() != block.Public || o.src.Port() < block.PortLo || o.src.Port() > block.PortHi {
+				t.Fatalf("hairpin %s->%s became %s->%s%s", m.src, m.dst, o.src, o.dst, dump(out))
+			}
+			return
+		}
 		if outbound {
 			block, err := fx.m.Forward(m.src.Addr())
 			if err != nil {
@@ -124,7 +152,7 @@ type model struct {
 }
 
 // modelParse accepts exactly the frames the NAT translates in either
-// direction: IPv4, IHL >= 5, whole headers, not a fragment, TCP with data
+// direction: IPv4, IHL >= 5, whole headers, not a later fragment, TCP with data
 // offset >= 5, UDP, ICMP echo or echo reply.
 func modelParse(b []byte) (model, bool) {
 	var m model
@@ -136,8 +164,8 @@ func modelParse(b []byte) (model, bool) {
 	if m.ihl < 20 || len(b) < 14+m.ihl || totLen < m.ihl {
 		return m, false
 	}
-	if binary.BigEndian.Uint16(b[20:])&0x3fff != 0 {
-		return m, false
+	if binary.BigEndian.Uint16(b[20:])&0x1fff != 0 {
+		return m, false // a later fragment: judgeFragmentOrError's
 	}
 	m.proto = b[23]
 	m.l4off = 14 + m.ihl
@@ -231,4 +259,67 @@ func unexpectedChanges(in, out []byte, m model) string {
 		}
 	}
 	return ""
+}
+
+func isPool(fx *natFixture, a netip.Addr) bool {
+	for _, p := range fx.m.Pool {
+		if p == a {
+			return true
+		}
+	}
+	return false
+}
+
+// judgeFragmentOrError judges the translations the flat model does not
+// cover: later fragments (outbound to the sender's public address, inbound
+// by the first fragment's state) and inbound ICMP errors (the outer
+// destination by the quote's mapping). It reports whether it judged.
+func judgeFragmentOrError(t *testing.T, fx *natFixture, outbound bool, in, out []byte) bool {
+	t.Helper()
+	if len(in) < 34 || len(out) < 34 || in[12] != 0x08 || in[13] != 0 {
+		return false
+	}
+	ihl := int(in[14]&0xf) * 4
+	later := binary.BigEndian.Uint16(in[20:])&0x1fff != 0
+	icmpErr := !outbound && in[23] == 1 && len(in) > 14+ihl && (in[14+ihl] == 3 || in[14+ihl] == 11 || in[14+ihl] == 12) &&
+		binary.BigEndian.Uint16(in[20:])&0x3fff == 0
+	if !later && !icmpErr {
+		return false
+	}
+	src, dst := netip.AddrFrom4([4]byte(in[26:30])), netip.AddrFrom4([4]byte(in[30:34]))
+	osrc, odst := netip.AddrFrom4([4]byte(out[26:30])), netip.AddrFrom4([4]byte(out[30:34]))
+	switch {
+	case later && outbound:
+		block, err := fx.m.Forward(src)
+		if err != nil || osrc != block.Public || odst != dst {
+			t.Fatalf("later fragment %s->%s became %s->%s%s", src, dst, osrc, odst, dump(out))
+		}
+	case later:
+		key := FragKey{Saddr: be32(src), Daddr: be32(dst), Id: binary.NativeEndian.Uint16(in[18:20]), Proto: in[23]}
+		var v FragVal
+		if err := fx.nat.objs.Frags.Lookup(&key, &v); err != nil || odst != AddrFromBE32(v.Addr) || osrc != src {
+			t.Fatalf("later fragment %s->%s became %s->%s without its first%s", src, dst, osrc, odst, dump(out))
+		}
+	default:
+		// The quote's source is the mapping the error is about.
+		q := 14 + ihl + 8
+		if len(in) < q+28 {
+			t.Fatalf("translated an ICMP error with a short quote%s", dump(in))
+		}
+		qsrc := netip.AddrFrom4([4]byte(in[q+12 : q+16]))
+		qihl := int(in[q]&0xf) * 4
+		port := binary.BigEndian.Uint16(in[q+qihl:])
+		if in[q+9] == 1 {
+			port = binary.BigEndian.Uint16(in[q+qihl+4:])
+		}
+		key := FlowKey{Addr: be32(qsrc), Port: htons(port), Proto: in[q+9]}
+		var rev FlowRev
+		if qsrc != dst || fx.nat.objs.FlowsRev.Lookup(&key, &rev) != nil || odst != AddrFromBE32(rev.Addr) || osrc != src {
+			t.Fatalf("ICMP error to %s became %s->%s, quote from %s%s", dst, osrc, odst, qsrc, dump(out))
+		}
+	}
+	if !ipChecksumValid(out, model{ihl: ihl}) && ipChecksumValid(in, model{ihl: ihl}) {
+		t.Fatalf("IP checksum broken%s", dump(out))
+	}
+	return true
 }

@@ -180,20 +180,21 @@ type xdpMD struct {
 // on iface, and returns the verdict and the frame as the program left it.
 func (f *natFixture) run(prog *ebpf.Program, iface string, frame []byte) (uint32, []byte) {
 	f.t.Helper()
-	out := make([]byte, len(frame)+256)
+	opts := &ebpf.RunOptions{
+		Data:    frame,
+		DataOut: make([]byte, len(frame)+256),
+		Context: xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(f.ns.ifs[iface])},
+	}
 	var ret uint32
 	f.ns.do(f.t, func() {
 		var err error
-		ret, err = prog.Run(&ebpf.RunOptions{
-			Data:    frame,
-			DataOut: out,
-			Context: xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(f.ns.ifs[iface])},
-		})
-		if err != nil {
+		if ret, err = prog.Run(opts); err != nil {
 			f.t.Fatalf("prog.Run on %s: %v", iface, err)
 		}
 	})
-	return ret, out[:len(frame)]
+	// DataOut is cut to the frame the program left, which may be longer
+	// or shorter than the input (an ICMP error built in place).
+	return ret, opts.DataOut
 }
 
 func (f *natFixture) outbound(frame []byte) (uint32, []byte) {
@@ -264,6 +265,7 @@ type pkt struct {
 	zeroUDPChecksum bool
 	flags           layers.IPv4Flag
 	fragOffset      uint16
+	raw             bool // no L4 header: the payload follows IP (a later fragment)
 }
 
 func (p pkt) build(t testing.TB) []byte {
@@ -283,6 +285,16 @@ func (p pkt) build(t testing.TB) []byte {
 	ip := &layers.IPv4{Version: 4, TTL: ttl, Protocol: p.proto, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice(),
 		Options: p.options, Flags: p.flags, FragOffset: p.fragOffset, Id: 4242}
 	payload := gopacket.Payload(p.payload)
+	if p.raw {
+		if len(p.payload) == 0 {
+			payload = gopacket.Payload("later fragment bytes..")
+		}
+		buf := gopacket.NewSerializeBuffer()
+		if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, payload); err != nil {
+			t.Fatalf("serialize: %v", err)
+		}
+		return buf.Bytes()
+	}
 	var l4 gopacket.SerializableLayer
 	switch p.proto {
 	case layers.IPProtocolUDP:

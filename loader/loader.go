@@ -25,6 +25,8 @@ type (
 	FlowFwd         = natFlowFwd
 	FlowRev         = natFlowRev
 	SubscriberState = natSubscriberState
+	FragKey         = natFragKey
+	FragVal         = natFragVal
 )
 
 // Block event kinds (enum block_event_kind).
@@ -35,6 +37,8 @@ const (
 	FlowStateOther    = 0
 	FlowStateTCPTrans = 1
 	FlowStateTCPEst   = 2
+	// FlowStateTCPClosing: FIN or RST seen; the transitory timeout applies.
+	FlowStateTCPClosing = 3
 )
 
 // Role says which side of the NAT an interface is on.
@@ -80,6 +84,11 @@ type Params struct {
 	Mapping  *mapping.Mapping
 	Epoch    uint32
 	MaxFlows uint32 // capacity of each flow table
+	// FilterAPDF admits inbound packets only from endpoints the mapping
+	// sent to (RFC 4787 REQ-8); false is endpoint-independent filtering.
+	FilterAPDF bool
+	// UDPInboundRefresh lets inbound UDP refresh its mapping.
+	UDPInboundRefresh bool
 }
 
 func (p Params) check() error {
@@ -136,11 +145,13 @@ func Load(p Params, pinDir string) (*NAT, error) {
 	}
 	m := p.Mapping
 	vars := map[string]any{
-		"port_lo":          m.PortLo,
-		"block_size":       m.BlockSize,
-		"sharing_ratio":    m.Ratio,
-		"subscriber_count": m.Subscribers,
-		"epoch":            p.Epoch,
+		"port_lo":             m.PortLo,
+		"block_size":          m.BlockSize,
+		"sharing_ratio":       m.Ratio,
+		"subscriber_count":    m.Subscribers,
+		"epoch":               p.Epoch,
+		"filter_apdf":         boolByte(p.FilterAPDF),
+		"udp_inbound_refresh": boolByte(p.UDPInboundRefresh),
 	}
 	for name, v := range vars {
 		vs, ok := spec.Variables[name]
@@ -158,6 +169,7 @@ func Load(p Params, pinDir string) (*NAT, error) {
 		"subscribers":     m.Subscribers,
 		"flows_fwd":       p.MaxFlows,
 		"flows_rev":       p.MaxFlows,
+		"filters":         p.MaxFlows,
 	}
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = n
@@ -206,6 +218,13 @@ func Load(p Params, pinDir string) (*NAT, error) {
 		}
 	}
 	return n, nil
+}
+
+func boolByte(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func (n *NAT) fillConfigMaps() error {

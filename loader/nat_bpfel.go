@@ -25,6 +25,16 @@ type natBlockEvent struct {
 	Kind       uint32
 }
 
+type natFilterKey struct {
+	_          structs.HostLayout
+	NatAddr    uint32
+	RemoteAddr uint32
+	NatPort    uint16
+	RemotePort uint16
+	Proto      uint8
+	Pad        [3]uint8
+}
+
 type natFlowFwd struct {
 	_          structs.HostLayout
 	LastSeenNs uint64
@@ -50,6 +60,22 @@ type natFlowRev struct {
 	Port       uint16
 	Pad        uint16
 	Subscriber uint32
+}
+
+type natFragKey struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Id    uint16
+	Proto uint8
+	Pad   uint8
+}
+
+type natFragVal struct {
+	_      structs.HostLayout
+	SeenNs uint64
+	Addr   uint32
+	Pad    uint32
 }
 
 type natInsidePrefix struct {
@@ -88,7 +114,13 @@ const (
 	natStatIndexSTAT_DROP_FRAGMENT     natStatIndex = 18
 	natStatIndexSTAT_DROP_FLOW_TABLE   natStatIndex = 19
 	natStatIndexSTAT_RINGBUF_FULL      natStatIndex = 20
-	natStatIndexSTAT_MAX               natStatIndex = 21
+	natStatIndexSTAT_HAIRPIN           natStatIndex = 21
+	natStatIndexSTAT_ICMP_ERRORS_IN    natStatIndex = 22
+	natStatIndexSTAT_DROP_ICMP_ERROR   natStatIndex = 23
+	natStatIndexSTAT_FRAGMENTS         natStatIndex = 24
+	natStatIndexSTAT_DROP_FILTERED     natStatIndex = 25
+	natStatIndexSTAT_ICMP_BLOCK_FULL   natStatIndex = 26
+	natStatIndexSTAT_MAX               natStatIndex = 27
 )
 
 type natSubscriberState struct {
@@ -96,6 +128,7 @@ type natSubscriberState struct {
 	LastActiveNs   uint64
 	ActiveSinceNs  uint64
 	BlockFullDrops uint64
+	LastIcmpNs     uint64
 	Active         uint32
 	Pad            uint32
 }
@@ -104,25 +137,29 @@ type natSubscriberState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	natMapBlockEvents      = "block_events"
-	natMapFlowsFwd         = "flows_fwd"
-	natMapFlowsRev         = "flows_rev"
-	natMapIfaceRoles       = "iface_roles"
-	natMapInsidePrefixes   = "inside_prefixes"
-	natMapPoolAddrs        = "pool_addrs"
-	natMapPoolIndex        = "pool_index"
-	natMapStats            = "stats"
-	natMapSubscribers      = "subscribers"
-	natMapTxPorts          = "tx_ports"
-	natProgXdpInside       = "xdp_inside"
-	natProgXdpOutside      = "xdp_outside"
-	natVarBlockSize        = "block_size"
-	natVarEpoch            = "epoch"
-	natVarPortLo           = "port_lo"
-	natVarSharingRatio     = "sharing_ratio"
-	natVarSubscriberCount  = "subscriber_count"
-	natVarUnusedBlockEvent = "unused_block_event"
-	natVarUnusedStatIndex  = "unused_stat_index"
+	natMapBlockEvents       = "block_events"
+	natMapFilters           = "filters"
+	natMapFlowsFwd          = "flows_fwd"
+	natMapFlowsRev          = "flows_rev"
+	natMapFrags             = "frags"
+	natMapIfaceRoles        = "iface_roles"
+	natMapInsidePrefixes    = "inside_prefixes"
+	natMapPoolAddrs         = "pool_addrs"
+	natMapPoolIndex         = "pool_index"
+	natMapStats             = "stats"
+	natMapSubscribers       = "subscribers"
+	natMapTxPorts           = "tx_ports"
+	natProgXdpInside        = "xdp_inside"
+	natProgXdpOutside       = "xdp_outside"
+	natVarBlockSize         = "block_size"
+	natVarEpoch             = "epoch"
+	natVarFilterApdf        = "filter_apdf"
+	natVarPortLo            = "port_lo"
+	natVarSharingRatio      = "sharing_ratio"
+	natVarSubscriberCount   = "subscriber_count"
+	natVarUdpInboundRefresh = "udp_inbound_refresh"
+	natVarUnusedBlockEvent  = "unused_block_event"
+	natVarUnusedStatIndex   = "unused_stat_index"
 )
 
 // loadNat returns the embedded CollectionSpec for nat.
@@ -176,8 +213,10 @@ type natProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type natMapSpecs struct {
 	BlockEvents    *ebpf.MapSpec `ebpf:"block_events"`
+	Filters        *ebpf.MapSpec `ebpf:"filters"`
 	FlowsFwd       *ebpf.MapSpec `ebpf:"flows_fwd"`
 	FlowsRev       *ebpf.MapSpec `ebpf:"flows_rev"`
+	Frags          *ebpf.MapSpec `ebpf:"frags"`
 	IfaceRoles     *ebpf.MapSpec `ebpf:"iface_roles"`
 	InsidePrefixes *ebpf.MapSpec `ebpf:"inside_prefixes"`
 	PoolAddrs      *ebpf.MapSpec `ebpf:"pool_addrs"`
@@ -191,13 +230,15 @@ type natMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type natVariableSpecs struct {
-	BlockSize        *ebpf.VariableSpec `ebpf:"block_size"`
-	Epoch            *ebpf.VariableSpec `ebpf:"epoch"`
-	PortLo           *ebpf.VariableSpec `ebpf:"port_lo"`
-	SharingRatio     *ebpf.VariableSpec `ebpf:"sharing_ratio"`
-	SubscriberCount  *ebpf.VariableSpec `ebpf:"subscriber_count"`
-	UnusedBlockEvent *ebpf.VariableSpec `ebpf:"unused_block_event"`
-	UnusedStatIndex  *ebpf.VariableSpec `ebpf:"unused_stat_index"`
+	BlockSize         *ebpf.VariableSpec `ebpf:"block_size"`
+	Epoch             *ebpf.VariableSpec `ebpf:"epoch"`
+	FilterApdf        *ebpf.VariableSpec `ebpf:"filter_apdf"`
+	PortLo            *ebpf.VariableSpec `ebpf:"port_lo"`
+	SharingRatio      *ebpf.VariableSpec `ebpf:"sharing_ratio"`
+	SubscriberCount   *ebpf.VariableSpec `ebpf:"subscriber_count"`
+	UdpInboundRefresh *ebpf.VariableSpec `ebpf:"udp_inbound_refresh"`
+	UnusedBlockEvent  *ebpf.VariableSpec `ebpf:"unused_block_event"`
+	UnusedStatIndex   *ebpf.VariableSpec `ebpf:"unused_stat_index"`
 }
 
 // natObjects contains all objects after they have been loaded into the kernel.
@@ -221,8 +262,10 @@ func (o *natObjects) Close() error {
 // It can be passed to loadNatObjects or ebpf.CollectionSpec.LoadAndAssign.
 type natMaps struct {
 	BlockEvents    *ebpf.Map `ebpf:"block_events"`
+	Filters        *ebpf.Map `ebpf:"filters"`
 	FlowsFwd       *ebpf.Map `ebpf:"flows_fwd"`
 	FlowsRev       *ebpf.Map `ebpf:"flows_rev"`
+	Frags          *ebpf.Map `ebpf:"frags"`
 	IfaceRoles     *ebpf.Map `ebpf:"iface_roles"`
 	InsidePrefixes *ebpf.Map `ebpf:"inside_prefixes"`
 	PoolAddrs      *ebpf.Map `ebpf:"pool_addrs"`
@@ -235,8 +278,10 @@ type natMaps struct {
 func (m *natMaps) Close() error {
 	return _NatClose(
 		m.BlockEvents,
+		m.Filters,
 		m.FlowsFwd,
 		m.FlowsRev,
+		m.Frags,
 		m.IfaceRoles,
 		m.InsidePrefixes,
 		m.PoolAddrs,
@@ -251,13 +296,15 @@ func (m *natMaps) Close() error {
 //
 // It can be passed to loadNatObjects or ebpf.CollectionSpec.LoadAndAssign.
 type natVariables struct {
-	BlockSize        *ebpf.Variable `ebpf:"block_size"`
-	Epoch            *ebpf.Variable `ebpf:"epoch"`
-	PortLo           *ebpf.Variable `ebpf:"port_lo"`
-	SharingRatio     *ebpf.Variable `ebpf:"sharing_ratio"`
-	SubscriberCount  *ebpf.Variable `ebpf:"subscriber_count"`
-	UnusedBlockEvent *ebpf.Variable `ebpf:"unused_block_event"`
-	UnusedStatIndex  *ebpf.Variable `ebpf:"unused_stat_index"`
+	BlockSize         *ebpf.Variable `ebpf:"block_size"`
+	Epoch             *ebpf.Variable `ebpf:"epoch"`
+	FilterApdf        *ebpf.Variable `ebpf:"filter_apdf"`
+	PortLo            *ebpf.Variable `ebpf:"port_lo"`
+	SharingRatio      *ebpf.Variable `ebpf:"sharing_ratio"`
+	SubscriberCount   *ebpf.Variable `ebpf:"subscriber_count"`
+	UdpInboundRefresh *ebpf.Variable `ebpf:"udp_inbound_refresh"`
+	UnusedBlockEvent  *ebpf.Variable `ebpf:"unused_block_event"`
+	UnusedStatIndex   *ebpf.Variable `ebpf:"unused_stat_index"`
 }
 
 // natPrograms contains all programs after they have been loaded into the kernel.

@@ -218,9 +218,15 @@ func TestNATTable(t *testing.T) {
 		}, outbound: true, wantAction: xdpDrop, wantStat: "drop_unsupported"},
 		{name: "icmp non-echo out", frame: frameOf(pkt{proto: layers.IPProtocolICMPv4, src: sub2 + ":0", dst: server + ":0", icmpType: layers.ICMPv4TypeTimestampRequest}),
 			outbound: true, wantAction: xdpDrop, wantStat: "drop_unsupported"},
-		{name: "fragment out", frame: frameOf(func() pkt { p := sub2UDP; p.flags = layers.IPv4MoreFragments; return p }()), outbound: true,
-			wantAction: xdpDrop, wantStat: "drop_fragment"},
-		{name: "later fragment in", frame: frameOf(pkt{proto: layers.IPProtocolUDP, src: server + ":7000", dst: "198.51.100.10:2040", fragOffset: 100}),
+		{name: "first fragment out", frame: frameOf(func() pkt { p := sub2UDP; p.flags = layers.IPv4MoreFragments; return p }()), outbound: true,
+			wantAction: xdpRedirect, wantStat: "fragments", wantFlows: 1, check: func(t *testing.T, f *natFixture, in, out []byte) {
+				block, _ := f.m.Forward(netip.MustParseAddr(sub2))
+				src := netip.AddrPortFrom(netip.AddrFrom4([4]byte(out[26:30])), uint16(out[34])<<8|uint16(out[35]))
+				if src.Addr() != block.Public || src.Port() < block.PortLo || src.Port() > block.PortHi {
+					t.Errorf("first fragment from %s, want %+v", src, block)
+				}
+			}},
+		{name: "later fragment in before its first", frame: frameOf(pkt{proto: layers.IPProtocolUDP, src: server + ":7000", dst: "198.51.100.10:2040", fragOffset: 100, raw: true}),
 			wantAction: xdpDrop, wantStat: "drop_fragment"},
 	}
 	cases = append(cases, malformedCases(sub2UDP, sub2TCP)...)
@@ -364,7 +370,8 @@ func TestTCPState(t *testing.T) {
 	for _, step := range []struct {
 		flags string
 		want  uint8
-	}{{"S", FlowStateTCPTrans}, {"A", FlowStateTCPEst}, {"PA", FlowStateTCPEst}, {"FA", FlowStateTCPTrans}, {"R", FlowStateTCPTrans}} {
+	}{{"S", FlowStateTCPTrans}, {"A", FlowStateTCPEst}, {"PA", FlowStateTCPEst}, {"FA", FlowStateTCPClosing},
+		{"A", FlowStateTCPClosing}, {"S", FlowStateTCPTrans}, {"A", FlowStateTCPEst}, {"R", FlowStateTCPClosing}} {
 		mapOut(pkt{proto: layers.IPProtocolTCP, src: sub2 + ":40001", dst: server + ":443", tcpFlags: step.flags})(f)
 		var v FlowFwd
 		if err := f.nat.objs.FlowsFwd.Lookup(&key, &v); err != nil {
@@ -404,20 +411,26 @@ func TestBlockFull(t *testing.T) {
 	if len(ports) != 4 {
 		t.Fatalf("4 flows got ports %v, want 4 distinct", ports)
 	}
-	act, _ := f.outbound(udpOut(sub2+":50004", server+":7000").build(t))
-	if act != xdpDrop {
-		t.Fatalf("fifth flow: %s, want XDP_DROP", actionNames[act])
+	fifth := udpOut(sub2+":50004", server+":7000").build(t)
+	act, out := f.outbound(fifth)
+	if act != xdpTX {
+		t.Fatalf("fifth flow: %s, want XDP_TX of host unreachable", actionNames[act])
 	}
-	if got := f.stats()["drop_block_full"]; got != 1 {
-		t.Errorf("drop_block_full = %d, want 1", got)
+	checkHostUnreachable(t, fifth, out)
+	// Rate limited: an immediate second refusal is only dropped.
+	if act, _ := f.outbound(fifth); act != xdpDrop {
+		t.Fatalf("second refusal within the interval: %s, want XDP_DROP", actionNames[act])
+	}
+	if st := f.stats(); st["drop_block_full"] != 2 || st["icmp_block_full"] != 1 {
+		t.Errorf("drop_block_full = %d, icmp_block_full = %d, want 2 and 1", st["drop_block_full"], st["icmp_block_full"])
 	}
 	var st SubscriberState
 	idx := uint32(2)
 	if err := f.nat.objs.Subscribers.Lookup(&idx, &st); err != nil {
 		t.Fatal(err)
 	}
-	if st.BlockFullDrops != 1 {
-		t.Errorf("subscriber 2 block_full_drops = %d, want 1", st.BlockFullDrops)
+	if st.BlockFullDrops != 2 {
+		t.Errorf("subscriber 2 block_full_drops = %d, want 2", st.BlockFullDrops)
 	}
 	// B (100.64.0.3) still translates.
 	mapOut(udpOut("100.64.0.3:50000", server+":7000"))(f)
@@ -427,7 +440,7 @@ func TestBlockFull(t *testing.T) {
 		t.Errorf("existing flow moved to port %d", again.Port())
 	}
 	in := reply(first)(f, again)
-	act, out := f.inbound(in)
+	act, out = f.inbound(in)
 	if act != xdpRedirect {
 		t.Fatalf("reply to existing flow: %s", actionNames[act])
 	}

@@ -30,6 +30,12 @@ var StatNames = [...]string{
 	natStatIndexSTAT_DROP_FRAGMENT:     "drop_fragment",
 	natStatIndexSTAT_DROP_FLOW_TABLE:   "drop_flow_table",
 	natStatIndexSTAT_RINGBUF_FULL:      "ringbuf_full",
+	natStatIndexSTAT_HAIRPIN:           "hairpin",
+	natStatIndexSTAT_ICMP_ERRORS_IN:    "icmp_errors_in",
+	natStatIndexSTAT_DROP_ICMP_ERROR:   "drop_icmp_error",
+	natStatIndexSTAT_FRAGMENTS:         "fragments",
+	natStatIndexSTAT_DROP_FILTERED:     "drop_filtered",
+	natStatIndexSTAT_ICMP_BLOCK_FULL:   "icmp_block_full",
 }
 
 // Stats are the data plane's counters summed over all CPUs, by name.

@@ -95,7 +95,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	}
 	defer func() { err = errors.Join(err, a.audit.Close()) }()
 
-	a.nat, err = loader.Load(loader.Params{Mapping: a.mapping, Epoch: a.epoch.ID, MaxFlows: cfg.MaxFlows}, cfg.BPFFSDir)
+	a.nat, err = loader.Load(loader.Params{Mapping: a.mapping, Epoch: a.epoch.ID, MaxFlows: cfg.MaxFlows,
+		FilterAPDF: cfg.Filtering == config.FilteringAddressPort, UDPInboundRefresh: cfg.Timeouts.UDPInboundRefresh}, cfg.BPFFSDir)
 	if err != nil {
 		return fmt.Errorf("load data plane: %w", err)
 	}
