@@ -10,13 +10,13 @@ import (
 // Pinned gives another process (the CLI, a test, a status probe) read
 // access to a running data plane's maps through their pins.
 type Pinned struct {
-	stats, subscribers *ebpf.Map
+	stats, subscribers, flows *ebpf.Map
 }
 
 // OpenPinned opens the maps pinned under pinDir, read-only.
 func OpenPinned(pinDir string) (*Pinned, error) {
 	var p Pinned
-	for name, dst := range map[string]**ebpf.Map{"stats": &p.stats, "subscribers": &p.subscribers} {
+	for name, dst := range map[string]**ebpf.Map{"stats": &p.stats, "subscribers": &p.subscribers, "flows_fwd": &p.flows} {
 		path := filepath.Join(pinDir, mapsDir, name)
 		m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
 		if err != nil {
@@ -51,10 +51,30 @@ func (p *Pinned) ActiveSubscribers() ([]uint32, error) {
 
 // Close releases the map handles.
 func (p *Pinned) Close() error {
-	for _, m := range []*ebpf.Map{p.stats, p.subscribers} {
+	for _, m := range []*ebpf.Map{p.stats, p.subscribers, p.flows} {
 		if m != nil {
 			m.Close()
 		}
 	}
 	return nil
+}
+
+// Flow is one mapping as the forward table holds it.
+type Flow struct {
+	Key   FlowKey
+	Value FlowFwd
+}
+
+// Flows lists the mappings in the pinned forward table.
+func (p *Pinned) Flows() ([]Flow, error) {
+	var out []Flow
+	var f Flow
+	it := p.flows.Iterate()
+	for it.Next(&f.Key, &f.Value) {
+		out = append(out, f)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read flows_fwd: %w", err)
+	}
+	return out, nil
 }

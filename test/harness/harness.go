@@ -92,14 +92,30 @@ func Config(topo *netns.Topology, stateDir, pinDir string, extra string) []byte 
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "inside:  {interfaces: [%s], prefixes: [%s]}\n", strings.Join(topo.InsideIfaces, ", "), topo.InsidePrefix)
 	fmt.Fprintf(&b, "outside: {interfaces: [%s], pool: [%s]}\n", topo.OutsideIface, topo.Pool)
-	fmt.Fprintf(&b, "ports:   {range: 1024-65535, block_size: 0}\n")
-	fmt.Fprintf(&b, "xdp_mode: native\nstate_dir: %s\nbpffs_dir: %s\n", stateDir, pinDir)
+	fmt.Fprintf(&b, "state_dir: %s\nbpffs_dir: %s\n", stateDir, pinDir)
 	fmt.Fprintf(&b, "api: {socket: %s}\n", SocketPath(stateDir))
-	if !strings.Contains(extra, "roles:") {
-		b.WriteString("roles: {investigator: {uids: [0]}, auditor: {uids: [0]}, admin: {uids: [0]}}\n")
+	// Defaults that extra may replace: a top-level key written in extra
+	// wins, since YAML refuses a key given twice.
+	for _, d := range []struct{ key, line string }{
+		{"ports", "ports: {range: 1024-65535, block_size: 0}"},
+		{"xdp_mode", "xdp_mode: native"},
+		{"roles", "roles: {investigator: {uids: [0]}, auditor: {uids: [0]}, admin: {uids: [0]}}"},
+	} {
+		if !hasTopLevelKey(extra, d.key) {
+			b.WriteString(d.line + "\n")
+		}
 	}
 	b.WriteString(extra)
 	return b.Bytes()
+}
+
+func hasTopLevelKey(yaml, key string) bool {
+	for _, line := range strings.Split(yaml, "\n") {
+		if strings.HasPrefix(line, key+":") {
+			return true
+		}
+	}
+	return false
 }
 
 // SocketPath is where Config puts the API socket.
