@@ -375,7 +375,10 @@ static __always_inline int block_full_icmp(struct xdp_md *ctx, __u32 sub, __u64 
 	if (icmp_host_unreachable(ctx) < 0)
 		return XDP_DROP;
 	stat_inc(STAT_ICMP_BLOCK_FULL);
-	return XDP_TX;
+	/* Back out of the interface it came in on, through the devmap like
+	 * every forwarded frame: on veth, XDP_TX of this frame never reached
+	 * the peer in testing, while the redirect does. */
+	return bpf_redirect_map(&tx_ports, ctx->ingress_ifindex, XDP_DROP);
 }
 
 /* filter_note remembers that a mapping sent to a remote endpoint; only

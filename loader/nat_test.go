@@ -413,8 +413,8 @@ func TestBlockFull(t *testing.T) {
 	}
 	fifth := udpOut(sub2+":50004", server+":7000").build(t)
 	act, out := f.outbound(fifth)
-	if act != xdpTX {
-		t.Fatalf("fifth flow: %s, want XDP_TX of host unreachable", actionNames[act])
+	if act != xdpRedirect {
+		t.Fatalf("fifth flow: %s, want host unreachable redirected back", actionNames[act])
 	}
 	checkHostUnreachable(t, fifth, out)
 	// Rate limited: an immediate second refusal is only dropped.
