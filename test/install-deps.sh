@@ -16,6 +16,11 @@ declare -A need=(
 	[nft]=nftables
 	[iptables]=iptables
 	[bpftool]=bpftool
+	[stun]=stun-client
+	[stund]=stun-server
+	[traceroute]=traceroute
+	[ping]=iputils-ping
+	[nfcapd]=nfdump
 )
 missing=()
 for cmd in "${!need[@]}"; do
