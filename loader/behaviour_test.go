@@ -307,3 +307,95 @@ func fixTCPChecksum(t *testing.T, frame []byte) {
 	c := checksum(seg, 16, pseudo)
 	seg[16], seg[17] = byte(c>>8), byte(c)
 }
+
+// fixtureWith loads the default mapping with options set.
+func fixtureWith(t *testing.T, set func(*Params)) *natFixture {
+	t.Helper()
+	ns := newTestNS(t)
+	m, err := mapping.New(prefixesOf(t, []string{"100.64.0.0/24"}), prefixesOf(t, []string{"198.51.100.10/31"}), 1024, 65535, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := Params{Mapping: m, Epoch: 1, MaxFlows: 4096}
+	set(&p)
+	nat, err := Load(p, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nat.Close() })
+	ns.do(t, func() {
+		for ifn, role := range map[string]Role{"in0": RoleInside, "out0": RoleOutside} {
+			if err := nat.register(ns.ifs[ifn], role); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	return &natFixture{t: t, ns: ns, nat: nat, m: m}
+}
+
+// TestUDPInboundRefreshOption: with timeouts.udp_inbound_refresh, an
+// inbound datagram keeps the mapping alive.
+func TestUDPInboundRefreshOption(t *testing.T) {
+	f := fixtureWith(t, func(p *Params) { p.UDPInboundRefresh = true })
+	udp := udpOut(sub2+":40000", server+":7000")
+	mapped := mapOut(udp)(f)
+	key := FlowKey{Addr: be32(netip.MustParseAddr(sub2)), Port: htons(40000), Proto: 17}
+	var v FlowFwd
+	if err := f.nat.objs.FlowsFwd.Lookup(&key, &v); err != nil {
+		t.Fatal(err)
+	}
+	v.LastSeenNs = 1
+	if err := f.nat.objs.FlowsFwd.Put(&key, &v); err != nil {
+		t.Fatal(err)
+	}
+	if act, _ := f.inbound(reply(udp)(f, mapped)); act != xdpRedirect {
+		t.Fatal(actionNames[act])
+	}
+	if err := f.nat.objs.FlowsFwd.Lookup(&key, &v); err != nil || v.LastSeenNs <= 1 {
+		t.Errorf("inbound UDP did not refresh the mapping (last_seen %d)", v.LastSeenNs)
+	}
+}
+
+// TestFragmentStateBoundedAndExpiring: the fragment table holds at most
+// its size however many datagrams arrive, and a first fragment's state
+// stops serving later fragments after the timeout.
+func TestFragmentStateBoundedAndExpiring(t *testing.T) {
+	f := defaultFixture(t)
+	_, out := f.outbound(pkt{proto: layers.IPProtocolUDP, src: sub2 + ":40000", dst: server + ":7000", flags: layers.IPv4MoreFragments, payload: make([]byte, 64)}.build(t))
+	mapped := netip.AddrPortFrom(netip.AddrFrom4([4]byte(out[26:30])), uint16(out[34])<<8|uint16(out[35]))
+	first := pkt{proto: layers.IPProtocolUDP, src: server + ":7000", dst: mapped.String(), flags: layers.IPv4MoreFragments, payload: make([]byte, 64)}.build(t)
+	size := int(f.nat.objs.Frags.MaxEntries())
+	for id := 0; id < size+1000; id++ {
+		frame := append([]byte{}, first...)
+		frame[18], frame[19] = byte(id>>8), byte(id)
+		fixIPChecksum(frame[14:34])
+		if act, _ := f.inbound(frame); act != xdpRedirect {
+			t.Fatalf("first fragment %d: %s", id, actionNames[act])
+		}
+	}
+	n := 0
+	var k FragKey
+	var v FragVal
+	for it := f.nat.objs.Frags.Iterate(); it.Next(&k, &v); {
+		n++
+	}
+	if n > size {
+		t.Errorf("fragment table holds %d entries, more than its %d", n, size)
+	}
+	// Age the newest datagram's state past the timeout.
+	last := size + 999
+	key := FragKey{Saddr: be32(netip.MustParseAddr(server)), Daddr: be32(mapped.Addr()), Id: htons(uint16(last)), Proto: 17}
+	if err := f.nat.objs.Frags.Lookup(&key, &v); err != nil {
+		t.Fatalf("newest fragment state: %v", err)
+	}
+	v.SeenNs = 1
+	if err := f.nat.objs.Frags.Put(&key, &v); err != nil {
+		t.Fatal(err)
+	}
+	later := pkt{proto: layers.IPProtocolUDP, src: server + ":7000", dst: mapped.String(), fragOffset: 9, raw: true}.build(t)
+	later[18], later[19] = byte(last>>8), byte(last)
+	fixIPChecksum(later[14:34])
+	if act, _ := f.inbound(later); act != xdpDrop {
+		t.Errorf("later fragment after its state expired: %s, want XDP_DROP", actionNames[act])
+	}
+}
