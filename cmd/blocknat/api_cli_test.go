@@ -162,7 +162,7 @@ audit entry 1
 		"subscriber 40  inside 100.64.0.40",
 		"active 2026-11-20T12:00:02.250Z .. still active",
 		"epoch 2 (in force since 2026-11-20T12:00:01.000Z)",
-		"[recovered: found by reconciliation, start time is when the agent noticed]",
+		"[recovered: found by reconciliation, not announced by the ring buffer; the start is when the kernel marked the block active]",
 		"audit entry 2",
 	} {
 		if !strings.Contains(r.stdout, s) {

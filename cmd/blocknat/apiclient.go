@@ -116,7 +116,7 @@ func printRecord(w io.Writer, c api.Candidate) {
 	for _, f := range c.Flags {
 		switch f {
 		case api.FlagRecovered:
-			fmt.Fprintln(w, "    [recovered: found by reconciliation, start time is when the agent noticed]")
+			fmt.Fprintln(w, "    [recovered: found by reconciliation, not announced by the ring buffer; the start is when the kernel marked the block active]")
 		default:
 			fmt.Fprintf(w, "    [%s]\n", f)
 		}

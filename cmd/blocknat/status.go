@@ -22,7 +22,9 @@ func init() {
 const statusSynopsis = `status [--json] [--socket PATH]
 
 Shows what the agent reports about its record store, its audit log and
-itself. Needs the admin role; the request is audited like every other.`
+itself: first whether block records are being written (the alarm, the
+self-check), then the figures the metrics endpoint exports. Needs the admin
+role; the request is audited like every other.`
 
 func runStatus(args []string, stdout, stderr io.Writer) int {
 	const name = "status"
@@ -63,8 +65,6 @@ func printStatus(w io.Writer, ans *api.StatusResponse) error {
 	fmt.Fprintln(w, "audit log")
 	fmt.Fprintf(w, "  entries              %d\n", ans.Audit.Entries)
 	if ans.Agent != nil {
-		// The agent's document has no fixed shape here; print it as an
-		// indented outline, keys sorted.
 		data, err := json.Marshal(ans.Agent)
 		if err != nil {
 			return fmt.Errorf("agent status: %w", err)
@@ -73,8 +73,14 @@ func printStatus(w io.Writer, ans *api.StatusResponse) error {
 		if err := json.Unmarshal(data, &doc); err != nil {
 			return fmt.Errorf("agent status: %w", err)
 		}
-		fmt.Fprintln(w, "agent")
-		printOutline(w, doc, 1)
+		if st, ok := blocknatdStatus(data, doc); ok {
+			printAgentStatus(w, st)
+		} else {
+			// Not blocknatd's document: no fixed shape, so an indented
+			// outline, keys sorted.
+			fmt.Fprintln(w, "agent")
+			printOutline(w, doc, 1)
+		}
 	}
 	fmt.Fprintf(w, "audit entry %d\n", ans.AuditSeq)
 	return nil

@@ -2,6 +2,7 @@
 // configured interfaces and keeps it running.
 //
 //	blocknatd --config FILE     validate, attach, run until SIGINT/SIGTERM
+//	blocknatd --replace --config FILE   the same, replacing XDP programs blocknat did not attach
 //	blocknatd detach --config FILE   remove the data plane (stops translation)
 //	blocknatd check --config FILE    validate the configuration and exit
 package main
@@ -38,6 +39,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("blocknatd "+verb, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", defaultConfigPath, "configuration `file`")
+	replace := fs.Bool("replace", false, "replace XDP programs on the configured interfaces that blocknat did not attach (run only)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -46,6 +48,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "blocknatd %s: unexpected argument %q\n", verb, fs.Arg(0))
+		return 2
+	}
+	if *replace && verb != "run" {
+		fmt.Fprintf(stderr, "blocknatd %s: --replace only applies when running the agent\n", verb)
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
@@ -66,7 +72,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "detached: removed %s\n", cfg.BPFFSDir)
 		return 0
 	}
-	if err := agent.Run(ctx, cfg, log); err != nil {
+	if err := agent.RunWith(ctx, cfg, log, agent.Options{ReplaceXDP: *replace}); err != nil {
 		log.Error("blocknatd failed", "err", err.Error())
 		return 1
 	}

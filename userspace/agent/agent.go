@@ -23,8 +23,10 @@ import (
 	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/config"
 	"github.com/blocknat/blocknat/userspace/events"
+	"github.com/blocknat/blocknat/userspace/export"
 	"github.com/blocknat/blocknat/userspace/logattr"
 	"github.com/blocknat/blocknat/userspace/mapping"
+	"github.com/blocknat/blocknat/userspace/metrics"
 	"github.com/blocknat/blocknat/userspace/reconcile"
 	"github.com/blocknat/blocknat/userspace/store"
 	"github.com/blocknat/blocknat/userspace/sweeper"
@@ -48,18 +50,20 @@ func StorePath(cfg *config.Config) string { return filepath.Join(cfg.StateDir, "
 
 // Agent is a running blocknatd.
 type Agent struct {
-	cfg      *config.Config
-	log      *slog.Logger
-	mapping  *mapping.Mapping
-	store    *store.Store
-	epoch    store.Epoch
-	nat      *loader.NAT
-	recorder *events.Recorder
-	sweeper  *sweeper.Sweeper
-	recon    *reconcile.Reconciler
-	audit    *audit.Log
-	clock    events.Clock
-	started  time.Time
+	cfg       *config.Config
+	log       *slog.Logger
+	mapping   *mapping.Mapping
+	store     *store.Store
+	epoch     store.Epoch
+	nat       *loader.NAT
+	recorder  *events.Recorder
+	sweeper   *sweeper.Sweeper
+	recon     *reconcile.Reconciler
+	audit     *audit.Log
+	clock     events.Clock
+	started   time.Time
+	writes    *metrics.Writes
+	selfcheck *selfCheck
 
 	mu            sync.Mutex
 	lastSweep     sweeper.Result
@@ -71,7 +75,12 @@ type Agent struct {
 // Run starts everything and blocks until ctx ends. On return the pinned
 // links keep translating: stopping the agent must not cut subscribers off.
 // loader.Detach removes the data plane.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) {
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	return RunWith(ctx, cfg, log, Options{})
+}
+
+// RunWith is Run with the operator's one-off choices.
+func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options) (err error) {
 	a := &Agent{cfg: cfg, log: log, clock: &events.SystemClock{}, started: time.Now()}
 	if a.mapping, err = cfg.Mapping(); err != nil {
 		return err
@@ -101,6 +110,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		return fmt.Errorf("load data plane: %w", err)
 	}
 	defer a.nat.Close()
+	if err := a.claimInterfaces(opts.ReplaceXDP); err != nil {
+		return err
+	}
 	if err := a.nat.AttachAll(Interfaces(cfg), mode); err != nil {
 		return err
 	}
@@ -108,11 +120,19 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 		log.Info("xdp attached", logattr.Interface, ifc.Name, logattr.Role, ifc.Role.String(), logattr.Mode, cfg.XDPMode)
 	}
 
+	// Deferred before the Recorder's stop, so it runs after it: the last
+	// batch the Recorder flushes is exported too.
+	exp, err := export.New(export.FromConfig(cfg.Export, log))
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, exp.Close()) }()
 	rd, err := ringbuf.NewReader(a.nat.Events())
 	if err != nil {
 		return fmt.Errorf("open block event ring buffer: %w", err)
 	}
-	a.recorder = events.NewRecorder(a.store, events.Options{Clock: a.clock, Logger: log})
+	a.writes = metrics.NewWrites(a.store)
+	a.recorder = events.NewRecorder(a.writes, events.Options{Clock: a.clock, Logger: log, Observers: exp.Observers()})
 	a.sweeper = &sweeper.Sweeper{
 		Maps:    sweeper.Maps{FlowsFwd: a.nat.FlowsFwd(), FlowsRev: a.nat.FlowsRev(), Subscribers: a.nat.SubscribersMap()},
 		Mapping: a.mapping, Clock: a.clock, Records: a.recorder, Logger: log,
@@ -156,6 +176,16 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) (err error) 
 	go func() {
 		defer wg.Done()
 		a.audit.Run(recCtx)
+	}()
+
+	stopMonitoring, err := a.startMonitoring(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Before the Recorder stops (deferred above): a canary in flight
+		// must not be lost to the shutdown and raise a false alarm.
+		err = errors.Join(err, stopMonitoring())
 	}()
 
 	log.Info("translating", "subscribers", a.mapping.Subscribers, "pool_addresses", len(a.mapping.Pool),

@@ -13,6 +13,7 @@ import (
 	"github.com/blocknat/blocknat/userspace/api"
 	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/config"
+	"github.com/blocknat/blocknat/userspace/metrics"
 )
 
 // AuditDir is where the audit log lives under state_dir.
@@ -112,6 +113,53 @@ type Status struct {
 	Sweep         SweepStatus       `json:"sweep"`
 	Retention     RetentionStatus   `json:"retention"`
 	AuditEntries  uint64            `json:"audit_entries"`
+	// Alarm says why records may not be being written; empty when they
+	// are. It is blocknat_records_alarm's reason.
+	Alarm       []string          `json:"alarm"`
+	SelfCheck   SelfCheckStatus   `json:"selfcheck"`
+	Blocks      *BlockStatus      `json:"blocks,omitempty"`
+	StoreWrites StoreWritesStatus `json:"store_writes"`
+	// Unreadable lists the parts of the state that could not be read.
+	Unreadable []string `json:"unreadable,omitempty"`
+}
+
+// SelfCheckStatus is the self-check canary's state.
+type SelfCheckStatus struct {
+	Enabled     bool      `json:"enabled"`
+	Interval    string    `json:"interval,omitempty"`
+	Checks      uint64    `json:"checks"`
+	Failures    uint64    `json:"failures"`
+	Failing     bool      `json:"failing"`
+	LastAt      time.Time `json:"last_at,omitzero"`
+	LastSuccess time.Time `json:"last_success,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+}
+
+// BlockStatus is the kernel tables' occupancy, read when status is asked.
+type BlockStatus struct {
+	Active    int `json:"active"`
+	Flows     int `json:"flows"`
+	BlockSize int `json:"block_size"`
+	Full      int `json:"full"`
+	// MeanUtilisation is the mean share of their ports the active blocks
+	// hold; Utilisation counts the active blocks at or below each share.
+	MeanUtilisation float64             `json:"mean_utilisation"`
+	Utilisation     []UtilisationBucket `json:"utilisation"`
+}
+
+// UtilisationBucket is one cumulative bucket of the utilisation histogram.
+type UtilisationBucket struct {
+	AtMost float64 `json:"at_most"`
+	Blocks uint64  `json:"blocks"`
+}
+
+// StoreWritesStatus summarises the record store's commits since start.
+type StoreWritesStatus struct {
+	Commits     uint64  `json:"commits"`
+	Errors      uint64  `json:"errors"`
+	MeanSeconds float64 `json:"mean_seconds"`
+	LastSeconds float64 `json:"last_seconds"`
+	MaxSeconds  float64 `json:"max_seconds"`
 }
 
 // RecordStatus says whether records are being written, which is what the
@@ -147,12 +195,9 @@ type RetentionStatus struct {
 func (a *Agent) status(context.Context) (any, error) {
 	st := Status{Started: a.started, Epoch: a.epoch.ID, EpochSince: a.epoch.Start, Subscribers: a.mapping.Subscribers,
 		PoolAddresses: len(a.mapping.Pool), BlockSize: a.mapping.BlockSize}
-	dp, err := a.nat.Stats()
-	if err != nil {
-		return nil, err
-	}
-	st.DataPlane = dp
-	h := a.recorder.Health()
+	snap := a.snapshot()
+	st.statusOfSnapshot(snap)
+	h := snap.Records
 	st.Records = RecordStatus{Writing: !h.Failing, LastError: h.LastError, LastWrite: h.LastWrite, EventsRead: h.EventsRead,
 		Written: h.RecordsWritten, Dropped: h.Dropped}
 	if ss, err := a.store.Stats(); err == nil {
@@ -161,10 +206,41 @@ func (a *Agent) status(context.Context) (any, error) {
 	a.mu.Lock()
 	st.Records.Recovered, st.Records.ClosedByRecon = a.lastReconcile.Recovered, a.lastReconcile.Closed
 	st.Sweep = SweepStatus{Flows: a.lastSweep.Flows, ActiveBlocks: a.lastSweep.ActiveBlocks, Expired: a.lastSweep.Expired, Released: a.lastSweep.Released}
-	st.Retention = RetentionStatus{Period: a.cfg.Retention.Records.String(), LastAt: a.retentionAt}
 	a.mu.Unlock()
-	if a.audit != nil {
-		st.AuditEntries = a.audit.Len()
-	}
+	st.Retention = RetentionStatus{Period: a.cfg.Retention.Records.String(), LastAt: snap.RetentionSweep}
+	st.AuditEntries = snap.AuditEntries
 	return st, nil
+}
+
+// statusOfSnapshot fills the figures `blocknat status` shares with the
+// metrics endpoint.
+func (st *Status) statusOfSnapshot(s metrics.Snapshot) {
+	st.DataPlane = s.DataPlane
+	st.Alarm = s.Alarms()
+	if st.Alarm == nil {
+		st.Alarm = []string{}
+	}
+	sc := s.SelfCheck
+	st.SelfCheck = SelfCheckStatus{Enabled: sc.Enabled, Checks: sc.Checks, Failures: sc.Failures, Failing: sc.Failing,
+		LastAt: sc.LastAt, LastSuccess: sc.LastSuccess, LastError: sc.LastError}
+	if sc.Interval > 0 {
+		st.SelfCheck.Interval = sc.Interval.String()
+	}
+	if b := s.Blocks; b != nil {
+		st.Blocks = &BlockStatus{Active: b.ActiveBlocks, Flows: b.Flows, BlockSize: int(b.BlockSize), Full: b.Full}
+		if b.ActiveBlocks > 0 {
+			st.Blocks.MeanUtilisation = b.Sum / float64(b.ActiveBlocks)
+		}
+		for i, bound := range metrics.UtilisationBuckets {
+			if i < len(b.Counts) {
+				st.Blocks.Utilisation = append(st.Blocks.Utilisation, UtilisationBucket{AtMost: bound, Blocks: b.Counts[i]})
+			}
+		}
+	}
+	w := s.Writes
+	st.StoreWrites = StoreWritesStatus{Commits: w.Count, Errors: w.Errors, MeanSeconds: w.Mean.Seconds(),
+		LastSeconds: w.Last.Seconds(), MaxSeconds: w.Max.Seconds()}
+	for _, err := range s.Errors {
+		st.Unreadable = append(st.Unreadable, err.Error())
+	}
 }

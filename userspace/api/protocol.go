@@ -140,8 +140,9 @@ type Candidate struct {
 }
 
 // FlagRecovered names store.FlagRecovered on the wire: the reconciler found
-// the block in the kernel, so Start is when the agent noticed it, which may
-// be after the block really became active.
+// the block in the kernel rather than the ring buffer announcing it. Start is
+// when the kernel marked the block active, or, if the kernel had no time for
+// it, when the agent noticed, which may be after the block became active.
 const FlagRecovered = "recovered"
 
 // EpochSummary is the mapping configuration of one epoch (RFC 7422 §3).

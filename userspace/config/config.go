@@ -70,10 +70,14 @@ type Config struct {
 	Roles     Roles     `yaml:"roles"`
 	Audit     Audit     `yaml:"audit"`
 	Intervals Intervals `yaml:"intervals"`
+	Metrics   Metrics   `yaml:"metrics"`
+	SelfCheck SelfCheck `yaml:"selfcheck"`
 	// Filtering is which inbound packets a mapping admits (RFC 4787
 	// REQ-8): any (endpoint-independent, the default) or only those from
 	// an address and port the subscriber has sent to.
 	Filtering string `yaml:"filtering"`
+	// Export sends block events to IPFIX and syslog collectors (optional).
+	Export Export `yaml:"export"`
 }
 
 // Inside is the subscriber side.
@@ -106,6 +110,7 @@ func withDefaults() *Config {
 		MaxFlows: DefaultMaxFlows,
 	}
 	agentDefaults(c)
+	monitoringDefaults(c)
 	return c
 }
 
@@ -229,6 +234,8 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("max_flows: %d is not between %d and %d", c.MaxFlows, MinFlows, MaxFlows))
 	}
 	errs = append(errs, c.validateAgent()...)
+	errs = append(errs, c.validateExport()...)
+	errs = append(errs, c.validateMonitoring()...)
 	return errors.Join(errs...)
 }
 

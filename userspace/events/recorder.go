@@ -5,6 +5,10 @@
 // reconciler) are handed to it, so every change to a subscriber's record
 // passes through one ordered stream. That ordering is what keeps a block in
 // use from ever being without an open record: see Release.
+//
+// The agent's self-check canaries (loader.BlockEventCanary) arrive on the
+// same ring buffer and are written in the same batches, into the store's
+// canary keyspace: finding one proves that records reach the disk.
 package events
 
 import (
@@ -46,7 +50,8 @@ type Options struct {
 	Logger     *slog.Logger
 	// Observers see every batch after it is on disk, in order, on the
 	// Recorder's goroutine (exporters: IPFIX, syslog). They must not block
-	// for long: a slow observer delays the next batch.
+	// for long: a slow observer delays the next batch. They never see the
+	// self-check's canaries: those are not block records.
 	Observers []func(ops []store.Op)
 }
 
@@ -69,6 +74,7 @@ type Recorder struct {
 	lastErr    error
 	lastWrite  atomic.Int64 // unix ns of the last successful commit
 	eventsSeen atomic.Uint64
+	canaries   atomic.Uint64
 }
 
 type request struct {
@@ -108,6 +114,12 @@ func Record(e loader.BlockEvent, clock Clock) store.Record {
 		Start:      clock.Wall(e.TimeNs),
 		Epoch:      e.Epoch,
 	}
+}
+
+// Canary turns the self-check's kernel event into the canary record it
+// writes. The event's subscriber field carries the check's sequence number.
+func Canary(e loader.BlockEvent, clock Clock) store.Canary {
+	return store.Canary{Seq: e.Subscriber, Time: clock.Wall(e.TimeNs), Epoch: e.Epoch}
 }
 
 // Source is the ring buffer reader (*ringbuf.Reader); Close must make a
@@ -156,6 +168,16 @@ func (r *Recorder) Run(ctx context.Context, rd Source) error {
 						logattr.Count, len(pending))
 				}
 				return <-readErr
+			}
+			if e.Kind == loader.BlockEventCanary {
+				// Batched like any activation: the canary proves the
+				// path records take, so it must take the same one.
+				r.canaries.Add(1)
+				pending = append(pending, store.Op{Kind: store.OpCanary, Canary: Canary(e, r.opts.Clock)})
+				if len(pending) >= r.opts.BatchSize {
+					flush()
+				}
+				continue
 			}
 			r.eventsSeen.Add(1)
 			if e.Kind != loader.BlockEventActivate {
@@ -237,12 +259,36 @@ func (r *Recorder) apply(ops []store.Op) error {
 	if r.failing.Swap(false) {
 		r.log.Info("block records are written again")
 	}
-	r.written.Add(uint64(len(ops)))
+	records := withoutCanaries(ops)
+	r.written.Add(uint64(len(records)))
 	r.lastWrite.Store(time.Now().UnixNano())
-	for _, o := range r.opts.Observers {
-		o(ops)
+	if len(records) > 0 {
+		for _, o := range r.opts.Observers {
+			o(records)
+		}
 	}
 	return nil
+}
+
+// withoutCanaries returns ops without the self-check's canaries, reusing
+// ops when it holds none (the common case).
+func withoutCanaries(ops []store.Op) []store.Op {
+	n := 0
+	for _, op := range ops {
+		if op.Kind == store.OpCanary {
+			n++
+		}
+	}
+	if n == 0 {
+		return ops
+	}
+	out := make([]store.Op, 0, len(ops)-n)
+	for _, op := range ops {
+		if op.Kind != store.OpCanary {
+			out = append(out, op)
+		}
+	}
+	return out
 }
 
 // trim keeps pending within MaxPending by dropping the oldest activations:
@@ -285,7 +331,8 @@ func (r *Recorder) Submit(ctx context.Context, ops []store.Op) error {
 
 // Health is the Recorder's state for status and alarms.
 type Health struct {
-	EventsRead     uint64
+	EventsRead     uint64 // block events; canaries are counted apart
+	CanariesRead   uint64
 	RecordsWritten uint64
 	Dropped        uint64 // activations dropped while the store refused writes
 	Failing        bool   // the last write failed: records are not being written
@@ -295,7 +342,7 @@ type Health struct {
 
 // Health reports whether records are being written.
 func (r *Recorder) Health() Health {
-	h := Health{EventsRead: r.eventsSeen.Load(), RecordsWritten: r.written.Load(), Dropped: r.dropped.Load(), Failing: r.failing.Load()}
+	h := Health{EventsRead: r.eventsSeen.Load(), CanariesRead: r.canaries.Load(), RecordsWritten: r.written.Load(), Dropped: r.dropped.Load(), Failing: r.failing.Load()}
 	if ns := r.lastWrite.Load(); ns != 0 {
 		h.LastWrite = time.Unix(0, ns)
 	}

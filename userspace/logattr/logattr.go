@@ -23,4 +23,9 @@ const (
 	Operator   = "operator"
 	Action     = "action"
 	Outcome    = "outcome"
+	// ProgramID and ProgramName name a kernel BPF program (a foreign XDP
+	// program the agent refused or replaced).
+	ProgramID   = "program_id"
+	ProgramName = "program_name"
+	Listen      = "listen"
 )

@@ -20,6 +20,7 @@
 //	p <inside 4B> <start u64> <public 4B> <port_lo u16> <subscriber u32>
 //	e <start u64> <epoch id u32>                                         = epoch
 //	m <name>                                                             = meta
+//	c <time u64> <seq u32>                                               = canary
 //
 // "r" is the record partition: a closed record is stored in every day
 // partition its interval touches, so a lookup for T seeks once in T's day
@@ -28,6 +29,13 @@
 // "p" hold the open records, by block and by inside address. The value of r
 // and o is a version byte, the inside address, port_hi, then uvarints for
 // End-Start (r only), the epoch and the flags: about 15 bytes.
+//
+// "c" holds the agent's self-check canaries: events the kernel wrote into the
+// block event ring buffer that name no subscriber. They travel the records'
+// path (the same Apply batches) so that finding one proves records reach the
+// disk, but live apart from every keyspace a lookup, history, export or the
+// reconciler reads, so a canary is never taken for a subscriber. A canary
+// write deletes the canaries more than an hour older than itself.
 //
 // # Carrying open records
 //

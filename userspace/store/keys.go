@@ -14,6 +14,7 @@ const (
 	prefixOpenInside = 'p'
 	prefixEpoch      = 'e'
 	prefixMeta       = 'm'
+	prefixCanary     = 'c'
 )
 
 // Meta keys.
@@ -31,12 +32,14 @@ const (
 	openKeyLen       = 1 + 4 + 2 + 8 + 4
 	openInsideKeyLen = 1 + 4 + 8 + 4 + 2 + 4
 	epochKeyLen      = 1 + 8 + 4
+	canaryKeyLen     = 1 + 8 + 4
 )
 
 // Value format versions, so that a later layout can be read beside this one.
 const (
 	valueVersionRecord = 1
 	valueVersionEpoch  = 1
+	valueVersionCanary = 1
 )
 
 // dayOf returns the UTC day number of a non-negative Unix nanosecond time.

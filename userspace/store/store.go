@@ -66,6 +66,10 @@ const (
 	// Other fields come from the open record. A release that matches no open
 	// record is logged, counted in Stats.UnmatchedReleases and skipped.
 	OpRelease
+	// OpCanary writes Op.Canary, the agent's self-check record, in a
+	// keyspace of its own that no lookup, history, export or open-record
+	// scan reads; canaries older than canaryKeep are deleted with it.
+	OpCanary
 )
 
 func (k OpKind) String() string {
@@ -74,6 +78,8 @@ func (k OpKind) String() string {
 		return "activate"
 	case OpRelease:
 		return "release"
+	case OpCanary:
+		return "canary"
 	}
 	return fmt.Sprintf("OpKind(%d)", uint8(k))
 }
@@ -82,6 +88,7 @@ func (k OpKind) String() string {
 type Op struct {
 	Kind   OpKind
 	Record Record
+	Canary Canary // OpCanary only
 }
 
 var (
@@ -407,6 +414,10 @@ func (s *Store) Apply(ops []Op) error {
 				}
 			}
 			pending[oid] = nil
+		case OpCanary:
+			if err := putCanary(b, op.Canary, now); err != nil {
+				return fmt.Errorf("apply op %d (canary %d): %w", i, op.Canary.Seq, err)
+			}
 		default:
 			return fmt.Errorf("apply op %d: kind %v: %w", i, op.Kind, ErrInvalid)
 		}

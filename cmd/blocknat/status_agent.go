@@ -1,0 +1,140 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	blocknatd "github.com/blocknat/blocknat/userspace/agent"
+)
+
+// blocknatdStatus decodes the agent's document when it is blocknatd's own
+// (it has an alarm and data-plane counters).
+func blocknatdStatus(data []byte, doc any) (blocknatd.Status, bool) {
+	m, ok := doc.(map[string]any)
+	if !ok {
+		return blocknatd.Status{}, false
+	}
+	for _, key := range []string{"alarm", "data_plane", "records", "selfcheck"} {
+		if _, ok := m[key]; !ok {
+			return blocknatd.Status{}, false
+		}
+	}
+	var st blocknatd.Status
+	if err := json.Unmarshal(data, &st); err != nil {
+		return blocknatd.Status{}, false
+	}
+	return st, true
+}
+
+// printAgentStatus shows a person the figures the metrics endpoint
+// exports, the alarm first: it answers "are records being written?".
+func printAgentStatus(w io.Writer, st blocknatd.Status) {
+	row := func(name, format string, args ...any) {
+		fmt.Fprintf(w, "  %-20s %s\n", name, fmt.Sprintf(format, args...))
+	}
+	when := func(t time.Time) string {
+		if t.IsZero() {
+			return "never"
+		}
+		return humanTime(t)
+	}
+	fmt.Fprintln(w, "records")
+	if len(st.Alarm) == 0 {
+		row("alarm", "ok: block records are being written")
+	} else {
+		row("alarm", "RAISED: block records may not be written")
+		for _, reason := range st.Alarm {
+			row("", "%s", reason)
+		}
+	}
+	r := st.Records
+	row("last write", "%s", when(r.LastWrite))
+	row("events read", "%d", r.EventsRead)
+	row("records written", "%d", r.Written)
+	row("dropped", "%d (recovered by the reconciler)", r.Dropped)
+	sw := st.StoreWrites
+	row("store commits", "%d, %d failed; mean %s, last %s, max %s", sw.Commits, sw.Errors,
+		seconds(sw.MeanSeconds), seconds(sw.LastSeconds), seconds(sw.MaxSeconds))
+	row("recovered", "%d, closed %d (last reconcile)", r.Recovered, r.ClosedByRecon)
+
+	fmt.Fprintln(w, "self-check")
+	sc := st.SelfCheck
+	switch {
+	case !sc.Enabled && !sc.Failing:
+		row("state", "off (selfcheck.interval: 0)")
+	case sc.Failing:
+		row("state", "FAILING: %s", sc.LastError)
+	case sc.Checks == 0:
+		row("state", "not run yet")
+	default:
+		row("state", "passing")
+	}
+	if sc.Enabled {
+		row("every", "%s", sc.Interval)
+		row("checks", "%d, %d failed", sc.Checks, sc.Failures)
+		row("last success", "%s", when(sc.LastSuccess))
+	}
+
+	fmt.Fprintln(w, "data plane")
+	dp := st.DataPlane
+	row("packets", "out %d, in %d", dp["out_packets"], dp["in_packets"])
+	row("bytes", "out %s, in %s", bytesText(dp["out_bytes"]), bytesText(dp["in_bytes"]))
+	row("new mappings", "%d", dp["new_flows"])
+	row("block activations", "%d", dp["block_activations"])
+	row("ring buffer full", "%d", dp["ringbuf_full"])
+	row("drops", "%s", counters(dp, "drop_"))
+	row("passed to kernel", "%s", counters(dp, "pass_"))
+
+	fmt.Fprintln(w, "port blocks")
+	if b := st.Blocks; b != nil {
+		row("active", "%d of %d subscribers, %d full", b.Active, st.Subscribers, b.Full)
+		row("mappings", "%d", b.Flows)
+		var buckets []string
+		for _, u := range b.Utilisation {
+			buckets = append(buckets, fmt.Sprintf("<=%g%% %d", u.AtMost*100, u.Blocks))
+		}
+		row("utilisation", "mean %.1f%% of %d ports; blocks at or below: %s", b.MeanUtilisation*100, b.BlockSize, strings.Join(buckets, ", "))
+	} else {
+		row("active", "unknown (the kernel tables could not be read)")
+	}
+
+	fmt.Fprintln(w, "mapping")
+	row("epoch", "%d since %s", st.Epoch, when(st.EpochSince))
+	row("subscribers", "%d on %d public addresses, %d ports each", st.Subscribers, st.PoolAddresses, st.BlockSize)
+	fmt.Fprintln(w, "retention")
+	row("period", "%s", st.Retention.Period)
+	row("last sweep", "%s", when(st.Retention.LastAt))
+	fmt.Fprintln(w, "agent")
+	row("started", "%s", when(st.Started))
+	row("audit chain", "%d entries", st.AuditEntries)
+	for _, u := range st.Unreadable {
+		row("unreadable", "%s", u)
+	}
+}
+
+// counters lists the non-zero counters whose names start with prefix.
+func counters(dp map[string]uint64, prefix string) string {
+	var names []string
+	for name, v := range dp {
+		if strings.HasPrefix(name, prefix) && v > 0 {
+			names = append(names, name)
+		}
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	slices.Sort(names)
+	parts := make([]string, len(names))
+	for i, name := range names {
+		parts[i] = fmt.Sprintf("%s %d", name, dp[name])
+	}
+	return strings.Join(parts, ", ")
+}
+
+func seconds(s float64) string {
+	return time.Duration(s * float64(time.Second)).Round(time.Microsecond).String()
+}

@@ -1,0 +1,61 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	blocknatd "github.com/blocknat/blocknat/userspace/agent"
+	"github.com/blocknat/blocknat/userspace/api"
+)
+
+// TestStatusShowsAgentFigures: blocknatd's status document is shown as the
+// figures the metrics endpoint exports, the alarm first and with its
+// reasons; a healthy agent says so.
+func TestStatusShowsAgentFigures(t *testing.T) {
+	st := blocknatd.Status{
+		Epoch: 2, Subscribers: 256, PoolAddresses: 2, BlockSize: 504,
+		DataPlane: map[string]uint64{"out_packets": 10, "in_packets": 20, "out_bytes": 2048, "in_bytes": 512,
+			"drop_block_full": 3, "drop_spoofed": 0, "pass_ttl": 4, "ringbuf_full": 5},
+		Records:      blocknatd.RecordStatus{EventsRead: 7, Written: 8},
+		Alarm:        []string{"self-check failed: canary 9: not in the record store 10s after the kernel sent it"},
+		SelfCheck:    blocknatd.SelfCheckStatus{Enabled: true, Interval: "5m0s", Checks: 4, Failures: 1, Failing: true, LastError: "canary 9: not in the record store"},
+		Blocks:       &blocknatd.BlockStatus{Active: 2, Flows: 504, BlockSize: 504, Full: 1, MeanUtilisation: 0.5, Utilisation: []blocknatd.UtilisationBucket{{AtMost: 0.1, Blocks: 1}, {AtMost: 1, Blocks: 2}}},
+		StoreWrites:  blocknatd.StoreWritesStatus{Commits: 6, Errors: 2, MeanSeconds: 0.0015},
+		Retention:    blocknatd.RetentionStatus{Period: "365d", LastAt: time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC)},
+		AuditEntries: 41,
+	}
+	var out bytes.Buffer
+	if err := printStatus(&out, &api.StatusResponse{AuditSeq: 42, Agent: st}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"records\n  alarm                RAISED: block records may not be written\n                       self-check failed: canary 9",
+		"store commits        6, 2 failed; mean 1.5ms",
+		"state                FAILING: canary 9: not in the record store",
+		"checks               4, 1 failed",
+		"packets              out 10, in 20",
+		"bytes                out 2.0 KiB, in 512 B",
+		"ring buffer full     5",
+		"drops                drop_block_full 3\n",
+		"passed to kernel     pass_ttl 4",
+		"active               2 of 256 subscribers, 1 full",
+		"utilisation          mean 50.0% of 504 ports; blocks at or below: <=10% 1, <=100% 2",
+		"last sweep           2026-11-20T00:00:00.000Z",
+		"audit chain          41 entries",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, out.String())
+		}
+	}
+
+	st.Alarm, st.SelfCheck = []string{}, blocknatd.SelfCheckStatus{Enabled: true, Interval: "5m0s", Checks: 5}
+	out.Reset()
+	if err := printStatus(&out, &api.StatusResponse{Agent: st}); err != nil {
+		t.Fatal(err)
+	}
+	if s := out.String(); !strings.Contains(s, "alarm                ok: block records are being written") || !strings.Contains(s, "state                passing") {
+		t.Errorf("healthy status:\n%s", s)
+	}
+}

@@ -1,0 +1,342 @@
+package e2e
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/blocknat/blocknat/test/harness"
+	"github.com/blocknat/blocknat/test/netns"
+)
+
+// prepareEnv builds what startEnvWith builds, without starting blocknatd,
+// for tests that start it their own way. A harness agent put in e.agent is
+// stopped at cleanup.
+func prepareEnv(t *testing.T, prefix, extra string) *env {
+	t.Helper()
+	netns.RequirePrivileged(t)
+	netns.RequireTools(t, "curl")
+	topo := netns.NewTestTopology(t, prefix)
+	dir := t.TempDir()
+	unmount, err := harness.MountBPFFS(filepath.Join(dir, "bpf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := unmount(); err != nil {
+			t.Errorf("cleanup bpffs: %v", err)
+		}
+	})
+	e := &env{topo: topo, cfgPath: filepath.Join(dir, "blocknat.yaml"), pinDir: filepath.Join(dir, "bpf", "blocknat"),
+		stateDir: filepath.Join(dir, "state")}
+	if err := os.WriteFile(e.cfgPath, harness.Config(topo, e.stateDir, e.pinDir, extra), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.ifaces = append(append([]string{}, topo.InsideIfaces...), topo.OutsideIface)
+	t.Cleanup(func() {
+		if e.agent == nil {
+			return
+		}
+		if err := e.agent.Stop(); err != nil {
+			t.Errorf("stop blocknatd: %v\n%s", err, e.agent.Log())
+		}
+		if t.Failed() {
+			t.Logf("blocknatd log:\n%s", e.agent.Log())
+		}
+	})
+	return e
+}
+
+// daemon is a blocknatd started with arguments of the test's choosing.
+type daemon struct {
+	mu   sync.Mutex
+	out  strings.Builder
+	proc *os.Process
+	done chan struct{}
+	err  error
+}
+
+func (d *daemon) Write(p []byte) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.out.Write(p)
+}
+
+func (d *daemon) Log() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.out.String()
+}
+
+// startDaemon runs argv in the router namespace and waits until it
+// translates on every interface.
+func (e *env) startDaemon(t *testing.T, argv ...string) *daemon {
+	t.Helper()
+	d := &daemon{done: make(chan struct{})}
+	cmd := e.topo.Router.Command(context.WithoutCancel(t.Context()), argv...)
+	cmd.Stdout, cmd.Stderr = d, d
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d.proc = cmd.Process
+	go func() {
+		d.err = cmd.Wait()
+		close(d.done)
+	}()
+	t.Cleanup(func() { d.stop(t) })
+	deadline := time.Now().Add(20 * time.Second)
+	for !harness.XDPAttached(t.Context(), e.topo.Router, e.ifaces) || !strings.Contains(d.Log(), "msg=translating") {
+		select {
+		case <-d.done:
+			t.Fatalf("%s exited before translating (%v):\n%s", strings.Join(argv, " "), d.err, d.Log())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not translate within 20s:\n%s", strings.Join(argv, " "), d.Log())
+		}
+	}
+	return d
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (d *daemon) stop(t *testing.T) {
+	t.Helper()
+	select {
+	case <-d.done:
+		return
+	default:
+	}
+	d.proc.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+		if d.err != nil {
+			t.Errorf("blocknatd exited with %v:\n%s", d.err, d.Log())
+		}
+	case <-time.After(15 * time.Second):
+		d.proc.Kill()
+		<-d.done
+		t.Errorf("blocknatd ignored SIGTERM for 15s")
+	}
+}
+
+// metricsText scrapes the agent's /metrics from inside the router
+// namespace, where it listens on loopback.
+func (e *env) metricsText(t *testing.T, listen string) string {
+	t.Helper()
+	out, err := e.topo.Router.Exec(t.Context(), "curl", "--noproxy", "*", "-sS", "-m", "5", "http://"+listen+"/metrics")
+	if err != nil {
+		t.Fatalf("scrape metrics: %v", err)
+	}
+	return string(out)
+}
+
+// metricValue returns the value of the sample named exactly sample (name
+// and labels as exposed), or fails.
+func metricValue(t *testing.T, text, sample string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, sample+" "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err != nil {
+				t.Fatalf("%s: %q: %v", sample, v, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no sample %s in:\n%s", sample, text)
+	return 0
+}
+
+// tcpEcho echoes every byte back, in a namespace.
+type tcpEcho struct {
+	Addr  netip.AddrPort
+	ln    net.Listener
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	seen  []netip.AddrPort
+	conns []net.Conn
+}
+
+func startTCPEcho(t *testing.T, ns *netns.NS, addr netip.AddrPort) *tcpEcho {
+	t.Helper()
+	s := &tcpEcho{Addr: addr}
+	if err := ns.Do(func() (err error) {
+		s.ln, err = net.Listen("tcp4", addr.String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := s.ln.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.seen = append(s.seen, c.RemoteAddr().(*net.TCPAddr).AddrPort())
+			s.conns = append(s.conns, c)
+			s.mu.Unlock()
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		// Close the connections too: one whose client vanished (after a
+		// detach, its FIN never arrives) would block the echo forever.
+		s.ln.Close()
+		s.mu.Lock()
+		for _, c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
+		s.wg.Wait()
+	})
+	return s
+}
+
+func (s *tcpEcho) remotes() []netip.AddrPort {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]netip.AddrPort(nil), s.seen...)
+}
+
+// stream is one long-lived TCP connection that sends a numbered message
+// every interval and checks that the same number comes back. Any error
+// (a reset, a lost echo, a wrong number) ends it and is kept.
+type stream struct {
+	conn   net.Conn
+	echoed atomic.Uint64
+	stopc  chan struct{}
+	done   chan struct{}
+	err    error
+}
+
+func startStream(t *testing.T, ns *netns.NS, to netip.AddrPort, interval time.Duration) *stream {
+	t.Helper()
+	s := &stream{stopc: make(chan struct{}), done: make(chan struct{})}
+	if err := ns.Do(func() (err error) {
+		s.conn, err = net.DialTimeout("tcp4", to.String(), 5*time.Second)
+		return err
+	}); err != nil {
+		t.Fatalf("dial %s from %s: %v", to, ns.Name, err)
+	}
+	go func() {
+		defer close(s.done)
+		defer s.conn.Close()
+		out, in := make([]byte, 8), make([]byte, 8)
+		for n := uint64(1); ; n++ {
+			select {
+			case <-s.stopc:
+				return
+			case <-time.After(interval):
+			}
+			binary.BigEndian.PutUint64(out, n)
+			s.conn.SetDeadline(time.Now().Add(3 * time.Second))
+			if _, err := s.conn.Write(out); err != nil {
+				s.err = fmt.Errorf("message %d: write: %w", n, err)
+				return
+			}
+			if _, err := io.ReadFull(s.conn, in); err != nil {
+				s.err = fmt.Errorf("message %d: read echo: %w", n, err)
+				return
+			}
+			if got := binary.BigEndian.Uint64(in); got != n {
+				s.err = fmt.Errorf("message %d: echo %d", n, got)
+				return
+			}
+			s.echoed.Store(n)
+		}
+	}()
+	t.Cleanup(func() { s.stop() })
+	return s
+}
+
+// stop ends the stream and returns its error, if any.
+func (s *stream) stop() error {
+	select {
+	case <-s.stopc:
+	default:
+		close(s.stopc)
+	}
+	<-s.done
+	return s.err
+}
+
+// ended reports whether the stream stopped on its own, with its error.
+func (s *stream) ended() (bool, error) {
+	select {
+	case <-s.done:
+		return true, s.err
+	default:
+		return false, nil
+	}
+}
+
+// waitEchoes waits until the stream has had n more echoes than now.
+func (s *stream) waitEchoes(t *testing.T, n uint64, within time.Duration) {
+	t.Helper()
+	target := s.echoed.Load() + n
+	deadline := time.Now().Add(within)
+	for s.echoed.Load() < target {
+		if ended, err := s.ended(); ended {
+			t.Fatalf("the TCP stream ended after %d echoes: %v", s.echoed.Load(), err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the TCP stream made %d echoes in %s, wanted %d more", s.echoed.Load(), within, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// udpClient is one UDP socket in a subscriber namespace, kept open so
+// that every datagram uses the same mapping.
+type udpClient struct {
+	conn *net.UDPConn
+}
+
+func newUDPClient(t *testing.T, ns *netns.NS, to netip.AddrPort) *udpClient {
+	t.Helper()
+	c := &udpClient{}
+	if err := ns.Do(func() (err error) {
+		c.conn, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(to))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.conn.Close() })
+	return c
+}
+
+func (c *udpClient) roundTrip(payload string) error {
+	c.conn.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.conn.Write([]byte(payload)); err != nil {
+		return err
+	}
+	buf := make([]byte, 256)
+	n, err := c.conn.Read(buf)
+	if err != nil {
+		return err
+	}
+	if string(buf[:n]) != payload {
+		return errors.New("wrong echo " + string(buf[:n]))
+	}
+	return nil
+}

@@ -1,0 +1,70 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+)
+
+// Metrics is the Prometheus endpoint. It carries counts and histograms
+// only: never a subscriber, an address or a port in a label.
+type Metrics struct {
+	// Listen is the host:port serving /metrics (default
+	// 127.0.0.1:9477, loopback only); an empty string turns it off.
+	Listen string `yaml:"listen"`
+}
+
+// SelfCheck is the agent's check that records are still being written: a
+// canary event goes kernel -> ring buffer -> store -> lookup.
+type SelfCheck struct {
+	// Interval is the time between canaries (default 5m); 0 turns the
+	// self-check off.
+	Interval Duration `yaml:"interval"`
+}
+
+// Defaults of the monitoring fields.
+const (
+	DefaultMetricsListen     = "127.0.0.1:9477"
+	DefaultSelfCheckInterval = 5 * time.Minute
+	// MinSelfCheckInterval keeps a typo (5ms for 5m) from turning the
+	// self-check into a load of its own.
+	MinSelfCheckInterval = time.Second
+)
+
+func monitoringDefaults(c *Config) {
+	c.Metrics.Listen = DefaultMetricsListen
+	c.SelfCheck.Interval = Duration(DefaultSelfCheckInterval)
+}
+
+func (c *Config) validateMonitoring() []error {
+	var errs []error
+	if l := c.Metrics.Listen; l != "" {
+		if err := checkListen(l); err != nil {
+			errs = append(errs, fmt.Errorf("metrics.listen: %q: %w", l, err))
+		}
+	}
+	if iv := time.Duration(c.SelfCheck.Interval); iv != 0 && iv < MinSelfCheckInterval {
+		errs = append(errs, fmt.Errorf("selfcheck.interval: %s is below %s (0 turns the self-check off)", c.SelfCheck.Interval, MinSelfCheckInterval))
+	}
+	return errs
+}
+
+// checkListen accepts host:port where host is an IP address, "localhost"
+// or empty (every address) and port is 1-65535.
+func checkListen(l string) error {
+	host, port, err := net.SplitHostPort(l)
+	if err != nil {
+		return fmt.Errorf("want host:port like %s", DefaultMetricsListen)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return fmt.Errorf("port %q is not a number from 1 to 65535", port)
+	}
+	if host != "" && host != "localhost" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return fmt.Errorf("host %q is not an IP address or localhost", host)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,331 @@
+// Package metrics exposes blocknatd's figures to Prometheus: the data
+// plane's counters, the kernel tables' occupancy, whether records are being
+// written, and the state of retention, audit and the self-check.
+//
+// Every figure is an aggregate. No metric carries a subscriber, an address
+// or a port in a label, because a scrape endpoint is read by monitoring
+// systems that are not bound by the records' protection: the only labels
+// are direction, reason (a drop or pass counter's name from loader.StatNames)
+// and event (any other data-plane counter's name).
+//
+// The collector reads one Snapshot per scrape; `blocknat status` shows the
+// same Snapshot to a person, so the two can never disagree.
+package metrics
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/blocknat/blocknat/loader"
+	"github.com/blocknat/blocknat/userspace/events"
+)
+
+// Metric names. docs/grafana/blocknat.json uses exactly these; a test keeps
+// the two in step.
+const (
+	PacketsTotal           = "blocknat_packets_total"
+	BytesTotal             = "blocknat_bytes_total"
+	DropsTotal             = "blocknat_drops_total"
+	PassesTotal            = "blocknat_passes_total"
+	RingbufDropsTotal      = "blocknat_ringbuf_drops_total"
+	FlowsCreatedTotal      = "blocknat_flows_created_total"
+	BlockActivationsTotal  = "blocknat_block_activations_total"
+	DatapathEventsTotal    = "blocknat_datapath_events_total"
+	ActiveBlocks           = "blocknat_active_blocks"
+	Flows                  = "blocknat_flows"
+	BlockUtilisation       = "blocknat_block_utilisation_ratio"
+	BlockEventsReadTotal   = "blocknat_block_events_read_total"
+	RecordsWrittenTotal    = "blocknat_records_written_total"
+	RecordsDroppedTotal    = "blocknat_records_dropped_total"
+	StoreWriteSeconds      = "blocknat_store_write_seconds"
+	StoreWriteErrorsTotal  = "blocknat_store_write_errors_total"
+	StoreOpenRecords       = "blocknat_store_open_records"
+	StoreDiskBytes         = "blocknat_store_disk_bytes"
+	RetentionLastSweep     = "blocknat_retention_last_sweep_timestamp_seconds"
+	AuditEntries           = "blocknat_audit_entries"
+	Epoch                  = "blocknat_epoch"
+	SelfCheckLastSuccess   = "blocknat_selfcheck_last_success_timestamp_seconds"
+	SelfCheckFailuresTotal = "blocknat_selfcheck_failures_total"
+	SelfCheckChecksTotal   = "blocknat_selfcheck_checks_total"
+	RecordsAlarm           = "blocknat_records_alarm"
+)
+
+// Data-plane stat names (loader.StatNames) this package knows by name.
+const (
+	statPrefixDrop       = "drop_"
+	statPrefixPass       = "pass_"
+	statRingbufFull      = "ringbuf_full"
+	statNewFlows         = "new_flows"
+	statBlockActivations = "block_activations"
+)
+
+// The only labels any metric has.
+const (
+	labelDirection = "direction" // out (inside to outside) or in
+	labelReason    = "reason"    // a drop or pass counter's stat name
+	labelEvent     = "event"     // any other data-plane counter's stat name
+	directionOut   = "out"
+	directionIn    = "in"
+)
+
+// UtilisationBuckets are the upper bounds of the block utilisation
+// histogram: the fraction of a block's ports held by live mappings. The
+// top buckets are fine-grained because a block near full is the one whose
+// subscriber is about to see new connections refused.
+var UtilisationBuckets = []float64{0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1}
+
+// Snapshot is everything one scrape reports. Parts the agent could not read
+// are left at their zero value and named in Errors.
+type Snapshot struct {
+	// DataPlane holds the kernel's counters by stat name; nil when unread.
+	DataPlane loader.Stats
+	// Blocks is the kernel tables' occupancy; nil when unread.
+	Blocks *BlockUsage
+	// Records is the Recorder's view: events read, records written.
+	Records events.Health
+	// Writes are the record store's commit timings.
+	Writes WriteStats
+	// Store is what the store reports about itself; nil when unread.
+	Store *StoreFigures
+	// RetentionSweep is when the last retention sweep finished; zero
+	// before the first.
+	RetentionSweep time.Time
+	// AuditEntries is the audit chain's length.
+	AuditEntries uint64
+	// Epoch is the mapping epoch in force.
+	Epoch uint32
+	// SelfCheck is the canary's state.
+	SelfCheck SelfCheckState
+	// Errors are the parts that could not be read.
+	Errors []error
+}
+
+// StoreFigures are the record store's own counts.
+type StoreFigures struct {
+	OpenRecords int
+	DiskBytes   uint64
+}
+
+// SelfCheckState is the state of the self-check canary.
+type SelfCheckState struct {
+	Enabled     bool
+	Interval    time.Duration
+	Checks      uint64
+	Failures    uint64
+	Failing     bool      // the last check failed
+	LastAt      time.Time // when the last check ended
+	LastSuccess time.Time
+	LastError   string // of the last check, when it failed
+}
+
+// Alarms says why records may not be being written; empty when they are.
+// It is what blocknat_records_alarm and `blocknat status` report.
+func (s Snapshot) Alarms() []string {
+	var out []string
+	if s.Records.Failing {
+		out = append(out, "record store refuses writes: "+s.Records.LastError)
+	}
+	if s.SelfCheck.Failing {
+		out = append(out, "self-check failed: "+s.SelfCheck.LastError)
+	}
+	return out
+}
+
+// Collector is the prometheus.Collector of one agent.
+type Collector struct {
+	snapshot func() Snapshot
+	writes   *Writes
+
+	packets, bytes, drops, passes, ringbuf, flowsCreated, activations, datapath *prometheus.Desc
+	activeBlocks, flows, utilisation                                            *prometheus.Desc
+	eventsRead, written, dropped, writeErrors, openRecords, diskBytes           *prometheus.Desc
+	retention, audit, epoch, selfLast, selfFailures, selfChecks, alarm          *prometheus.Desc
+	scrapeError                                                                 *prometheus.Desc
+}
+
+// NewCollector makes a collector that calls snapshot once per scrape and
+// reports writes' latency histogram.
+func NewCollector(snapshot func() Snapshot, writes *Writes) *Collector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
+	return &Collector{
+		snapshot: snapshot,
+		writes:   writes,
+		packets:  d(PacketsTotal, "Packets translated by the data plane; direction out is inside to outside.", labelDirection),
+		bytes:    d(BytesTotal, "Bytes of translated packets; direction out is inside to outside.", labelDirection),
+		drops:    d(DropsTotal, "Packets the data plane dropped, by reason (the stat's name).", labelReason),
+		passes:   d(PassesTotal, "Packets the data plane passed to the kernel untranslated, by reason.", labelReason),
+		ringbuf: d(RingbufDropsTotal,
+			"Block events the data plane could not put into the full ring buffer; the reconciler recovers their records."),
+		flowsCreated: d(FlowsCreatedTotal, "Mappings the data plane created."),
+		activations:  d(BlockActivationsTotal, "Idle port blocks the data plane made active."),
+		datapath:     d(DatapathEventsTotal, "Other data-plane counters, by the stat's name.", labelEvent),
+		activeBlocks: d(ActiveBlocks, "Port blocks active in the kernel at scrape time."),
+		flows:        d(Flows, "Mappings in the kernel's flow table at scrape time."),
+		utilisation: d(BlockUtilisation,
+			"Active port blocks by the fraction of their ports held by mappings, at scrape time (a snapshot, not cumulative)."),
+		eventsRead:   d(BlockEventsReadTotal, "Block events read from the ring buffer since the agent started."),
+		written:      d(RecordsWrittenTotal, "Record changes (activations, releases, recoveries) committed to the store since the agent started."),
+		dropped:      d(RecordsDroppedTotal, "Activations dropped from memory while the store refused writes; the reconciler recovers them."),
+		writeErrors:  d(StoreWriteErrorsTotal, "Record store commits that failed since the agent started."),
+		openRecords:  d(StoreOpenRecords, "Open block records in the store."),
+		diskBytes:    d(StoreDiskBytes, "Bytes the record store occupies on disk."),
+		retention:    d(RetentionLastSweep, "Unix time the last retention sweep finished; 0 before the first."),
+		audit:        d(AuditEntries, "Entries in the audit log's hash chain."),
+		epoch:        d(Epoch, "The mapping epoch in force."),
+		selfLast:     d(SelfCheckLastSuccess, "Unix time of the last self-check whose canary was found in the store; 0 before the first."),
+		selfFailures: d(SelfCheckFailuresTotal, "Self-checks whose canary did not make it from the kernel to a lookup."),
+		selfChecks:   d(SelfCheckChecksTotal, "Self-checks run."),
+		alarm: d(RecordsAlarm,
+			"1 when block records are not being written: the store refuses writes or the self-check failed; else 0."),
+		scrapeError: d("blocknat_scrape_error", "A part of the agent's state could not be read for this scrape."),
+	}
+}
+
+// Describe sends every descriptor.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs() {
+		ch <- d
+	}
+	if c.writes != nil {
+		c.writes.seconds.Describe(ch)
+	}
+}
+
+func (c *Collector) descs() []*prometheus.Desc {
+	return []*prometheus.Desc{c.packets, c.bytes, c.drops, c.passes, c.ringbuf, c.flowsCreated, c.activations, c.datapath,
+		c.activeBlocks, c.flows, c.utilisation, c.eventsRead, c.written, c.dropped, c.writeErrors, c.openRecords, c.diskBytes,
+		c.retention, c.audit, c.epoch, c.selfLast, c.selfFailures, c.selfChecks, c.alarm}
+}
+
+// Collect reads one snapshot and sends it.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.snapshot()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
+	}
+	unix := func(t time.Time) float64 {
+		if t.IsZero() {
+			return 0
+		}
+		return float64(t.UnixNano()) / 1e9
+	}
+
+	if s.DataPlane != nil {
+		c.collectDataPlane(s.DataPlane, counter)
+	}
+	if b := s.Blocks; b != nil {
+		gauge(c.activeBlocks, float64(b.ActiveBlocks))
+		gauge(c.flows, float64(b.Flows))
+		ch <- prometheus.MustNewConstHistogram(c.utilisation, uint64(b.ActiveBlocks), b.Sum, b.bucketMap())
+	}
+	counter(c.eventsRead, s.Records.EventsRead)
+	counter(c.written, s.Records.RecordsWritten)
+	counter(c.dropped, s.Records.Dropped)
+	counter(c.writeErrors, s.Writes.Errors)
+	if c.writes != nil {
+		c.writes.seconds.Collect(ch)
+	}
+	if st := s.Store; st != nil {
+		gauge(c.openRecords, float64(st.OpenRecords))
+		gauge(c.diskBytes, float64(st.DiskBytes))
+	}
+	gauge(c.retention, unix(s.RetentionSweep))
+	gauge(c.audit, float64(s.AuditEntries))
+	gauge(c.epoch, float64(s.Epoch))
+	gauge(c.selfLast, unix(s.SelfCheck.LastSuccess))
+	counter(c.selfFailures, s.SelfCheck.Failures)
+	counter(c.selfChecks, s.SelfCheck.Checks)
+	alarm := 0.0
+	if len(s.Alarms()) > 0 {
+		alarm = 1
+	}
+	gauge(c.alarm, alarm)
+	for _, err := range s.Errors {
+		// Served with the rest (promhttp.ContinueOnError): one unreadable
+		// part must not hide the alarm.
+		ch <- prometheus.NewInvalidMetric(c.scrapeError, err)
+	}
+}
+
+func (c *Collector) collectDataPlane(dp loader.Stats, counter func(*prometheus.Desc, uint64, ...string)) {
+	names := make([]string, 0, len(dp))
+	for name := range dp {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		v := dp[name]
+		switch kind, label := Classify(name); kind {
+		case PacketsTotal:
+			counter(c.packets, v, label)
+		case BytesTotal:
+			counter(c.bytes, v, label)
+		case DropsTotal:
+			counter(c.drops, v, label)
+		case PassesTotal:
+			counter(c.passes, v, label)
+		case RingbufDropsTotal:
+			counter(c.ringbuf, v)
+		case FlowsCreatedTotal:
+			counter(c.flowsCreated, v)
+		case BlockActivationsTotal:
+			counter(c.activations, v)
+		default:
+			counter(c.datapath, v, label)
+		}
+	}
+}
+
+// Classify names the metric a data-plane counter is exported as, and its
+// label value ("" for a metric without labels). Every stat has one: those
+// this package does not know by name land in blocknat_datapath_events_total,
+// so a counter added to bpf/stats.h is exported without a change here.
+func Classify(stat string) (metric, label string) {
+	switch stat {
+	case "out_packets":
+		return PacketsTotal, directionOut
+	case "in_packets":
+		return PacketsTotal, directionIn
+	case "out_bytes":
+		return BytesTotal, directionOut
+	case "in_bytes":
+		return BytesTotal, directionIn
+	case statRingbufFull:
+		return RingbufDropsTotal, ""
+	case statNewFlows:
+		return FlowsCreatedTotal, ""
+	case statBlockActivations:
+		return BlockActivationsTotal, ""
+	}
+	switch {
+	case strings.HasPrefix(stat, statPrefixDrop):
+		return DropsTotal, stat
+	case strings.HasPrefix(stat, statPrefixPass):
+		return PassesTotal, stat
+	}
+	return DatapathEventsTotal, stat
+}
+
+// Names lists every metric name this package exports, sorted.
+func Names() []string {
+	return []string{
+		ActiveBlocks, AuditEntries, BlockActivationsTotal, BlockEventsReadTotal, BlockUtilisation, BytesTotal,
+		DatapathEventsTotal, DropsTotal, Epoch, Flows, FlowsCreatedTotal, PacketsTotal, PassesTotal, RecordsAlarm,
+		RecordsDroppedTotal, RecordsWrittenTotal, RetentionLastSweep, RingbufDropsTotal, SelfCheckChecksTotal,
+		SelfCheckFailuresTotal, SelfCheckLastSuccess, StoreDiskBytes, StoreOpenRecords, StoreWriteErrorsTotal,
+		StoreWriteSeconds,
+	}
+}
+
+// ErrPart wraps err with the part of the agent's state it concerns, for
+// Snapshot.Errors.
+func ErrPart(part string, err error) error { return fmt.Errorf("%s: %w", part, err) }

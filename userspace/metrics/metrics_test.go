@@ -1,0 +1,360 @@
+package metrics
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/blocknat/blocknat/loader"
+	"github.com/blocknat/blocknat/userspace/events"
+	"github.com/blocknat/blocknat/userspace/store"
+)
+
+// dataPlane gives every stat the agent's loader knows a distinct value.
+func dataPlane() loader.Stats {
+	st := loader.Stats{}
+	for i, name := range loader.StatNames {
+		st[name] = uint64(100 + i)
+	}
+	return st
+}
+
+type sinkFunc func([]store.Op) error
+
+func (f sinkFunc) Apply(ops []store.Op) error { return f(ops) }
+
+func gather(t *testing.T, snap func() Snapshot, writes *Writes) map[string]*dto.MetricFamily {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(NewCollector(snap, writes)); err != nil {
+		t.Fatal(err)
+	}
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*dto.MetricFamily{}
+	for _, f := range fams {
+		out[f.GetName()] = f
+	}
+	return out
+}
+
+func value(t *testing.T, fams map[string]*dto.MetricFamily, name string, labels ...string) float64 {
+	t.Helper()
+	f, ok := fams[name]
+	if !ok {
+		t.Fatalf("no metric %s", name)
+	}
+	for _, m := range f.GetMetric() {
+		var got []string
+		for _, l := range m.GetLabel() {
+			got = append(got, l.GetName(), l.GetValue())
+		}
+		if !slices.Equal(got, labels) {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			return m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			return m.GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no %s%v", name, labels)
+	return 0
+}
+
+func fullSnapshot() Snapshot {
+	return Snapshot{
+		DataPlane:      dataPlane(),
+		Blocks:         &BlockUsage{ActiveBlocks: 3, Flows: 7, BlockSize: 4, Counts: []uint64{1, 1, 1, 2, 2, 2, 2, 3}, Sum: 1.75, Full: 1},
+		Records:        events.Health{EventsRead: 11, RecordsWritten: 12, Dropped: 1},
+		Writes:         WriteStats{Count: 5, Errors: 2},
+		Store:          &StoreFigures{OpenRecords: 3, DiskBytes: 4096},
+		RetentionSweep: time.Unix(1_800_000_000, 0),
+		AuditEntries:   42,
+		Epoch:          2,
+		SelfCheck:      SelfCheckState{Enabled: true, Checks: 4, Failures: 1, LastSuccess: time.Unix(1_800_000_100, 0)},
+	}
+}
+
+// TestCollectorExportsSnapshot: every figure of a snapshot comes out under
+// its documented name, every data-plane counter is exported somewhere, and
+// no label is anything but a direction or a counter's name.
+func TestCollectorExportsSnapshot(t *testing.T) {
+	snap := fullSnapshot()
+	fams := gather(t, func() Snapshot { return snap }, nil)
+
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{PacketsTotal, []string{"direction", "out"}, float64(snap.DataPlane["out_packets"])},
+		{PacketsTotal, []string{"direction", "in"}, float64(snap.DataPlane["in_packets"])},
+		{BytesTotal, []string{"direction", "out"}, float64(snap.DataPlane["out_bytes"])},
+		{BytesTotal, []string{"direction", "in"}, float64(snap.DataPlane["in_bytes"])},
+		{DropsTotal, []string{"reason", "drop_block_full"}, float64(snap.DataPlane["drop_block_full"])},
+		{PassesTotal, []string{"reason", "pass_ttl"}, float64(snap.DataPlane["pass_ttl"])},
+		{RingbufDropsTotal, nil, float64(snap.DataPlane["ringbuf_full"])},
+		{FlowsCreatedTotal, nil, float64(snap.DataPlane["new_flows"])},
+		{BlockActivationsTotal, nil, float64(snap.DataPlane["block_activations"])},
+		{ActiveBlocks, nil, 3},
+		{Flows, nil, 7},
+		{BlockEventsReadTotal, nil, 11},
+		{RecordsWrittenTotal, nil, 12},
+		{RecordsDroppedTotal, nil, 1},
+		{StoreWriteErrorsTotal, nil, 2},
+		{StoreOpenRecords, nil, 3},
+		{StoreDiskBytes, nil, 4096},
+		{RetentionLastSweep, nil, 1_800_000_000},
+		{AuditEntries, nil, 42},
+		{Epoch, nil, 2},
+		{SelfCheckLastSuccess, nil, 1_800_000_100},
+		{SelfCheckFailuresTotal, nil, 1},
+		{SelfCheckChecksTotal, nil, 4},
+		{RecordsAlarm, nil, 0},
+	} {
+		if got := value(t, fams, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+
+	h := fams[BlockUtilisation].GetMetric()[0].GetHistogram()
+	if h.GetSampleCount() != 3 || h.GetSampleSum() != 1.75 || len(h.GetBucket()) != len(UtilisationBuckets) {
+		t.Errorf("utilisation histogram %v", h)
+	}
+	for i, b := range h.GetBucket() {
+		if b.GetUpperBound() != UtilisationBuckets[i] || b.GetCumulativeCount() != snap.Blocks.Counts[i] {
+			t.Errorf("bucket %d: %v, want le=%v count %d", i, b, UtilisationBuckets[i], snap.Blocks.Counts[i])
+		}
+	}
+
+	// Every stat the data plane counts reaches some metric, with its value.
+	seen := map[string]bool{}
+	for _, f := range fams {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case labelDirection:
+					if l.GetValue() != directionOut && l.GetValue() != directionIn {
+						t.Errorf("%s: direction %q", f.GetName(), l.GetValue())
+					}
+				case labelReason, labelEvent:
+					seen[l.GetValue()] = true
+					if _, ok := snap.DataPlane[l.GetValue()]; !ok {
+						t.Errorf("%s: label value %q is not a stat name", f.GetName(), l.GetValue())
+					}
+				default:
+					t.Errorf("%s has label %q: only direction, reason and event are allowed", f.GetName(), l.GetName())
+				}
+				if _, err := netip.ParseAddr(l.GetValue()); err == nil {
+					t.Errorf("%s carries an address in label %s", f.GetName(), l.GetName())
+				}
+			}
+		}
+	}
+	for _, name := range loader.StatNames {
+		metric, label := Classify(name)
+		if label != "" && metric != PacketsTotal && metric != BytesTotal && !seen[name] {
+			t.Errorf("stat %s is not exported (classified as %s)", name, metric)
+		}
+		if !slices.Contains(Names(), metric) {
+			t.Errorf("stat %s classified as %s, which is not an exported name", name, metric)
+		}
+	}
+}
+
+// TestAlarm: the alarm is raised by a failing store and by a failing
+// self-check, and by nothing else; an unreadable part does not hide it.
+func TestAlarm(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		edit func(*Snapshot)
+		want float64
+	}{
+		{"healthy", func(*Snapshot) {}, 0},
+		{"store refuses writes", func(s *Snapshot) { s.Records.Failing, s.Records.LastError = true, "disk full" }, 1},
+		{"self-check failed", func(s *Snapshot) { s.SelfCheck.Failing, s.SelfCheck.LastError = true, "canary 3 not found" }, 1},
+		{"self-check failed, data plane unreadable", func(s *Snapshot) {
+			s.SelfCheck.Failing, s.SelfCheck.LastError = true, "canary 3 not found"
+			s.DataPlane, s.Blocks = nil, nil
+			s.Errors = []error{errors.New("read stats: bad fd")}
+		}, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			snap := fullSnapshot()
+			c.edit(&snap)
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(NewCollector(func() Snapshot { return snap }, nil))
+			fams, err := reg.Gather()
+			if (err != nil) != (len(snap.Errors) > 0) {
+				t.Errorf("gather error %v with snapshot errors %v", err, snap.Errors)
+			}
+			byName := map[string]*dto.MetricFamily{}
+			for _, f := range fams {
+				byName[f.GetName()] = f
+			}
+			if got := value(t, byName, RecordsAlarm); got != c.want {
+				t.Errorf("alarm %v, want %v (reasons %q)", got, c.want, snap.Alarms())
+			}
+		})
+	}
+}
+
+// TestWritesTimesAndCountsErrors: the sink wrapper passes batches through,
+// times each commit, and counts the failed ones.
+func TestWritesTimesAndCountsErrors(t *testing.T) {
+	fail := false
+	var got int
+	w := NewWrites(sinkFunc(func(ops []store.Op) error {
+		time.Sleep(2 * time.Millisecond)
+		got += len(ops)
+		if fail {
+			return errors.New("disk full")
+		}
+		return nil
+	}))
+	if err := w.Apply(make([]store.Op, 3)); err != nil {
+		t.Fatal(err)
+	}
+	fail = true
+	if err := w.Apply(make([]store.Op, 2)); err == nil {
+		t.Fatal("a failed write was reported as written")
+	}
+	st := w.Stats()
+	if got != 5 || st.Count != 2 || st.Errors != 1 || st.Last < 2*time.Millisecond || st.Max < st.Last || st.Mean < 2*time.Millisecond {
+		t.Errorf("ops %d, stats %+v", got, st)
+	}
+	fams := gather(t, func() Snapshot { return Snapshot{Writes: st} }, w)
+	h := fams[StoreWriteSeconds].GetMetric()[0].GetHistogram()
+	if h.GetSampleCount() != 2 || h.GetSampleSum() < 0.004 {
+		t.Errorf("write latency histogram %v, want 2 samples of at least 2ms", h)
+	}
+	if v := value(t, fams, StoreWriteErrorsTotal); v != 1 {
+		t.Errorf("write errors %v, want 1", v)
+	}
+}
+
+// TestMetricNamesLint: the names follow Prometheus conventions (units,
+// _total on counters, help text).
+func TestMetricNamesLint(t *testing.T) {
+	w := NewWrites(sinkFunc(func([]store.Op) error { return nil }))
+	_ = w.Apply(nil)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(fullSnapshot, w))
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	problems, err := promlint.NewWithMetricFamilies(fams).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+	var names []string
+	for _, f := range fams {
+		names = append(names, f.GetName())
+	}
+	slices.Sort(names)
+	if !slices.Equal(names, Names()) {
+		t.Errorf("exported %v\nNames() %v", names, Names())
+	}
+}
+
+// TestDashboardUsesExportedNames: the Grafana dashboard queries exactly the
+// metrics this package exports, all of them and nothing else.
+func TestDashboardUsesExportedNames(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "docs", "grafana", "blocknat.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Title  string `json:"title"`
+		UID    string `json:"uid"`
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(data, &dash); err != nil {
+		t.Fatalf("dashboard is not valid JSON: %v", err)
+	}
+	if dash.Title == "" || dash.UID == "" || len(dash.Panels) == 0 {
+		t.Fatalf("dashboard without title, uid or panels")
+	}
+	nameRE := regexp.MustCompile(`blocknat_[a-z_]+`)
+	used := map[string]bool{}
+	for _, p := range dash.Panels {
+		for _, target := range p.Targets {
+			for _, n := range nameRE.FindAllString(target.Expr, -1) {
+				base := n
+				for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+					if trimmed, ok := strings.CutSuffix(n, suffix); ok && (trimmed == StoreWriteSeconds || trimmed == BlockUtilisation) {
+						base = trimmed
+					}
+				}
+				if !slices.Contains(Names(), base) {
+					t.Errorf("panel %q queries %s, which blocknatd does not export", p.Title, n)
+				}
+				used[base] = true
+			}
+		}
+	}
+	for _, n := range Names() {
+		if !used[n] {
+			t.Errorf("the dashboard shows nothing of %s", n)
+		}
+	}
+}
+
+// TestServe: /metrics answers over HTTP with the alarm, and stops with its
+// context.
+func TestServe(t *testing.T) {
+	ln, err := Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Listen(ln.Addr().String()); err == nil || !strings.Contains(err.Error(), "metrics.listen") {
+		t.Errorf("second listener on a taken port: %v, want an error naming metrics.listen", err)
+	}
+	reg, err := Registry(NewCollector(fullSnapshot, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, ln, reg, nil) }()
+	resp, err := http.Get("http://" + ln.Addr().String() + Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), RecordsAlarm+" 0") || !strings.Contains(string(body), "go_goroutines") {
+		t.Errorf("GET %s: %d\n%s", Path, resp.StatusCode, body)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Serve after cancel: %v", err)
+	}
+}
