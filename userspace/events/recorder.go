@@ -248,12 +248,14 @@ func (r *Recorder) order(ops []store.Op) []store.Op {
 
 func (r *Recorder) apply(ops []store.Op) error {
 	if err := r.sink.Apply(ops); err != nil {
-		if !r.failing.Swap(true) {
-			r.log.Error("cannot write block records; the data plane keeps forwarding and writes are retried", logattr.Err, err.Error())
-		}
+		// The error is stored before the flag, so whoever sees the
+		// failure also sees why.
 		r.lastErrMu.Lock()
 		r.lastErr = err
 		r.lastErrMu.Unlock()
+		if !r.failing.Swap(true) {
+			r.log.Error("cannot write block records; the data plane keeps forwarding and writes are retried", logattr.Err, err.Error())
+		}
 		return err
 	}
 	if r.failing.Swap(false) {
