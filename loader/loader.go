@@ -125,6 +125,7 @@ type NAT struct {
 	pinDir string // "" when nothing is pinned (tests)
 	params Params
 	links  map[string]link.Link
+	roles  map[string]Role
 }
 
 // ErrConfigChanged reports pinned maps left by a configuration whose table
@@ -139,6 +140,59 @@ func Load(p Params, pinDir string) (*NAT, error) {
 	if err := p.check(); err != nil {
 		return nil, err
 	}
+	spec, err := prepareSpec(p)
+	if err != nil {
+		return nil, err
+	}
+
+	opts := &ebpf.CollectionOptions{}
+	if pinDir != "" {
+		if err := EnsureBPFFS(pinDir); err != nil {
+			return nil, err
+		}
+		for _, d := range []string{mapsDir, progsDir, linksDir} {
+			if err := os.MkdirAll(filepath.Join(pinDir, d), 0o700); err != nil {
+				return nil, fmt.Errorf("create pin directory: %w", err)
+			}
+		}
+		opts.Maps.PinPath = filepath.Join(pinDir, mapsDir)
+	} else {
+		// Unpinned (tests, benchmarks): private maps nobody else can see.
+		for _, ms := range spec.Maps {
+			ms.Pinning = ebpf.PinNone
+		}
+	}
+
+	n := &NAT{pinDir: pinDir, params: p, links: map[string]link.Link{}, roles: map[string]Role{}}
+	if err := spec.LoadAndAssign(&n.objs, opts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			// %+v prints the whole verifier log, which is what anyone
+			// debugging a rejected program needs.
+			return nil, fmt.Errorf("load nat programs: %+v", ve)
+		}
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("load nat maps from %s: %w (%w); run 'blocknatd detach' to start afresh, which drops live mappings",
+				opts.Maps.PinPath, ErrConfigChanged, err)
+		}
+		return nil, fmt.Errorf("load nat objects: %w", err)
+	}
+	if err := n.fillConfigMaps(); err != nil {
+		n.Close()
+		return nil, err
+	}
+	if pinDir != "" {
+		if err := n.pinPrograms(); err != nil {
+			n.Close()
+			return nil, err
+		}
+	}
+	return n, nil
+}
+
+// prepareSpec reads the object and sets the mapping's constants and the
+// tables' sizes for p.
+func prepareSpec(p Params) (*ebpf.CollectionSpec, error) {
 	spec, err := loadNat()
 	if err != nil {
 		return nil, fmt.Errorf("read nat object: %w", err)
@@ -175,49 +229,7 @@ func Load(p Params, pinDir string) (*NAT, error) {
 		spec.Maps[name].MaxEntries = n
 	}
 
-	opts := &ebpf.CollectionOptions{}
-	if pinDir != "" {
-		if err := EnsureBPFFS(pinDir); err != nil {
-			return nil, err
-		}
-		for _, d := range []string{mapsDir, progsDir, linksDir} {
-			if err := os.MkdirAll(filepath.Join(pinDir, d), 0o700); err != nil {
-				return nil, fmt.Errorf("create pin directory: %w", err)
-			}
-		}
-		opts.Maps.PinPath = filepath.Join(pinDir, mapsDir)
-	} else {
-		// Unpinned (tests, benchmarks): private maps nobody else can see.
-		for _, ms := range spec.Maps {
-			ms.Pinning = ebpf.PinNone
-		}
-	}
-
-	n := &NAT{pinDir: pinDir, params: p, links: map[string]link.Link{}}
-	if err := spec.LoadAndAssign(&n.objs, opts); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			// %+v prints the whole verifier log, which is what anyone
-			// debugging a rejected program needs.
-			return nil, fmt.Errorf("load nat programs: %+v", ve)
-		}
-		if errors.Is(err, ebpf.ErrMapIncompatible) {
-			return nil, fmt.Errorf("load nat maps from %s: %w (%w); run 'blocknatd detach' to start afresh, which drops live mappings",
-				opts.Maps.PinPath, ErrConfigChanged, err)
-		}
-		return nil, fmt.Errorf("load nat objects: %w", err)
-	}
-	if err := n.fillConfigMaps(); err != nil {
-		n.Close()
-		return nil, err
-	}
-	if pinDir != "" {
-		if err := n.pinPrograms(); err != nil {
-			n.Close()
-			return nil, err
-		}
-	}
-	return n, nil
+	return spec, nil
 }
 
 func boolByte(b bool) uint8 {
@@ -292,6 +304,7 @@ func (n *NAT) Attach(iface string, role Role, mode Mode) error {
 					return fmt.Errorf("replace program on %s interface %s: %w", role, iface, err)
 				}
 				n.links[iface] = l
+				n.roles[iface] = role
 				return nil
 			}
 			// A stale pin: its interface is gone or was recreated.
@@ -315,6 +328,7 @@ func (n *NAT) Attach(iface string, role Role, mode Mode) error {
 		}
 	}
 	n.links[iface] = l
+	n.roles[iface] = role
 	return nil
 }
 

@@ -1,7 +1,7 @@
 // Command blocknatd is the blocknat agent. It attaches the XDP NAT to the
 // configured interfaces and keeps it running.
 //
-//	blocknatd --config FILE     validate, attach, run until SIGINT/SIGTERM
+//	blocknatd --config FILE     validate, attach, run until SIGINT/SIGTERM; SIGHUP reloads FILE
 //	blocknatd --replace --config FILE   the same, replacing XDP programs blocknat did not attach
 //	blocknatd detach --config FILE   remove the data plane (stops translation)
 //	blocknatd check --config FILE    validate the configuration and exit
@@ -72,7 +72,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "detached: removed %s\n", cfg.BPFFSDir)
 		return 0
 	}
-	if err := agent.RunWith(ctx, cfg, log, agent.Options{ReplaceXDP: *replace}); err != nil {
+	// SIGHUP reloads the configuration file; a signal arriving while a
+	// reload runs is kept, not lost.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	reloads := make(chan struct{}, 1)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				select {
+				case reloads <- struct{}{}:
+				default:
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	if err := agent.RunWith(ctx, cfg, log, agent.Options{ReplaceXDP: *replace, ConfigPath: *cfgPath, Reloads: reloads}); err != nil {
 		log.Error("blocknatd failed", "err", err.Error())
 		return 1
 	}

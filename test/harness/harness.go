@@ -173,6 +173,9 @@ func XDPAttached(ctx context.Context, ns *netns.NS, ifaces []string) bool {
 	return true
 }
 
+// Signal sends sig to the agent (SIGHUP reloads its configuration).
+func (a *Agent) Signal(sig syscall.Signal) error { return a.cmd.Process.Signal(sig) }
+
 // Log is everything the agent wrote so far.
 func (a *Agent) Log() string { return a.log.String() }
 

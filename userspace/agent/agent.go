@@ -11,8 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -65,6 +67,14 @@ type Agent struct {
 	writes    *metrics.Writes
 	selfcheck *selfCheck
 
+	configPath string
+	reloads    <-chan struct{}
+	// natMu is held for reading while the API or the metrics read the
+	// kernel tables, and for writing while a reload replaces them.
+	natMu sync.RWMutex
+
+	// mu guards what reload swaps (nat, mapping, epoch, cfg) against the
+	// API's and the metrics' readers, and the last results below.
 	mu            sync.Mutex
 	lastSweep     sweeper.Result
 	lastReconcile reconcile.Result
@@ -96,26 +106,16 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Opt
 		return fmt.Errorf("open record store: %w", err)
 	}
 	defer func() { err = errors.Join(err, a.store.Close()) }()
-	if a.epoch, err = a.recordEpoch(time.Now()); err != nil {
-		return err
-	}
 	if a.audit, err = openAudit(cfg, a); err != nil {
 		return err
 	}
 	defer func() { err = errors.Join(err, a.audit.Close()) }()
+	a.configPath, a.reloads = opts.ConfigPath, opts.Reloads
 
-	a.nat, err = loader.Load(loader.Params{Mapping: a.mapping, Epoch: a.epoch.ID, MaxFlows: cfg.MaxFlows,
-		FilterAPDF: cfg.Filtering == config.FilteringAddressPort, UDPInboundRefresh: cfg.Timeouts.UDPInboundRefresh}, cfg.BPFFSDir)
-	if err != nil {
-		return fmt.Errorf("load data plane: %w", err)
-	}
-	defer a.nat.Close()
-	if err := a.claimInterfaces(opts.ReplaceXDP); err != nil {
+	if err := a.startDataPlane(mode, opts.ReplaceXDP); err != nil {
 		return err
 	}
-	if err := a.nat.AttachAll(Interfaces(cfg), mode); err != nil {
-		return err
-	}
+	defer func() { a.nat.Close() }()
 	for _, ifc := range Interfaces(cfg) {
 		log.Info("xdp attached", logattr.Interface, ifc.Name, logattr.Role, ifc.Role.String(), logattr.Mode, cfg.XDPMode)
 	}
@@ -136,11 +136,7 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Opt
 	a.sweeper = &sweeper.Sweeper{
 		Maps:    sweeper.Maps{FlowsFwd: a.nat.FlowsFwd(), FlowsRev: a.nat.FlowsRev(), Subscribers: a.nat.SubscribersMap()},
 		Mapping: a.mapping, Clock: a.clock, Records: a.recorder, Logger: log,
-		Timeouts: sweeper.Timeouts{
-			UDP: time.Duration(cfg.Timeouts.UDP), TCPEstablished: time.Duration(cfg.Timeouts.TCPEstablished),
-			TCPTransitory: time.Duration(cfg.Timeouts.TCPTransitory), ICMP: time.Duration(cfg.Timeouts.ICMP),
-			BlockIdle: time.Duration(cfg.Timeouts.BlockIdle),
-		},
+		Timeouts: sweeperTimeouts(cfg),
 	}
 	a.recon = &reconcile.Reconciler{Subscribers: a.nat.SubscribersMap(), Mapping: a.mapping, Epoch: a.epoch.ID,
 		Store: a.store, Records: a.recorder, Clock: a.clock}
@@ -198,6 +194,134 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Opt
 	return nil
 }
 
+// params are the data plane's parameters for cfg under epoch.
+func params(cfg *config.Config, m *mapping.Mapping, epoch uint32) loader.Params {
+	return loader.Params{Mapping: m, Epoch: epoch, MaxFlows: cfg.MaxFlows,
+		FilterAPDF: cfg.Filtering == config.FilteringAddressPort, UDPInboundRefresh: cfg.Timeouts.UDPInboundRefresh}
+}
+
+// startDataPlane loads, attaches and records the epoch. When the pinned
+// tables were left by an earlier epoch whose mapping differs, it opens them
+// with that mapping and then reloads onto the new one, so the mappings the
+// new configuration still allows survive the restart and the others go.
+func (a *Agent) startDataPlane(mode loader.Mode, replace bool) error {
+	cfg, now := a.cfg, time.Now()
+	epoch, latest, err := a.epochFor(a.mapping, now)
+	if err != nil {
+		return err
+	}
+	p := params(cfg, a.mapping, epoch.ID)
+	_, statErr := os.Stat(filepath.Join(cfg.BPFFSDir, "maps", "flows_fwd"))
+	changed := latest != nil && latest.ID != epoch.ID && statErr == nil
+	if changed {
+		old, err := epochMapping(*latest)
+		if err != nil {
+			return fmt.Errorf("rebuild epoch %d's mapping: %w", latest.ID, err)
+		}
+		p = params(cfg, old, latest.ID)
+	}
+	if a.nat, err = loader.Load(p, cfg.BPFFSDir); err != nil {
+		return fmt.Errorf("load data plane: %w", err)
+	}
+	if err := a.claimInterfaces(replace); err != nil {
+		return err
+	}
+	if err := a.nat.AttachAll(Interfaces(cfg), mode); err != nil {
+		return err
+	}
+	if changed {
+		next, st, err := a.nat.Reload(params(cfg, a.mapping, epoch.ID))
+		if err != nil {
+			return fmt.Errorf("move the data plane from epoch %d to %d: %w", latest.ID, epoch.ID, err)
+		}
+		a.nat = next
+		a.log.Info("mapping changed since the last run: new epoch", logattr.Epoch, epoch.ID, "kept", st.Kept, "dropped", st.Dropped)
+	}
+	a.epoch = epoch
+	return a.putEpoch(epoch, now)
+}
+
+// reload reads the configuration file again (SIGHUP). A changed mapping
+// starts a new epoch: the data plane moves onto it keeping every mapping
+// still allowed, and the reconciler then closes the records of blocks that
+// changed and opens records for the new ones. A configuration that does not
+// load, or that changes what only a restart can change, is refused and the
+// agent goes on as it was.
+func (a *Agent) reload(ctx context.Context) {
+	if a.configPath == "" {
+		a.log.Warn("reload ignored: the agent was not started from a configuration file")
+		return
+	}
+	cfg, err := config.Load(a.configPath)
+	if err != nil {
+		a.log.Error("reload refused", logattr.Err, err.Error())
+		return
+	}
+	if field := restartOnly(a.cfg, cfg); field != "" {
+		a.log.Error("reload refused: this field changes only with a restart", "field", field)
+		return
+	}
+	m, err := cfg.Mapping()
+	if err != nil {
+		a.log.Error("reload refused", logattr.Err, err.Error())
+		return
+	}
+	now := time.Now()
+	epoch, _, err := a.epochFor(m, now)
+	if err != nil {
+		a.log.Error("reload failed", logattr.Err, err.Error())
+		return
+	}
+	a.natMu.Lock()
+	next, st, err := a.nat.Reload(params(cfg, m, epoch.ID))
+	if err != nil {
+		a.natMu.Unlock()
+		a.log.Error("reload failed; the previous configuration stays in force", logattr.Err, err.Error())
+		return
+	}
+	a.mu.Lock()
+	a.nat, a.mapping, a.epoch, a.cfg = next, m, epoch, cfg
+	a.mu.Unlock()
+	a.natMu.Unlock()
+	if err := a.putEpoch(epoch, now); err != nil {
+		a.log.Error("reload: record epoch failed", logattr.Err, err.Error())
+	}
+	a.sweeper.Maps = sweeper.Maps{FlowsFwd: next.FlowsFwd(), FlowsRev: next.FlowsRev(), Subscribers: next.SubscribersMap()}
+	a.sweeper.Mapping = m
+	a.sweeper.Timeouts = sweeperTimeouts(cfg)
+	a.recon.Subscribers, a.recon.Mapping, a.recon.Epoch = next.SubscribersMap(), m, epoch.ID
+	a.log.Info("configuration reloaded", logattr.Epoch, epoch.ID, "kept", st.Kept, "dropped", st.Dropped)
+	a.reconcileOnce(ctx)
+}
+
+// restartOnly names the first field that differs between two
+// configurations and that a reload cannot apply.
+func restartOnly(old, cfg *config.Config) string {
+	switch {
+	case !slices.Equal(old.Inside.Interfaces, cfg.Inside.Interfaces):
+		return "inside.interfaces"
+	case !slices.Equal(old.Outside.Interfaces, cfg.Outside.Interfaces):
+		return "outside.interfaces"
+	case old.XDPMode != cfg.XDPMode:
+		return "xdp_mode"
+	case old.StateDir != cfg.StateDir:
+		return "state_dir"
+	case old.BPFFSDir != cfg.BPFFSDir:
+		return "bpffs_dir"
+	case old.API.Socket != cfg.API.Socket:
+		return "api.socket"
+	}
+	return ""
+}
+
+func sweeperTimeouts(cfg *config.Config) sweeper.Timeouts {
+	return sweeper.Timeouts{
+		UDP: time.Duration(cfg.Timeouts.UDP), TCPEstablished: time.Duration(cfg.Timeouts.TCPEstablished),
+		TCPTransitory: time.Duration(cfg.Timeouts.TCPTransitory), ICMP: time.Duration(cfg.Timeouts.ICMP),
+		BlockIdle: time.Duration(cfg.Timeouts.BlockIdle),
+	}
+}
+
 // maintain runs the periodic work from one goroutine, so the sweeper's and
 // the reconciler's views of the kernel tables never interleave.
 func (a *Agent) maintain(ctx context.Context) {
@@ -225,6 +349,8 @@ func (a *Agent) maintain(ctx context.Context) {
 			a.reconcileOnce(ctx)
 		case now := <-keep.C:
 			a.retention(now)
+		case <-a.reloads:
+			a.reload(ctx)
 		case now := <-daily.C:
 			// RFC 7422 §3: the mapping in force is logged again daily,
 			// so every retention window holds it.
@@ -270,26 +396,49 @@ func (a *Agent) retention(now time.Time) {
 // recordEpoch writes the epoch for the current mapping: the latest one
 // again if its parameters are unchanged, else a new one in force from now.
 func (a *Agent) recordEpoch(now time.Time) (store.Epoch, error) {
-	m := a.mapping
+	e, _, err := a.epochFor(a.mapping, now)
+	if err != nil {
+		return e, err
+	}
+	return e, a.putEpoch(e, now)
+}
+
+// epochFor is the epoch m is in force under: the latest recorded one if
+// its parameters are m's, else a new one starting now. It also returns the
+// latest recorded epoch, if any.
+func (a *Agent) epochFor(m *mapping.Mapping, now time.Time) (store.Epoch, *store.Epoch, error) {
 	hash := m.Hash()
 	epochs, err := a.store.Epochs()
 	if err != nil {
-		return store.Epoch{}, fmt.Errorf("read epochs: %w", err)
+		return store.Epoch{}, nil, fmt.Errorf("read epochs: %w", err)
 	}
 	e := store.Epoch{ID: 1, Start: now, Prefixes: m.Prefixes, Pool: m.Pool, PortLo: m.PortLo, PortHi: m.PortHi,
 		BlockSize: m.BlockSize, Ratio: m.Ratio, Hash: hash}
-	if n := len(epochs); n > 0 {
-		latest := epochs[n-1]
-		if latest.Hash == hash {
-			e = latest
-		} else {
-			e.ID = latest.ID + 1
-			a.log.Info("mapping changed: new epoch", logattr.Epoch, e.ID)
-		}
+	n := len(epochs)
+	if n == 0 {
+		return e, nil, nil
 	}
+	latest := epochs[n-1]
+	if latest.Hash == hash {
+		return latest, &latest, nil
+	}
+	e.ID = latest.ID + 1
+	return e, &latest, nil
+}
+
+func (a *Agent) putEpoch(e store.Epoch, now time.Time) error {
 	e.Recorded = now
 	if err := a.store.PutEpoch(e); err != nil {
-		return store.Epoch{}, fmt.Errorf("record epoch %d: %w", e.ID, err)
+		return fmt.Errorf("record epoch %d: %w", e.ID, err)
 	}
-	return e, nil
+	return nil
+}
+
+// epochMapping rebuilds the mapping an epoch recorded.
+func epochMapping(e store.Epoch) (*mapping.Mapping, error) {
+	pool := make([]netip.Prefix, len(e.Pool))
+	for i, a := range e.Pool {
+		pool[i] = netip.PrefixFrom(a, 32)
+	}
+	return mapping.New(e.Prefixes, pool, e.PortLo, e.PortHi, e.BlockSize)
 }

@@ -193,6 +193,8 @@ type RetentionStatus struct {
 }
 
 func (a *Agent) status(context.Context) (any, error) {
+	a.natMu.RLock()
+	defer a.natMu.RUnlock()
 	st := Status{Started: a.started, Epoch: a.epoch.ID, EpochSince: a.epoch.Start, Subscribers: a.mapping.Subscribers,
 		PoolAddresses: len(a.mapping.Pool), BlockSize: a.mapping.BlockSize}
 	snap := a.snapshot()

@@ -18,6 +18,11 @@ type Options struct {
 	// configured interfaces (blocknatd --replace). Without it such a
 	// program stops the start, naming the interface and the program id.
 	ReplaceXDP bool
+	// ConfigPath is the file a reload reads again.
+	ConfigPath string
+	// Reloads asks for a reload (SIGHUP): a changed mapping starts a new
+	// epoch, keeping the mappings it still allows.
+	Reloads <-chan struct{}
 }
 
 // claimInterfaces refuses interfaces that run someone else's XDP program,
@@ -60,7 +65,7 @@ func (a *Agent) startMonitoring(ctx context.Context) (func() error, error) {
 	}
 
 	if listen := a.cfg.Metrics.Listen; listen != "" {
-		reg, err := metrics.Registry(metrics.NewCollector(a.snapshot, a.writes))
+		reg, err := metrics.Registry(metrics.NewCollector(a.lockedSnapshot, a.writes))
 		if err != nil {
 			return nil, errorsJoinStop(err, stop)
 		}
@@ -85,8 +90,15 @@ func errorsJoinStop(err error, stop func() error) error {
 	return err
 }
 
+// lockedSnapshot is snapshot for callers that do not already hold natMu.
+func (a *Agent) lockedSnapshot() metrics.Snapshot {
+	a.natMu.RLock()
+	defer a.natMu.RUnlock()
+	return a.snapshot()
+}
+
 // snapshot reads every figure the metrics endpoint and `blocknat status`
-// report, once, so the two always agree.
+// report, once, so the two always agree. The caller holds natMu for reading.
 func (a *Agent) snapshot() metrics.Snapshot {
 	s := metrics.Snapshot{Epoch: a.epoch.ID, Records: a.recorder.Health(), SelfCheck: a.selfcheck.State()}
 	if dp, err := a.nat.Stats(); err != nil {
