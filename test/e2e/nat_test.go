@@ -64,39 +64,8 @@ func startEnv(t *testing.T, prefix string) *env {
 // startEnvWith starts blocknatd with extra configuration lines.
 func startEnvWith(t *testing.T, prefix, extra string) *env {
 	t.Helper()
-	netns.RequirePrivileged(t)
-	netns.RequireTools(t, "curl")
-	topo := netns.NewTestTopology(t, prefix)
-	dir := t.TempDir()
-	unmount, err := harness.MountBPFFS(filepath.Join(dir, "bpf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := unmount(); err != nil {
-			t.Errorf("cleanup bpffs: %v", err)
-		}
-	})
-	e := &env{topo: topo, cfgPath: filepath.Join(dir, "blocknat.yaml"), pinDir: filepath.Join(dir, "bpf", "blocknat"),
-		stateDir: filepath.Join(dir, "state")}
-	if err := os.WriteFile(e.cfgPath, harness.Config(topo, e.stateDir, e.pinDir, extra), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	e.ifaces = append(append([]string{}, topo.InsideIfaces...), topo.OutsideIface)
+	e := prepareEnv(t, prefix, extra)
 	e.start(t)
-	t.Cleanup(func() {
-		if err := e.agent.Stop(); err != nil {
-			t.Errorf("stop blocknatd: %v\n%s", err, e.agent.Log())
-		}
-		if t.Failed() {
-			t.Logf("blocknatd log:\n%s", e.agent.Log())
-			if p, err := loader.OpenPinned(e.pinDir); err == nil {
-				st, _ := p.Stats()
-				t.Logf("data plane counters: %v", st)
-				p.Close()
-			}
-		}
-	})
 	return e
 }
 

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/test/harness"
 	"github.com/blocknat/blocknat/test/netns"
 )
@@ -54,6 +55,11 @@ func prepareEnv(t *testing.T, prefix, extra string) *env {
 		}
 		if t.Failed() {
 			t.Logf("blocknatd log:\n%s", e.agent.Log())
+			if p, err := loader.OpenPinned(e.pinDir); err == nil {
+				st, _ := p.Stats()
+				t.Logf("data plane counters: %v", st)
+				p.Close()
+			}
 		}
 	})
 	return e
