@@ -17,7 +17,7 @@ type Duration time.Duration
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := ParseDuration(string(b))
 	if err != nil {
-		return err
+		return badValueError{value: string(b), err: err}
 	}
 	*d = Duration(v)
 	return nil
@@ -33,6 +33,16 @@ func (d Duration) String() string {
 	}
 	return v.String()
 }
+
+// badValueError is a scalar the decoder reported without a position;
+// Parse finds the field that holds the value so the error can name it.
+type badValueError struct {
+	value string
+	err   error
+}
+
+func (e badValueError) Error() string { return e.err.Error() }
+func (e badValueError) Unwrap() error { return e.err }
 
 // ParseDuration parses "365d" or any Go duration.
 func ParseDuration(s string) (time.Duration, error) {

@@ -65,7 +65,8 @@ audit: {checkpoint_every: 10, checkpoint_interval: 1m, key: /etc/blocknat/audit.
 func TestAgentFieldErrors(t *testing.T) {
 	for _, tc := range []struct{ extra, want string }{
 		{"retention: {records: 0s}", "retention.records"},
-		{"retention: {records: forever}", "forever"},
+		{"retention: {records: forever}", "retention.records"},
+		{"timeouts: {udp: soon}", "timeouts.udp"},
 		{"retention: {records: 1.5d}", "whole days"},
 		{"timeouts: {udp: -1s}", "timeouts.udp"},
 		{"api: {socket: relative.sock}", "api.socket"},

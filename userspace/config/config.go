@@ -163,6 +163,12 @@ func Load(path string) (*Config, error) {
 // and, when the node is found in body, the field path ("inside.bogus");
 // the library's own rendering spans several lines and names Go types.
 func describeYAMLError(err error, body ast.Node) string {
+	var bad badValueError
+	if errors.As(err, &bad) && body != nil {
+		if field := fieldHolding(body, bad.value); field != "" {
+			return field + ": " + bad.Error()
+		}
+	}
 	var yerr yaml.Error
 	if !errors.As(err, &yerr) || yerr.GetToken() == nil {
 		return err.Error()
@@ -178,6 +184,30 @@ func describeYAMLError(err error, body ast.Node) string {
 }
 
 // fieldAt returns the dotted path of the first node at line:column.
+// fieldHolding is the path of the first scalar whose text is value.
+func fieldHolding(body ast.Node, value string) string {
+	finder := &valueFinder{value: value}
+	ast.Walk(finder, body)
+	return strings.TrimPrefix(strings.TrimPrefix(finder.path, "$"), ".")
+}
+
+type valueFinder struct {
+	value, path string
+}
+
+func (f *valueFinder) Visit(n ast.Node) ast.Visitor {
+	if n == nil || f.path != "" {
+		return nil
+	}
+	if _, isMap := n.(*ast.MappingValueNode); !isMap {
+		if tk := n.GetToken(); tk != nil && tk.Value == f.value && n.Type() != ast.MappingKeyType {
+			f.path = n.GetPath()
+			return nil
+		}
+	}
+	return f
+}
+
 func fieldAt(body ast.Node, line, column int) string {
 	finder := &nodeFinder{line: line, column: column}
 	ast.Walk(finder, body)
