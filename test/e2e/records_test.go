@@ -178,7 +178,7 @@ func TestCrashLosesNothing(t *testing.T) {
 }
 
 // TestPrivacyNoDestination: after traffic, no server address appears in
-// any file under state_dir or in the agent's log.
+// any file under state_dir, in the agent's log or in its metrics.
 func TestPrivacyNoDestination(t *testing.T) {
 	e := startEnv(t, "bn-e2epriv")
 	httpSrv, err := netns.StartHTTPServer(e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[0], 8080))
@@ -200,6 +200,10 @@ func TestPrivacyNoDestination(t *testing.T) {
 		}
 	}
 	time.Sleep(200 * time.Millisecond)
+	metrics, err := e.topo.Router.Exec(t.Context(), "curl", "--noproxy", "*", "-sS", "-m", "5", "http://127.0.0.1:9477/metrics")
+	if err != nil || !bytes.Contains(metrics, []byte("blocknat_packets_total")) {
+		t.Fatalf("metrics: %v\n%s", err, metrics)
+	}
 	if err := e.agent.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -211,6 +215,9 @@ func TestPrivacyNoDestination(t *testing.T) {
 	for _, n := range needles {
 		if bytes.Contains([]byte(e.agent.Log()), n) {
 			t.Errorf("agent log contains destination %q", n)
+		}
+		if bytes.Contains(metrics, n) {
+			t.Errorf("metrics contain destination %q", n)
 		}
 	}
 	files := 0
