@@ -58,6 +58,11 @@ volatile const __u32 epoch = 0;
 volatile const __u8 filter_apdf = 0;
 /* Let inbound UDP keep its mapping alive (RFC 4787 REQ-6). */
 volatile const __u8 udp_inbound_refresh = 0;
+/* The lowest and highest pool address, host order: outside this range a
+ * destination is no pool address, which spares the hash lookup on almost
+ * every outbound packet. */
+volatile const __u32 pool_min = 0;
+volatile const __u32 pool_max = 0xffffffff;
 
 /* How long the translation of a datagram's first fragment serves its
  * later fragments. */
@@ -480,6 +485,7 @@ int xdp_inside(struct xdp_md *ctx)
 	__u64 now;
 	__s64 sub;
 	__u8 state;
+	__u32 dst_host;
 	int proto, rc, to_pool;
 
 	if (parse_ethhdr(&c, data_end, &eth) != ETH_P_IP) {
@@ -498,7 +504,9 @@ int xdp_inside(struct xdp_md *ctx)
 
 	/* A pool address is another subscriber's: hairpin, whatever the
 	 * routing table says about it. */
-	to_pool = bpf_map_lookup_elem(&pool_index, &iph->daddr) != 0;
+	dst_host = bpf_ntohl(iph->daddr);
+	to_pool = dst_host >= pool_min && dst_host <= pool_max &&
+		  bpf_map_lookup_elem(&pool_index, &iph->daddr) != 0;
 	if (!to_pool) {
 		rc = fib_lookup(ctx, iph, bpf_ntohs(iph->tot_len), &fib);
 		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {

@@ -206,6 +206,8 @@ func prepareSpec(p Params) (*ebpf.CollectionSpec, error) {
 		"epoch":               p.Epoch,
 		"filter_apdf":         boolByte(p.FilterAPDF),
 		"udp_inbound_refresh": boolByte(p.UDPInboundRefresh),
+		"pool_min":            poolMin(m),
+		"pool_max":            poolMax(m),
 	}
 	for name, v := range vars {
 		vs, ok := spec.Variables[name]
@@ -230,6 +232,22 @@ func prepareSpec(p Params) (*ebpf.CollectionSpec, error) {
 	}
 
 	return spec, nil
+}
+
+func poolMin(m *mapping.Mapping) uint32 {
+	lo := uint32(0xffffffff)
+	for _, a := range m.Pool {
+		lo = min(lo, binary.BigEndian.Uint32(a.AsSlice()))
+	}
+	return lo
+}
+
+func poolMax(m *mapping.Mapping) uint32 {
+	var hi uint32
+	for _, a := range m.Pool {
+		hi = max(hi, binary.BigEndian.Uint32(a.AsSlice()))
+	}
+	return hi
 }
 
 func boolByte(b bool) uint8 {

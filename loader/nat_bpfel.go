@@ -154,6 +154,8 @@ const (
 	natVarBlockSize         = "block_size"
 	natVarEpoch             = "epoch"
 	natVarFilterApdf        = "filter_apdf"
+	natVarPoolMax           = "pool_max"
+	natVarPoolMin           = "pool_min"
 	natVarPortLo            = "port_lo"
 	natVarSharingRatio      = "sharing_ratio"
 	natVarSubscriberCount   = "subscriber_count"
@@ -233,6 +235,8 @@ type natVariableSpecs struct {
 	BlockSize         *ebpf.VariableSpec `ebpf:"block_size"`
 	Epoch             *ebpf.VariableSpec `ebpf:"epoch"`
 	FilterApdf        *ebpf.VariableSpec `ebpf:"filter_apdf"`
+	PoolMax           *ebpf.VariableSpec `ebpf:"pool_max"`
+	PoolMin           *ebpf.VariableSpec `ebpf:"pool_min"`
 	PortLo            *ebpf.VariableSpec `ebpf:"port_lo"`
 	SharingRatio      *ebpf.VariableSpec `ebpf:"sharing_ratio"`
 	SubscriberCount   *ebpf.VariableSpec `ebpf:"subscriber_count"`
@@ -299,6 +303,8 @@ type natVariables struct {
 	BlockSize         *ebpf.Variable `ebpf:"block_size"`
 	Epoch             *ebpf.Variable `ebpf:"epoch"`
 	FilterApdf        *ebpf.Variable `ebpf:"filter_apdf"`
+	PoolMax           *ebpf.Variable `ebpf:"pool_max"`
+	PoolMin           *ebpf.Variable `ebpf:"pool_min"`
 	PortLo            *ebpf.Variable `ebpf:"port_lo"`
 	SharingRatio      *ebpf.Variable `ebpf:"sharing_ratio"`
 	SubscriberCount   *ebpf.Variable `ebpf:"subscriber_count"`
