@@ -15,13 +15,13 @@ all: build
 deps:
 	@test/install-deps.sh
 
-# Rebuilds the committed bpf2go output from bpf/*.c.
+# Rebuilds the committed bpf2go output from bpf/*.c and test/bench/bpf/*.c.
 generate:
-	$(GO) generate ./loader/
+	$(GO) generate ./loader/ ./test/bench/
 
 # Fails when the committed objects differ from what the sources produce.
 check-generate: generate
-	@git diff --exit-code --stat -- loader/ || { echo "loader/: committed bpf2go output is stale; run 'make generate' and commit"; exit 1; }
+	@git diff --exit-code --stat -- loader/ test/bench/ || { echo "loader/, test/bench/: committed bpf2go output is stale; run 'make generate' and commit"; exit 1; }
 
 build:
 	$(GO) build -o bin/ ./cmd/...
@@ -32,12 +32,24 @@ test: deps
 	$(GO) vet ./...
 	$(GO) test $(GOTEST_FLAGS) ./...
 
+# Every benchmark, then one report with every target judged (BENCHMARKS.md
+# quotes it): the Go benchmarks (per packet, record store at a year's
+# scale) go to .bench/gotest.out; test/bench's program runs the router
+# comparisons, log volume and memory in namespaces it deletes even when it
+# fails or is interrupted, and writes .bench/report.md.
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) ./loader/ ./userspace/... | tee bench.out
+	@mkdir -p .bench
+	{ $(GO) test -run '^$$' -bench . -benchmem -count $(BENCH_COUNT) -timeout 90m ./loader/ ./userspace/...; echo $$? > .bench/status; } 2>&1 | tee .bench/gotest.out
+	@exit $$(cat .bench/status)
+	$(GO) run ./test/bench/cmd/blocknat-bench -gotest .bench/gotest.out -out .bench/report.md || { $(GO) run ./test/bench/cmd/blocknat-bench -cleanup; exit 1; }
 
-# One short round of every benchmark: proves they still run (CI smoke test).
+# One short round of every benchmark, with small workloads: proves they
+# still run (CI smoke test); its numbers are not comparable.
 bench-quick: deps
-	$(GO) test -run '^$$' -bench . -benchtime 100x -count 1 ./loader/ ./userspace/...
+	@mkdir -p .bench
+	{ BLOCKNAT_BENCH_YEAR_DAYS=3 $(GO) test -run '^$$' -bench . -benchtime 10x -count 1 ./loader/ ./userspace/...; echo $$? > .bench/status; } 2>&1 | tee .bench/gotest-quick.out
+	@exit $$(cat .bench/status)
+	$(GO) run ./test/bench/cmd/blocknat-bench -quick -gotest .bench/gotest-quick.out -out .bench/report-quick.md || { $(GO) run ./test/bench/cmd/blocknat-bench -cleanup; exit 1; }
 
 demo: deps build
 	$(GO) run ./test/demo

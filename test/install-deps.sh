@@ -14,6 +14,7 @@ declare -A need=(
 	[iperf3]=iperf3
 	[socat]=socat
 	[nft]=nftables
+	[conntrack]=conntrack
 	[iptables]=iptables
 	[bpftool]=bpftool
 	[stun]=stun-client

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +18,12 @@ func TestMain(m *testing.M) {
 	if fixture.s != nil {
 		fixture.s.Close()
 		os.RemoveAll(fixture.dir)
+	}
+	if year.s != nil {
+		year.s.Close()
+	}
+	if year.dir != "" {
+		os.RemoveAll(year.dir)
 	}
 	os.Exit(code)
 }
@@ -217,4 +224,210 @@ func (l latencies) report(b *testing.B) {
 	slices.Sort(l)
 	b.ReportMetric(float64(l[len(l)/2].Nanoseconds()), "p50-ns")
 	b.ReportMetric(float64(l[len(l)*99/100].Nanoseconds()), "p99-ns")
+}
+
+// The synthetic year: yearSubs subscribers, each activating and releasing
+// yearPerDay blocks a day, every day of a year, written through Apply.
+const (
+	yearSubs   = 10_000
+	yearPerDay = 5
+	// yearDaysEnv shortens the year, for a smoke run of the benchmarks.
+	yearDaysEnv = "BLOCKNAT_BENCH_YEAR_DAYS"
+)
+
+// year is the year-scale store, built once by yearFixture. Its clock
+// stays an hour past the last day written; the benchmarks that write
+// move it on.
+var year struct {
+	once    sync.Once
+	err     error
+	dir     string
+	s       *Store
+	clock   *clock
+	rng     *rand.Rand
+	days    int // days written so far
+	span    int // days the fixture was built with: the retention period
+	queries []Record
+}
+
+func yearDays() (int, error) {
+	v := os.Getenv(yearDaysEnv)
+	if v == "" {
+		return 365, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 2 {
+		return 0, fmt.Errorf("%s=%q: want a number of days, at least 2", yearDaysEnv, v)
+	}
+	return n, nil
+}
+
+// writeYearDay writes day d of the synthetic year in batches of 10 000
+// events, one Sync each, moving the clock to an hour past that day. It
+// keeps a sample of the day's records as lookup queries when sample is
+// set.
+func writeYearDay(d int, sample bool) (events int, err error) {
+	dayBegin := benchBegin.Add(time.Duration(d) * 24 * time.Hour)
+	year.clock.Set(dayBegin.Add(25 * time.Hour))
+	ops := dayOps(year.rng, yearSubs, yearPerDay, dayBegin)
+	if sample {
+		for i := 0; i+1 < len(ops); i += 2 * 997 { // about 1 in 997 records
+			r := ops[i].Record
+			r.End = ops[i+1].Record.End
+			year.queries = append(year.queries, r)
+		}
+	}
+	events = len(ops)
+	for len(ops) > 0 {
+		k := min(10_000, len(ops))
+		if err := year.s.Apply(ops[:k]); err != nil {
+			return 0, err
+		}
+		ops = ops[k:]
+	}
+	year.days = d + 1
+	return events, nil
+}
+
+// yearFixture builds the year once and logs what it took: the ingest rate
+// at scale, the size on disk and the bytes per subscriber-day.
+func yearFixture(b *testing.B) *Store {
+	year.once.Do(func() {
+		days, err := yearDays()
+		if err != nil {
+			year.err = err
+			return
+		}
+		year.span = days
+		if year.dir, year.err = os.MkdirTemp("", "blocknat-store-year-"); year.err != nil {
+			return
+		}
+		year.clock = newClock(benchBegin)
+		year.rng = rand.New(rand.NewPCG(11, 12))
+		if year.s, year.err = Open(year.dir, Options{Now: year.clock.Now, Logger: quietLogger()}); year.err != nil {
+			return
+		}
+		began := time.Now()
+		events := 0
+		for d := range days {
+			// Queries come from the later days only, which no
+			// retention benchmark reaches.
+			n, err := writeYearDay(d, d >= days/2)
+			if err != nil {
+				year.err = err
+				return
+			}
+			events += n
+		}
+		ingest := time.Since(began)
+		// A store that has run for a year has had its compactions.
+		began = time.Now()
+		if year.err = year.s.db.Compact(context.Background(), []byte{0}, []byte{0xff}, true); year.err != nil {
+			return
+		}
+		compact := time.Since(began)
+		st, err := year.s.Stats()
+		if err != nil {
+			year.err = err
+			return
+		}
+		records := events / 2
+		// Logged, not printed: go test prints a benchmark's log after
+		// its result line, where it cannot split that line in two.
+		b.Logf("year fixture: days=%d subscribers=%d records=%d ingest=%s records/s=%.0f events/s=%.0f compact=%s disk-bytes=%d bytes/record=%.1f bytes/subscriber-day=%.1f",
+			days, yearSubs, records, ingest.Round(time.Millisecond), float64(records)/ingest.Seconds(), float64(events)/ingest.Seconds(),
+			compact.Round(time.Millisecond), st.DiskBytes, float64(st.DiskBytes)/float64(records),
+			float64(st.DiskBytes)/float64(yearSubs*days))
+	})
+	if year.err != nil {
+		b.Fatalf("build year fixture: %v", year.err)
+	}
+	return year.s
+}
+
+// BenchmarkYear works on a store holding a year of records (see year):
+// lookups by (ip, port, T) and by subscriber, with their p50/p99; one more
+// day written at that scale; and the daily retention sweep of one day with
+// its compaction.
+func BenchmarkYear(b *testing.B) {
+	b.Run("lookup", func(b *testing.B) {
+		s := yearFixture(b)
+		rng := rand.New(rand.NewPCG(13, 14))
+		lat := latencies{}
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			r := year.queries[rng.IntN(len(year.queries))]
+			at := r.Start.Add(time.Duration(rng.Int64N(int64(r.End.Sub(r.Start)) + 1)))
+			port := r.PortLo + uint16(rng.IntN(int(r.PortHi-r.PortLo)+1))
+			t0 := time.Now()
+			got, err := s.Lookup(r.Public, port, at, 0)
+			lat.add(time.Since(t0))
+			if err != nil || !slices.ContainsFunc(got, func(g Record) bool { return g.Subscriber == r.Subscriber && g.Start.Equal(r.Start) }) {
+				b.Fatalf("Lookup(%s:%d at %s) = %v, %v; want subscriber %d's record", r.Public, port, at, got, err, r.Subscriber)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "lookups/s")
+		lat.report(b)
+	})
+	b.Run("history", func(b *testing.B) {
+		s := yearFixture(b)
+		rng := rand.New(rand.NewPCG(15, 16))
+		lat := latencies{}
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			r := year.queries[rng.IntN(len(year.queries))]
+			t0 := time.Now()
+			got, err := s.History(r.Inside, r.Start.Add(-12*time.Hour), r.Start.Add(12*time.Hour))
+			lat.add(time.Since(t0))
+			if err != nil || !slices.ContainsFunc(got, func(g Record) bool { return g.Start.Equal(r.Start) && g.Public == r.Public }) {
+				b.Fatalf("History(%s) = %d records, %v; want the record that started at %s among them", r.Inside, len(got), err, r.Start)
+			}
+		}
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "queries/s")
+		lat.report(b)
+	})
+	b.Run("ingest-day", func(b *testing.B) {
+		yearFixture(b)
+		events := 0
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			n, err := writeYearDay(year.days, false)
+			if err != nil {
+				b.Fatal(err)
+			}
+			events += n
+		}
+		b.ReportMetric(float64(events/2)/b.Elapsed().Seconds(), "records/s")
+	})
+	b.Run("sweep-day", func(b *testing.B) {
+		s := yearFixture(b)
+		retention := time.Duration(year.span) * 24 * time.Hour
+		// Catch up with whatever ingest-day added, so each timed sweep
+		// removes exactly one day.
+		if _, err := s.Sweep(retention); err != nil {
+			b.Fatal(err)
+		}
+		var bytesBefore, bytesAfter, records float64
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			// The daily cycle: a new day is written, the oldest expires.
+			b.StopTimer()
+			if _, err := writeYearDay(year.days, false); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			st, err := s.Sweep(retention)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if st.Partitions != 1 {
+				b.Fatalf("sweep deleted %d day partitions, want 1 (%+v)", st.Partitions, st)
+			}
+			bytesBefore += float64(st.DiskBytesBefore)
+			bytesAfter += float64(st.DiskBytesAfter)
+			records += float64(st.ExpiredRecords)
+		}
+		b.ReportMetric(records/float64(b.N), "records-deleted/op")
+		b.ReportMetric((bytesBefore-bytesAfter)/float64(b.N), "bytes-freed/op")
+	})
 }
