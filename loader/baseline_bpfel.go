@@ -16,9 +16,11 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	baselineMapFwdPorts    = "fwd_ports"
-	baselineProgXdpForward = "xdp_forward"
-	baselineProgXdpPass    = "xdp_pass"
+	baselineMapTxPorts         = "tx_ports"
+	baselineProgXdpForward     = "xdp_forward"
+	baselineProgXdpPass        = "xdp_pass"
+	baselineProgXdpRedirect    = "xdp_redirect"
+	baselineVarRedirectIfindex = "redirect_ifindex"
 )
 
 // loadBaseline returns the embedded CollectionSpec for baseline.
@@ -63,21 +65,23 @@ type baselineSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type baselineProgramSpecs struct {
-	XdpForward *ebpf.ProgramSpec `ebpf:"xdp_forward"`
-	XdpPass    *ebpf.ProgramSpec `ebpf:"xdp_pass"`
+	XdpForward  *ebpf.ProgramSpec `ebpf:"xdp_forward"`
+	XdpPass     *ebpf.ProgramSpec `ebpf:"xdp_pass"`
+	XdpRedirect *ebpf.ProgramSpec `ebpf:"xdp_redirect"`
 }
 
 // baselineMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type baselineMapSpecs struct {
-	FwdPorts *ebpf.MapSpec `ebpf:"fwd_ports"`
+	TxPorts *ebpf.MapSpec `ebpf:"tx_ports"`
 }
 
 // baselineVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type baselineVariableSpecs struct {
+	RedirectIfindex *ebpf.VariableSpec `ebpf:"redirect_ifindex"`
 }
 
 // baselineObjects contains all objects after they have been loaded into the kernel.
@@ -100,12 +104,12 @@ func (o *baselineObjects) Close() error {
 //
 // It can be passed to loadBaselineObjects or ebpf.CollectionSpec.LoadAndAssign.
 type baselineMaps struct {
-	FwdPorts *ebpf.Map `ebpf:"fwd_ports"`
+	TxPorts *ebpf.Map `ebpf:"tx_ports"`
 }
 
 func (m *baselineMaps) Close() error {
 	return _BaselineClose(
-		m.FwdPorts,
+		m.TxPorts,
 	)
 }
 
@@ -113,20 +117,23 @@ func (m *baselineMaps) Close() error {
 //
 // It can be passed to loadBaselineObjects or ebpf.CollectionSpec.LoadAndAssign.
 type baselineVariables struct {
+	RedirectIfindex *ebpf.Variable `ebpf:"redirect_ifindex"`
 }
 
 // baselinePrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadBaselineObjects or ebpf.CollectionSpec.LoadAndAssign.
 type baselinePrograms struct {
-	XdpForward *ebpf.Program `ebpf:"xdp_forward"`
-	XdpPass    *ebpf.Program `ebpf:"xdp_pass"`
+	XdpForward  *ebpf.Program `ebpf:"xdp_forward"`
+	XdpPass     *ebpf.Program `ebpf:"xdp_pass"`
+	XdpRedirect *ebpf.Program `ebpf:"xdp_redirect"`
 }
 
 func (p *baselinePrograms) Close() error {
 	return _BaselineClose(
 		p.XdpForward,
 		p.XdpPass,
+		p.XdpRedirect,
 	)
 }
 

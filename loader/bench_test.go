@@ -45,7 +45,7 @@ func BenchmarkXDP(b *testing.B) {
 	defer base.Close()
 	f.ns.do(b, func() {
 		out0 := uint32(f.ns.ifs["out0"])
-		if err := base.FwdPorts.Update(&out0, &out0, ebpf.UpdateAny); err != nil {
+		if err := base.TxPorts.Update(&out0, &out0, ebpf.UpdateAny); err != nil {
 			b.Fatal(err)
 		}
 	})

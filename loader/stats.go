@@ -74,3 +74,7 @@ func (n *NAT) ResetStats() error {
 	}
 	return nil
 }
+
+// BaselineSpec is the object of bpf/baseline.c (xdp_pass, xdp_forward,
+// xdp_redirect): the floors benchmarks measure blocknat against.
+func BaselineSpec() (*ebpf.CollectionSpec, error) { return loadBaseline() }

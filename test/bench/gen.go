@@ -4,4 +4,3 @@ package bench
 // -mcpu=v3 gives the atomic fetch-and-add the generator numbers frames with.
 //go:generate go tool bpf2go -target bpfel -cflags "-O2 -g -Wall -Werror -mcpu=v3" trafficgen bpf/trafficgen.c
 //go:generate go tool bpf2go -target bpfel -cflags "-O2 -g -Wall -Werror -mcpu=v3" sink bpf/sink.c
-//go:generate go tool bpf2go -target bpfel -cflags "-O2 -g -Wall -Werror" forward bpf/forward.c -- -I../../bpf

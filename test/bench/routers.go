@@ -159,7 +159,7 @@ func countEntries(m *ebpf.Map) (int, error) {
 	return n, nil
 }
 
-// xdpForwardRouter is bpf/forward.c: the NAT's forwarding without the NAT
+// xdpForwardRouter is bpf/baseline.c: the NAT's forwarding without the NAT
 // (xdp_forward), or no routing at all (xdp_redirect).
 type xdpForwardRouter struct {
 	name         string
@@ -168,11 +168,31 @@ type xdpForwardRouter struct {
 	link         link.Link
 }
 
+// forwardObjects are the baseline object's parts a forwarding router uses.
+type forwardObjects struct {
+	XdpForward  *ebpf.Program `ebpf:"xdp_forward"`
+	XdpRedirect *ebpf.Program `ebpf:"xdp_redirect"`
+	TxPorts     *ebpf.Map     `ebpf:"tx_ports"`
+}
+
+func (o *forwardObjects) Close() error {
+	var errs []error
+	for _, p := range []*ebpf.Program{o.XdpForward, o.XdpRedirect} {
+		if p != nil {
+			errs = append(errs, p.Close())
+		}
+	}
+	if o.TxPorts != nil {
+		errs = append(errs, o.TxPorts.Close())
+	}
+	return errors.Join(errs...)
+}
+
 func (r *xdpForwardRouter) Name() string   { return r.name }
 func (*xdpForwardRouter) Translates() bool { return false }
 
 func (r *xdpForwardRouter) Start(_ context.Context, bed *Bed) error {
-	spec, err := loadForward()
+	spec, err := loader.BaselineSpec()
 	if err != nil {
 		return fmt.Errorf("%s: %w", r.name, err)
 	}
