@@ -372,7 +372,11 @@ func decode(t testing.TB, frame []byte) decoded {
 func decodeUDP0(t testing.TB, frame []byte, zeroUDP bool) decoded {
 	t.Helper()
 	p := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
-	if el := p.ErrorLayer(); el != nil {
+	// gopacket guesses an application protocol from a port (2152 is
+	// GTP, 53 DNS): a payload it cannot read as that is no fault of the
+	// headers under test.
+	transport := p.Layer(layers.LayerTypeUDP) != nil || p.Layer(layers.LayerTypeTCP) != nil || p.Layer(layers.LayerTypeICMPv4) != nil
+	if el := p.ErrorLayer(); el != nil && !transport {
 		t.Fatalf("decode: %v\n%s", el.Error(), hex.Dump(frame))
 	}
 	var d decoded
