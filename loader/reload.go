@@ -28,7 +28,9 @@ var shared = []string{"block_events", "stats", "iface_roles", "tx_ports", "frags
 // under the new mapping (same public address, port inside the subscriber's
 // new block), swaps the new programs into the attached links, and pins the
 // new tables in place of the old. The old NAT is closed; use the returned
-// one. On error the old NAT is untouched and still translating.
+// one. On an error with a nil NAT the old one is untouched and still
+// translating; with a non-nil NAT (only re-pinning failed) the data plane
+// has moved and the returned NAT is the one to use.
 func (n *NAT) Reload(p Params) (*NAT, ReloadStats, error) {
 	var st ReloadStats
 	if err := p.check(); err != nil {

@@ -231,10 +231,12 @@ func (a *Agent) startDataPlane(mode loader.Mode, replace bool) error {
 	}
 	if changed {
 		next, st, err := a.nat.Reload(params(cfg, a.mapping, epoch.ID))
+		if next != nil {
+			a.nat = next
+		}
 		if err != nil {
 			return fmt.Errorf("move the data plane from epoch %d to %d: %w", latest.ID, epoch.ID, err)
 		}
-		a.nat = next
 		a.log.Info("mapping changed since the last run: new epoch", logattr.Epoch, epoch.ID, "kept", st.Kept, "dropped", st.Dropped)
 	}
 	a.epoch = epoch
@@ -274,10 +276,15 @@ func (a *Agent) reload(ctx context.Context) {
 	}
 	a.natMu.Lock()
 	next, st, err := a.nat.Reload(params(cfg, m, epoch.ID))
-	if err != nil {
+	if next == nil {
 		a.natMu.Unlock()
 		a.log.Error("reload failed; the previous configuration stays in force", logattr.Err, err.Error())
 		return
+	}
+	if err != nil {
+		// The new configuration is in force and translating; only some
+		// pins are missing, so a restart may start from empty tables.
+		a.log.Error("reload: pinning the new tables failed", logattr.Err, err.Error())
 	}
 	a.mu.Lock()
 	a.nat, a.mapping, a.epoch, a.cfg = next, m, epoch, cfg
