@@ -222,24 +222,7 @@ func TestFragments(t *testing.T) {
 // TestAddressAndPortDependentFiltering: with APDF, only endpoints the
 // mapping sent to may answer; with EIF (the default fixture) anyone may.
 func TestAddressAndPortDependentFiltering(t *testing.T) {
-	ns := newTestNS(t)
-	m, err := mapping.New(prefixesOf(t, []string{"100.64.0.0/24"}), prefixesOf(t, []string{"198.51.100.10/31"}), 1024, 65535, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nat, err := Load(Params{Mapping: m, Epoch: 1, MaxFlows: 4096, FilterAPDF: true}, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nat.Close()
-	ns.do(t, func() {
-		for ifn, role := range map[string]Role{"in0": RoleInside, "out0": RoleOutside} {
-			if err := nat.register(ns.ifs[ifn], role); err != nil {
-				t.Fatal(err)
-			}
-		}
-	})
-	f := &natFixture{t: t, ns: ns, nat: nat, m: m}
+	f := fixtureWith(t, func(p *Params) { p.FilterAPDF = true })
 	mapped := mapOut(udpOut(sub2+":40000", server+":3478"))(f)
 	for _, c := range []struct {
 		from string
@@ -266,26 +249,14 @@ func TestAddressAndPortDependentFiltering(t *testing.T) {
 // default; an inbound RST marks a TCP mapping closing.
 func TestInboundRefreshAndClose(t *testing.T) {
 	f := defaultFixture(t)
-	udp := udpOut(sub2+":40000", server+":7000")
-	mapped := mapOut(udp)(f)
-	key := FlowKey{Addr: be32(netip.MustParseAddr(sub2)), Port: htons(40000), Proto: 17}
-	var v FlowFwd
-	if err := f.nat.objs.FlowsFwd.Lookup(&key, &v); err != nil {
-		t.Fatal(err)
-	}
-	v.LastSeenNs = 1
-	if err := f.nat.objs.FlowsFwd.Put(&key, &v); err != nil {
-		t.Fatal(err)
-	}
-	if act, _ := f.inbound(reply(udp)(f, mapped)); act != xdpRedirect {
-		t.Fatal(actionNames[act])
-	}
-	if err := f.nat.objs.FlowsFwd.Lookup(&key, &v); err != nil || v.LastSeenNs != 1 {
-		t.Errorf("inbound UDP refreshed the mapping (last_seen %d)", v.LastSeenNs)
+	if inboundRefreshesUDP(t, f) {
+		t.Error("inbound UDP refreshed the mapping")
 	}
 
+	key := FlowKey{Addr: be32(netip.MustParseAddr(sub2)), Port: htons(40000), Proto: 17}
+	var v FlowFwd
 	tcp := pkt{proto: layers.IPProtocolTCP, src: sub2 + ":40001", dst: server + ":443", tcpFlags: "A"}
-	mapped = mapOut(tcp)(f)
+	mapped := mapOut(tcp)(f)
 	rst := reply(tcp)
 	frame := rst(f, mapped)
 	frame[14+20+13] = 0x04 // RST
@@ -337,6 +308,15 @@ func fixtureWith(t *testing.T, set func(*Params)) *natFixture {
 // inbound datagram keeps the mapping alive.
 func TestUDPInboundRefreshOption(t *testing.T) {
 	f := fixtureWith(t, func(p *Params) { p.UDPInboundRefresh = true })
+	if !inboundRefreshesUDP(t, f) {
+		t.Error("inbound UDP did not refresh the mapping")
+	}
+}
+
+// inboundRefreshesUDP maps a UDP flow, ages its last-seen time, sends a
+// reply in, and reports whether the reply refreshed the mapping.
+func inboundRefreshesUDP(t *testing.T, f *natFixture) bool {
+	t.Helper()
 	udp := udpOut(sub2+":40000", server+":7000")
 	mapped := mapOut(udp)(f)
 	key := FlowKey{Addr: be32(netip.MustParseAddr(sub2)), Port: htons(40000), Proto: 17}
@@ -351,9 +331,10 @@ func TestUDPInboundRefreshOption(t *testing.T) {
 	if act, _ := f.inbound(reply(udp)(f, mapped)); act != xdpRedirect {
 		t.Fatal(actionNames[act])
 	}
-	if err := f.nat.objs.FlowsFwd.Lookup(&key, &v); err != nil || v.LastSeenNs <= 1 {
-		t.Errorf("inbound UDP did not refresh the mapping (last_seen %d)", v.LastSeenNs)
+	if err := f.nat.objs.FlowsFwd.Lookup(&key, &v); err != nil {
+		t.Fatal(err)
 	}
+	return v.LastSeenNs > 1
 }
 
 // TestFragmentStateBoundedAndExpiring: the fragment table holds at most
