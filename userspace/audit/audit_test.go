@@ -89,35 +89,51 @@ func TestAppendVerifyReopen(t *testing.T) {
 // package. Re-implement hash and signature from the doc alone.
 func TestDocumentedEncoding(t *testing.T) {
 	tl := openTest(t, Options{})
-	e := tl.appendN(t, 2)[1]
-	e.Criteria["zz"] = "last"
-	e.Criteria["a"] = "first"
 	str := func(b []byte, s string) []byte {
 		return append(binary.BigEndian.AppendUint32(b, uint32(len(s))), s...)
 	}
 	u64 := binary.BigEndian.AppendUint64
-	var b []byte
-	b = str(b, "blocknat-audit-entry-v1")
-	b = u64(b, e.Seq)
-	b = str(b, e.Time.UTC().Format(time.RFC3339Nano))
-	b = str(b, e.Operator)
-	b = str(b, e.Role)
-	b = str(b, e.Action)
-	keys := make([]string, 0, len(e.Criteria))
-	for k := range e.Criteria {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	b = u64(b, uint64(len(keys)))
-	for _, k := range keys {
-		b = str(str(b, k), e.Criteria[k])
-	}
-	for _, s := range []string{e.Purpose, string(e.Outcome), e.Detail, e.Prev} {
-		b = str(b, s)
-	}
-	sum := sha256.Sum256(b)
-	if got := entryHash(&e); got != hex.EncodeToString(sum[:]) {
-		t.Fatalf("entryHash %s, documented encoding gives %x", got, sum)
+	// Entry 1 has no subjects and no answer hash, entry 2 both; an entry
+	// with only one of them takes the trailer as well.
+	entries := tl.appendN(t, 2)
+	onlyAnswer := entries[0]
+	onlyAnswer.AnswerSHA256 = entries[1].AnswerSHA256
+	onlySubjects := entries[0]
+	onlySubjects.Subjects = []string{"inside:100.64.0.1"}
+	for _, e := range append(entries, onlyAnswer, onlySubjects) {
+		e.Criteria["zz"] = "last"
+		e.Criteria["a"] = "first"
+		var b []byte
+		b = str(b, "blocknat-audit-entry-v1")
+		b = u64(b, e.Seq)
+		b = str(b, e.Time.UTC().Format(time.RFC3339Nano))
+		b = str(b, e.Operator)
+		b = str(b, e.Role)
+		b = str(b, e.Action)
+		keys := make([]string, 0, len(e.Criteria))
+		for k := range e.Criteria {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		b = u64(b, uint64(len(keys)))
+		for _, k := range keys {
+			b = str(str(b, k), e.Criteria[k])
+		}
+		for _, s := range []string{e.Purpose, string(e.Outcome), e.Detail, e.Prev} {
+			b = str(b, s)
+		}
+		if len(e.Subjects) > 0 || e.AnswerSHA256 != "" {
+			b = str(b, "v2")
+			b = u64(b, uint64(len(e.Subjects)))
+			for _, s := range e.Subjects {
+				b = str(b, s)
+			}
+			b = str(b, e.AnswerSHA256)
+		}
+		sum := sha256.Sum256(b)
+		if got := entryHash(&e); got != hex.EncodeToString(sum[:]) {
+			t.Fatalf("entry %+v: entryHash %s, documented encoding gives %x", e, got, sum)
+		}
 	}
 
 	head, err := os.ReadFile(filepath.Join(tl.dir, headFile))

@@ -24,9 +24,18 @@
 // steps back over midnight, entries stay in the newest segment, so segment
 // names always sort in seq order. A line is exactly what Go's encoding/json
 // Marshal produces for Entry (fields in declaration order, criteria keys
-// sorted, no spaces, Time in UTC), followed by "\n". Verification re-encodes
+// sorted, no spaces, Time in UTC, empty criteria, purpose, detail, subjects
+// and answer_sha256 left out), followed by "\n". Verification re-encodes
 // every line and reports one that differs, so even a change that does not
-// alter a field's meaning (a key's letter case, say) is caught.
+// alter a field's meaning (a key's letter case, say) is caught. Lines written
+// before subjects and answer_sha256 existed have neither key, and re-encode
+// byte for byte as they were written.
+//
+// subjects lists the subscribers the request or its answer named
+// ("inside:100.64.0.7", "mac:aa:bb:cc:dd:ee:ff"), sorted bytewise without
+// duplicates; beyond MaxSubjects the rest are dropped and a last element
+// "…truncated: N more subjects not logged" counts them. answer_sha256 is
+// the lowercase hex SHA-256 of the exact bytes of the answer given.
 //
 // # The entry hash
 //
@@ -37,12 +46,21 @@
 //
 //	str("blocknat-audit-entry-v1") u64(seq) str(time) str(operator) str(role)
 //	str(action) u64(number of criteria) { str(key) str(value) }...
-//	str(purpose) str(outcome) str(detail) str(prev)
+//	str(purpose) str(outcome) str(detail) str(prev) [trailer]
 //
-// where time is Time in UTC formatted as RFC 3339 with nanoseconds and
-// trailing zeros dropped (Go's time.RFC3339Nano, as it appears in the line),
-// criteria pairs are in ascending bytewise order of key, and prev is the
-// previous entry's Hash as 64 lowercase hex characters. The first entry of a
+// and, only when subjects or answer_sha256 is non-empty,
+//
+//	trailer = str("v2") u64(number of subjects) { str(subject) }...
+//	          str(answer_sha256)
+//
+// with the subjects in the order of the line and answer_sha256 as written
+// ("" when absent). An entry with neither has no trailer, so its hash is the
+// one it had before these fields existed. Every part is length-prefixed, so
+// the bytes after str(prev) are either nothing or a trailer and no two
+// entries share an encoding. Here time is Time in UTC formatted as RFC 3339
+// with nanoseconds and trailing zeros dropped (Go's time.RFC3339Nano, as it
+// appears in the line), criteria pairs are in ascending bytewise order of
+// key, and prev is the previous entry's Hash as 64 lowercase hex characters. The first entry of a
 // log has prev = 64 zeros; after retention pruning the first entry left has
 // prev = the hash recorded by the newest retention anchor.
 //

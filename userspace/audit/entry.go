@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -32,7 +34,8 @@ func (o Outcome) valid() bool {
 }
 
 // Entry is one use of the records. The caller fills in Operator, Role,
-// Action, Criteria, Purpose, Outcome and Detail; Append assigns the rest.
+// Action, Criteria, Purpose, Outcome, Detail, Subjects and AnswerSHA256;
+// Append assigns the rest.
 type Entry struct {
 	Seq      uint64            `json:"seq"`                // 1-based, assigned by Append
 	Time     time.Time         `json:"time"`               // assigned by Append (UTC, RFC 3339 nano)
@@ -43,9 +46,25 @@ type Entry struct {
 	Purpose  string            `json:"purpose,omitempty"`  // case reference
 	Outcome  Outcome           `json:"outcome"`
 	Detail   string            `json:"detail,omitempty"` // e.g. "2 records", refusal reason
-	Prev     string            `json:"prev"`             // hex SHA-256 of the previous entry
-	Hash     string            `json:"hash"`             // hex SHA-256 of the canonical encoding, see the package doc
+	// Subjects are the subscribers the request or its answer named, as
+	// SubjectInside and SubjectMAC spell them, so that a subscriber's
+	// "who looked me up" is a scan rather than a re-run of every search.
+	Subjects []string `json:"subjects,omitempty"`
+	// AnswerSHA256 is the lowercase hex SHA-256 of the exact answer bytes, so
+	// that an evidence file can be matched to the entry that released it.
+	AnswerSHA256 string `json:"answer_sha256,omitempty"`
+	Prev         string `json:"prev"` // hex SHA-256 of the previous entry
+	Hash         string `json:"hash"` // hex SHA-256 of the canonical encoding, see the package doc
 }
+
+// SubjectInside names a subscriber by its inside address. A subject search
+// matches strings exactly, so every writer must spell an address the same
+// way: an IPv4-mapped address is logged as the IPv4 one.
+func SubjectInside(a netip.Addr) string { return "inside:" + a.Unmap().String() }
+
+// SubjectMAC names a subscriber by its MAC address, "mac:aa:bb:cc:dd:ee:ff"
+// (lowercase, colons), for the same reason.
+func SubjectMAC(mac net.HardwareAddr) string { return "mac:" + mac.String() }
 
 // Limits on what one entry may hold. A client controls the criteria, and an
 // unbounded line would let it bloat the log that must record it; clipping
@@ -53,12 +72,17 @@ type Entry struct {
 const (
 	MaxFieldBytes = 4096 // longer strings are cut and marked "…[truncated N bytes]"
 	MaxCriteria   = 64   // further criteria (by sorted key) are dropped and counted under TruncatedKey
+	MaxSubjects   = 256  // further subjects (sorted) are dropped and counted in a last "…truncated: N more subjects not logged"
 	TruncatedKey  = "…truncated"
 )
 
 const (
 	entryDomain  = "blocknat-audit-entry-v1"
 	signedDomain = "blocknat-audit-signed-v1"
+	// entryTrailerTag starts the part of the entry encoding that entries
+	// without subjects and answer hash leave out, so that their hashes stay
+	// what they were before those fields existed.
+	entryTrailerTag = "v2"
 )
 
 // zeroHash is the prev of seq 1.
@@ -78,6 +102,9 @@ func prepare(e Entry) (Entry, error) {
 	if !e.Outcome.valid() {
 		errs = append(errs, fmt.Errorf("entry.outcome: %q is not one of answered, empty, refused, malformed, error", e.Outcome))
 	}
+	if e.AnswerSHA256 != "" && !isDigest(e.AnswerSHA256) {
+		errs = append(errs, fmt.Errorf("entry.answer_sha256: %q is not 64 lowercase hex characters (the SHA-256 of the answer bytes)", clip(e.AnswerSHA256)))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return Entry{}, err
 	}
@@ -88,6 +115,9 @@ func prepare(e Entry) (Entry, error) {
 		Purpose:  clip(e.Purpose),
 		Outcome:  e.Outcome,
 		Detail:   clip(e.Detail),
+
+		AnswerSHA256: e.AnswerSHA256,
+		Subjects:     prepareSubjects(e.Subjects),
 	}
 	if len(e.Criteria) > 0 {
 		// Copy, so that the caller cannot change a stored entry afterwards.
@@ -106,6 +136,41 @@ func prepare(e Entry) (Entry, error) {
 		}
 	}
 	return out, nil
+}
+
+// prepareSubjects returns a sorted, de-duplicated, bounded copy (nil when
+// there are none, so that the entry encodes as one written before subjects
+// existed). Clipping comes first, as two subjects it makes equal are one.
+func prepareSubjects(subjects []string) []string {
+	out := make([]string, 0, len(subjects))
+	for _, s := range subjects {
+		if s != "" { // names nobody
+			out = append(out, clip(s))
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	slices.Sort(out)
+	out = slices.Compact(out)
+	if len(out) > MaxSubjects {
+		dropped := len(out) - MaxSubjects
+		out = append(out[:MaxSubjects:MaxSubjects], fmt.Sprintf("%s: %d more subjects not logged", TruncatedKey, dropped))
+	}
+	return slices.Clip(out)
+}
+
+// isDigest says whether s is a SHA-256 as this package writes it.
+func isDigest(s string) bool {
+	if len(s) != 2*sha256.Size {
+		return false
+	}
+	for i := range len(s) {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func clip(s string) string {
@@ -155,6 +220,14 @@ func entryHash(e *Entry) string {
 	c.str(string(e.Outcome))
 	c.str(e.Detail)
 	c.str(e.Prev)
+	if len(e.Subjects) > 0 || e.AnswerSHA256 != "" {
+		c.str(entryTrailerTag)
+		c.u64(uint64(len(e.Subjects)))
+		for _, s := range e.Subjects {
+			c.str(s)
+		}
+		c.str(e.AnswerSHA256)
+	}
 	sum := sha256.Sum256(c)
 	return hex.EncodeToString(sum[:])
 }

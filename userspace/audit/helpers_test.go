@@ -2,6 +2,8 @@ package audit
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -65,8 +67,10 @@ func (tl *testLog) reopen(t *testing.T) {
 	t.Cleanup(func() { l.Close() })
 }
 
+// entryFor gives even entries subjects and an answer hash and odd ones
+// neither, so that every log the tests write mixes both encodings.
 func entryFor(i int) Entry {
-	return Entry{
+	e := Entry{
 		Operator: "uid:1001(alice)",
 		Role:     "investigator",
 		Action:   "lookup",
@@ -75,6 +79,12 @@ func entryFor(i int) Entry {
 		Outcome:  OutcomeAnswered,
 		Detail:   "1 record",
 	}
+	if i%2 == 0 {
+		e.Subjects = []string{fmt.Sprintf("mac:02:00:00:00:%02x:%02x", i/256%256, i%256), fmt.Sprintf("inside:100.64.%d.%d", i/256%256, i%256)}
+		sum := sha256.Sum256([]byte(fmt.Sprintf("answer %d", i)))
+		e.AnswerSHA256 = hex.EncodeToString(sum[:])
+	}
+	return e
 }
 
 func (tl *testLog) appendN(t *testing.T, n int) []Entry {
