@@ -252,6 +252,28 @@ static __always_inline __s64 subscriber_of(__be32 addr)
 }
 
 /*
+ * local_service says whether a packet belongs to the router itself and never
+ * to the NAT: to the limited broadcast address, which no router forwards
+ * (RFC 1812 5.3.5.1); to a multicast group, which this NAT does not
+ * translate and the kernel's own multicast routing, if any, decides on; or
+ * from 0.0.0.0, which only a host without an address sends, a DHCP client
+ * (RFC 1122 3.2.1.3, RFC 2131 4.1). The route lookup sends the broadcast
+ * address and the groups down the default route, out of an outside
+ * interface, where the source check would drop a DHCPDISCOVER as spoofed
+ * and a subscriber's mDNS would be translated and sent upstream. dst is the
+ * destination in host order.
+ *
+ * A unicast destination fails the first compare, so the established path
+ * pays two branches on a header it has just read.
+ */
+static __always_inline int local_service(__u32 dst, __be32 saddr)
+{
+	if (dst >= 0xe0000000 && (dst < 0xf0000000 || dst == 0xffffffff))
+		return 1;
+	return saddr == 0;
+}
+
+/*
  * block_activate marks a subscriber's block active and, for the first flow
  * of an idle block only, reports it. The compare-and-swap makes exactly one
  * CPU report a block that several CPUs touch at once.
@@ -497,6 +519,15 @@ int xdp_inside(struct xdp_md *ctx)
 		stat_inc(STAT_DROP_MALFORMED);
 		return XDP_DROP;
 	}
+	/* First: nothing below may route, translate or call spoofed what
+	 * only the kernel may see, a later fragment of it included. Before
+	 * the TTL check too, since link-local multicast (IGMP, OSPF, VRRP)
+	 * is sent with TTL 1 and is no "time exceeded" case. */
+	dst_host = bpf_ntohl(iph->daddr);
+	if (local_service(dst_host, iph->saddr)) {
+		stat_inc(STAT_PASS_LOCAL_SERVICE);
+		return XDP_PASS;
+	}
 	if (iph->ttl <= 1) {
 		stat_inc(STAT_PASS_TTL);
 		return XDP_PASS;
@@ -504,7 +535,6 @@ int xdp_inside(struct xdp_md *ctx)
 
 	/* A pool address is another subscriber's: hairpin, whatever the
 	 * routing table says about it. */
-	dst_host = bpf_ntohl(iph->daddr);
 	to_pool = dst_host >= pool_min && dst_host <= pool_max &&
 		  bpf_map_lookup_elem(&pool_index, &iph->daddr) != 0;
 	if (!to_pool) {

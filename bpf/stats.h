@@ -20,6 +20,8 @@ enum stat_index {
 	STAT_BLOCK_ACTIVATIONS,  /* idle blocks made active */
 	STAT_PASS_NOT_IPV4,      /* ARP, IPv6, ...: not ours */
 	STAT_PASS_LOCAL,         /* to the router itself */
+	STAT_PASS_LOCAL_SERVICE, /* inside, to 255.255.255.255 or a multicast group, or from 0.0.0.0
+				  * (DHCP, mDNS, routing protocols): the router's own, never translated */
 	STAT_PASS_TTL,           /* TTL <= 1: the kernel answers time exceeded */
 	STAT_PASS_FIB,           /* no route or no neighbour: the kernel decides */
 	STAT_PASS_FRAG_NEEDED,   /* over the egress MTU with DF: the kernel answers */

@@ -93,34 +93,35 @@ type natLpmV4Key struct {
 type natStatIndex uint32
 
 const (
-	natStatIndexSTAT_OUT_PACKETS       natStatIndex = 0
-	natStatIndexSTAT_OUT_BYTES         natStatIndex = 1
-	natStatIndexSTAT_IN_PACKETS        natStatIndex = 2
-	natStatIndexSTAT_IN_BYTES          natStatIndex = 3
-	natStatIndexSTAT_NEW_FLOWS         natStatIndex = 4
-	natStatIndexSTAT_BLOCK_ACTIVATIONS natStatIndex = 5
-	natStatIndexSTAT_PASS_NOT_IPV4     natStatIndex = 6
-	natStatIndexSTAT_PASS_LOCAL        natStatIndex = 7
-	natStatIndexSTAT_PASS_TTL          natStatIndex = 8
-	natStatIndexSTAT_PASS_FIB          natStatIndex = 9
-	natStatIndexSTAT_PASS_FRAG_NEEDED  natStatIndex = 10
-	natStatIndexSTAT_PASS_NOT_POOL     natStatIndex = 11
-	natStatIndexSTAT_PASS_NOT_NAT      natStatIndex = 12
-	natStatIndexSTAT_DROP_MALFORMED    natStatIndex = 13
-	natStatIndexSTAT_DROP_SPOOFED      natStatIndex = 14
-	natStatIndexSTAT_DROP_NO_MAPPING   natStatIndex = 15
-	natStatIndexSTAT_DROP_BLOCK_FULL   natStatIndex = 16
-	natStatIndexSTAT_DROP_UNSUPPORTED  natStatIndex = 17
-	natStatIndexSTAT_DROP_FRAGMENT     natStatIndex = 18
-	natStatIndexSTAT_DROP_FLOW_TABLE   natStatIndex = 19
-	natStatIndexSTAT_RINGBUF_FULL      natStatIndex = 20
-	natStatIndexSTAT_HAIRPIN           natStatIndex = 21
-	natStatIndexSTAT_ICMP_ERRORS_IN    natStatIndex = 22
-	natStatIndexSTAT_DROP_ICMP_ERROR   natStatIndex = 23
-	natStatIndexSTAT_FRAGMENTS         natStatIndex = 24
-	natStatIndexSTAT_DROP_FILTERED     natStatIndex = 25
-	natStatIndexSTAT_ICMP_BLOCK_FULL   natStatIndex = 26
-	natStatIndexSTAT_MAX               natStatIndex = 27
+	natStatIndexSTAT_OUT_PACKETS        natStatIndex = 0
+	natStatIndexSTAT_OUT_BYTES          natStatIndex = 1
+	natStatIndexSTAT_IN_PACKETS         natStatIndex = 2
+	natStatIndexSTAT_IN_BYTES           natStatIndex = 3
+	natStatIndexSTAT_NEW_FLOWS          natStatIndex = 4
+	natStatIndexSTAT_BLOCK_ACTIVATIONS  natStatIndex = 5
+	natStatIndexSTAT_PASS_NOT_IPV4      natStatIndex = 6
+	natStatIndexSTAT_PASS_LOCAL         natStatIndex = 7
+	natStatIndexSTAT_PASS_LOCAL_SERVICE natStatIndex = 8
+	natStatIndexSTAT_PASS_TTL           natStatIndex = 9
+	natStatIndexSTAT_PASS_FIB           natStatIndex = 10
+	natStatIndexSTAT_PASS_FRAG_NEEDED   natStatIndex = 11
+	natStatIndexSTAT_PASS_NOT_POOL      natStatIndex = 12
+	natStatIndexSTAT_PASS_NOT_NAT       natStatIndex = 13
+	natStatIndexSTAT_DROP_MALFORMED     natStatIndex = 14
+	natStatIndexSTAT_DROP_SPOOFED       natStatIndex = 15
+	natStatIndexSTAT_DROP_NO_MAPPING    natStatIndex = 16
+	natStatIndexSTAT_DROP_BLOCK_FULL    natStatIndex = 17
+	natStatIndexSTAT_DROP_UNSUPPORTED   natStatIndex = 18
+	natStatIndexSTAT_DROP_FRAGMENT      natStatIndex = 19
+	natStatIndexSTAT_DROP_FLOW_TABLE    natStatIndex = 20
+	natStatIndexSTAT_RINGBUF_FULL       natStatIndex = 21
+	natStatIndexSTAT_HAIRPIN            natStatIndex = 22
+	natStatIndexSTAT_ICMP_ERRORS_IN     natStatIndex = 23
+	natStatIndexSTAT_DROP_ICMP_ERROR    natStatIndex = 24
+	natStatIndexSTAT_FRAGMENTS          natStatIndex = 25
+	natStatIndexSTAT_DROP_FILTERED      natStatIndex = 26
+	natStatIndexSTAT_ICMP_BLOCK_FULL    natStatIndex = 27
+	natStatIndexSTAT_MAX                natStatIndex = 28
 )
 
 type natSubscriberState struct {
