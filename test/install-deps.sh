@@ -22,6 +22,9 @@ declare -A need=(
 	[traceroute]=traceroute
 	[ping]=iputils-ping
 	[nfcapd]=nfdump
+	[dnsmasq]=dnsmasq-base
+	[kea-dhcp4]=kea-dhcp4-server
+	[dhclient]=isc-dhcp-client
 )
 missing=()
 for cmd in "${!need[@]}"; do
