@@ -20,7 +20,10 @@ import (
 //     the fields NAT and forwarding own change, the new endpoint lies in the
 //     right block (outbound) or is the mapped subscriber (inbound), and every
 //     checksum that was valid before is valid after;
-//   - inbound frames never create state.
+//   - inbound frames never create state;
+//   - an outbound frame to 255.255.255.255 or a multicast group, or from
+//     0.0.0.0, goes to the kernel untouched and creates no state, whatever
+//     else it carries (the router's own services: DHCP, mDNS).
 func FuzzNAT(f *testing.F) {
 	fx := defaultFixture(f)
 	seed := udpOut(sub2+":40000", server+":7000")
@@ -44,6 +47,13 @@ func FuzzNAT(f *testing.F) {
 		f.Add(false, p.build(f))
 	}
 	f.Add(true, pkt{proto: layers.IPProtocolUDP, src: sub2 + ":40000", dst: server + ":7000", fragOffset: 185, raw: true}.build(f))
+	for _, p := range []pkt{
+		{proto: layers.IPProtocolUDP, src: "0.0.0.0:68", dst: "255.255.255.255:67", payload: dhcpPayload(f, layers.DHCPMsgTypeDiscover, nil)},
+		{proto: layers.IPProtocolUDP, src: sub2 + ":5353", dst: "224.0.0.251:5353", ttl: 1},
+		{proto: layers.IPProtocolUDP, src: sub2 + ":40000", dst: "255.255.255.255:9", fragOffset: 185, raw: true},
+	} {
+		f.Add(true, p.build(f))
+	}
 	f.Add(false, pkt{proto: layers.IPProtocolUDP, src: server + ":7000", dst: mapped.String(), fragOffset: 9, raw: true}.build(f))
 	f.Add(true, pkt{proto: layers.IPProtocolUDP, src: "100.64.0.3:1000", dst: mapped.String(), payload: []byte("hairpin")}.build(f))
 	_, translated := fx.outbound(seed.build(f))
@@ -74,6 +84,15 @@ func FuzzNAT(f *testing.F) {
 			if fwd, _ := fx.flowCount(); fwd != fwdBefore {
 				t.Fatalf("inbound frame created state%s", dump(frame))
 			}
+		}
+		if outbound && modelLocalService(frame) {
+			if act != xdpPass || !bytes.Equal(frame, out) {
+				t.Fatalf("router's own traffic: %s, changed %v, want XDP_PASS untouched%s", actionNames[act], !bytes.Equal(frame, out), dump(frame))
+			}
+			if fwd, _ := fx.flowCount(); fwd != fwdBefore {
+				t.Fatalf("router's own traffic created state%s", dump(frame))
+			}
+			return
 		}
 		if act == xdpDrop || bytes.Equal(frame, out) {
 			return
@@ -204,6 +223,22 @@ func modelParse(b []byte) (model, bool) {
 	m.ipValid = ipChecksumValid(b, m)
 	m.l4Valid = m.checkOff >= 0 && l4ChecksumValid(b, m)
 	return m, true
+}
+
+// modelLocalService says whether the inside program owes a frame to the
+// kernel before any route or prefix check: an IPv4 header parse_iphdr
+// accepts, to the limited broadcast address or a multicast group, or from
+// 0.0.0.0.
+func modelLocalService(b []byte) bool {
+	if len(b) < 34 || binary.BigEndian.Uint16(b[12:]) != 0x0800 || b[14]>>4 != 4 {
+		return false
+	}
+	ihl := int(b[14]&0xf) * 4
+	if ihl < 20 || len(b) < 14+ihl || int(binary.BigEndian.Uint16(b[16:])) < ihl {
+		return false
+	}
+	src, dst := binary.BigEndian.Uint32(b[26:]), binary.BigEndian.Uint32(b[30:])
+	return dst&0xf0000000 == 0xe0000000 || dst == 0xffffffff || src == 0
 }
 
 func ipChecksumValid(b []byte, m model) bool {

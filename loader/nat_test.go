@@ -233,41 +233,48 @@ func TestNATTable(t *testing.T) {
 	cases = append(cases, notIPv4Cases()...)
 
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			f.t = t
-			f.reset()
-			var mapped netip.AddrPort
-			if tc.setup != nil {
-				mapped = tc.setup(f)
-				if err := f.nat.ResetStats(); err != nil {
-					t.Fatal(err)
-				}
-			}
-			in := tc.frame(f, mapped)
-			var act uint32
-			var out []byte
-			if tc.outbound {
-				act, out = f.outbound(in)
-			} else {
-				act, out = f.inbound(in)
-			}
-			if act != tc.wantAction {
-				t.Fatalf("verdict %s, want %s%s", actionNames[act], actionNames[tc.wantAction], dump(in))
-			}
-			if tc.check != nil {
-				tc.check(t, f, in, out)
-			} else if !bytes.Equal(in, out) {
-				t.Errorf("frame changed, want it untouched\nin:%sout:%s", dump(in), dump(out))
-			}
-			st := f.stats()
-			if tc.wantStat != "" && st[tc.wantStat] != 1 {
-				t.Errorf("stat %s = %d, want 1 (all: %v)", tc.wantStat, st[tc.wantStat], st)
-			}
-			if fwd, rev := f.flowCount(); fwd != tc.wantFlows || rev != tc.wantFlows {
-				t.Errorf("flows fwd=%d rev=%d, want %d each", fwd, rev, tc.wantFlows)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { f.runCase(t, tc) })
 	}
+}
+
+// runCase resets the tables, runs tc's setup and frame, checks the verdict,
+// the frame, wantStat and wantFlows, and returns the counters the frame
+// left (those of the setup are cleared).
+func (f *natFixture) runCase(t *testing.T, tc natCase) Stats {
+	t.Helper()
+	f.t = t
+	f.reset()
+	var mapped netip.AddrPort
+	if tc.setup != nil {
+		mapped = tc.setup(f)
+		if err := f.nat.ResetStats(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in := tc.frame(f, mapped)
+	var act uint32
+	var out []byte
+	if tc.outbound {
+		act, out = f.outbound(in)
+	} else {
+		act, out = f.inbound(in)
+	}
+	if act != tc.wantAction {
+		t.Fatalf("verdict %s, want %s%s", actionNames[act], actionNames[tc.wantAction], dump(in))
+	}
+	if tc.check != nil {
+		tc.check(t, f, in, out)
+	} else if !bytes.Equal(in, out) {
+		t.Errorf("frame changed, want it untouched\nin:%sout:%s", dump(in), dump(out))
+	}
+	st := f.stats()
+	if tc.wantStat != "" && st[tc.wantStat] != 1 {
+		t.Errorf("stat %s = %d, want 1 (all: %v)", tc.wantStat, st[tc.wantStat], st)
+	}
+	if fwd, rev := f.flowCount(); fwd != tc.wantFlows || rev != tc.wantFlows {
+		t.Errorf("flows fwd=%d rev=%d, want %d each", fwd, rev, tc.wantFlows)
+	}
+	return st
 }
 
 // malformedCases are frames whose headers lie about themselves. None may be
