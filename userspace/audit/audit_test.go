@@ -233,7 +233,7 @@ func TestTamperingIsNamed(t *testing.T) {
 		{"edit a checkpoint's hash", func(t *testing.T, dir string) {
 			p := filepath.Join(dir, checkpointsFile)
 			lines := readLines(t, p)
-			var r signedRecord
+			var r SignedRecord
 			json.Unmarshal(lines[0], &r)
 			r.Hash = strings.Repeat("ab", 32) // signature left as it was
 			lines[0] = bytes.TrimSuffix(r.line(), []byte{'\n'})
@@ -351,13 +351,13 @@ func rechain(t *testing.T, dir string, seq uint64, priv ed25519.PrivateKey) {
 	p := filepath.Join(dir, checkpointsFile)
 	lines := readLines(t, p)
 	for i, line := range lines {
-		var r signedRecord
+		var r SignedRecord
 		json.Unmarshal(line, &r)
 		r = signRecord(priv, r.Kind, r.Seq, hashes[r.Seq], r.Time)
 		lines[i] = bytes.TrimSuffix(r.line(), []byte{'\n'})
 	}
 	writeLines(t, p, lines)
-	var h signedRecord
+	var h SignedRecord
 	data, _ := os.ReadFile(filepath.Join(dir, headFile))
 	json.Unmarshal(data, &h)
 	h = signRecord(priv, kindHead, h.Seq, hashes[h.Seq], h.Time)
@@ -531,7 +531,7 @@ func checkpointSeqs(t *testing.T, dir string) []uint64 {
 	t.Helper()
 	var seqs []uint64
 	for _, line := range readLines(t, filepath.Join(dir, checkpointsFile)) {
-		var r signedRecord
+		var r SignedRecord
 		if err := json.Unmarshal(line, &r); err != nil {
 			t.Fatal(err)
 		}

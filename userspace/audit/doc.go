@@ -81,6 +81,36 @@
 //
 // with the same str, u64 and time rules as the entry hash.
 //
+// # Proofs
+//
+// A proof shows with the public key alone that one entry is in the signed
+// chain, so that whoever received an answer can check, without a copy of the
+// log, the entry that released it and (by its answer_sha256) that the bytes
+// they hold are the answer it records. As JSON:
+//
+//	{"entry":{…},"chain":[{…},…],"signed":{"kind":"head",…}}
+//
+// entry and every element of chain are entries as a segment line holds them,
+// and signed is a signed record as in head.json or checkpoints.jsonl. chain
+// is entry followed by every later entry up to the seq signed names; it is
+// left out when signed names entry itself (the head written by the entry's
+// own append). A proof holds when
+//
+//   - every entry's hash is the entry hash of its content, and its seq is
+//     not 0;
+//   - chain, when present, starts with an entry whose hash is entry's, and
+//     each later element has the seq one above the one before and prev equal
+//     to its hash;
+//   - signed is of a kind above, its hash and sig are lowercase hex, its time
+//     is UTC, and sig verifies under the public key as described in "Signed
+//     records";
+//   - signed's seq and hash are those of the last element of chain (of entry
+//     when chain is left out).
+//
+// A proof says that the entry was in the chain when the record was signed,
+// and no more: like every signed record, it does not show that the log
+// still holds the entry, nor that no one holding the key rewrote it since.
+//
 // # What verification checks
 //
 // Verify reads the directory and reports every Problem with the seq, the file

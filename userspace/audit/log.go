@@ -72,8 +72,9 @@ type Log struct {
 	curName  string
 	cps      *os.File // checkpoints.jsonl
 	cpsSize  int64
-	cpSeq    uint64    // seq of the newest checkpoint
-	cpTime   time.Time // when it was written
+	cpSeq    uint64       // seq of the newest checkpoint
+	cpTime   time.Time    // when it was written
+	head     SignedRecord // as in head.json, so that proofs need not read it back
 }
 
 // Open opens the log in dir, creating it if needed, and recovers its state
@@ -156,6 +157,9 @@ func Open(dir string, opts Options) (*Log, error) {
 	}
 
 	l.seq, l.hash, l.segments = res.lastSeq, res.lastHash, res.segments
+	if res.head != nil {
+		l.head = *res.head
+	}
 	if res.lastCheckpoint != nil {
 		l.cpSeq, l.cpTime = res.lastCheckpoint.Seq, res.lastCheckpoint.Time
 	} else {
@@ -179,7 +183,7 @@ func Open(dir string, opts Options) (*Log, error) {
 		return nil, fmt.Errorf("audit: sync log directory: %w", err)
 	}
 	if resignHead {
-		if err := l.writeHead(l.now()); err != nil {
+		if _, err := l.writeHead(l.now()); err != nil {
 			l.closeFiles()
 			return nil, fmt.Errorf("audit: write %s: %w", headFile, err)
 		}
@@ -193,21 +197,30 @@ func Open(dir string, opts Options) (*Log, error) {
 // entry may or may not be on disk (the next Open tells), but the caller must
 // treat the request as unlogged and return no data.
 func (l *Log) Append(e Entry) (Entry, error) {
+	e, _, err := l.AppendProved(e)
+	return e, err
+}
+
+// AppendProved appends like Append and also returns the head it signed for
+// the entry, so that Proof{Entry: e, Signed: head} shows with the public key
+// alone that e is in the signed chain. The next Append replaces head.json,
+// which is why the head is handed out here, under the lock that wrote it.
+func (l *Log) AppendProved(e Entry) (Entry, SignedRecord, error) {
 	e, err := prepare(e)
 	if err != nil {
-		return Entry{}, fmt.Errorf("audit append: %w", err)
+		return Entry{}, SignedRecord{}, fmt.Errorf("audit append: %w", err)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := l.usable(); err != nil {
-		return Entry{}, err
+		return Entry{}, SignedRecord{}, err
 	}
 	now := l.now().UTC()
 	e.Seq, e.Time, e.Prev = l.seq+1, now, l.hash
 	e.Hash = entryHash(&e)
 	line, err := json.Marshal(&e)
 	if err != nil {
-		return Entry{}, fmt.Errorf("audit append: encode entry: %w", err)
+		return Entry{}, SignedRecord{}, fmt.Errorf("audit append: encode entry: %w", err)
 	}
 	line = append(line, '\n')
 
@@ -216,23 +229,24 @@ func (l *Log) Append(e Entry) (Entry, error) {
 	// steps back.
 	if name := segmentName(now); l.cur == nil || name > l.curName {
 		if err := l.startSegment(name); err != nil {
-			return Entry{}, fmt.Errorf("audit append: start segment %s: %w", name, err)
+			return Entry{}, SignedRecord{}, fmt.Errorf("audit append: start segment %s: %w", name, err)
 		}
 	}
 	seg := &l.segments[len(l.segments)-1]
 	if err := l.writeLine(l.cur, seg.size, line); err != nil {
-		return Entry{}, fmt.Errorf("audit append: write %s: %w", l.curName, err)
+		return Entry{}, SignedRecord{}, fmt.Errorf("audit append: write %s: %w", l.curName, err)
 	}
 	seg.size += int64(len(line))
 	noteEntry(seg, e.Seq, e.Hash, e.Time)
 	l.seq, l.hash = e.Seq, e.Hash
-	if err := l.writeHead(e.Time); err != nil {
+	head, err := l.writeHead(e.Time)
+	if err != nil {
 		// The entry is on disk and the head behind it. One such entry is what
 		// Open expects after a crash; a second would look like tampering, so
 		// stop appending until the log is reopened.
 		err = fmt.Errorf("audit append: write %s: %w", headFile, err)
 		l.fail(err)
-		return Entry{}, err
+		return Entry{}, SignedRecord{}, err
 	}
 	if l.checkpointDue(now, true) {
 		if err := l.checkpointLocked(now); err != nil {
@@ -241,7 +255,7 @@ func (l *Log) Append(e Entry) (Entry, error) {
 			l.logger.Error("audit checkpoint failed", attrSeq, e.Seq, logattr.Err, err)
 		}
 	}
-	return e, nil
+	return e, head, nil
 }
 
 func (l *Log) usable() error {
@@ -298,9 +312,13 @@ func (l *Log) writeLine(f *os.File, size int64, line []byte) error {
 	return nil
 }
 
-func (l *Log) writeHead(t time.Time) error {
+func (l *Log) writeHead(t time.Time) (SignedRecord, error) {
 	rec := signRecord(l.priv, kindHead, l.seq, l.hash, t)
-	return writeFileAtomic(l.dir, headFile, rec.line(), 0o600)
+	if err := writeFileAtomic(l.dir, headFile, rec.line(), 0o600); err != nil {
+		return SignedRecord{}, err
+	}
+	l.head = rec
+	return rec, nil
 }
 
 func (l *Log) checkpointDue(now time.Time, countToo bool) bool {
@@ -321,7 +339,7 @@ func (l *Log) checkpointLocked(now time.Time) error {
 	return nil
 }
 
-func (l *Log) writeRecord(rec signedRecord) error {
+func (l *Log) writeRecord(rec SignedRecord) error {
 	line := rec.line()
 	if err := l.writeLine(l.cps, l.cpsSize, line); err != nil {
 		return fmt.Errorf("write %s: %w", checkpointsFile, err)
@@ -414,26 +432,43 @@ func (l *Log) Entries(fromSeq uint64, limit int) ([]Entry, error) {
 		if seg.entries == 0 || seg.lastSeq < fromSeq {
 			continue
 		}
-		data, err := readSnap(l.dir, fileSnap{seg.name, seg.size})
+		full := false
+		err := l.segmentEntries(seg, func(e Entry) bool {
+			if e.Seq >= fromSeq {
+				out = append(out, e)
+				full = limit > 0 && len(out) == limit
+			}
+			return !full
+		})
 		if err != nil {
 			return out, fmt.Errorf("audit entries: %w", err)
 		}
-		lines, _ := splitLines(data)
-		for i, line := range lines {
-			var e Entry
-			if err := json.Unmarshal(line, &e); err != nil {
-				return out, fmt.Errorf("audit entries: %s:%d: %w", seg.name, i+1, err)
-			}
-			if e.Seq < fromSeq {
-				continue
-			}
-			out = append(out, e)
-			if limit > 0 && len(out) == limit {
-				return out, nil
-			}
+		if full {
+			break
 		}
 	}
 	return out, nil
+}
+
+// segmentEntries decodes seg's entries in order and passes each to fn until
+// fn returns false. It reads seg.size bytes, the size seen under mu, so that
+// an Append under way never shows up as a torn line. The caller holds files.
+func (l *Log) segmentEntries(seg segmentInfo, fn func(Entry) bool) error {
+	data, err := readSnap(l.dir, fileSnap{seg.name, seg.size})
+	if err != nil {
+		return err
+	}
+	lines, _ := splitLines(data)
+	for i, line := range lines {
+		var e Entry
+		if err := json.Unmarshal(line, &e); err != nil {
+			return fmt.Errorf("%s:%d: %w", seg.name, i+1, err)
+		}
+		if !fn(e) {
+			return nil
+		}
+	}
+	return nil
 }
 
 // Verify checks the open log as Verify(dir, PublicKey()) would, without

@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -26,8 +27,9 @@ const (
 	kindHead       = "head"
 )
 
-// signedRecord is a line of checkpoints.jsonl or head.json.
-type signedRecord struct {
+// SignedRecord is a checkpoint, anchor or head, as one line of
+// checkpoints.jsonl or head.json holds it, and the signed part of a Proof.
+type SignedRecord struct {
 	Kind string    `json:"kind"`
 	Seq  uint64    `json:"seq"`
 	Hash string    `json:"hash"`
@@ -35,7 +37,7 @@ type signedRecord struct {
 	Sig  string    `json:"sig"`
 }
 
-func (r *signedRecord) message() []byte {
+func (r *SignedRecord) message() []byte {
 	c := make(canon, 0, 128)
 	c.str(signedDomain)
 	c.str(r.Kind)
@@ -45,14 +47,14 @@ func (r *signedRecord) message() []byte {
 	return c
 }
 
-func signRecord(priv ed25519.PrivateKey, kind string, seq uint64, hash string, t time.Time) signedRecord {
-	r := signedRecord{Kind: kind, Seq: seq, Hash: hash, Time: t.UTC()}
+func signRecord(priv ed25519.PrivateKey, kind string, seq uint64, hash string, t time.Time) SignedRecord {
+	r := SignedRecord{Kind: kind, Seq: seq, Hash: hash, Time: t.UTC()}
 	r.Sig = hex.EncodeToString(ed25519.Sign(priv, r.message()))
 	return r
 }
 
 // line is the record's canonical line, newline included.
-func (r *signedRecord) line() []byte {
+func (r *SignedRecord) line() []byte {
 	b, err := json.Marshal(r)
 	if err != nil {
 		// Only a time outside years 0-9999 can fail, and Append's clock is not.
@@ -61,11 +63,40 @@ func (r *signedRecord) line() []byte {
 	return append(b, '\n')
 }
 
+// Verify checks that r is signed by pub and in the form this package signs
+// (a known kind, lowercase hex hash and signature, Time in UTC), so that a
+// record that verifies has one JSON spelling only. It says nothing about
+// whether the entry r names exists; Verify and VerifyProof check that.
+func (r SignedRecord) Verify(pub ed25519.PublicKey) error {
+	if len(pub) != ed25519.PublicKeySize {
+		return errors.New("an ed25519 public key is required")
+	}
+	switch r.Kind {
+	case kindCheckpoint, kindAnchor, kindHead:
+	default:
+		return fmt.Errorf("kind %q is none of %s, %s, %s", r.Kind, kindCheckpoint, kindAnchor, kindHead)
+	}
+	if !isDigest(r.Hash) {
+		return errors.New("hash: not 64 lowercase hex characters")
+	}
+	if r.Time.Location() != time.UTC {
+		return errors.New("time: not in UTC, as records are signed")
+	}
+	sig, err := hex.DecodeString(r.Sig)
+	if err != nil || len(sig) != ed25519.SignatureSize || hex.EncodeToString(sig) != r.Sig {
+		return errors.New("sig: not a lowercase hex ed25519 signature")
+	}
+	if !ed25519.Verify(pub, r.message(), sig) {
+		return errors.New("bad signature: record altered, forged, or signed with another key")
+	}
+	return nil
+}
+
 // parseSigned decodes one line (without its newline) and checks its encoding
 // and signature. The record is returned whenever it decoded, so that a caller
 // can name its seq in a problem.
-func parseSigned(line []byte, pub ed25519.PublicKey) (signedRecord, error) {
-	var r signedRecord
+func parseSigned(line []byte, pub ed25519.PublicKey) (SignedRecord, error) {
+	var r SignedRecord
 	if err := json.Unmarshal(line, &r); err != nil {
 		return r, fmt.Errorf("not a valid signed record: %w", err)
 	}
@@ -74,14 +105,7 @@ func parseSigned(line []byte, pub ed25519.PublicKey) (signedRecord, error) {
 	if want := canonical.line(); !bytes.Equal(want[:len(want)-1], line) {
 		return r, errors.New("signed record is not in canonical form (its bytes were altered)")
 	}
-	sig, err := hex.DecodeString(r.Sig)
-	if err != nil || len(sig) != ed25519.SignatureSize {
-		return r, errors.New("sig: not a hex ed25519 signature")
-	}
-	if !ed25519.Verify(pub, r.message(), sig) {
-		return r, errors.New("bad signature: record altered, forged, or signed with another key")
-	}
-	return r, nil
+	return r, r.Verify(pub)
 }
 
 // loadOrCreateKey reads the PKCS #8 ed25519 key at path, creating it (0600)
@@ -171,6 +195,18 @@ func ParsePublicKey(data []byte) (ed25519.PublicKey, error) {
 		return nil, fmt.Errorf("%T is not an ed25519 key", key)
 	}
 	return pub, nil
+}
+
+// ReadPublicKey is ParsePublicKey for a reader, such as the audit.pub a
+// requester received with a proof.
+func ReadPublicKey(r io.Reader) (ed25519.PublicKey, error) {
+	// A PEM ed25519 key is about 113 bytes; the bound keeps a wrong file
+	// from being read whole.
+	data, err := io.ReadAll(io.LimitReader(r, 64<<10))
+	if err != nil {
+		return nil, fmt.Errorf("read public key: %w", err)
+	}
+	return ParsePublicKey(data)
 }
 
 // LoadPublicKey reads a public key written by MarshalPublicKey. An auditor

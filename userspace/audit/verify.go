@@ -178,7 +178,7 @@ type segmentInfo struct {
 }
 
 type signedAt struct {
-	rec  signedRecord
+	rec  SignedRecord
 	file string
 	line int
 }
@@ -197,8 +197,8 @@ type scanResult struct {
 	// newest anchor when retention removed every entry.
 	lastSeq        uint64
 	lastHash       string
-	head           *signedRecord
-	lastCheckpoint *signedRecord
+	head           *SignedRecord
+	lastCheckpoint *SignedRecord
 }
 
 func (res *scanResult) add(kind problemKind, p Problem) {
@@ -264,8 +264,8 @@ func scan(snap snapshot, pub ed25519.PublicKey) (*scanResult, error) {
 			}
 		}
 	}
-	anchors := map[uint64]signedRecord{}
-	var newestAnchor *signedRecord
+	anchors := map[uint64]SignedRecord{}
+	var newestAnchor *SignedRecord
 	for _, r := range records {
 		if r.rec.Kind == kindAnchor {
 			anchors[r.rec.Seq] = r.rec
@@ -450,7 +450,7 @@ func scan(snap snapshot, pub ed25519.PublicKey) (*scanResult, error) {
 
 // checkStart checks that the first entry present starts the chain: seq 1
 // from the zero hash, or the successor of a signed retention anchor.
-func (res *scanResult) checkStart(e Entry, anchors map[uint64]signedRecord, at func(uint64, string, ...any) Problem) {
+func (res *scanResult) checkStart(e Entry, anchors map[uint64]SignedRecord, at func(uint64, string, ...any) Problem) {
 	if e.Seq == 1 {
 		if e.Prev != zeroHash {
 			res.add(kindOther, at(1, "seq 1 has a non-zero prev"))
