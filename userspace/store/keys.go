@@ -15,6 +15,14 @@ const (
 	prefixEpoch      = 'e'
 	prefixMeta       = 'm'
 	prefixCanary     = 'c'
+
+	// The DHCP lease keyspaces are upper case, so they sort together below
+	// every block-record keyspace and can be measured and compacted as one
+	// span without touching the records.
+	prefixLease        = 'L'
+	prefixLeaseMAC     = 'M'
+	prefixLeaseHeld    = 'N'
+	prefixLeaseHeldMAC = 'O'
 )
 
 // Meta keys.
@@ -40,6 +48,8 @@ const (
 	valueVersionRecord = 1
 	valueVersionEpoch  = 1
 	valueVersionCanary = 1
+	valueVersionLease  = 1
+	valueVersionHeld   = 1
 )
 
 // dayOf returns the UTC day number of a non-negative Unix nanosecond time.

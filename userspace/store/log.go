@@ -21,6 +21,10 @@ const (
 	logKeyPartitions = "partitions"
 	logKeyDuration   = "duration"
 	logKeyError      = "error"
+	logKeyInside     = "inside"
+	logKeyMAC        = "mac"
+	logKeyTime       = "time"
+	logKeyLeases     = "leases"
 )
 
 // pebbleLogger sends Pebble's messages to slog.

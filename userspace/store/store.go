@@ -137,6 +137,12 @@ type Stats struct {
 	RecordBytes       uint64    // estimated bytes of the r keyspace
 	IndexBytes        uint64    // estimated bytes of the s keyspace
 	OpenBytes         uint64    // estimated bytes of the o and p keyspaces
+	// LeaseOpen counts the current leases (one per address), including
+	// those whose expiry has passed since the last Sweep: reads answer
+	// those as ended, and Sweep moves them to the day partitions.
+	LeaseOpen              int
+	LeaseBytes             uint64 // estimated bytes of the L, M, N and O keyspaces
+	UnmatchedLeaseReleases uint64 // lease releases skipped since Open: no current lease of that device, or late
 }
 
 // Store is the block-record store. Its methods are safe for concurrent use.
@@ -164,6 +170,11 @@ type Store struct {
 	openCount atomic.Int64
 	unmatched atomic.Uint64
 	rotations uint64 // guarded by writeMu
+
+	// leases holds the current lease of each address; guarded by writeMu.
+	leases         map[[4]byte]heldLease
+	leaseHeld      atomic.Int64
+	leaseUnmatched atomic.Uint64
 }
 
 // Open opens or creates the store in dir.
@@ -172,11 +183,12 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open store: dir: empty: %w", ErrInvalid)
 	}
 	s := &Store{
-		dir:  dir,
-		fs:   opts.FS,
-		log:  opts.Logger,
-		now:  opts.Now,
-		open: make(map[openID]Record),
+		dir:    dir,
+		fs:     opts.FS,
+		log:    opts.Logger,
+		now:    opts.Now,
+		open:   make(map[openID]Record),
+		leases: make(map[[4]byte]heldLease),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -281,7 +293,7 @@ func (s *Store) load() error {
 		return fmt.Errorf("open store: iterate open records: %w", err)
 	}
 	s.openCount.Store(int64(len(s.open)))
-	return nil
+	return s.loadLeases()
 }
 
 func decodeOpen(it *pebble.Iterator) (Record, error) {
@@ -644,9 +656,36 @@ func (s *Store) Lookup(ip netip.Addr, port uint16, t time.Time, tolerance time.D
 	if tolerance < 0 {
 		return nil, fmt.Errorf("lookup tolerance: %s is negative: %w", tolerance, ErrInvalid)
 	}
-	lo, hi := clampNS(t.Add(-tolerance)), clampNS(t.Add(tolerance))
+	out, err := s.lookup(public, port, clampNS(t.Add(-tolerance)), clampNS(t.Add(tolerance)))
+	if err != nil {
+		return nil, fmt.Errorf("lookup %s:%d: %w", ip, port, err)
+	}
+	return out, nil
+}
+
+// LookupInterval returns the records of the block holding ip:port whose
+// interval meets [from, to] (both inclusive), ordered by start. It costs
+// what Lookup costs for the same window.
+func (s *Store) LookupInterval(ip netip.Addr, port uint16, from, to time.Time) ([]Record, error) {
+	public, err := addr4(ip, "lookup ip")
+	if err != nil {
+		return nil, err
+	}
+	lo, hi, err := checkRange("lookup", from, to)
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.lookup(public, port, lo, hi)
+	if err != nil {
+		return nil, fmt.Errorf("lookup %s:%d: %w", ip, port, err)
+	}
+	return out, nil
+}
+
+// lookup is Lookup and LookupInterval over [lo, hi] in Unix nanoseconds.
+func (s *Store) lookup(public [4]byte, port uint16, lo, hi int64) ([]Record, error) {
 	var out []Record
-	err = s.read("lookup", func(v *view) error {
+	err := s.read("lookup", func(v *view) error {
 		if v.width == 0 {
 			return nil // nothing was ever activated
 		}
@@ -690,7 +729,7 @@ func (s *Store) Lookup(ip netip.Addr, port uint16, t time.Time, tolerance time.D
 		})
 	})
 	if err != nil {
-		return nil, fmt.Errorf("lookup %s:%d: %w", ip, port, err)
+		return nil, err
 	}
 	slices.SortFunc(out, compareRecords)
 	return out, nil
@@ -888,7 +927,10 @@ func (s *Store) Open() ([]Record, error) {
 
 // Stats returns counts and sizes for status and metrics.
 func (s *Store) Stats() (Stats, error) {
-	st := Stats{OpenRecords: int(s.openCount.Load()), UnmatchedReleases: s.unmatched.Load()}
+	st := Stats{
+		OpenRecords: int(s.openCount.Load()), UnmatchedReleases: s.unmatched.Load(),
+		LeaseOpen: int(s.leaseHeld.Load()), UnmatchedLeaseReleases: s.leaseUnmatched.Load(),
+	}
 	err := s.read("stats", func(v *view) error {
 		if v.swept > 0 {
 			st.OldestRetained = dayStart(v.swept)
@@ -918,6 +960,7 @@ func (s *Store) Stats() (Stats, error) {
 			{prefixRecord, prefixRecord + 1, &st.RecordBytes},
 			{prefixInside, prefixInside + 1, &st.IndexBytes},
 			{prefixOpen, prefixOpenInside + 1, &st.OpenBytes},
+			{prefixLease, prefixLeaseHeldMAC + 1, &st.LeaseBytes},
 		} {
 			n, err := v.db.EstimateDiskUsage([]byte{r.lo}, []byte{r.hi})
 			if err != nil {

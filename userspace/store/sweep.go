@@ -17,6 +17,8 @@ type SweepStats struct {
 	Partitions      int           // day partitions deleted whole
 	ExpiredRecords  int           // records deleted (each counted once)
 	ExpiredEpochs   int           // epochs deleted
+	EndedLeases     int           // current leases ended at their expiry first (EndExpiredLeases)
+	ExpiredLeases   int           // leases deleted (each counted once)
 	DiskBytesBefore uint64        // every file of the store, before
 	DiskBytesAfter  uint64        // and after
 	Duration        time.Duration // wall time taken
@@ -29,7 +31,9 @@ type SweepStats struct {
 // Records still open, or that ended after the cutoff, are kept whatever their
 // start, and keep answering for their whole interval. The epoch in force at
 // the cutoff and every epoch named by a record that began before the cutoff
-// and is kept are kept too.
+// and is kept are kept too. DHCP leases are treated as records: current
+// leases whose expiry passed are ended first (EndExpiredLeases), then every
+// lease that ended before the cutoff is deleted.
 //
 // Sweep blocks Apply and PutEpoch while it runs, and reads while it reopens.
 func (s *Store) Sweep(retention time.Duration) (SweepStats, error) {
@@ -41,6 +45,11 @@ func (s *Store) Sweep(retention time.Duration) (SweepStats, error) {
 	defer s.writeMu.Unlock()
 	cutoff := s.now().Add(-retention).UTC()
 	st := SweepStats{Cutoff: cutoff}
+	ended, err := s.endExpiredLeasesLocked()
+	if err != nil {
+		return st, fmt.Errorf("sweep: %w", err)
+	}
+	st.EndedLeases = ended
 	cutoffNS := clampNS(cutoff)
 	if cutoffNS < 0 {
 		return st, nil // the cutoff is before anything the store can hold
@@ -49,7 +58,7 @@ func (s *Store) Sweep(retention time.Duration) (SweepStats, error) {
 		return st, err
 	}
 	s.dbMu.Lock()
-	err := s.rotateLocked()
+	err = s.rotateLocked()
 	if err == nil {
 		st.DiskBytesAfter = s.db.Metrics().DiskSpaceUsage()
 	}
@@ -60,7 +69,7 @@ func (s *Store) Sweep(retention time.Duration) (SweepStats, error) {
 	st.Duration = time.Since(began)
 	s.log.Info("retention sweep", logKeyCutoff, st.Cutoff, logKeyOldestDay, st.OldestRetained,
 		logKeyPartitions, st.Partitions, logKeyRecords, st.ExpiredRecords, logKeyEpochs, st.ExpiredEpochs,
-		logKeyDuration, st.Duration)
+		logKeyLeases, st.ExpiredLeases, logKeyDuration, st.Duration)
 	return st, nil
 }
 
@@ -132,10 +141,15 @@ func (s *Store) sweepData(cutoffNS int64, st *SweepStats) error {
 	if err := errors.Join(it.Error(), it.Close()); err != nil {
 		return fmt.Errorf("sweep: iterate partitions: %w", err)
 	}
+	if err := sweepLeases(db, b, oldSwept, newSwept, cutoffNS, st); err != nil {
+		return err
+	}
 	if newSwept > 0 {
 		if err := errors.Join(
 			b.DeleteRange(dayPrefix(prefixRecord, 0), dayPrefix(prefixRecord, newSwept), nil),
 			b.DeleteRange(dayPrefix(prefixInside, 0), dayPrefix(prefixInside, newSwept), nil),
+			b.DeleteRange(dayPrefix(prefixLease, 0), dayPrefix(prefixLease, newSwept), nil),
+			b.DeleteRange(dayPrefix(prefixLeaseMAC, 0), dayPrefix(prefixLeaseMAC, newSwept), nil),
 		); err != nil {
 			return fmt.Errorf("sweep: batch delete range: %w", err)
 		}
@@ -182,7 +196,9 @@ func (s *Store) sweepData(cutoffNS int64, st *SweepStats) error {
 	// compactions rewrite every SSTable holding them (or the tombstones,
 	// whose keys name inside addresses) down to the bottom level, where
 	// Pebble drops both. The o, p and e keyspaces are small but hold the
-	// release tombstones of records now expired, so they are compacted too.
+	// release tombstones of records now expired, so they are compacted too;
+	// so are N and O, which hold old versions of current leases (a renewal
+	// rewrites N) and the tombstones of ended ones.
 	if err := db.Flush(); err != nil {
 		return fmt.Errorf("sweep: flush: %w", err)
 	}
@@ -190,11 +206,57 @@ func (s *Store) sweepData(cutoffNS int64, st *SweepStats) error {
 		{dayPrefix(prefixRecord, 0), dayPrefix(prefixRecord, newSwept+1)},
 		{dayPrefix(prefixInside, 0), dayPrefix(prefixInside, newSwept+1)},
 		{[]byte{prefixEpoch}, []byte{prefixOpenInside + 1}}, // e, m, o, p
+		{dayPrefix(prefixLease, 0), dayPrefix(prefixLease, newSwept+1)},
+		{dayPrefix(prefixLeaseMAC, 0), dayPrefix(prefixLeaseMAC, newSwept+1)},
+		{[]byte{prefixLeaseHeld}, []byte{prefixLeaseHeldMAC + 1}}, // N, O
 	}
 	for _, sp := range spans {
 		if err := db.Compact(context.Background(), sp[0], sp[1], true); err != nil {
 			return fmt.Errorf("sweep: compact [%x, %x): %w", sp[0], sp[1], err)
 		}
+	}
+	return nil
+}
+
+// sweepLeases walks the lease partitions about to go and the one that
+// stays, counts the expired leases and point-deletes those of the staying
+// day that ended before the cutoff, as sweepData does for records.
+func sweepLeases(db *pebble.DB, b *pebble.Batch, oldSwept, newSwept uint32, cutoffNS int64, st *SweepStats) error {
+	it, err := db.NewIter(&pebble.IterOptions{
+		LowerBound: dayPrefix(prefixLease, oldSwept),
+		UpperBound: dayPrefix(prefixLease, newSwept+1),
+	})
+	if err != nil {
+		return fmt.Errorf("sweep: iterate lease partitions: %w", err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		day, id, err := parseLeaseKey(it.Key())
+		if err != nil {
+			return errors.Join(fmt.Errorf("sweep: %w", err), it.Close())
+		}
+		val, err := it.ValueAndErr()
+		if err != nil {
+			return errors.Join(fmt.Errorf("sweep: read %x: %w", it.Key(), err), it.Close())
+		}
+		l, err := decodeLease(val, id)
+		if err != nil {
+			return errors.Join(fmt.Errorf("sweep: %w", err), it.Close())
+		}
+		endNS := l.End.UnixNano()
+		if endNS >= cutoffNS {
+			continue
+		}
+		if dayOf(endNS) == day {
+			st.ExpiredLeases++ // a lease's last copy is in its end day
+		}
+		if day == newSwept {
+			if err := errors.Join(b.Delete(leaseKey(day, id), nil), b.Delete(leaseMACKey(day, id), nil)); err != nil {
+				return errors.Join(fmt.Errorf("sweep: batch delete: %w", err), it.Close())
+			}
+		}
+	}
+	if err := errors.Join(it.Error(), it.Close()); err != nil {
+		return fmt.Errorf("sweep: iterate lease partitions: %w", err)
 	}
 	return nil
 }
