@@ -18,27 +18,29 @@ const keaHardwareEthernet = "1"
 // DELETED_LEASES4_AT<i>_* for leases4_committed). An empty result means the
 // call does not change which device holds an IPv4 address.
 //
-// Kea 2.2's library registers these DHCPv4 hook points and no others:
+// Kea 2.2's library registers leases4_committed, lease4_renew, lease4_release,
+// lease4_decline, lease4_expire and lease4_recover for DHCPv4, and no
+// lease4_select or lease4_rebind. Kea runs leases4_committed after it has
+// written the lease changes of every DHCPREQUEST, renewals included, and of
+// every DHCPRELEASE, so that one call is the record of a transaction:
 //
-//	leases4_committed  each of DELETED_LEASES4 → release, then each of LEASES4 →
-//	                   add, or renew when the query's ciaddr is that address (the
-//	                   client is RENEWING or REBINDING a lease it holds)
-//	lease4_renew       renew
-//	lease4_release     release
+//	leases4_committed  each DELETED_LEASES4 → release, then each LEASES4 → add,
+//	                   or renew when the query's ciaddr is that address (RFC
+//	                   2131: only a client RENEWING or REBINDING a lease it
+//	                   holds fills ciaddr)
 //	lease4_decline     release: the client gave the address up
 //	lease4_expire      release: the lease ran out and was reclaimed
+//	lease4_renew       skipped: runs before the lease is written and repeats
+//	                   the renewal leases4_committed reports
+//	lease4_release     skipped: likewise repeats the release
 //	lease4_recover     skipped: a declined address leaves probation and goes
 //	                   back to the pool; no device holds it, and the decline
 //	                   already ended the last one's lease
 //
-// lease4_rebind is read as renew in case a later library passes it. lease4_select
-// is skipped: the library has no fake-allocation variable to tell an offer
-// from a lease, and leases4_committed reports the same lease once it is
-// written. A renewal therefore yields two renew events (lease4_renew before
-// the lease is written, leases4_committed after); they carry the same
-// lease and the agent may keep either. Any call whose query is a DHCPDISCOVER
-// is skipped, since a DISCOVER only ever produces an offer. DHCPv6 hook points
-// are skipped.
+// Everything else (DHCPv6 hook points, and lease4_select or lease4_rebind
+// should a later library pass them, since leases4_committed reports the same
+// transaction) is skipped, as is any call whose query is a DHCPDISCOVER: a
+// DISCOVER only ever yields an offer.
 func FromKea(args []string, env map[string]string, now time.Time) ([]Event, error) {
 	if len(args) == 0 {
 		return nil, fmt.Errorf("kea: no hook point argument")
@@ -50,9 +52,7 @@ func FromKea(args []string, env map[string]string, now time.Time) ([]Event, erro
 	switch hook {
 	case "leases4_committed":
 		return keaCommitted(env, now)
-	case "lease4_renew", "lease4_rebind":
-		return keaOne(hook, KindRenew, env, now)
-	case "lease4_release", "lease4_decline", "lease4_expire":
+	case "lease4_decline", "lease4_expire":
 		return keaOne(hook, KindRelease, env, now)
 	default:
 		return nil, nil
