@@ -221,7 +221,11 @@ func TestLeaseSemantics(t *testing.T) {
 			now:  m(h),
 			evs: []LeaseEvent{
 				func() LeaseEvent { e := leaseEv(LeaseAdd, m(0), ipA, macA, m(h)); e.ClientID = []byte{1, 2}; return e }(),
-				func() LeaseEvent { e := leaseEv(LeaseAdd, m(time.Minute), ipA, macA, m(h)); e.ClientID = []byte{1, 3}; return e }(),
+				func() LeaseEvent {
+					e := leaseEv(LeaseAdd, m(time.Minute), ipA, macA, m(h))
+					e.ClientID = []byte{1, 3}
+					return e
+				}(),
 			},
 			want: []string{
 				strings.Replace(wantLease(ipA, macA, m(0), m(time.Minute), true), "cid=", "cid=0102", 1),
