@@ -164,4 +164,3 @@ func TestLeaseRetentionOnDiskLeavesNoTrace(t *testing.T) {
 		t.Fatalf("LeaseOpen after the sweep = %d, want the infinite lease only", st.LeaseOpen)
 	}
 }
-
