@@ -450,6 +450,76 @@ func (l *Log) Entries(fromSeq uint64, limit int) ([]Entry, error) {
 	return out, nil
 }
 
+// Scan calls fn for every entry whose Time is in [from, to], in seq order,
+// reading only the segments that hold entries of that time (their oldest
+// and newest entry bound it, not their name, as the clock may have stepped
+// back). Entries appended after Scan started and those removed by retention
+// are left out; like Entries, it decodes without verifying. fn runs with no
+// lock held, so it may call the Log; its error stops the scan and is
+// returned as it is.
+func (l *Log) Scan(from, to time.Time, fn func(Entry) error) error {
+	l.mu.Lock()
+	closed, end := l.closed, l.seq
+	l.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	// Walking by seq rather than by a copy of the segment list keeps a
+	// concurrent Sweep from leaving the scan with a file it removed.
+	for next := uint64(1); next <= end && !to.Before(from); {
+		hits, last, err := l.scanSegment(next, end, from, to)
+		if err != nil {
+			return fmt.Errorf("audit scan: %w", err)
+		}
+		if last == 0 {
+			return nil
+		}
+		for _, e := range hits {
+			if err := fn(e); err != nil {
+				return err
+			}
+		}
+		next = last + 1
+	}
+	return nil
+}
+
+// scanSegment reads the first segment holding seqs from next on whose
+// entries' times overlap [from, to], and returns its entries in that range
+// and at most end, and its last seq (0 when no segment is left).
+func (l *Log) scanSegment(next, end uint64, from, to time.Time) (hits []Entry, last uint64, err error) {
+	l.files.RLock()
+	defer l.files.RUnlock()
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil, 0, ErrClosed
+	}
+	var seg *segmentInfo
+	for i := range l.segments {
+		s := &l.segments[i]
+		if s.firstSeq > end {
+			break
+		}
+		if s.entries > 0 && s.lastSeq >= next && !s.maxTime.Before(from) && !s.minTime.After(to) {
+			c := *s
+			seg = &c
+			break
+		}
+	}
+	l.mu.Unlock()
+	if seg == nil {
+		return nil, 0, nil
+	}
+	err = l.segmentEntries(*seg, func(e Entry) bool {
+		if e.Seq >= next && e.Seq <= end && !e.Time.Before(from) && !e.Time.After(to) {
+			hits = append(hits, e)
+		}
+		return e.Seq < end
+	})
+	return hits, seg.lastSeq, err
+}
+
 // segmentEntries decodes seg's entries in order and passes each to fn until
 // fn returns false. It reads seg.size bytes, the size seen under mu, so that
 // an Append under way never shows up as a torn line. The caller holds files.

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -330,5 +331,49 @@ func TestProofMismatches(t *testing.T) {
 				t.Fatalf("VerifyProof: %v; want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// Proofs and scans taken while entries are appended are whole: every proof
+// verifies and a scan never sees a torn line.
+func TestProveAndScanDuringAppend(t *testing.T) {
+	tl := openTest(t, Options{CheckpointEvery: 7})
+	tl.appendN(t, 1)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 50 {
+				e, head, err := tl.AppendProved(entryFor(w*1000 + i))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if err := VerifyProof(Proof{Entry: e, Signed: head}, tl.PublicKey()); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	go func() { wg.Wait(); close(done) }()
+	for {
+		select {
+		case <-done:
+			mustVerifyOK(t, tl.dir, tl)
+			return
+		default:
+		}
+		seq := tl.Len()
+		p, err := tl.ProveEntry(max(1, seq/2))
+		if err != nil {
+			t.Fatalf("ProveEntry(%d) during appends: %v", max(1, seq/2), err)
+		}
+		if err := VerifyProof(p, tl.PublicKey()); err != nil {
+			t.Fatal(err)
+		}
+		if err := tl.Scan(time.Time{}, day0, func(Entry) error { return nil }); err != nil {
+			t.Fatalf("Scan during appends: %v", err)
+		}
 	}
 }

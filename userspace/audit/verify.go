@@ -175,6 +175,9 @@ type segmentInfo struct {
 	firstSeq, lastSeq uint64
 	lastHash          string
 	maxTime           time.Time // newest entry; retention compares it
+	// minTime is the oldest entry, for Scan: a segment's name does not bound
+	// its entries' times from below, as the clock may step back.
+	minTime time.Time
 }
 
 type signedAt struct {
@@ -483,6 +486,10 @@ func span(one, many string, from, to uint64) string {
 func noteEntry(info *segmentInfo, seq uint64, hash string, t time.Time) {
 	if info.entries == 0 {
 		info.firstSeq = seq
+		info.minTime = t
+	}
+	if t.Before(info.minTime) {
+		info.minTime = t
 	}
 	info.entries++
 	info.lastSeq, info.lastHash = seq, hash
