@@ -1,5 +1,7 @@
-// Package store keeps blocknat's block records and mapping epochs in Pebble
-// and answers "which subscriber had public IP X, port P, at time T?" from them.
+// Package store keeps blocknat's block records, mapping epochs and DHCP
+// lease history in Pebble and answers "which subscriber had public IP X,
+// port P, at time T?" from them, and, where an inside address names a
+// device only for its DHCP lease, "which device held that inside address?".
 //
 // # Records and intervals
 //
@@ -21,6 +23,10 @@
 //	e <start u64> <epoch id u32>                                         = epoch
 //	m <name>                                                             = meta
 //	c <time u64> <seq u32>                                               = canary
+//	L <day u32> <inside 4B> <start u64> <mac len u8> <mac>              = lease
+//	M <day u32> <mac len u8> <mac> <start u64> <inside 4B>
+//	N <inside 4B>                                                        = current lease
+//	O <mac len u8> <mac> <inside 4B>
 //
 // "r" is the record partition: a closed record is stored in every day
 // partition its interval touches, so a lookup for T seeks once in T's day
@@ -36,6 +42,31 @@
 // disk, but live apart from every keyspace a lookup, history, export or the
 // reconciler reads, so a canary is never taken for a subscriber. A canary
 // write deletes the canaries more than an hour older than itself.
+//
+// The lease keyspaces are upper case, so that they sort together apart from
+// the records. "L" is the lease partition, kept like "r": a closed lease is
+// stored in every UTC day partition its interval touches. "M" is the same
+// per day, ordered by MAC, for LeasesByMAC. "N" holds the current lease of
+// each address (a DHCP server gives an address to one device at a time) and
+// "O" indexes it by MAC. The MAC is written after its length, so that the
+// keys of a 6-byte MAC are never a prefix range of a longer hardware
+// address. The value of L is a version byte, a uvarint End-Start, then the
+// client id, hostname and source, each a uvarint length and its bytes; the
+// value of N is a version byte, start, time of the newest event and expiry
+// (u64 each, expiry 0 for an infinite lease), then the MAC, client id,
+// hostname and source the same way.
+//
+// # Leases
+//
+// A Lease says that a device (MAC, and client id when given) held an inside
+// address during [Start, End]. ApplyLeases takes the DHCP hook's events and
+// documents the rules: a grant to another device ends the current lease, a
+// renewal keeps its Start, a release ends it, and late events are placed
+// without undoing newer ones. A current lease whose expiry passes without
+// renewal reads as ended at its expiry (by the store's clock); Sweep first
+// ends such leases at their expiry (EndExpiredLeases), moving them from N/O
+// into L/M like a released one. A current lease, like an open record, lives
+// only in N/O and survives every sweep, whatever its Start.
 //
 // # Carrying open records
 //
@@ -58,18 +89,28 @@
 // [P-width+1, P] for that address in each partition: one bounded seek that
 // reads only the blocks that can contain P.
 //
+// NearestRecords, the records of one block and subscriber just before and
+// just after an interval, relies on the copies too: the latest end before
+// the interval is in the newest partition, at or before it, holding one, so
+// a reverse walk over the partitions (one bounded seek each, absent days
+// skipped) stops at the first hit or at the oldest retained day, and the
+// earliest start after it is found walking forward the same way, or among
+// the open records.
+//
 // # Retention
 //
 // Sweep(retention) computes cutoff = now - retention and its day C. In one
 // Sync batch it range-deletes the r and s partitions of every day before C,
 // point-deletes the records of day C that ended before the cutoff, deletes
 // epochs no retained record needs, and records C as the oldest retained day.
+// The L and M lease partitions are deleted with the same rule in the same
+// batch.
 // A record that ended after the cutoff was copied into day C when it was
 // released, so reads for a time before C are answered from partition C
 // instead. Sweep then flushes the memtable and compacts the deleted spans (and
 // the small o, p and e keyspaces, whose release tombstones still shadow old
-// values) with parallelize=true, so the SSTables holding expired data are
-// rewritten without it.
+// values, and likewise L, M, N and O) with parallelize=true, so the SSTables
+// holding expired data are rewritten without it.
 //
 // Pebble keeps copies outside the live SSTables too: the WAL, which it may
 // recycle (a recycled WAL keeps its old bytes past the new writes), and the
@@ -87,7 +128,8 @@
 //
 // # Concurrency
 //
-// Writers (Apply, PutEpoch, Sweep) are serialised. Reads run concurrently with
+// Writers (Apply, ApplyLeases, EndExpiredLeases, PutEpoch, Sweep) are
+// serialised. Reads run concurrently with
 // writes and see one consistent Pebble view each. Sweep blocks reads only while
 // it reopens the database. Apply blocks while a Sweep runs.
 package store
