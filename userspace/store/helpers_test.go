@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sort"
 	"strings"
@@ -147,5 +148,40 @@ func applyChunks(t testing.TB, s *Store, ops []Op, n int) {
 		k := min(n, len(ops))
 		mustApply(t, s, ops[:k]...)
 		ops = ops[k:]
+	}
+}
+
+// dayLeases returns, for each of addrs inside addresses (those dayOps gives
+// its subscribers), perDay DHCP leases inside the UTC day starting at
+// dayBegin: each a grant to a new device, most with a hostname and a
+// client id as dnsmasq reports them, released before the next slot.
+func dayLeases(rng interface{ Int64N(int64) int64 }, addrs, perDay int, dayBegin time.Time) []LeaseEvent {
+	evs := make([]LeaseEvent, 0, 2*addrs*perDay)
+	slot := 24 * time.Hour / time.Duration(perDay)
+	for i := range addrs {
+		in := netip.AddrFrom4([4]byte{100, 64 + byte(i>>16), byte(i >> 8), byte(i)})
+		for k := range perDay {
+			start := dayBegin.Add(time.Duration(k)*slot + time.Duration(rng.Int64N(int64(5*time.Minute))))
+			end := start.Add(slot - 10*time.Minute - time.Duration(rng.Int64N(int64(slot/4))))
+			r := uint64(rng.Int64N(1 << 40))
+			hw := net.HardwareAddr{0x02 | byte(r>>40)&0xfc, byte(r >> 32), byte(r >> 24), byte(r >> 16), byte(r >> 8), byte(r)}
+			add := LeaseEvent{Kind: LeaseAdd, Time: start, Inside: in, MAC: hw, ClientID: append([]byte{1}, hw...),
+				Expires: start.Add(slot), Source: "dnsmasq"}
+			if r%3 != 0 {
+				add.Hostname = fmt.Sprintf("phone-%04x", r&0xffff)
+			}
+			evs = append(evs, add, LeaseEvent{Kind: LeaseRelease, Time: end, Inside: in, MAC: hw, Source: "dnsmasq"})
+		}
+	}
+	return evs
+}
+
+// applyLeaseChunks applies lease events in batches of n.
+func applyLeaseChunks(t testing.TB, s *Store, evs []LeaseEvent, n int) {
+	t.Helper()
+	for len(evs) > 0 {
+		k := min(n, len(evs))
+		mustApplyLeases(t, s, evs[:k]...)
+		evs = evs[k:]
 	}
 }
