@@ -209,8 +209,8 @@ func (b *lockedBuffer) String() string {
 }
 
 // start runs a long-lived process in ns and kills it in t.Cleanup; its output
-// is logged if the test fails.
-func start(t *testing.T, ns *netns.NS, name string, env []string, argv ...string) *exec.Cmd {
+// is logged if the test fails. The channel closes when the process has exited.
+func start(t *testing.T, ns *netns.NS, name string, env []string, argv ...string) <-chan struct{} {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := ns.Command(ctx, argv...)
@@ -231,7 +231,7 @@ func start(t *testing.T, ns *netns.NS, name string, env []string, argv ...string
 			t.Logf("%s output:\n%s", name, out.String())
 		}
 	})
-	return cmd
+	return done
 }
 
 // eventually polls cond until it holds or labWait passes; describe explains
@@ -253,7 +253,7 @@ var fixedAddress = regexp.MustCompile(`fixed-address (\d+\.\d+\.\d+\.\d+);`)
 type clientRun struct {
 	l                 *lab
 	conf, leases, pid string
-	cmd               *exec.Cmd
+	exited            <-chan struct{}
 	addr              netip.Addr
 }
 
@@ -273,7 +273,7 @@ func (l *lab) acquire(t *testing.T) *clientRun {
 	if err := os.WriteFile(c.conf, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c.cmd = start(t, l.client, "dhclient", nil, "dhclient", "-4", "-d", "-1", "-v",
+	c.exited = start(t, l.client, "dhclient", nil, "dhclient", "-4", "-d", "-1", "-v",
 		"-sf", "/bin/true", "-cf", c.conf, "-lf", c.leases, "-pf", c.pid, l.clientIf)
 	eventually(t, "a lease in dhclient's lease file", func() bool {
 		data, _ := os.ReadFile(c.leases)
@@ -378,7 +378,14 @@ func (l *lab) checkLease(t *testing.T, parse parser, source string, wantCalls in
 	if rel.Expires != nil {
 		t.Errorf("release event has an expiry: %v", rel.Expires)
 	}
-	eventually(t, "the first dhclient to exit after -r", func() bool { return c.cmd.ProcessState != nil }, func() string { return "" })
+	eventually(t, "the first dhclient to exit after -r", func() bool {
+		select {
+		case <-c.exited:
+			return true
+		default:
+			return false
+		}
+	}, func() string { return "" })
 
 	eventually(t, fmt.Sprintf("%d script runs", wantCalls), func() bool {
 		return len(readCalls(t, l.calls)) >= wantCalls

@@ -16,6 +16,9 @@ type QueuedError struct {
 }
 
 func (e *QueuedError) Error() string {
+	if e.Events == 0 {
+		return fmt.Sprintf("lease events stay queued in %s for later delivery: %v", e.Dir, e.Err)
+	}
 	return fmt.Sprintf("%d lease events queued in %s for later delivery: %v", e.Events, e.Dir, e.Err)
 }
 
