@@ -14,7 +14,7 @@ import (
 type SweepStats struct {
 	Cutoff          time.Time     // now - retention
 	OldestRetained  time.Time     // start of the oldest day partition kept
-	Partitions      int           // day partitions deleted whole
+	Partitions      int           // record day partitions deleted whole (the lease partitions of those days go too)
 	ExpiredRecords  int           // records deleted (each counted once)
 	ExpiredEpochs   int           // epochs deleted
 	EndedLeases     int           // current leases ended at their expiry first (EndExpiredLeases)
