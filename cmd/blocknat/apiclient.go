@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"slices"
@@ -14,6 +17,7 @@ import (
 	"time"
 
 	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/config"
 )
 
 // DefaultSocket is the agent's API socket.
@@ -21,15 +25,84 @@ const DefaultSocket = "/run/blocknat/api.sock"
 
 // apiFlags are the flags every command that asks the agent takes.
 type apiFlags struct {
+	fs     *flag.FlagSet
 	socket *string
+	config *string
+	cert   *string
+	key    *string
+	ca     *string
+	tls    *string
 	asJSON *bool
 }
 
 func addAPIFlags(fs *flag.FlagSet) apiFlags {
 	return apiFlags{
-		socket: fs.String("socket", DefaultSocket, "the agent's API `socket`"),
+		fs:     fs,
+		socket: fs.String("socket", DefaultSocket, "the agent's API `socket` (overrides the one --config names)"),
+		config: fs.String("config", "", "the agent's configuration `file`: its api.socket (and api.tls.listen) is where to ask"),
+		cert:   fs.String("cert", "", "TLS client certificate `file` (PEM): ask over TLS instead of the unix socket"),
+		key:    fs.String("key", "", "TLS client key `file` (PEM), with --cert"),
+		ca:     fs.String("ca", "", "CA `file` (PEM) that signed the agent's TLS certificate, with --cert"),
+		tls:    fs.String("tls", "", "the agent's TLS `address` host:port, with --cert (default: api.tls.listen of --config)"),
 		asJSON: fs.Bool("json", false, "print the agent's answer as JSON"),
 	}
+}
+
+// given reports whether the named flag was set on the command line.
+func (af apiFlags) given(name string) bool {
+	found := false
+	af.fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
+	return found
+}
+
+// dial finds the agent: --socket when given, else the socket (or, with
+// --cert, the TLS listener) of the --config file, else the default socket.
+func (af apiFlags) dial() (*api.Client, error) {
+	var cfg *config.Config
+	if *af.config != "" {
+		var err error
+		if cfg, err = config.Load(*af.config); err != nil {
+			return nil, fmt.Errorf("--config: %w", err)
+		}
+	}
+	if *af.cert != "" || *af.key != "" || *af.ca != "" {
+		return af.dialTLS(cfg)
+	}
+	socket := *af.socket
+	if cfg != nil && !af.given("socket") {
+		socket = cfg.API.Socket
+	}
+	return api.Dial(socket)
+}
+
+func (af apiFlags) dialTLS(cfg *config.Config) (*api.Client, error) {
+	if *af.cert == "" || *af.key == "" || *af.ca == "" {
+		return nil, usagef("--cert, --key and --ca: give all three to ask over TLS")
+	}
+	addr := *af.tls
+	if addr == "" && cfg != nil && cfg.API.TLS != nil {
+		addr = cfg.API.TLS.Listen
+	}
+	if addr == "" {
+		return nil, usagef("--tls: give the agent's TLS address, or a --config whose api.tls.listen names it")
+	}
+	cert, err := tls.LoadX509KeyPair(*af.cert, *af.key)
+	if err != nil {
+		return nil, fmt.Errorf("--cert/--key: %w", err)
+	}
+	pem, err := os.ReadFile(*af.ca)
+	if err != nil {
+		return nil, fmt.Errorf("--ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--ca %s: no PEM certificate in it", *af.ca)
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, usagef("--tls: %q is not host:port", addr)
+	}
+	return api.DialTLS(addr, &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12})
 }
 
 // parseAPIFlags parses args and rejects positional arguments, which none of
@@ -63,10 +136,10 @@ func required(flags map[string]*string) error {
 	return usagef("missing %s", strings.Join(missing, ", "))
 }
 
-// withClient dials the socket and runs fn with a context that ends on
+// withClient dials the agent and runs fn with a context that ends on
 // SIGINT or SIGTERM.
-func withClient(socket string, fn func(ctx context.Context, c *api.Client) error) error {
-	c, err := api.Dial(socket)
+func withClient(af apiFlags, fn func(ctx context.Context, c *api.Client) error) error {
+	c, err := af.dial()
 	if err != nil {
 		return err
 	}
@@ -96,6 +169,12 @@ func humanTime(t time.Time) string {
 // printRecord prints one record for a reader without the manual.
 func printRecord(w io.Writer, c api.Candidate) {
 	fmt.Fprintf(w, "  subscriber %d  inside %s\n", c.Subscriber, c.Inside)
+	switch c.Coverage {
+	case api.CoverageAll:
+		fmt.Fprintln(w, "    held the port for all of the searched interval")
+	case api.CoveragePart:
+		fmt.Fprintln(w, "    held the port for only part of the searched interval")
+	}
 	fmt.Fprintf(w, "    block %s ports %d-%d\n", c.Public, c.PortLo, c.PortHi)
 	end := "still active"
 	if c.End != nil {
@@ -121,6 +200,45 @@ func printRecord(w io.Writer, c api.Candidate) {
 			fmt.Fprintf(w, "    [%s]\n", f)
 		}
 	}
+	printLeases(w, c)
+}
+
+// printLeases names the devices that held the record's inside address.
+func printLeases(w io.Writer, c api.Candidate) {
+	if c.LeasesFrom.IsZero() {
+		return
+	}
+	if len(c.Leases) == 0 {
+		fmt.Fprintf(w, "    device: no DHCP lease recorded for %s then\n", c.Inside)
+		return
+	}
+	fmt.Fprintf(w, "    device (DHCP leases of %s during %s .. %s):\n", c.Inside, humanTime(c.LeasesFrom), humanTime(c.LeasesTo))
+	for _, l := range c.Leases {
+		fmt.Fprintf(w, "      %s\n", leaseLine(l))
+	}
+}
+
+func leaseLine(l api.LeaseInfo) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "mac %s", l.MAC)
+	if l.Hostname != "" {
+		fmt.Fprintf(&b, " host %q", l.Hostname)
+	}
+	if l.ClientID != "" {
+		fmt.Fprintf(&b, " client-id %s", l.ClientID)
+	}
+	end := "infinite, still held"
+	switch {
+	case l.End != nil && l.Ended:
+		end = humanTime(*l.End)
+	case l.End != nil:
+		end = humanTime(*l.End) + " (expiry; still held)"
+	}
+	fmt.Fprintf(&b, "  lease %s .. %s (%s)", humanTime(l.Start), end, l.Source)
+	if l.Coverage == api.CoveragePart {
+		b.WriteString(" [part of the interval only]")
+	}
+	return b.String()
 }
 
 func printEpoch(w io.Writer, e *api.EpochSummary) {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 
 	"github.com/blocknat/blocknat/userspace/api"
@@ -19,17 +18,22 @@ func init() {
 	}
 }
 
-var auditVerbs = []string{"show", "verify"}
+var auditVerbs = []string{"show", "verify", "subject"}
 
 const auditSynopsis = `audit show [--from SEQ] [--limit N] [--json] [--socket PATH]
        blocknat audit verify [--json] [--socket PATH]
        blocknat audit verify --dir DIR --pubkey FILE [--json]
+       blocknat audit subject --subscriber INSIDE-ADDRESS|--mac MAC --from RFC3339 --to RFC3339 [--json] [--config FILE | --socket PATH]
 
 show prints audit entries; without --from, the newest ones. verify has the
 agent check its log's hash chain and signatures. With --dir and --pubkey it
 checks a copy of the log directory offline, without the agent; take the
 public key from a copy kept off the router, not from the directory checked.
-verify exits 1 when the log fails, and names each problem's seq, file and line.`
+verify exits 1 when the log fails, and names each problem's seq, file and line.
+subject lists every request whose criteria or answer named the subscriber or
+device in the period: when, the kind of use, the role, the purpose and the
+outcome, which is what a subscriber's access request (GDPR art. 15) is owed.
+The search is audited like any other request.`
 
 func runAudit(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
@@ -42,6 +46,8 @@ func runAudit(args []string, stdout, stderr io.Writer) int {
 		return runAuditShow(args, stdout, stderr)
 	case "verify":
 		return runAuditVerify(args, stdout, stderr)
+	case "subject":
+		return runAuditSubject(args, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprintf(stdout, "usage: blocknat %s\n", auditSynopsis)
 		return exitOK
@@ -63,7 +69,7 @@ func runAuditShow(args []string, stdout, stderr io.Writer) int {
 	if *limit < 1 || *limit > api.MaxAuditLimit {
 		return report(stderr, name, usagef("--limit: %d is not between 1 and %d", *limit, api.MaxAuditLimit))
 	}
-	err := withClient(*af.socket, func(ctx context.Context, c *api.Client) error {
+	err := withClient(af, func(ctx context.Context, c *api.Client) error {
 		ans, err := c.AuditShow(ctx, *from, *limit)
 		if err != nil {
 			return err
@@ -91,22 +97,19 @@ func printAuditEntries(w io.Writer, ans *api.AuditShowResponse) {
 		}
 		fmt.Fprintf(w, "    operator %s (judged as %s)\n", e.Operator, role)
 		if len(e.Criteria) > 0 {
-			keys := make([]string, 0, len(e.Criteria))
-			for k := range e.Criteria {
-				keys = append(keys, k)
-			}
-			slices.Sort(keys)
-			pairs := make([]string, len(keys))
-			for i, k := range keys {
-				pairs[i] = k + "=" + quoteIfNeeded(e.Criteria[k])
-			}
-			fmt.Fprintf(w, "    criteria %s\n", strings.Join(pairs, " "))
+			fmt.Fprintf(w, "    criteria %s\n", criteriaLine(e.Criteria))
 		}
 		if e.Purpose != "" {
 			fmt.Fprintf(w, "    purpose  %s\n", quoteIfNeeded(e.Purpose))
 		}
 		if e.Detail != "" {
 			fmt.Fprintf(w, "    detail   %s\n", e.Detail)
+		}
+		if len(e.Subjects) > 0 {
+			fmt.Fprintf(w, "    named    %s\n", strings.Join(e.Subjects, " "))
+		}
+		if e.AnswerSHA256 != "" {
+			fmt.Fprintf(w, "    answer   sha256 %s\n", e.AnswerSHA256)
 		}
 	}
 	fmt.Fprintf(w, "audit entry %d (this request)\n", ans.AuditSeq)
@@ -138,7 +141,7 @@ func runAuditVerify(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case *dir == "" && *pubkey == "":
 		source = "agent"
-		err = withClient(*af.socket, func(ctx context.Context, c *api.Client) error {
+		err = withClient(af, func(ctx context.Context, c *api.Client) error {
 			ans, err := c.AuditVerify(ctx)
 			if err == nil {
 				res = *ans

@@ -22,9 +22,12 @@ func init() {
 	}
 }
 
-const exportSynopsis = `export --from RFC3339 --to RFC3339 [--format csv|jsonl] --purpose TEXT --out FILE [--json] [--socket PATH]
+const exportSynopsis = `export --from RFC3339 --to RFC3339 [--subscriber INSIDE-ADDRESS|--mac MAC] [--format csv|jsonl] --purpose TEXT --out FILE [--json] [--config FILE | --socket PATH]
 
-Writes every block record whose interval meets [--from, --to] to FILE. The
+Writes every block record whose interval meets [--from, --to] to FILE, each
+with the DHCP leases that held its inside address. --subscriber or --mac
+narrow it to one subscriber or one device: answer a request with the
+narrowest export that answers it. The
 records go to FILE.tmp first, which is renamed to FILE only when the agent
 has sent every record it announced, so FILE never holds a partial export.
 FILE must not exist yet; it is created with mode 0600, as it holds personal
@@ -38,6 +41,8 @@ func runExport(args []string, stdout, stderr io.Writer) int {
 	format := fs.String("format", api.FormatCSV, "output `format`: csv or jsonl")
 	purpose := fs.String("purpose", "", "purpose or case `reference` (required; audited)")
 	out := fs.String("out", "", "output `file`")
+	subscriber := fs.String("subscriber", "", "only this subscriber's inside IPv4 `address`")
+	mac := fs.String("mac", "", "only this device's hardware `address`, through its leases")
 	af := addAPIFlags(fs)
 	if ok, code := parseAPIFlags(fs, args); !ok {
 		return code
@@ -52,9 +57,12 @@ func runExport(args []string, stdout, stderr io.Writer) int {
 	if _, err := os.Lstat(*out); err == nil {
 		return report(stderr, name, fmt.Errorf("--out: %s exists; remove it or choose another name", *out))
 	}
-	req := api.ExportRequest{From: *from, To: *to, Format: *format, Purpose: *purpose}
+	if *subscriber != "" && *mac != "" {
+		return report(stderr, name, usagef("give at most one of --subscriber and --mac"))
+	}
+	req := api.ExportRequest{From: *from, To: *to, Format: *format, Subscriber: *subscriber, MAC: *mac, Purpose: *purpose}
 	var res *api.ExportResult
-	err := withClient(*af.socket, func(ctx context.Context, c *api.Client) error {
+	err := withClient(af, func(ctx context.Context, c *api.Client) error {
 		var err error
 		res, err = exportToFile(ctx, c, req, *out, stderr)
 		return err

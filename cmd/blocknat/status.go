@@ -33,7 +33,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	if ok, code := parseAPIFlags(fs, args); !ok {
 		return code
 	}
-	err := withClient(*af.socket, func(ctx context.Context, c *api.Client) error {
+	err := withClient(af, func(ctx context.Context, c *api.Client) error {
 		ans, err := c.Status(ctx)
 		if err != nil {
 			return err

@@ -99,7 +99,7 @@ func Config(topo *netns.Topology, stateDir, pinDir string, extra string) []byte 
 	for _, d := range []struct{ key, line string }{
 		{"ports", "ports: {range: 1024-65535, block_size: 0}"},
 		{"xdp_mode", "xdp_mode: native"},
-		{"roles", "roles: {investigator: {uids: [0]}, auditor: {uids: [0]}, admin: {uids: [0]}}"},
+		{"roles", "roles: {investigator: {uids: [0]}, auditor: {uids: [0]}, admin: {uids: [0]}, dhcp: {uids: [0]}}"},
 	} {
 		if !hasTopLevelKey(extra, d.key) {
 			b.WriteString(d.line + "\n")

@@ -188,6 +188,7 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Opt
 		"block_size", a.mapping.BlockSize, "ratio", a.mapping.Ratio, logattr.Epoch, a.epoch.ID, logattr.PinDir, cfg.BPFFSDir)
 
 	a.reconcileOnce(ctx)
+	a.deliverLeaseSpool()
 	a.retention(time.Now())
 	a.maintain(ctx)
 	log.Info("stopping; the data plane keeps translating", logattr.PinDir, cfg.BPFFSDir)

@@ -13,7 +13,10 @@ import (
 	"github.com/blocknat/blocknat/userspace/api"
 	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/config"
+	"github.com/blocknat/blocknat/userspace/leasehook"
+	"github.com/blocknat/blocknat/userspace/logattr"
 	"github.com/blocknat/blocknat/userspace/metrics"
+	"github.com/blocknat/blocknat/userspace/store"
 )
 
 // AuditDir is where the audit log lives under state_dir.
@@ -40,6 +43,7 @@ func Roles(cfg *config.Config) api.Roles {
 		api.RoleInvestigator: cfg.Roles.Investigator,
 		api.RoleAuditor:      cfg.Roles.Auditor,
 		api.RoleAdmin:        cfg.Roles.Admin,
+		api.RoleDHCP:         cfg.Roles.DHCP,
 	} {
 		for _, uid := range m.UIDs {
 			r.UIDs[uid] = append(r.UIDs[uid], role)
@@ -244,5 +248,47 @@ func (st *Status) statusOfSnapshot(s metrics.Snapshot) {
 		LastSeconds: w.Last.Seconds(), MaxSeconds: w.Max.Seconds()}
 	for _, err := range s.Errors {
 		st.Unreadable = append(st.Unreadable, err.Error())
+	}
+}
+
+// deliverLeaseSpool stores the lease events that `blocknat lease` queued
+// while the agent was away. A spool the agent may not read (it belongs to
+// the DHCP server's user) is left to the next hook call, which delivers it
+// through the API.
+func (a *Agent) deliverLeaseSpool() {
+	dir := a.cfg.Leases.Spool
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	spool, err := leasehook.OpenSpool(dir)
+	if err != nil {
+		a.log.Warn("lease spool not delivered; the next lease hook call delivers it", logattr.Path, dir, logattr.Err, err)
+		return
+	}
+	invalid := 0
+	n, err := spool.Deliver(func(evs []leasehook.Event) error {
+		out := make([]store.LeaseEvent, 0, len(evs))
+		for _, e := range evs {
+			ev, err := api.StoreLeaseEvent(e, time.Now())
+			if err != nil {
+				// The hook validated it before queueing; one that fails
+				// now must not hold back the rest of the queue.
+				invalid++
+				a.log.Error("queued lease event refused", logattr.Path, dir, logattr.Err, err)
+				continue
+			}
+			out = append(out, ev)
+		}
+		if len(out) == 0 {
+			return nil
+		}
+		return a.store.ApplyLeases(out)
+	})
+	if err != nil {
+		a.log.Warn("lease spool partly delivered; the next lease hook call delivers the rest", logattr.Path, dir, logattr.Count, n, logattr.Err, err)
+		return
+	}
+	if n > 0 {
+		a.log.Info("queued lease events delivered", logattr.Path, dir, logattr.Count, n-invalid, "refused", invalid)
 	}
 }

@@ -20,8 +20,8 @@ func TestLookupAnswer(t *testing.T) {
 	h := newHarness(t, harnessOptions{roles: rootRoles(RoleInvestigator)})
 	ctx := context.Background()
 
-	// 13:00:01+01:00 is the same instant as 12:00:01Z; ±2s reaches back into
-	// A's interval and forward into B's.
+	// 13:00:01+01:00 is the same instant as 12:00:01Z; the whole second
+	// widened by ±2s reaches back into A's interval and forward into B's.
 	ans, err := h.client.Lookup(ctx, LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T13:00:01+01:00", Tolerance: "2s", Purpose: "case 1"})
 	if err != nil {
 		t.Fatalf("Lookup: %v", err)
@@ -31,7 +31,8 @@ func TestLookupAnswer(t *testing.T) {
 	}
 	q := ans.Query
 	if !q.Time.Equal(mustTime(t, "2026-11-20T12:00:01Z")) || q.Time.Location() != time.UTC ||
-		!q.From.Equal(mustTime(t, "2026-11-20T11:59:59Z")) || !q.To.Equal(mustTime(t, "2026-11-20T12:00:03Z")) || q.Tolerance != "2s" {
+		!q.From.Equal(mustTime(t, "2026-11-20T11:59:59Z")) || !q.To.Equal(mustTime(t, "2026-11-20T12:00:04Z")) || q.Tolerance != "2s" ||
+		q.Precision != "1s" {
 		t.Errorf("query %+v", q)
 	}
 	if len(ans.Candidates) != 2 {
@@ -126,8 +127,8 @@ func TestExport(t *testing.T) {
 			t.Fatalf("rows %v", rows)
 		}
 		for i, r := range want {
-			if !slices.Equal(rows[i+1], csvRow(r)) {
-				t.Errorf("row %d = %v, want %v", i+1, rows[i+1], csvRow(r))
+			if want := csvRow(exportRecordOf(r, nil)); !slices.Equal(rows[i+1], want) {
+				t.Errorf("row %d = %v, want %v", i+1, rows[i+1], want)
 			}
 		}
 		if rows[1][6] == "" || rows[2][6] != "" || rows[2][8] != FlagRecovered {
@@ -154,7 +155,7 @@ func TestExport(t *testing.T) {
 			if err := dec.Decode(&got); err != nil {
 				t.Fatalf("line %d: %v", i, err)
 			}
-			w := exportRecordOf(want[i])
+			w := exportRecordOf(want[i], nil)
 			if got.Subscriber != w.Subscriber || got.Inside != w.Inside || !got.Start.Equal(w.Start) || (got.End == nil) != (w.End == nil) ||
 				got.Epoch != w.Epoch || !slices.Equal(got.Flags, w.Flags) {
 				t.Errorf("line %d = %+v, want %+v", i, got, w)
@@ -181,7 +182,7 @@ type shiftingStore struct {
 	calls int
 }
 
-func (s *shiftingStore) Export(from, to time.Time, fn func(store.Record) error) error {
+func (s *shiftingStore) ExportWithLeases(from, to time.Time, fn func(store.Record, []store.Lease) error) error {
 	s.calls++
 	var recs []store.Record
 	if err := s.Store.Export(from, to, func(r store.Record) error { recs = append(recs, r); return nil }); err != nil {
@@ -197,7 +198,7 @@ func (s *shiftingStore) Export(from, to time.Time, fn func(store.Record) error) 
 		}
 	}
 	for _, r := range recs {
-		if err := fn(r); err != nil {
+		if err := fn(r, nil); err != nil {
 			return err
 		}
 	}

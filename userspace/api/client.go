@@ -95,19 +95,59 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// Lookup asks which subscriber held req.IP:req.Port at req.Time.
+// Lookup asks which subscriber held req.IP:req.Port at req.Time. The
+// answer carries its Evidence: the bytes as audited and their proof.
 func (c *Client) Lookup(ctx context.Context, req LookupRequest) (*LookupResponse, error) {
 	var out LookupResponse
-	if err := c.call(ctx, http.MethodPost, PathLookup, req, &out); err != nil {
+	ev, err := c.callAnswered(ctx, PathLookup, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	out.AuditSeq, out.Evidence = ev.Proof.Entry.Seq, ev
+	return &out, nil
+}
+
+// History lists the records of one subscriber or one device.
+func (c *Client) History(ctx context.Context, req HistoryRequest) (*HistoryResponse, error) {
+	var out HistoryResponse
+	ev, err := c.callAnswered(ctx, PathHistory, req, &out)
+	if err != nil {
+		return nil, err
+	}
+	out.AuditSeq, out.Evidence = ev.Proof.Entry.Seq, ev
+	return &out, nil
+}
+
+// callAnswered posts body and decodes an Answered envelope: the answer
+// into out, after checking that its bytes are the ones the audit entry
+// names.
+func (c *Client) callAnswered(ctx context.Context, path string, body, out any) (*Evidence, error) {
+	var env Answered
+	if err := c.call(ctx, http.MethodPost, path, body, &env); err != nil {
+		return nil, err
+	}
+	if err := env.Evidence.check(); err != nil {
+		return nil, fmt.Errorf("POST %s from %s: %w", path, c.where, err)
+	}
+	if err := json.Unmarshal(env.Answer, out); err != nil {
+		return nil, fmt.Errorf("POST %s from %s: decode answer: %w", path, c.where, err)
+	}
+	return &env.Evidence, nil
+}
+
+// Leases delivers lease events (role dhcp).
+func (c *Client) Leases(ctx context.Context, req LeasesRequest) (*LeasesResponse, error) {
+	var out LeasesResponse
+	if err := c.call(ctx, http.MethodPost, PathLeases, req, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
 }
 
-// History lists the records of one subscriber.
-func (c *Client) History(ctx context.Context, req HistoryRequest) (*HistoryResponse, error) {
-	var out HistoryResponse
-	if err := c.call(ctx, http.MethodPost, PathHistory, req, &out); err != nil {
+// AuditSubject lists the requests that named a subscriber or device.
+func (c *Client) AuditSubject(ctx context.Context, req AuditSubjectRequest) (*AuditSubjectResponse, error) {
+	var out AuditSubjectResponse
+	if err := c.call(ctx, http.MethodPost, PathAuditSubject, req, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil

@@ -38,12 +38,20 @@ type reply struct {
 	purpose  string
 	outcome  audit.Outcome
 	detail   string
+	// subjects are the subscribers and devices the request or its answer
+	// named ("inside:ADDR", "mac:MAC"), for subject-access requests.
+	subjects []string
 
 	status  int
 	header  http.Header
 	message string // for anything but an answer
 	// answer builds the JSON body of an answer once the audit seq is known.
 	answer func(seq uint64) any
+	// document is an answer that is evidence (lookup, history): its bytes
+	// are hashed into the entry (answerSHA256) and sent unchanged inside
+	// an Answered envelope with the entry's proof.
+	document     []byte
+	answerSHA256 string
 	// stream writes an answer that is too large to hold (an export); it
 	// sets its own headers and status.
 	stream func(w http.ResponseWriter, seq uint64)
@@ -82,7 +90,7 @@ func fromStore(step string, err error) *failure {
 
 func (r *reply) fail(f *failure) {
 	r.status, r.outcome, r.message, r.detail = f.status, f.outcome, f.msg, f.msg
-	r.answer, r.stream = nil, nil
+	r.answer, r.stream, r.document, r.answerSHA256 = nil, nil, nil, ""
 }
 
 // route is one endpoint. parse reads and checks the request; it records the
@@ -96,12 +104,14 @@ type route struct {
 }
 
 var routes = map[string]route{
-	PathLookup:      {ActionLookup, http.MethodPost, RoleInvestigator, (*Server).parseLookup},
-	PathHistory:     {ActionHistory, http.MethodPost, RoleInvestigator, (*Server).parseHistory},
-	PathExport:      {ActionExport, http.MethodPost, RoleInvestigator, (*Server).parseExport},
-	PathStatus:      {ActionStatus, http.MethodGet, RoleAdmin, (*Server).parseStatus},
-	PathAudit:       {ActionAuditShow, http.MethodGet, RoleAuditor, (*Server).parseAuditShow},
-	PathAuditVerify: {ActionAuditVerify, http.MethodPost, RoleAuditor, (*Server).parseAuditVerify},
+	PathLookup:       {ActionLookup, http.MethodPost, RoleInvestigator, (*Server).parseLookup},
+	PathHistory:      {ActionHistory, http.MethodPost, RoleInvestigator, (*Server).parseHistory},
+	PathExport:       {ActionExport, http.MethodPost, RoleInvestigator, (*Server).parseExport},
+	PathStatus:       {ActionStatus, http.MethodGet, RoleAdmin, (*Server).parseStatus},
+	PathAudit:        {ActionAuditShow, http.MethodGet, RoleAuditor, (*Server).parseAuditShow},
+	PathAuditVerify:  {ActionAuditVerify, http.MethodPost, RoleAuditor, (*Server).parseAuditVerify},
+	PathAuditSubject: {ActionAuditSubject, http.MethodPost, RoleAuditor, (*Server).parseAuditSubject},
+	PathLeases:       {ActionLeases, http.MethodPost, RoleDHCP, (*Server).parseLeases},
 }
 
 // maxCriterion caps a criterion taken from the URL of a request that names
@@ -161,14 +171,20 @@ func truncate(s string) string {
 	return s[:maxCriterion] + "…"
 }
 
-// write sends the reply; the audit entry is already appended.
-func (r *reply) write(w http.ResponseWriter, seq uint64) {
+// write sends the reply; the audit entry is already appended, and proof is
+// the signed head its append wrote.
+func (r *reply) write(w http.ResponseWriter, proof audit.Proof) {
+	seq := proof.Entry.Seq
 	h := w.Header()
 	for k, v := range r.header {
 		h[k] = v
 	}
 	h.Set(HeaderAuditSeq, strconv.FormatUint(seq, 10))
 	switch {
+	case r.document != nil:
+		writeJSON(w, http.StatusOK, nil, Answered{AuditSeq: seq, Evidence: Evidence{
+			AnswerSHA256: r.answerSHA256, Answer: r.document, Proof: proof,
+		}})
 	case r.stream != nil:
 		r.stream(w, seq)
 	case r.answer != nil:

@@ -120,19 +120,19 @@ type watchedAuditor struct {
 
 var errAuditDown = errors.New("audit disk on fire")
 
-func (a *watchedAuditor) Append(e audit.Entry) (audit.Entry, error) {
+func (a *watchedAuditor) AppendProved(e audit.Entry) (audit.Entry, audit.SignedRecord, error) {
 	if a.written.Load() {
 		a.t.Errorf("audit Append for %s (%s) ran after the response was written", e.Action, e.Outcome)
 	}
 	a.appends.Add(1)
 	if a.failAll.Load() {
-		return audit.Entry{}, errAuditDown
+		return audit.Entry{}, audit.SignedRecord{}, errAuditDown
 	}
-	out, err := a.Auditor.Append(e)
+	out, head, err := a.Auditor.AppendProved(e)
 	if err == nil {
 		a.last.Store(&out)
 	}
-	return out, err
+	return out, head, err
 }
 
 // watchWriter notes the first byte of a response.

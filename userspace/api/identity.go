@@ -24,6 +24,9 @@ const (
 	RoleAuditor Role = "auditor"
 	// RoleAdmin may read the status.
 	RoleAdmin Role = "admin"
+	// RoleDHCP may only add lease events: it is the DHCP server's hook,
+	// which must never read what it writes.
+	RoleDHCP Role = "dhcp"
 )
 
 // Roles maps operators to roles: unix-socket peers by uid, TLS clients by

@@ -2,21 +2,26 @@ package api
 
 import (
 	"encoding/hex"
+	"encoding/json"
 	"net/netip"
 	"time"
 
+	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/leasehook"
 	"github.com/blocknat/blocknat/userspace/store"
 )
 
 // Paths of the API. The version prefix lets a later protocol live beside
 // this one.
 const (
-	PathLookup      = "/v1/lookup"
-	PathHistory     = "/v1/history"
-	PathExport      = "/v1/export"
-	PathStatus      = "/v1/status"
-	PathAudit       = "/v1/audit"
-	PathAuditVerify = "/v1/audit/verify"
+	PathLookup       = "/v1/lookup"
+	PathHistory      = "/v1/history"
+	PathExport       = "/v1/export"
+	PathStatus       = "/v1/status"
+	PathAudit        = "/v1/audit"
+	PathAuditVerify  = "/v1/audit/verify"
+	PathAuditSubject = "/v1/audit/subject"
+	PathLeases       = "/v1/leases"
 )
 
 // Headers the server sets.
@@ -43,6 +48,12 @@ const (
 	// DefaultAuditLimit and MaxAuditLimit bound GET /v1/audit.
 	DefaultAuditLimit = 50
 	MaxAuditLimit     = 1000
+	// MaxLeaseEvents caps one POST /v1/leases: a hook delivers its queue
+	// in batches of at most this many.
+	MaxLeaseEvents = 256
+	// MaxSubjectWindow caps an audit subject search; a subject-access
+	// request names a period, and a wider one reads the whole log.
+	MaxSubjectWindow = 10 * 366 * 24 * time.Hour
 )
 
 // Export formats.
@@ -61,10 +72,12 @@ type LookupRequest struct {
 	Purpose   string `json:"purpose"`
 }
 
-// HistoryRequest is the body of POST /v1/history. Subscriber is the
-// subscriber's inside IPv4 address.
+// HistoryRequest is the body of POST /v1/history. Exactly one of
+// Subscriber (the subscriber's inside IPv4 address) and MAC (a device's
+// hardware address, resolved through the lease history) is given.
 type HistoryRequest struct {
-	Subscriber string `json:"subscriber"`
+	Subscriber string `json:"subscriber,omitempty"`
+	MAC        string `json:"mac,omitempty"`
 	From       string `json:"from"`
 	To         string `json:"to"`
 	Purpose    string `json:"purpose"`
@@ -72,11 +85,16 @@ type HistoryRequest struct {
 
 // ExportRequest is the body of POST /v1/export. Format is FormatCSV or
 // FormatJSONL.
+//
+// Subscriber or MAC narrow it to one subscriber's inside address or one
+// device (through its leases); at most one of them is given.
 type ExportRequest struct {
-	From    string `json:"from"`
-	To      string `json:"to"`
-	Format  string `json:"format"`
-	Purpose string `json:"purpose"`
+	From       string `json:"from"`
+	To         string `json:"to"`
+	Format     string `json:"format"`
+	Subscriber string `json:"subscriber,omitempty"`
+	MAC        string `json:"mac,omitempty"`
+	Purpose    string `json:"purpose"`
 }
 
 // ErrorResponse is the body of every response that is not an answer.
@@ -86,37 +104,105 @@ type ErrorResponse struct {
 	AuditSeq uint64 `json:"audit_seq,omitempty"` // absent on 503: nothing was audited
 }
 
-// LookupQuery echoes what a lookup searched: the time as parsed, in UTC,
-// and the interval [From, To] it widened to.
+// LookupQuery echoes what a lookup searched. A stated time covers its
+// precision: "12:00:01Z" is the whole second [12:00:01, 12:00:02), and
+// "12:00:01.7Z" the tenth of a second [12:00:01.7, 12:00:01.8). The
+// tolerance widens that interval on both sides, giving [From, To): From is
+// included, To is not.
 type LookupQuery struct {
-	IP        netip.Addr `json:"ip"`
-	Port      uint16     `json:"port"`
-	Time      time.Time  `json:"time"`
-	Tolerance string     `json:"tolerance"` // a Go duration, "0s" when none
-	From      time.Time  `json:"from"`
-	To        time.Time  `json:"to"`
+	IP   netip.Addr `json:"ip"`
+	Port uint16     `json:"port"`
+	// Time is the stated time as parsed, in UTC.
+	Time time.Time `json:"time"`
+	// Precision is the width the stated time covers, a Go duration ("1s",
+	// "100ms", "1ms").
+	Precision string    `json:"precision"`
+	Tolerance string    `json:"tolerance"` // a Go duration, "0s" when none
+	From      time.Time `json:"from"`
+	To        time.Time `json:"to"` // exclusive
 }
 
-// LookupResponse answers a lookup. No candidate is an answer too (outcome
-// "empty"): Candidates is then an empty list.
+// LookupResponse answers a lookup. Candidates are the block records that
+// meet the searched interval; Owners says, for each epoch in force during
+// it, whom the deterministic mapping gives the port to, so that an answer
+// never reads "nobody" where the mapping names an owner. No candidate is an
+// answer too (outcome "empty").
 type LookupResponse struct {
-	AuditSeq   uint64      `json:"audit_seq"`
+	// AuditSeq is the audit entry this lookup made. It is not part of the
+	// hashed answer (the entry names the answer's hash, so the answer
+	// cannot name the entry); the client fills it in from the envelope.
+	AuditSeq   uint64      `json:"audit_seq,omitempty"`
 	Query      LookupQuery `json:"query"`
 	Candidates []Candidate `json:"candidates"`
+	Owners     []Owner     `json:"owners"`
+	// Evidence is the answer exactly as audited, with its proof; the
+	// client fills it in. It is what `lookup --evidence` writes.
+	Evidence *Evidence `json:"-"`
 }
 
-// HistoryQuery echoes what a history searched, in UTC.
+// Coverage says how much of a searched interval a record or lease covers.
+const (
+	CoverageAll  = "all"  // it held for the whole searched interval
+	CoveragePart = "part" // only for part of it
+)
+
+// Owner is what one epoch's deterministic mapping says about the public
+// address and port.
+type Owner struct {
+	Epoch EpochSummary `json:"epoch"`
+	// From and To are the part of the searched interval during which this
+	// epoch was in force, [From, To).
+	From time.Time `json:"from"`
+	To   time.Time `json:"to"`
+	// Mapped is false when this epoch maps the address and port to nobody
+	// (the address is not in its pool, or the port in no assigned block);
+	// Reason then says why.
+	Mapped bool   `json:"mapped"`
+	Reason string `json:"reason,omitempty"`
+	// Subscriber, Inside and the block are the mapping's owner.
+	Subscriber uint32     `json:"subscriber"`
+	Inside     netip.Addr `json:"inside,omitzero"`
+	Public     netip.Addr `json:"public,omitzero"`
+	PortLo     uint16     `json:"port_lo,omitempty"`
+	PortHi     uint16     `json:"port_hi,omitempty"`
+	// Active is true when a candidate of this epoch shows the owner's
+	// block active during [From, To).
+	Active bool `json:"active"`
+	// Before and After are, when no record shows the block active, the
+	// nearest records of the owner's block on either side.
+	Before *Nearest `json:"before,omitempty"`
+	After  *Nearest `json:"after,omitempty"`
+}
+
+// Nearest is a record of the owner's block close to, but outside, the
+// searched interval.
+type Nearest struct {
+	Start time.Time  `json:"start"`
+	End   *time.Time `json:"end"`
+	// Gap is the time between the record and the searched interval: from
+	// the record's end to From (before), or from To to the record's start
+	// (after); a Go duration.
+	Gap string `json:"gap"`
+}
+
+// HistoryQuery echoes what a history searched, in UTC. Either Subscriber
+// or MAC is set, as asked.
 type HistoryQuery struct {
-	Subscriber netip.Addr `json:"subscriber"`
+	Subscriber netip.Addr `json:"subscriber,omitzero"`
+	MAC        string     `json:"mac,omitempty"`
 	From       time.Time  `json:"from"`
 	To         time.Time  `json:"to"`
 }
 
-// HistoryResponse answers a history request, ordered by start.
+// HistoryResponse answers a history request, ordered by start. A history by
+// MAC lists the device's leases as well, and each record the leases that
+// held its inside address.
 type HistoryResponse struct {
-	AuditSeq uint64       `json:"audit_seq"`
+	AuditSeq uint64       `json:"audit_seq,omitempty"` // see LookupResponse.AuditSeq
 	Query    HistoryQuery `json:"query"`
 	Records  []Candidate  `json:"records"`
+	Leases   []LeaseInfo  `json:"leases,omitempty"` // history by MAC: the device's leases in the interval
+	Evidence *Evidence    `json:"-"`
 }
 
 // Candidate is one block record with the mapping that was in force when it
@@ -137,6 +223,36 @@ type Candidate struct {
 	// reader must then be told.
 	EpochInForce *EpochSummary `json:"epoch_in_force"`
 	Flags        []string      `json:"flags"` // FlagRecovered
+	// Coverage (lookup only) says whether the record covers all of the
+	// searched interval or only part of it.
+	Coverage string `json:"coverage,omitempty"`
+	// LeasesFrom and LeasesTo are the interval over which the inside
+	// address was resolved to leases: the part of the record's interval
+	// that lies in the searched one.
+	LeasesFrom time.Time `json:"leases_from"`
+	LeasesTo   time.Time `json:"leases_to"`
+	// Leases are the DHCP leases that held the inside address during
+	// [LeasesFrom, LeasesTo], in order of start; empty when the lease
+	// history knows of none (a static address, or no DHCP hook).
+	Leases []LeaseInfo `json:"leases"`
+}
+
+// LeaseInfo is one DHCP lease of an inside address.
+type LeaseInfo struct {
+	Inside   netip.Addr `json:"inside"`
+	MAC      string     `json:"mac"`
+	ClientID string     `json:"client_id,omitempty"` // hex
+	Hostname string     `json:"hostname,omitempty"`
+	Start    time.Time  `json:"start"`
+	// End is the release or expiry; null for an infinite lease still held.
+	End *time.Time `json:"end"`
+	// Ended is false while the lease may still be renewed: End is then its
+	// current expiry.
+	Ended  bool   `json:"ended"`
+	Source string `json:"source"`
+	// Coverage says whether the lease covers all of the interval it was
+	// resolved over, or part of it.
+	Coverage string `json:"coverage"`
 }
 
 // FlagRecovered names store.FlagRecovered on the wire: the reconciler found
@@ -170,11 +286,14 @@ type ExportRecord struct {
 	End        *time.Time `json:"end"`
 	Epoch      uint32     `json:"epoch"`
 	Flags      []string   `json:"flags"`
+	// Leases held the inside address during the record's interval.
+	Leases []LeaseInfo `json:"leases"`
 }
 
 // CSVHeader is the first line of a CSV export. end is empty for a block
-// still held; flags are separated by "|".
-var CSVHeader = []string{"subscriber", "inside", "public", "port_lo", "port_hi", "start", "end", "epoch", "flags"}
+// still held; flags are separated by "|"; macs lists the MAC of every lease
+// that held the inside address during the record, separated by "|".
+var CSVHeader = []string{"subscriber", "inside", "public", "port_lo", "port_hi", "start", "end", "epoch", "flags", "macs"}
 
 // StatusResponse answers GET /v1/status.
 type StatusResponse struct {
@@ -215,11 +334,12 @@ func candidateOf(r store.Record) Candidate {
 		End:        endOf(r),
 		Epoch:      r.Epoch,
 		Flags:      flagNames(r.Flags),
+		Leases:     []LeaseInfo{},
 	}
 	return c
 }
 
-func exportRecordOf(r store.Record) ExportRecord {
+func exportRecordOf(r store.Record, leases []LeaseInfo) ExportRecord {
 	return ExportRecord{
 		Subscriber: r.Subscriber,
 		Inside:     r.Inside,
@@ -230,6 +350,7 @@ func exportRecordOf(r store.Record) ExportRecord {
 		End:        endOf(r),
 		Epoch:      r.Epoch,
 		Flags:      flagNames(r.Flags),
+		Leases:     leases,
 	}
 }
 
@@ -289,4 +410,67 @@ func storeStatusOf(st store.Stats) StoreStatus {
 		IndexBytes:        st.IndexBytes,
 		OpenBytes:         st.OpenBytes,
 	}
+}
+
+// LeasesRequest is the body of POST /v1/leases (role dhcp): lease events
+// from a DHCP server's hook, oldest first.
+type LeasesRequest struct {
+	Events []leasehook.Event `json:"events"`
+}
+
+// LeasesResponse acknowledges lease events: all of them are on disk.
+type LeasesResponse struct {
+	AuditSeq uint64 `json:"audit_seq"`
+	Accepted int    `json:"accepted"`
+}
+
+// AuditSubjectRequest is the body of POST /v1/audit/subject (auditor): the
+// requests that named one subscriber (by inside address) or one device (by
+// MAC) in [From, To], for a data subject's access request.
+type AuditSubjectRequest struct {
+	Subscriber string `json:"subscriber,omitempty"`
+	MAC        string `json:"mac,omitempty"`
+	From       string `json:"from"`
+	To         string `json:"to"`
+}
+
+// AuditSubjectResponse lists those requests, oldest first.
+type AuditSubjectResponse struct {
+	AuditSeq uint64       `json:"audit_seq"`
+	Subject  string       `json:"subject"` // "inside:ADDR" or "mac:MAC"
+	From     time.Time    `json:"from"`
+	To       time.Time    `json:"to"`
+	Uses     []SubjectUse `json:"uses"`
+}
+
+// SubjectUse is one request that named the subject. It says when, the kind
+// of use, the role, the purpose and the outcome; it leaves out which
+// operator asked, which a data subject is not owed (CJEU C-579/21) and
+// which the auditor can read in the entry itself.
+type SubjectUse struct {
+	Seq     uint64    `json:"seq"`
+	Time    time.Time `json:"time"`
+	Action  string    `json:"action"`
+	Role    string    `json:"role"`
+	Purpose string    `json:"purpose"`
+	Outcome string    `json:"outcome"`
+	// Named says how the request named the subject: "criteria" (it was
+	// asked about), "answer" (the answer named it), or both.
+	Named []string `json:"named"`
+}
+
+// Evidence is an answer exactly as it was audited: the answer's bytes, their
+// SHA-256 (which the audit entry holds), and the proof that the entry is in
+// the signed audit chain. `blocknat evidence verify` checks it offline.
+type Evidence struct {
+	AnswerSHA256 string          `json:"answer_sha256"`
+	Answer       json.RawMessage `json:"answer"`
+	Proof        audit.Proof     `json:"proof"`
+}
+
+// Answered is the body of an answered lookup or history: the answer
+// document, byte for byte as hashed into its audit entry, and the proof.
+type Answered struct {
+	AuditSeq uint64 `json:"audit_seq"`
+	Evidence
 }

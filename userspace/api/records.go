@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,7 +39,7 @@ func (s *Server) parseLookup(r *http.Request, rep *reply) (func(*reply) *failure
 	if req.Port == 0 {
 		return nil, malformed(http.StatusBadRequest, "port: missing or 0; give the public source port, 1-65535")
 	}
-	t, f := parseTime("time", req.Time)
+	t, precision, f := parseStatedTime("time", req.Time)
 	if f != nil {
 		return nil, f
 	}
@@ -58,7 +59,10 @@ func (s *Server) parseLookup(r *http.Request, rep *reply) (func(*reply) *failure
 		return nil, f
 	}
 	return func(rep *reply) *failure {
-		recs, err := s.store.Lookup(ip, req.Port, t, tolerance)
+		// The searched interval is half-open, [from, to); the store's
+		// intervals are closed, so its upper bound is the last nanosecond.
+		from, to := t.Add(-tolerance), t.Add(precision+tolerance)
+		recs, err := s.store.LookupInterval(ip, req.Port, from, to.Add(-time.Nanosecond))
 		if err != nil {
 			return fromStore("store lookup", err)
 		}
@@ -66,16 +70,30 @@ func (s *Server) parseLookup(r *http.Request, rep *reply) (func(*reply) *failure
 		if f != nil {
 			return f
 		}
+		for i := range cands {
+			cands[i].Coverage = coverage(cands[i].Start, cands[i].End, from, to)
+			lo, hi := clipInterval(cands[i].Start, cands[i].End, from, to)
+			if f := s.resolveLeases(&cands[i], lo, hi, hi.Equal(to)); f != nil {
+				return f
+			}
+		}
+		owners, f := s.owners(ip, req.Port, from, to, cands)
+		if f != nil {
+			return f
+		}
 		rep.detail = plural(len(cands), "candidate")
 		rep.outcome = outcomeOf(len(cands))
+		rep.subjects = subjectsOf(cands, nil)
+		for _, o := range owners {
+			if o.Mapped {
+				rep.subjects = append(rep.subjects, subjectInside(o.Inside))
+			}
+		}
 		query := LookupQuery{
-			IP: ip, Port: req.Port, Time: t.UTC(), Tolerance: tolerance.String(),
-			From: t.Add(-tolerance).UTC(), To: t.Add(tolerance).UTC(),
+			IP: ip, Port: req.Port, Time: t.UTC(), Precision: precision.String(), Tolerance: tolerance.String(),
+			From: from.UTC(), To: to.UTC(),
 		}
-		rep.answer = func(seq uint64) any {
-			return LookupResponse{AuditSeq: seq, Query: query, Candidates: cands}
-		}
-		return nil
+		return rep.setDocument(LookupResponse{Query: query, Candidates: cands, Owners: owners})
 	}, nil
 }
 
@@ -85,15 +103,15 @@ func (s *Server) parseHistory(r *http.Request, rep *reply) (func(*reply) *failur
 		return nil, f
 	}
 	setCriterion(rep, "subscriber", req.Subscriber)
+	setCriterion(rep, "mac", req.MAC)
 	setCriterion(rep, "from", req.From)
 	setCriterion(rep, "to", req.To)
 	rep.purpose = req.Purpose
 
-	inside, err := netip.ParseAddr(req.Subscriber)
-	if err != nil || !inside.Unmap().Is4() {
-		return nil, malformed(http.StatusBadRequest, "subscriber: %q is not an inside IPv4 address", req.Subscriber)
+	sel, f := parseSelector(req.Subscriber, req.MAC, true)
+	if f != nil {
+		return nil, f
 	}
-	inside = inside.Unmap()
 	from, to, f := parseRange(req.From, req.To)
 	if f != nil {
 		return nil, f
@@ -102,21 +120,34 @@ func (s *Server) parseHistory(r *http.Request, rep *reply) (func(*reply) *failur
 		return nil, f
 	}
 	return func(rep *reply) *failure {
-		recs, err := s.store.History(inside, from, to)
-		if err != nil {
-			return fromStore("store history", err)
+		sels, leases, f := s.selectRecords(sel, from, to)
+		if f != nil {
+			return f
+		}
+		recs := make([]store.Record, len(sels))
+		for i, x := range sels {
+			recs[i] = x.rec
 		}
 		cands, f := s.candidates(recs)
 		if f != nil {
 			return f
 		}
+		for i := range cands {
+			if f := s.resolveLeases(&cands[i], sels[i].lo, sels[i].hi, false); f != nil {
+				return f
+			}
+		}
 		rep.detail = plural(len(cands), "record")
 		rep.outcome = outcomeOf(len(cands))
-		query := HistoryQuery{Subscriber: inside, From: from.UTC(), To: to.UTC()}
-		rep.answer = func(seq uint64) any {
-			return HistoryResponse{AuditSeq: seq, Query: query, Records: cands}
+		rep.subjects = subjectsOf(cands, leases)
+		query := HistoryQuery{Subscriber: sel.inside, From: from.UTC(), To: to.UTC()}
+		if sel.mac != nil {
+			query.MAC = sel.mac.String()
+			rep.subjects = append(rep.subjects, subjectMAC(sel.mac))
+		} else {
+			rep.subjects = append(rep.subjects, subjectInside(sel.inside))
 		}
-		return nil
+		return rep.setDocument(HistoryResponse{Query: query, Records: cands, Leases: leases})
 	}, nil
 }
 
@@ -166,6 +197,8 @@ func (s *Server) parseExport(r *http.Request, rep *reply) (func(*reply) *failure
 	setCriterion(rep, "from", req.From)
 	setCriterion(rep, "to", req.To)
 	setCriterion(rep, "format", req.Format)
+	setCriterion(rep, "subscriber", req.Subscriber)
+	setCriterion(rep, "mac", req.MAC)
 	rep.purpose = req.Purpose
 
 	from, to, f := parseRange(req.From, req.To)
@@ -175,31 +208,96 @@ func (s *Server) parseExport(r *http.Request, rep *reply) (func(*reply) *failure
 	if req.Format != FormatCSV && req.Format != FormatJSONL {
 		return nil, malformed(http.StatusBadRequest, "format: %q is not %s or %s", req.Format, FormatCSV, FormatJSONL)
 	}
+	sel, f := parseSelector(req.Subscriber, req.MAC, false)
+	if f != nil {
+		return nil, f
+	}
 	if f := needPurpose(req.Purpose); f != nil {
 		return nil, f
 	}
 	return func(rep *reply) *failure {
-		// Count first, so that the count is audited before any record
-		// leaves; the stream then reads the store a second time.
+		if sel.any() {
+			return s.exportSelected(rep, sel, from, to, req.Format)
+		}
+		// Count first, so that the count and the subjects it names are
+		// audited before any record leaves; the stream then reads the
+		// store a second time.
 		var count int64
-		if err := s.store.Export(from, to, func(store.Record) error { count++; return nil }); err != nil {
+		subjects := map[string]struct{}{}
+		err := s.store.ExportWithLeases(from, to, func(rec store.Record, leases []store.Lease) error {
+			count++
+			subjects[subjectInside(rec.Inside)] = struct{}{}
+			for _, l := range leases {
+				subjects[subjectMAC(l.MAC)] = struct{}{}
+			}
+			return nil
+		})
+		if err != nil {
 			return fromStore("store export (count)", err)
+		}
+		for subj := range subjects {
+			rep.subjects = append(rep.subjects, subj)
 		}
 		rep.detail = fmt.Sprintf("%s as %s", plural(int(count), "record"), req.Format)
 		rep.outcome = outcomeOf(int(count))
 		rep.stream = func(w http.ResponseWriter, seq uint64) {
-			s.streamExport(w, from, to, req.Format, count, seq)
+			s.streamExport(w, seq, req.Format, count, func(fn func(ExportRecord) error) error {
+				return s.store.ExportWithLeases(from, to, func(rec store.Record, leases []store.Lease) error {
+					lo, hi := clipInterval(rec.Start, endOf(rec), from, to)
+					return fn(exportRecordOf(rec, leaseInfos(leases, lo, hi)))
+				})
+			})
 		}
 		return nil
 	}, nil
 }
 
-// streamExport writes the records of [from, to]. The store may change
-// between the count and the stream (a retention sweep, a block activated
-// inside the range); a stream that does not hold exactly the announced
-// records is cut off, and only a complete one ends with the trailer
-// TrailerRecordsWritten.
-func (s *Server) streamExport(w http.ResponseWriter, from, to time.Time, format string, count int64, seq uint64) {
+// exportSelected answers an export narrowed to one subscriber or device. It
+// is small enough to hold, so its subjects are audited like a history's.
+func (s *Server) exportSelected(rep *reply, sel selector, from, to time.Time, format string) *failure {
+	sels, leases, f := s.selectRecords(sel, from, to)
+	if f != nil {
+		return f
+	}
+	recs := make([]ExportRecord, 0, len(sels))
+	for _, x := range sels {
+		ls, err := s.store.LeasesOf(x.rec.Inside, x.lo, x.hi)
+		if err != nil {
+			return fromStore("store leases of "+x.rec.Inside.String(), err)
+		}
+		recs = append(recs, exportRecordOf(x.rec, leaseInfos(ls, x.lo, x.hi)))
+	}
+	var cands []Candidate
+	for _, r := range recs {
+		cands = append(cands, Candidate{Inside: r.Inside, Leases: r.Leases})
+	}
+	rep.subjects = subjectsOf(cands, leases)
+	if sel.mac != nil {
+		rep.subjects = append(rep.subjects, subjectMAC(sel.mac))
+	} else {
+		rep.subjects = append(rep.subjects, subjectInside(sel.inside))
+	}
+	count := int64(len(recs))
+	rep.detail = fmt.Sprintf("%s as %s", plural(int(count), "record"), format)
+	rep.outcome = outcomeOf(int(count))
+	rep.stream = func(w http.ResponseWriter, seq uint64) {
+		s.streamExport(w, seq, format, count, func(fn func(ExportRecord) error) error {
+			for _, r := range recs {
+				if err := fn(r); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	return nil
+}
+
+// streamExport writes the records each yields. The store may change between
+// the count and the stream (a retention sweep, a block activated inside the
+// range); a stream that does not hold exactly the announced records is cut
+// off, and only a complete one ends with the trailer TrailerRecordsWritten.
+func (s *Server) streamExport(w http.ResponseWriter, seq uint64, format string, count int64, each func(fn func(ExportRecord) error) error) {
 	h := w.Header()
 	if format == FormatCSV {
 		h.Set("Content-Type", "text/csv; charset=utf-8")
@@ -226,7 +324,7 @@ func (s *Server) streamExport(w http.ResponseWriter, from, to time.Time, format 
 	// The store holds a read view open while fn runs, so a client that
 	// stops reading must not hold it for long: each stretch of records
 	// gets exportWriteTimeout to leave.
-	err := s.store.Export(from, to, func(rec store.Record) error {
+	err := each(func(rec ExportRecord) error {
 		if written%1000 == 0 {
 			rc.SetWriteDeadline(time.Now().Add(exportWriteTimeout))
 		}
@@ -238,7 +336,7 @@ func (s *Server) streamExport(w http.ResponseWriter, from, to time.Time, format 
 			csvw.Write(csvRow(rec))
 			return csvw.Error()
 		}
-		return enc.Encode(exportRecordOf(rec))
+		return enc.Encode(rec)
 	})
 	if csvw != nil && err == nil {
 		csvw.Flush()
@@ -259,10 +357,16 @@ func (s *Server) streamExport(w http.ResponseWriter, from, to time.Time, format 
 	h.Set(TrailerRecordsWritten, strconv.FormatInt(written, 10))
 }
 
-func csvRow(r store.Record) []string {
+func csvRow(r ExportRecord) []string {
 	end := ""
-	if !r.Open() {
+	if r.End != nil {
 		end = r.End.UTC().Format(time.RFC3339Nano)
+	}
+	macs := make([]string, 0, len(r.Leases))
+	for _, l := range r.Leases {
+		if !slices.Contains(macs, l.MAC) {
+			macs = append(macs, l.MAC)
+		}
 	}
 	return []string{
 		strconv.FormatUint(uint64(r.Subscriber), 10),
@@ -273,6 +377,7 @@ func csvRow(r store.Record) []string {
 		r.Start.UTC().Format(time.RFC3339Nano),
 		end,
 		strconv.FormatUint(uint64(r.Epoch), 10),
-		strings.Join(flagNames(r.Flags), "|"),
+		strings.Join(r.Flags, "|"),
+		strings.Join(macs, "|"),
 	}
 }

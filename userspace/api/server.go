@@ -64,19 +64,27 @@ import (
 
 // Store is what the API reads; *store.Store satisfies it.
 type Store interface {
-	Lookup(ip netip.Addr, port uint16, t time.Time, tolerance time.Duration) ([]store.Record, error)
+	LookupInterval(ip netip.Addr, port uint16, from, to time.Time) ([]store.Record, error)
+	NearestRecords(sub uint32, public netip.Addr, portLo uint16, from, to time.Time) (before, after *store.Record, err error)
 	History(inside netip.Addr, from, to time.Time) ([]store.Record, error)
 	Export(from, to time.Time, fn func(store.Record) error) error
+	ExportWithLeases(from, to time.Time, fn func(store.Record, []store.Lease) error) error
 	EpochAt(t time.Time) (store.Epoch, error)
+	Epochs() ([]store.Epoch, error)
+	LeasesOf(inside netip.Addr, from, to time.Time) ([]store.Lease, error)
+	LeasesByMAC(mac net.HardwareAddr, from, to time.Time) ([]store.Lease, error)
+	ApplyLeases(evs []store.LeaseEvent) error
 	Stats() (store.Stats, error)
 }
 
 // Auditor is the tamper-evident audit log.
 type Auditor interface {
-	// Append fills Seq, Time, Prev and Hash, makes the entry durable and
-	// returns it.
-	Append(e audit.Entry) (audit.Entry, error)
+	// AppendProved fills Seq, Time, Prev and Hash, makes the entry
+	// durable and returns it with the signed head that covers it.
+	AppendProved(e audit.Entry) (audit.Entry, audit.SignedRecord, error)
 	Len() uint64
+	// Scan calls fn for every entry whose time is in [from, to], in order.
+	Scan(from, to time.Time, fn func(audit.Entry) error) error
 	Entries(fromSeq uint64, limit int) ([]audit.Entry, error)
 	Verify() (audit.Report, error)
 }
@@ -260,14 +268,16 @@ func (s *Server) serve(ctx context.Context, ln net.Listener, what string) error 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	id := s.identify(r)
 	rep := s.dispatch(r, id)
-	entry, err := s.audit.Append(audit.Entry{
-		Operator: id.operator,
-		Role:     rep.role,
-		Action:   rep.action,
-		Criteria: rep.criteria,
-		Purpose:  rep.purpose,
-		Outcome:  rep.outcome,
-		Detail:   rep.detail,
+	entry, head, err := s.audit.AppendProved(audit.Entry{
+		Operator:     id.operator,
+		Role:         rep.role,
+		Action:       rep.action,
+		Criteria:     rep.criteria,
+		Purpose:      rep.purpose,
+		Outcome:      rep.outcome,
+		Detail:       rep.detail,
+		Subjects:     rep.subjects,
+		AnswerSHA256: rep.answerSHA256,
 	})
 	if err != nil {
 		s.log.Error("audit append failed; answer withheld",
@@ -279,5 +289,5 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("api request", logattr.Operator, id.operator, logattr.Action, rep.action,
 		logattr.Outcome, string(rep.outcome), logKeyAuditSeq, entry.Seq)
-	rep.write(w, entry.Seq)
+	rep.write(w, audit.Proof{Entry: entry, Signed: head})
 }

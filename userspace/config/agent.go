@@ -117,11 +117,21 @@ type Members struct {
 }
 
 // Roles maps operators to what they may do: investigators look up,
-// auditors read and verify the audit log, admins read status.
+// auditors read and verify the audit log, admins read status, and the DHCP
+// server's hook (dhcp) adds lease events and nothing else.
 type Roles struct {
 	Investigator Members `yaml:"investigator"`
 	Auditor      Members `yaml:"auditor"`
 	Admin        Members `yaml:"admin"`
+	DHCP         Members `yaml:"dhcp"`
+}
+
+// Leases configures the DHCP lease history.
+type Leases struct {
+	// Spool is the directory where `blocknat lease` queues events the
+	// agent could not take; the agent delivers it when it starts. It must
+	// be writable by the DHCP server's hook user.
+	Spool string `yaml:"spool"`
 }
 
 // Audit configures the audit log's signed checkpoints.
@@ -149,6 +159,7 @@ const (
 	DefaultRecordRetention       = 365 * 24 * time.Hour
 	DefaultAuditRetention        = 365 * 24 * time.Hour
 	DefaultSocket                = "/run/blocknat/api.sock"
+	DefaultLeaseSpool            = "/var/spool/blocknat/leases"
 	DefaultCheckpointEvery       = 100
 	DefaultCheckpointInterval    = 5 * time.Minute
 	DefaultReconcileInterval     = 60 * time.Second
@@ -166,6 +177,7 @@ func agentDefaults(c *Config) {
 		BlockIdle:      Duration(DefaultBlockIdle),
 	}
 	c.API.Socket = DefaultSocket
+	c.Leases.Spool = DefaultLeaseSpool
 	c.Filtering = FilteringEndpointIndependent
 	c.Audit.CheckpointEvery = DefaultCheckpointEvery
 	c.Audit.CheckpointInterval = Duration(DefaultCheckpointInterval)
@@ -228,6 +240,9 @@ func (c *Config) validateAgent() []error {
 	}
 	if c.Audit.CheckpointEvery < 1 {
 		errs = append(errs, errors.New("audit.checkpoint_every: must be at least 1"))
+	}
+	if !filepath.IsAbs(c.Leases.Spool) {
+		errs = append(errs, fmt.Errorf("leases.spool: %q is not an absolute path", c.Leases.Spool))
 	}
 	if c.Audit.Key != "" && !filepath.IsAbs(c.Audit.Key) {
 		errs = append(errs, fmt.Errorf("audit.key: %q is not an absolute path", c.Audit.Key))

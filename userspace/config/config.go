@@ -68,6 +68,7 @@ type Config struct {
 	Timeouts  Timeouts  `yaml:"timeouts"`
 	API       API       `yaml:"api"`
 	Roles     Roles     `yaml:"roles"`
+	Leases    Leases    `yaml:"leases"`
 	Audit     Audit     `yaml:"audit"`
 	Intervals Intervals `yaml:"intervals"`
 	Metrics   Metrics   `yaml:"metrics"`

@@ -451,45 +451,54 @@ func (s *Store) LeasesOf(inside netip.Addr, from, to time.Time) ([]Lease, error)
 	}
 	var out []Lease
 	err = s.read("leases of", func(v *view) error {
-		seen := make(map[leaseID]struct{})
-		if dFrom, dTo, ok := v.days(lo, hi); ok {
-			err := v.forEachDay(prefixLease, dFrom, dTo, func(day uint32) error {
-				p := leaseInsidePrefix(day, in)
-				return v.scan(p, startBound(p, hi), func(k, val []byte) error {
-					_, id, err := parseLeaseKey(k)
-					if err != nil {
-						return err
-					}
-					if _, dup := seen[id]; dup {
-						return nil
-					}
-					seen[id] = struct{}{}
-					l, err := decodeLease(val, id)
-					if err == nil && leaseMeets(&l, lo, hi) {
-						out = append(out, l)
-					}
-					return err
-				})
-			})
-			if err != nil {
-				return err
-			}
-		}
-		val, ok, err := v.get(heldKey(in))
-		if err != nil || !ok {
-			return err
-		}
-		h, err := decodeHeld(val)
-		if err != nil {
-			return err
-		}
-		if l := h.lease(in, v.now); leaseMeets(&l, lo, hi) {
-			out = append(out, l)
-		}
-		return nil
+		var err error
+		out, err = v.leasesOf(in, lo, hi)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("leases of %s: %w", inside, err)
+	}
+	return out, nil
+}
+
+// leasesOf is LeasesOf on a view, ordered by Start.
+func (v *view) leasesOf(in [4]byte, lo, hi int64) ([]Lease, error) {
+	var out []Lease
+	seen := make(map[leaseID]struct{})
+	if dFrom, dTo, ok := v.days(lo, hi); ok {
+		err := v.forEachDay(prefixLease, dFrom, dTo, func(day uint32) error {
+			p := leaseInsidePrefix(day, in)
+			return v.scan(p, startBound(p, hi), func(k, val []byte) error {
+				_, id, err := parseLeaseKey(k)
+				if err != nil {
+					return err
+				}
+				if _, dup := seen[id]; dup {
+					return nil
+				}
+				seen[id] = struct{}{}
+				l, err := decodeLease(val, id)
+				if err == nil && leaseMeets(&l, lo, hi) {
+					out = append(out, l)
+				}
+				return err
+			})
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	val, ok, err := v.get(heldKey(in))
+	if err != nil || !ok {
+		slices.SortFunc(out, compareLeases)
+		return out, err
+	}
+	h, err := decodeHeld(val)
+	if err != nil {
+		return nil, err
+	}
+	if l := h.lease(in, v.now); leaseMeets(&l, lo, hi) {
+		out = append(out, l)
 	}
 	slices.SortFunc(out, compareLeases)
 	return out, nil

@@ -831,76 +831,80 @@ func (s *Store) Export(from, to time.Time, fn func(Record) error) error {
 		return fmt.Errorf("export range: [%s, %s]: %w", from, to, ErrInvalid)
 	}
 	lo, hi := clampNS(from), clampNS(to)
-	err := s.read("export", func(v *view) error {
-		var open []Record
-		err := v.scan([]byte{prefixOpen}, []byte{prefixOpen + 1}, func(k, val []byte) error {
-			id, err := parseOpenKey(k)
-			if err != nil {
-				return err
-			}
-			rec, err := decodeValue(val, id, false)
-			if err == nil && overlaps(&rec, lo, hi, v.now) {
-				open = append(open, rec)
-			}
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		slices.SortFunc(open, compareRecords)
-		dFrom, dTo, ok := v.days(lo, hi)
-		// A record is emitted from the first scanned partition it is in:
-		// its start day, or the first day of the scan if it began earlier.
-		// All records emitted from one day start before any emitted from a
-		// later day, so sorting each day's group keeps global start order.
-		emitDay := func(r *Record) uint32 { return max(dayOf(r.Start.UnixNano()), dFrom) }
-		var group []Record
-		flush := func(day uint32) error {
-			for len(open) > 0 && emitDay(&open[0]) <= day {
-				group = append(group, open[0])
-				open = open[1:]
-			}
-			slices.SortFunc(group, compareRecords)
-			for _, r := range group {
-				if err := fn(r); err != nil {
-					return err
-				}
-			}
-			group = group[:0]
-			return nil
-		}
-		if ok {
-			cur, have := uint32(0), false
-			err := v.scan(dayPrefix(prefixRecord, dFrom), dayPrefix(prefixRecord, min(dTo, maxDay)+1), func(k, val []byte) error {
-				day, id, err := parseRecordKey(k)
-				if err != nil {
-					return err
-				}
-				if have && day != cur {
-					if err := flush(cur); err != nil {
-						return err
-					}
-				}
-				cur, have = day, true
-				rec, err := decodeValue(val, id, true)
-				if err != nil {
-					return err
-				}
-				if overlaps(&rec, lo, hi, v.now) && emitDay(&rec) == day {
-					group = append(group, rec)
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-		}
-		return flush(math.MaxUint32)
-	})
+	err := s.read("export", func(v *view) error { return v.export(lo, hi, fn) })
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
 	return nil
+}
+
+// export is Export on a view: every record meeting [lo, hi] in order of
+// start.
+func (v *view) export(lo, hi int64, fn func(Record) error) error {
+	var open []Record
+	err := v.scan([]byte{prefixOpen}, []byte{prefixOpen + 1}, func(k, val []byte) error {
+		id, err := parseOpenKey(k)
+		if err != nil {
+			return err
+		}
+		rec, err := decodeValue(val, id, false)
+		if err == nil && overlaps(&rec, lo, hi, v.now) {
+			open = append(open, rec)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(open, compareRecords)
+	dFrom, dTo, ok := v.days(lo, hi)
+	// A record is emitted from the first scanned partition it is in:
+	// its start day, or the first day of the scan if it began earlier.
+	// All records emitted from one day start before any emitted from a
+	// later day, so sorting each day's group keeps global start order.
+	emitDay := func(r *Record) uint32 { return max(dayOf(r.Start.UnixNano()), dFrom) }
+	var group []Record
+	flush := func(day uint32) error {
+		for len(open) > 0 && emitDay(&open[0]) <= day {
+			group = append(group, open[0])
+			open = open[1:]
+		}
+		slices.SortFunc(group, compareRecords)
+		for _, r := range group {
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+		group = group[:0]
+		return nil
+	}
+	if ok {
+		cur, have := uint32(0), false
+		err := v.scan(dayPrefix(prefixRecord, dFrom), dayPrefix(prefixRecord, min(dTo, maxDay)+1), func(k, val []byte) error {
+			day, id, err := parseRecordKey(k)
+			if err != nil {
+				return err
+			}
+			if have && day != cur {
+				if err := flush(cur); err != nil {
+					return err
+				}
+			}
+			cur, have = day, true
+			rec, err := decodeValue(val, id, true)
+			if err != nil {
+				return err
+			}
+			if overlaps(&rec, lo, hi, v.now) && emitDay(&rec) == day {
+				group = append(group, rec)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return flush(math.MaxUint32)
 }
 
 // Open returns every open record, ordered by public address and port.
