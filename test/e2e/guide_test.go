@@ -35,7 +35,10 @@ import (
 //     <!-- guide-test: traffic ADDRESS at T --> sends traffic from the
 //     subscriber ADDRESS at the guide's time T;
 //     <!-- guide-test: released ADDRESS --> waits until the agent has
-//     released that subscriber's block.
+//     released that subscriber's block;
+//     <!-- guide-test: dnsmasq add MAC ADDRESS HOST for DURATION --> runs
+//     `blocknat lease dnsmasq` as dnsmasq would when it grants ADDRESS to
+//     MAC for DURATION (its arguments and DNSMASQ_LEASE_EXPIRES), as root.
 //
 // Only blocknat and blocknatd commands, and cat and head, are run. Times in
 // commands are moved to the test's clock; a lookup waits until its time
@@ -210,6 +213,7 @@ func startGuideEnv(t *testing.T, config string) (*env, [][2]string) {
 		{"/run/blocknat/api.sock", socket},
 		{"/sys/fs/bpf/blocknat", e.pinDir},
 		{"/var/lib/blocknat", e.stateDir},
+		{"/var/spool/blocknat", filepath.Join(dir, "spool")},
 		{"eth1", topo.InsideIfaces[0]},
 		{"eth2", topo.InsideIfaces[1]},
 		{"eth0", topo.OutsideIface},
@@ -284,6 +288,16 @@ func (r *guideRun) directive(s guideStep) {
 		}
 		// The release reaches the store within a sweep and a commit.
 		time.Sleep(300 * time.Millisecond)
+	case len(fields) == 7 && fields[0] == "dnsmasq" && fields[1] == "add" && fields[5] == "for":
+		length, err := time.ParseDuration(fields[6])
+		if err != nil {
+			t.Fatalf("guide line %d: %v", s.line, err)
+		}
+		cmd := exec.CommandContext(t.Context(), bins.Blocknat, "lease", "dnsmasq", "--config", r.e.cfgPath, "--", "add", fields[2], fields[3], fields[4])
+		cmd.Env = append(os.Environ(), fmt.Sprintf("DNSMASQ_LEASE_EXPIRES=%d", time.Now().Add(length).Unix()))
+		if out, err := cmd.CombinedOutput(); err != nil || len(out) != 0 {
+			t.Fatalf("guide line %d: blocknat lease dnsmasq: %v\n%s", s.line, err, out)
+		}
 	default:
 		t.Fatalf("guide line %d: unknown directive %q", s.line, s.directive)
 	}
