@@ -97,14 +97,14 @@ func printEvidence(w io.Writer, path string, f *api.EvidenceFile, fingerprint st
 		var ans api.LookupResponse
 		if json.Unmarshal(f.Answer, &ans) == nil {
 			ans.AuditSeq = e.Seq
-			printLookup(indent{w}, e.Criteria["time"], &ans)
+			printLookup(&indent{w: w}, e.Criteria["time"], &ans)
 			return
 		}
 	case api.ActionHistory:
 		var ans api.HistoryResponse
 		if json.Unmarshal(f.Answer, &ans) == nil {
 			ans.AuditSeq = e.Seq
-			printHistory(indent{w}, &ans)
+			printHistory(&indent{w: w}, &ans)
 			return
 		}
 	}
@@ -118,18 +118,26 @@ func keyFingerprint(pub ed25519.PublicKey) string {
 	return "sha256:" + hex.EncodeToString(sum[:16])
 }
 
-// indent prefixes every line written through it with two spaces.
-type indent struct{ w io.Writer }
+// indent prefixes every line written through it with two spaces. A line
+// may arrive in several writes, so it remembers whether the next byte starts
+// one.
+type indent struct {
+	w       io.Writer
+	midLine bool
+}
 
-func (i indent) Write(p []byte) (int, error) {
-	lines := strings.SplitAfter(string(p), "\n")
-	for _, l := range lines {
+func (i *indent) Write(p []byte) (int, error) {
+	for _, l := range strings.SplitAfter(string(p), "\n") {
 		if l == "" {
 			continue
 		}
-		if _, err := io.WriteString(i.w, "  "+l); err != nil {
+		if !i.midLine {
+			l = "  " + l
+		}
+		if _, err := io.WriteString(i.w, l); err != nil {
 			return 0, err
 		}
+		i.midLine = !strings.HasSuffix(l, "\n")
 	}
 	return len(p), nil
 }

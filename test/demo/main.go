@@ -147,9 +147,13 @@ func run(ctx context.Context, w io.Writer) (err error) {
 	// Records are committed within 50 ms of the block becoming active.
 	time.Sleep(300 * time.Millisecond)
 
-	s.say("The police ask: who used %s at %s?", observed, seenAt.Format(time.RFC3339))
+	// As a server's log states it: to the second, which the lookup reads
+	// as that whole second.
+	stated := seenAt.Format(time.RFC3339)
+	s.say("The police ask: who used %s at %s?", observed, stated)
+	evidence := filepath.Join(cfg.StateDir, "case-2026-0001.evidence")
 	args := []string{"lookup", "--socket", cfg.API.Socket, "--ip", observed.Addr().String(), "--port", fmt.Sprint(observed.Port()),
-		"--time", seenAt.Format(time.RFC3339Nano), "--tolerance", "2s", "--purpose", "demo: case 2026-0001"}
+		"--time", stated, "--purpose", "demo: case 2026-0001", "--evidence", evidence}
 	s.show("$ blocknat %s", shellJoin(args))
 	out, err := runCLI(ctx, bins.Blocknat, args...)
 	if err != nil {
@@ -164,8 +168,12 @@ func run(ctx context.Context, w io.Writer) (err error) {
 	}
 	s.show("correct: that request came from %s", want)
 
-	s.say("The lookup is in the tamper-evident audit log")
-	for _, args := range [][]string{{"audit", "show", "--socket", cfg.API.Socket, "--limit", "1"}, {"audit", "verify", "--socket", cfg.API.Socket}} {
+	s.say("The lookup is in the tamper-evident audit log, and the police can check the answer offline")
+	for _, args := range [][]string{
+		{"audit", "show", "--socket", cfg.API.Socket, "--limit", "1"},
+		{"audit", "verify", "--socket", cfg.API.Socket},
+		{"evidence", "verify", evidence, "--pubkey", filepath.Join(cfg.StateDir, "audit", "audit.pub")},
+	} {
 		s.show("$ blocknat %s", strings.Join(args, " "))
 		out, err := runCLI(ctx, bins.Blocknat, args...)
 		if err != nil {

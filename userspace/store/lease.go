@@ -252,9 +252,12 @@ func (w *leaseBatch) late(ev *leaseEvent, cur heldLease) error {
 	return w.writeClosed(ev.inside, &heldLease{start: ev.time, mac: ev.mac, clientID: ev.clientID, hostname: ev.hostname, source: ev.source}, end)
 }
 
+// ignore counts an event that changes nothing. Its log line names neither
+// the address nor the MAC: the lease history is read only through the
+// audited API, and a log is not.
 func (w *leaseBatch) ignore(ev *leaseEvent, msg string) {
 	w.unmatched++
-	w.s.log.Warn(msg, logKeyInside, addrFrom4(ev.inside), logKeyMAC, net.HardwareAddr(ev.mac), logKeyTime, time.Unix(0, ev.time).UTC())
+	w.s.log.Warn(msg, logKeyTime, time.Unix(0, ev.time).UTC())
 }
 
 // commit writes the batch with pebble.Sync and, once it is on stable

@@ -22,7 +22,6 @@ const (
 	logKeyDuration   = "duration"
 	logKeyError      = "error"
 	logKeyInside     = "inside"
-	logKeyMAC        = "mac"
 	logKeyTime       = "time"
 	logKeyLeases     = "leases"
 )
