@@ -304,6 +304,8 @@ func WriteStore(w io.Writer, r *GoBenchResults) []Target {
 		{"year: lookup (ip, port, T) p99 µs", "BenchmarkYear/lookup", "p99-ns", "%.1f", 1e-3},
 		{"year: history by subscriber p50 µs", "BenchmarkYear/history", "p50-ns", "%.1f", 1e-3},
 		{"year: history by subscriber p99 µs", "BenchmarkYear/history", "p99-ns", "%.1f", 1e-3},
+		{"year + 3 leases a day: lookup of a second with its leases p50 µs", "BenchmarkLookupWithLeases", "p50-ns", "%.1f", 1e-3},
+		{"year + 3 leases a day: lookup of a second with its leases p99 µs", "BenchmarkLookupWithLeases", "p99-ns", "%.1f", 1e-3},
 		{"year: one more day written, records/s (activation + release = 1)", "BenchmarkYear/ingest-day", "records/s", "%.0f", 1},
 		{"year: retention sweep of one day with compaction, s", "BenchmarkYear/sweep-day", "ns/op", "%.3f", 1e-9},
 		{"year: records deleted per sweep", "BenchmarkYear/sweep-day", "records-deleted/op", "%.0f", 1},
@@ -340,7 +342,11 @@ func WriteStore(w io.Writer, r *GoBenchResults) []Target {
 	if s := r.Get("BenchmarkYear/ingest-day", "records/s"); s.N > 0 {
 		targets = append(targets, Target{Name: "store: one more day at a year's scale, complete records/s", Got: s, AtLeast: true, Limit: 100_000})
 	}
-	for _, q := range []struct{ label, name string }{{"lookup (ip, port, T)", "BenchmarkYear/lookup"}, {"lookup by subscriber", "BenchmarkYear/history"}} {
+	for _, q := range []struct{ label, name string }{
+		{"lookup (ip, port, T)", "BenchmarkYear/lookup"},
+		{"lookup by subscriber", "BenchmarkYear/history"},
+		{"lookup of a second with lease resolution", "BenchmarkLookupWithLeases"},
+	} {
 		if s := r.Get(q.name, "p99-ns"); s.N > 0 {
 			targets = append(targets, Target{Name: "store: year " + q.label + " p99 (ms)", Got: scale(s, 1e-6), Limit: 1, Unit: " ms"})
 		}
