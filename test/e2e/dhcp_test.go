@@ -8,9 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -84,48 +82,15 @@ func TestDHCPServedWithNATAttached(t *testing.T) {
 // subscriber's link, DHCP only, and waits until it serves.
 func startDnsmasq(t *testing.T, e *env, dir string) {
 	t.Helper()
-	log := &lockedBuffer{}
 	// The router's side of the link is a /32 with a peer, so the range
 	// names its netmask: dnsmasq would find none on the interface.
-	cmd := e.topo.Router.Command(context.WithoutCancel(t.Context()), "dnsmasq",
-		"--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--log-facility=-", "--log-dhcp",
+	startDaemonLogged(t, e, "dnsmasq", nil, "DHCP, IP range",
+		"dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--log-facility=-", "--log-dhcp",
 		"--interface="+e.topo.InsideIfaces[0], "--bind-interfaces",
 		fmt.Sprintf("--dhcp-range=%s,%s,255.255.255.0,2m", dhcpRangeLo, dhcpRangeHi),
 		"--dhcp-authoritative",
 		"--dhcp-leasefile="+filepath.Join(dir, "dnsmasq.leases"),
 		"--pid-file="+filepath.Join(dir, "dnsmasq.pid"))
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start dnsmasq: %v", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(done)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("dnsmasq log:\n%s", log.String())
-		}
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(log.String(), "DHCP, IP range") {
-		select {
-		case <-done:
-			t.Fatalf("dnsmasq exited:\n%s", log.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dnsmasq not serving DHCP within 10s:\n%s", log.String())
-		}
-	}
 }
 
 var leasedAddr = regexp.MustCompile(`fixed-address\s+([0-9.]+);`)
