@@ -21,9 +21,10 @@ const lookupBody = `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:
 // the criteria as given, and that the response names that entry.
 func TestEveryRequestAuditedOnce(t *testing.T) {
 	h := newHarness(t, harnessOptions{
-		roles:  rootRoles(RoleInvestigator, RoleAuditor, RoleAdmin),
+		roles:  rootRoles(RoleInvestigator, RoleAuditor, RoleAdmin, RoleDHCP),
 		status: func(context.Context) (any, error) { return map[string]any{"interfaces": 2}, nil },
 	})
+	leaseEvent := `{"kind":"add","time":"2026-11-20T12:59:00Z","inside":"100.64.0.27","mac":"02:00:00:00:00:1b","expires":"2026-11-20T13:59:00Z","source":"dnsmasq"}`
 	big := `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"` + strings.Repeat("x", MaxBodyBytes) + `"}`
 	tests := []struct {
 		name, method, path, body string
@@ -87,6 +88,24 @@ func TestEveryRequestAuditedOnce(t *testing.T) {
 			map[string]string{"operator": "alice"}, "", "unknown"},
 		{"audit verify", "POST", PathAuditVerify, ``, 200, ActionAuditVerify, audit.OutcomeAnswered, nil, "", `"ok":true`},
 		{"audit verify unknown field", "POST", PathAuditVerify, `{"deep":true}`, 400, ActionAuditVerify, audit.OutcomeMalformed, nil, "", "unknown field"},
+		{"history by mac", "POST", PathHistory, `{"mac":"02:00:00:00:00:99","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"case 7"}`, 200, ActionHistory, audit.OutcomeEmpty,
+			map[string]string{"mac": "02:00:00:00:00:99", "from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z"}, "case 7", `"records":[]`},
+		{"history subscriber and mac", "POST", PathHistory, `{"subscriber":"100.64.0.27","mac":"02:00:00:00:00:99","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"case 7"}`, 400, ActionHistory, audit.OutcomeMalformed,
+			map[string]string{"subscriber": "100.64.0.27", "mac": "02:00:00:00:00:99", "from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z"}, "case 7", "not both"},
+		{"history bad mac", "POST", PathHistory, `{"mac":"02:00","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"case 7"}`, 400, ActionHistory, audit.OutcomeMalformed,
+			map[string]string{"mac": "02:00", "from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z"}, "case 7", "hardware address"},
+		{"export by subscriber", "POST", PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"csv","subscriber":"100.64.0.40","purpose":"court order 12"}`, 200, ActionExport, audit.OutcomeAnswered,
+			map[string]string{"from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z", "format": "csv", "subscriber": "100.64.0.40"}, "court order 12", "100.64.0.40"},
+		{"audit subject", "POST", PathAuditSubject, `{"subscriber":"100.64.0.27","from":"2026-11-01T00:00:00Z","to":"2027-01-01T00:00:00Z"}`, 200, ActionAuditSubject, audit.OutcomeAnswered,
+			map[string]string{"subscriber": "100.64.0.27", "from": "2026-11-01T00:00:00Z", "to": "2027-01-01T00:00:00Z"}, "", `"subject":"inside:100.64.0.27"`},
+		{"audit subject without subject", "POST", PathAuditSubject, `{"from":"2026-11-01T00:00:00Z","to":"2027-01-01T00:00:00Z"}`, 400, ActionAuditSubject, audit.OutcomeMalformed,
+			map[string]string{"from": "2026-11-01T00:00:00Z", "to": "2027-01-01T00:00:00Z"}, "", "subscriber or mac"},
+		{"leases answered", "POST", PathLeases, `{"events":[` + leaseEvent + `]}`, 200, ActionLeases, audit.OutcomeAnswered,
+			map[string]string{"events": "1"}, "", `"accepted":1`},
+		{"leases empty", "POST", PathLeases, `{"events":[]}`, 400, ActionLeases, audit.OutcomeMalformed,
+			map[string]string{"events": "0"}, "", "at least one"},
+		{"leases bad event", "POST", PathLeases, `{"events":[{"kind":"grab","time":"2026-11-20T12:59:00Z","inside":"100.64.0.27","mac":"02:00:00:00:00:1b","source":"dnsmasq"}]}`, 400, ActionLeases, audit.OutcomeMalformed,
+			map[string]string{"events": "1"}, "", "events[0]"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
