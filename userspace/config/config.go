@@ -85,6 +85,12 @@ type Config struct {
 type Inside struct {
 	Interfaces []string `yaml:"interfaces"`
 	Prefixes   []string `yaml:"prefixes"`
+	// Source validation (see sources.go): the prefixes each interface
+	// carries, addresses bound to a MAC, and interfaces that translate
+	// bound addresses only.
+	InterfacePrefixes map[string][]string `yaml:"interface_prefixes"`
+	StaticBindings    []StaticBinding     `yaml:"static_bindings"`
+	RequireBinding    []string            `yaml:"require_binding"`
 }
 
 // Outside is the internet side.
@@ -264,6 +270,7 @@ func (c *Config) Validate() error {
 	if c.MaxFlows < MinFlows || c.MaxFlows > MaxFlows {
 		errs = append(errs, fmt.Errorf("max_flows: %d is not between %d and %d", c.MaxFlows, MinFlows, MaxFlows))
 	}
+	errs = append(errs, c.validateSources()...)
 	errs = append(errs, c.validateAgent()...)
 	errs = append(errs, c.validateExport()...)
 	errs = append(errs, c.validateMonitoring()...)
