@@ -55,6 +55,9 @@ func (s *Server) parseLeases(r *http.Request, rep *reply) (func(*reply) *failure
 		if err := s.store.ApplyLeases(evs); err != nil {
 			return fromStore("store leases", err)
 		}
+		if s.leased != nil {
+			s.leased()
+		}
 		names := make([]string, 0, len(kinds))
 		for k, n := range kinds {
 			names = append(names, fmt.Sprintf("%d %s", n, k))

@@ -97,6 +97,10 @@ type Deps struct {
 	// Status returns the agent's status document (JSON-marshalable); nil
 	// leaves StatusResponse.Agent null.
 	Status func(ctx context.Context) (any, error)
+	// LeasesChanged, when set, is called after lease events are on disk,
+	// so that the agent can rebind addresses to MACs in the data plane
+	// before the new device's first packet.
+	LeasesChanged func()
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Logger receives one line per request (operator, action, outcome and
@@ -113,6 +117,7 @@ type Server struct {
 	audit  Auditor
 	roles  Roles
 	status func(ctx context.Context) (any, error)
+	leased func()
 	now    func() time.Time
 	log    *slog.Logger
 }
@@ -142,7 +147,7 @@ func NewServer(d Deps) *Server {
 	if d.Audit == nil {
 		panic("api.NewServer: Deps.Audit is nil")
 	}
-	s := &Server{store: d.Store, audit: d.Audit, roles: d.Roles, status: d.Status, now: d.Now, log: d.Logger}
+	s := &Server{store: d.Store, audit: d.Audit, roles: d.Roles, status: d.Status, leased: d.LeasesChanged, now: d.Now, log: d.Logger}
 	if s.now == nil {
 		s.now = time.Now
 	}
