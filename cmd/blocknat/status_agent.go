@@ -79,6 +79,19 @@ func printAgentStatus(w io.Writer, st blocknatd.Status) {
 		row("last success", "%s", when(sc.LastSuccess))
 	}
 
+	fmt.Fprintln(w, "guard")
+	g := st.Guard
+	if g.Installed {
+		row("state", "installed: drops IPv4 from %s leaving by %s untranslated", strings.Join(g.Prefixes, ", "), strings.Join(g.Interfaces, ", "))
+	} else {
+		row("state", "NOT INSTALLED: subscriber packets the data plane passes to the kernel leave with their inside addresses")
+		if g.Problem != "" {
+			row("", "%s", g.Problem)
+		}
+	}
+	row("dropped", "%d packets, %s", g.DroppedPackets, bytesText(g.DroppedBytes))
+	row("found missing", "%d (since start; installed again each time)", g.Missing)
+
 	fmt.Fprintln(w, "data plane")
 	dp := st.DataPlane
 	row("packets", "out %d, in %d", dp["out_packets"], dp["in_packets"])

@@ -25,6 +25,8 @@ func TestStatusShowsAgentFigures(t *testing.T) {
 		StoreWrites:  blocknatd.StoreWritesStatus{Commits: 6, Errors: 2, MeanSeconds: 0.0015},
 		Retention:    blocknatd.RetentionStatus{Period: "365d", LastAt: time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC)},
 		AuditEntries: 41,
+		Guard: blocknatd.GuardStatus{Installed: true, Prefixes: []string{"100.64.0.0/24"}, Interfaces: []string{"bn-out"},
+			DroppedPackets: 12, DroppedBytes: 1200, Missing: 1},
 	}
 	var out bytes.Buffer
 	if err := printStatus(&out, &api.StatusResponse{AuditSeq: 42, Agent: st}); err != nil {
@@ -44,6 +46,9 @@ func TestStatusShowsAgentFigures(t *testing.T) {
 		"utilisation          mean 50.0% of 504 ports; blocks at or below: <=10% 1, <=100% 2",
 		"last sweep           2026-11-20T00:00:00.000Z",
 		"audit chain          41 entries",
+		"guard\n  state                installed: drops IPv4 from 100.64.0.0/24 leaving by bn-out untranslated",
+		"dropped              12 packets, 1.2 KiB",
+		"found missing        1 (since start",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("status lacks %q:\n%s", want, out.String())
@@ -57,5 +62,15 @@ func TestStatusShowsAgentFigures(t *testing.T) {
 	}
 	if s := out.String(); !strings.Contains(s, "alarm                ok: block records are being written") || !strings.Contains(s, "state                passing") {
 		t.Errorf("healthy status:\n%s", s)
+	}
+
+	// A missing guard is said plainly, with what is missing.
+	st.Guard = blocknatd.GuardStatus{Problem: "no chain postrouting"}
+	out.Reset()
+	if err := printStatus(&out, &api.StatusResponse{Agent: st}); err != nil {
+		t.Fatal(err)
+	}
+	if s := out.String(); !strings.Contains(s, "state                NOT INSTALLED: subscriber packets") || !strings.Contains(s, "no chain postrouting") {
+		t.Errorf("status without the guard:\n%s", s)
 	}
 }

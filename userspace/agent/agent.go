@@ -66,6 +66,7 @@ type Agent struct {
 	started   time.Time
 	writes    *metrics.Writes
 	selfcheck *selfCheck
+	guard     guardState
 
 	configPath string
 	reloads    <-chan struct{}
@@ -112,6 +113,12 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Opt
 	defer func() { err = errors.Join(err, a.audit.Close()) }()
 	a.configPath, a.reloads = opts.ConfigPath, opts.Reloads
 
+	// Fail closed: the nftables guard goes in before XDP attaches and stays
+	// when the agent stops or fails, so no inside address ever leaves an
+	// outside interface untranslated (see userspace/guard).
+	if err := a.installGuard(); err != nil {
+		return err
+	}
 	if err := a.startDataPlane(mode, opts.ReplaceXDP); err != nil {
 		return err
 	}
@@ -275,6 +282,9 @@ func (a *Agent) reload(ctx context.Context) {
 		a.log.Error("reload failed", logattr.Err, err.Error())
 		return
 	}
+	// The guard covers the old and the new prefixes while the data plane
+	// moves, and the ones in force afterwards.
+	defer a.guardDuringReload(m.Prefixes)()
 	a.natMu.Lock()
 	next, st, err := a.nat.Reload(params(cfg, m, epoch.ID))
 	if next == nil {
@@ -337,6 +347,8 @@ func (a *Agent) maintain(ctx context.Context) {
 	recon := time.NewTicker(time.Duration(a.cfg.Intervals.Reconcile))
 	keep := time.NewTicker(time.Duration(a.cfg.Intervals.Retention))
 	daily := time.NewTicker(24 * time.Hour)
+	guardCheck := time.NewTicker(guardCheckInterval)
+	defer guardCheck.Stop()
 	defer sweep.Stop()
 	defer recon.Stop()
 	defer keep.Stop()
@@ -359,6 +371,8 @@ func (a *Agent) maintain(ctx context.Context) {
 			a.retention(now)
 		case <-a.reloads:
 			a.reload(ctx)
+		case <-guardCheck.C:
+			a.checkGuard()
 		case now := <-daily.C:
 			// RFC 7422 §3: the mapping in force is logged again daily,
 			// so every retention window holds it.

@@ -123,8 +123,26 @@ type Status struct {
 	SelfCheck   SelfCheckStatus   `json:"selfcheck"`
 	Blocks      *BlockStatus      `json:"blocks,omitempty"`
 	StoreWrites StoreWritesStatus `json:"store_writes"`
+	// Guard is the nftables guard that keeps untranslated subscriber
+	// packets off the outside interfaces.
+	Guard GuardStatus `json:"guard"`
 	// Unreadable lists the parts of the state that could not be read.
 	Unreadable []string `json:"unreadable,omitempty"`
+}
+
+// GuardStatus is the nftables guard's state (blocknat_guard_* metrics).
+type GuardStatus struct {
+	Installed bool `json:"installed"`
+	// Problem says what is missing from a damaged guard table.
+	Problem    string   `json:"problem,omitempty"`
+	Prefixes   []string `json:"prefixes,omitempty"`
+	Interfaces []string `json:"interfaces,omitempty"`
+	// DroppedPackets and DroppedBytes are what the guard stopped.
+	DroppedPackets uint64 `json:"dropped_packets"`
+	DroppedBytes   uint64 `json:"dropped_bytes"`
+	// Missing counts the agent's checks that found the guard missing or
+	// changed, or could not install it, since it started.
+	Missing uint64 `json:"missing"`
 }
 
 // SelfCheckStatus is the self-check canary's state.
@@ -242,6 +260,12 @@ func (st *Status) statusOfSnapshot(s metrics.Snapshot) {
 				st.Blocks.Utilisation = append(st.Blocks.Utilisation, UtilisationBucket{AtMost: bound, Blocks: b.Counts[i]})
 			}
 		}
+	}
+	g := s.Guard
+	st.Guard = GuardStatus{Installed: g.Installed, Problem: g.Problem, Interfaces: g.Interfaces,
+		DroppedPackets: g.DroppedPackets, DroppedBytes: g.DroppedBytes, Missing: g.Missing}
+	for _, p := range g.Prefixes {
+		st.Guard.Prefixes = append(st.Guard.Prefixes, p.String())
 	}
 	w := s.Writes
 	st.StoreWrites = StoreWritesStatus{Commits: w.Count, Errors: w.Errors, MeanSeconds: w.Mean.Seconds(),

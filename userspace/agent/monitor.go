@@ -125,5 +125,9 @@ func (a *Agent) snapshot() metrics.Snapshot {
 	if a.audit != nil {
 		s.AuditEntries = a.audit.Len()
 	}
+	var err error
+	if s.Guard, err = a.guardFigures(); err != nil {
+		s.Errors = append(s.Errors, metrics.ErrPart("nftables guard", err))
+	}
 	return s
 }

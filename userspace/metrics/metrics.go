@@ -1,6 +1,7 @@
 // Package metrics exposes blocknatd's figures to Prometheus: the data
 // plane's counters, the kernel tables' occupancy, whether records are being
-// written, and the state of retention, audit and the self-check.
+// written, the state of retention, audit and the self-check, and whether
+// the nftables guard keeps untranslated subscriber packets in.
 //
 // Every figure is an aggregate. No metric carries a subscriber, an address
 // or a port in a label, because a scrape endpoint is read by monitoring
@@ -14,6 +15,7 @@ package metrics
 
 import (
 	"fmt"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
@@ -52,6 +54,9 @@ const (
 	SelfCheckFailuresTotal = "blocknat_selfcheck_failures_total"
 	SelfCheckChecksTotal   = "blocknat_selfcheck_checks_total"
 	RecordsAlarm           = "blocknat_records_alarm"
+	GuardInstalled         = "blocknat_guard_installed"
+	GuardDroppedTotal      = "blocknat_guard_dropped_packets_total"
+	GuardMissingTotal      = "blocknat_guard_missing_total"
 )
 
 // Data-plane stat names (loader.StatNames) this package knows by name.
@@ -100,6 +105,9 @@ type Snapshot struct {
 	Epoch uint32
 	// SelfCheck is the canary's state.
 	SelfCheck SelfCheckState
+	// Guard is the nftables guard against untranslated subscriber
+	// packets; an unreadable guard reads as not installed.
+	Guard GuardFigures
 	// Errors are the parts that could not be read.
 	Errors []error
 }
@@ -120,6 +128,20 @@ type SelfCheckState struct {
 	LastAt      time.Time // when the last check ended
 	LastSuccess time.Time
 	LastError   string // of the last check, when it failed
+}
+
+// GuardFigures are the nftables guard's state (userspace/guard).
+type GuardFigures struct {
+	Installed bool
+	// Problem says what is missing when the guard's table exists but is
+	// incomplete.
+	Problem                      string
+	Prefixes                     []netip.Prefix
+	Interfaces                   []string
+	DroppedPackets, DroppedBytes uint64
+	// Missing counts the agent's checks that found the guard missing or
+	// changed, or could not install it.
+	Missing uint64
 }
 
 // Alarms says why records may not be being written; empty when they are.
@@ -144,6 +166,7 @@ type Collector struct {
 	activeBlocks, flows, utilisation                                            *prometheus.Desc
 	eventsRead, written, dropped, writeErrors, openRecords, diskBytes           *prometheus.Desc
 	retention, audit, epoch, selfLast, selfFailures, selfChecks, alarm          *prometheus.Desc
+	guardInstalled, guardDropped, guardMissing                                  *prometheus.Desc
 	scrapeError                                                                 *prometheus.Desc
 }
 
@@ -183,6 +206,12 @@ func NewCollector(snapshot func() Snapshot, writes *Writes) *Collector {
 		selfChecks:   d(SelfCheckChecksTotal, "Self-checks run."),
 		alarm: d(RecordsAlarm,
 			"1 when block records are not being written: the store refuses writes or the self-check failed; else 0."),
+		guardInstalled: d(GuardInstalled,
+			"1 when the nftables guard that drops untranslated subscriber packets on the outside interfaces is in place; else 0."),
+		guardDropped: d(GuardDroppedTotal,
+			"Packets from an inside prefix the nftables guard stopped from leaving an outside interface untranslated."),
+		guardMissing: d(GuardMissingTotal,
+			"Checks that found the nftables guard missing or changed (it is installed again), or could not install it."),
 		scrapeError: d("blocknat_scrape_error", "A part of the agent's state could not be read for this scrape."),
 	}
 }
@@ -200,7 +229,8 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *Collector) descs() []*prometheus.Desc {
 	return []*prometheus.Desc{c.packets, c.bytes, c.drops, c.passes, c.ringbuf, c.flowsCreated, c.activations, c.datapath,
 		c.activeBlocks, c.flows, c.utilisation, c.eventsRead, c.written, c.dropped, c.writeErrors, c.openRecords, c.diskBytes,
-		c.retention, c.audit, c.epoch, c.selfLast, c.selfFailures, c.selfChecks, c.alarm}
+		c.retention, c.audit, c.epoch, c.selfLast, c.selfFailures, c.selfChecks, c.alarm,
+		c.guardInstalled, c.guardDropped, c.guardMissing}
 }
 
 // Collect reads one snapshot and sends it.
@@ -249,6 +279,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		alarm = 1
 	}
 	gauge(c.alarm, alarm)
+	installed := 0.0
+	if s.Guard.Installed {
+		installed = 1
+	}
+	gauge(c.guardInstalled, installed)
+	counter(c.guardDropped, s.Guard.DroppedPackets)
+	counter(c.guardMissing, s.Guard.Missing)
 	for _, err := range s.Errors {
 		// Served with the rest (promhttp.ContinueOnError): one unreadable
 		// part must not hide the alarm.
@@ -319,7 +356,8 @@ func Classify(stat string) (metric, label string) {
 func Names() []string {
 	return []string{
 		ActiveBlocks, AuditEntries, BlockActivationsTotal, BlockEventsReadTotal, BlockUtilisation, BytesTotal,
-		DatapathEventsTotal, DropsTotal, Epoch, Flows, FlowsCreatedTotal, PacketsTotal, PassesTotal, RecordsAlarm,
+		DatapathEventsTotal, DropsTotal, Epoch, Flows, FlowsCreatedTotal, GuardDroppedTotal, GuardInstalled,
+		GuardMissingTotal, PacketsTotal, PassesTotal, RecordsAlarm,
 		RecordsDroppedTotal, RecordsWrittenTotal, RetentionLastSweep, RingbufDropsTotal, SelfCheckChecksTotal,
 		SelfCheckFailuresTotal, SelfCheckLastSuccess, StoreDiskBytes, StoreOpenRecords, StoreWriteErrorsTotal,
 		StoreWriteSeconds,

@@ -90,6 +90,8 @@ func fullSnapshot() Snapshot {
 		AuditEntries:   42,
 		Epoch:          2,
 		SelfCheck:      SelfCheckState{Enabled: true, Checks: 4, Failures: 1, LastSuccess: time.Unix(1_800_000_100, 0)},
+		Guard: GuardFigures{Installed: true, Prefixes: []netip.Prefix{netip.MustParsePrefix("100.64.0.0/24")}, Interfaces: []string{"eth1"},
+			DroppedPackets: 9, DroppedBytes: 900, Missing: 2},
 	}
 }
 
@@ -129,6 +131,9 @@ func TestCollectorExportsSnapshot(t *testing.T) {
 		{SelfCheckFailuresTotal, nil, 1},
 		{SelfCheckChecksTotal, nil, 4},
 		{RecordsAlarm, nil, 0},
+		{GuardInstalled, nil, 1},
+		{GuardDroppedTotal, nil, 9},
+		{GuardMissingTotal, nil, 2},
 	} {
 		if got := value(t, fams, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
@@ -356,5 +361,28 @@ func TestServe(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Serve after cancel: %v", err)
+	}
+}
+
+// TestGuardMetrics: a missing or unreadable guard reads 0, never absent,
+// and does not raise the records alarm (it is its own alert).
+func TestGuardMetrics(t *testing.T) {
+	snap := fullSnapshot()
+	snap.Guard = GuardFigures{Missing: 3}
+	snap.Errors = []error{ErrPart("nftables guard", errors.New("netlink: operation not permitted"))}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(func() Snapshot { return snap }, nil))
+	fams, err := reg.Gather()
+	if err == nil {
+		t.Error("an unreadable guard was not reported as a scrape error")
+	}
+	byName := map[string]*dto.MetricFamily{}
+	for _, f := range fams {
+		byName[f.GetName()] = f
+	}
+	for name, want := range map[string]float64{GuardInstalled: 0, GuardDroppedTotal: 0, GuardMissingTotal: 3, RecordsAlarm: 0} {
+		if got := value(t, byName, name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
 	}
 }
