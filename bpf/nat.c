@@ -218,19 +218,110 @@ static __always_inline int forward(struct ethhdr *eth, struct iphdr *iph, struct
 }
 
 /*
- * tcp_next_state follows a connection far enough to pick its timeout (RFC
- * 5382): a SYN starts a handshake, an ACK establishes it, and a FIN or RST in
- * either direction marks it closing until a new SYN reuses the mapping.
+ * TCP state picks a mapping's timeout (RFC 5382, RFC 7857 2.2): a SYN starts
+ * a handshake, an ACK establishes it, and a FIN or RST either way marks it
+ * closing, which holds it for the transitory timeout instead of removing
+ * it. Only the peer moves the state: the remote endpoint the mapping's
+ * connection runs to, set when the mapping is made and by each outbound SYN
+ * (a new connection from the same inside port). A stranger's RST or FIN to
+ * a public port changes nothing, nor does the subscriber's answer to it (its
+ * RST to a forged FIN goes to the stranger, not to the peer).
+ *
+ * Closing reverts to established when both sides go on exchanging plain
+ * ACKs (no SYN, FIN or RST) after the last FIN or RST: CLOSE_ACKS_REVERT
+ * each way. An orderly close, or a simultaneous one, sends at most one ACK
+ * each way after the last FIN, so it stays closing; a connection that keeps
+ * carrying data after a forged RST from the peer's address, which the
+ * subscriber's stack refused (RFC 5961), is established again.
  */
-static __always_inline __u8 tcp_next_state(__u8 cur, __u8 flags)
+#define CLOSE_ACKS_REVERT 2
+#define CLOSE_ACKS_OUT_SHIFT 0
+#define CLOSE_ACKS_IN_SHIFT 2
+
+/* tcp_initial_state is the state of a mapping made by this packet. */
+static __always_inline __u8 tcp_initial_state(__u8 flags)
 {
 	if (flags & (TF_FIN | TF_RST))
 		return FLOW_STATE_TCP_CLOSING;
 	if (flags & TF_SYN)
 		return FLOW_STATE_TCP_TRANS;
-	if (cur == FLOW_STATE_TCP_CLOSING)
-		return cur;
 	return FLOW_STATE_TCP_EST;
+}
+
+/*
+ * tcp_set_state moves a mapping to state, writing only on a change, and
+ * keeps the reverse entry's closing copy in step (rev may be NULL: it is
+ * then looked up, which happens only on a change of closing).
+ */
+static __always_inline void tcp_set_state(struct flow_fwd *fwd, struct flow_rev *rev, __u8 state)
+{
+	__u8 closing = state == FLOW_STATE_TCP_CLOSING;
+
+	if (fwd->close_acks)
+		fwd->close_acks = 0;
+	if (fwd->state == state)
+		return;
+	if ((fwd->state == FLOW_STATE_TCP_CLOSING) != closing && !rev) {
+		struct flow_key rkey = { .addr = fwd->nat_addr, .port = fwd->nat_port, .proto = IPPROTO_TCP };
+
+		rev = bpf_map_lookup_elem(&flows_rev, &rkey);
+	}
+	fwd->state = state;
+	if (rev && rev->closing != closing)
+		rev->closing = closing;
+}
+
+/* tcp_track moves the state for a packet from or to the peer; outbound
+ * says which direction's ACKs it counts while closing. */
+static __always_inline void tcp_track(struct flow_fwd *fwd, struct flow_rev *rev, __u8 flags, int outbound)
+{
+	__u8 shift = outbound ? CLOSE_ACKS_OUT_SHIFT : CLOSE_ACKS_IN_SHIFT;
+	__u8 acks, mine;
+
+	if (flags & (TF_FIN | TF_RST)) {
+		tcp_set_state(fwd, rev, FLOW_STATE_TCP_CLOSING);
+		return;
+	}
+	if (flags & TF_SYN) {
+		if (outbound)
+			tcp_set_state(fwd, rev, FLOW_STATE_TCP_TRANS);
+		return;
+	}
+	if (fwd->state != FLOW_STATE_TCP_CLOSING) {
+		/* Inbound packets never establish: only the subscriber's
+		 * ACK says its side of the handshake is done. */
+		if (outbound && fwd->state != FLOW_STATE_TCP_EST)
+			tcp_set_state(fwd, rev, FLOW_STATE_TCP_EST);
+		return;
+	}
+	if (!(flags & TF_ACK))
+		return;
+	acks = fwd->close_acks;
+	mine = (acks >> shift) & 3;
+	if (mine >= CLOSE_ACKS_REVERT)
+		return;
+	acks += 1 << shift;
+	if (((acks >> CLOSE_ACKS_OUT_SHIFT) & 3) >= CLOSE_ACKS_REVERT &&
+	    ((acks >> CLOSE_ACKS_IN_SHIFT) & 3) >= CLOSE_ACKS_REVERT) {
+		tcp_set_state(fwd, rev, FLOW_STATE_TCP_EST);
+		return;
+	}
+	fwd->close_acks = acks;
+}
+
+/* tcp_track_out follows an outbound TCP packet to (daddr, dport). */
+static __always_inline void tcp_track_out(struct flow_fwd *fwd, __be32 daddr, __be16 dport, __u8 flags)
+{
+	if ((flags & TF_SYN) && !(flags & (TF_FIN | TF_RST))) {
+		/* A new connection on this mapping: its remote is the peer. */
+		if (fwd->peer_addr != daddr)
+			fwd->peer_addr = daddr;
+		if (fwd->peer_port != dport)
+			fwd->peer_port = dport;
+	} else if (fwd->peer_addr != daddr || fwd->peer_port != dport) {
+		return;
+	}
+	tcp_track(fwd, 0, flags, 1);
 }
 
 /*
@@ -328,13 +419,14 @@ static __always_inline void count_block_full(__u32 sub)
  * reverse one is rolled back if that fails. Returns the forward entry, or
  * NULL with *drop_reason set.
  */
-static __always_inline struct flow_fwd *flow_create(struct flow_key *fkey, __u32 sub, __u8 state, __u64 now,
-						   __u32 *drop_reason)
+static __always_inline struct flow_fwd *flow_create(struct flow_key *fkey, __u32 sub, __u8 state, __be32 peer_addr,
+						   __be16 peer_port, __u64 now, __u32 *drop_reason)
 {
 	__u32 pool_slot = sub / sharing_ratio;
 	__u16 base = port_lo + (sub % sharing_ratio) * block_size;
 	__u32 start = bpf_get_prandom_u32() % block_size;
-	struct flow_rev rev = { .addr = fkey->addr, .port = fkey->port, .subscriber = sub };
+	struct flow_rev rev = { .addr = fkey->addr, .port = fkey->port, .subscriber = sub,
+				.closing = state == FLOW_STATE_TCP_CLOSING };
 	struct flow_key rkey = { .proto = fkey->proto };
 	struct flow_fwd fwd = {};
 	struct flow_fwd *found;
@@ -376,6 +468,8 @@ claimed:
 	fwd.nat_port = rkey.port;
 	fwd.state = state;
 	fwd.subscriber = sub;
+	fwd.peer_addr = peer_addr;
+	fwd.peer_port = peer_port;
 	err = bpf_map_update_elem(&flows_fwd, fkey, &fwd, BPF_NOEXIST);
 	if (err) {
 		bpf_map_delete_elem(&flows_rev, &rkey);
@@ -629,19 +723,24 @@ int xdp_inside(struct xdp_md *ctx)
 		 * leave the cache line clean. */
 		if (fwd->last_seen_ns != now)
 			fwd->last_seen_ns = now;
-		if (l4.proto == IPPROTO_TCP) {
-			state = tcp_next_state(fwd->state, l4.tcp_flags);
-			if (fwd->state != state)
-				fwd->state = state;
-		}
+		if (l4.proto == IPPROTO_TCP)
+			tcp_track_out(fwd, iph->daddr, remote_port_of(&l4, 1), l4.tcp_flags);
 	} else {
+		__be32 peer_addr = 0;
+		__be16 peer_port = 0;
+
 		sub = subscriber_of(iph->saddr);
 		if (sub < 0) {
 			stat_inc(STAT_DROP_SPOOFED);
 			return XDP_DROP;
 		}
-		state = l4.proto == IPPROTO_TCP ? tcp_next_state(FLOW_STATE_TCP_TRANS, l4.tcp_flags) : FLOW_STATE_OTHER;
-		fwd = flow_create(&fkey, sub, state, now, &drop_reason);
+		state = FLOW_STATE_OTHER;
+		if (l4.proto == IPPROTO_TCP) {
+			state = tcp_initial_state(l4.tcp_flags);
+			peer_addr = iph->daddr;
+			peer_port = remote_port_of(&l4, 1);
+		}
+		fwd = flow_create(&fkey, sub, state, peer_addr, peer_port, now, &drop_reason);
 		if (!fwd) {
 			stat_inc(drop_reason);
 			if (drop_reason == STAT_DROP_BLOCK_FULL)
@@ -796,19 +895,21 @@ int xdp_outside(struct xdp_md *ctx)
 		stat_inc(STAT_DROP_FILTERED);
 		return XDP_DROP;
 	}
-	if ((l4.proto == IPPROTO_TCP && (l4.tcp_flags & (TF_FIN | TF_RST))) ||
+	if ((l4.proto == IPPROTO_TCP && ((l4.tcp_flags & (TF_FIN | TF_RST)) || rev->closing)) ||
 	    (l4.proto == IPPROTO_UDP && udp_inbound_refresh)) {
 		/* The forward entry holds the state and the clock: a close
-		 * from the far end shortens the mapping, and inbound UDP
-		 * refreshes it only when configured. */
+		 * from the peer shortens the mapping (and the peer's ACKs
+		 * count towards reopening a closing one), and inbound UDP
+		 * refreshes it only when configured. Everything else inbound
+		 * leaves the forward entry alone. */
 		struct flow_key fkey = { .addr = rev->addr, .port = rev->port, .proto = l4.proto };
 		struct flow_fwd *fwd = bpf_map_lookup_elem(&flows_fwd, &fkey);
 
 		if (fwd) {
-			if (l4.proto == IPPROTO_TCP)
-				fwd->state = FLOW_STATE_TCP_CLOSING;
-			else
+			if (l4.proto != IPPROTO_TCP)
 				fwd->last_seen_ns = bpf_ktime_get_coarse_ns();
+			else if (fwd->peer_addr == iph->saddr && fwd->peer_port == remote_port_of(&l4, 0))
+				tcp_track(fwd, rev, l4.tcp_flags, 0);
 		}
 	}
 

@@ -44,23 +44,34 @@ struct flow_key {
 };
 _Static_assert(sizeof(struct flow_key) == 8, "flow_key layout");
 
-/* flow_fwd is the forward entry: where a subscriber's (addr, port) is mapped. */
+/* flow_fwd is the forward entry: where a subscriber's (addr, port) is mapped.
+ * For TCP it also holds the peer, the remote endpoint of the connection the
+ * mapping carries: only packets from and to the peer move the TCP state, so
+ * a stranger's RST or FIN cannot shorten the mapping's life. */
 struct flow_fwd {
 	__u64 last_seen_ns; /* CLOCK_MONOTONIC_COARSE of the last outbound packet */
 	__be32 nat_addr;
 	__be16 nat_port;
 	__u8 state;         /* enum flow_state, for the sweeper's timeouts */
-	__u8 pad;
+	__u8 close_acks;    /* TCP closing: plain ACKs since the last FIN or RST,
+			       outbound in bits 0-1 and inbound in bits 2-3 */
 	__u32 subscriber;
+	__be32 peer_addr;   /* TCP: set when the mapping is made and by every
+			       outbound SYN; 0 for UDP and ICMP */
+	__be16 peer_port;
+	__u16 pad;
 	__u32 pad2;
 };
-_Static_assert(sizeof(struct flow_fwd) == 24, "flow_fwd layout");
+_Static_assert(sizeof(struct flow_fwd) == 32, "flow_fwd layout");
 
 /* flow_rev is the reverse entry written with the forward one, all or nothing. */
 struct flow_rev {
 	__be32 addr;        /* inside address */
 	__be16 port;        /* inside port or ICMP identifier */
-	__u16 pad;
+	__u8 closing;       /* TCP: a copy of "state is closing" in the forward
+			       entry, so the outside program looks that entry
+			       up only for a FIN, an RST or a closing mapping */
+	__u8 pad;
 	__u32 subscriber;
 };
 _Static_assert(sizeof(struct flow_rev) == 12, "flow_rev layout");
@@ -69,8 +80,10 @@ enum flow_state {
 	FLOW_STATE_OTHER = 0,       /* UDP and ICMP: one timeout each */
 	FLOW_STATE_TCP_TRANS = 1,   /* handshake: SYN seen, not yet an ACK */
 	FLOW_STATE_TCP_EST = 2,     /* an ACK after the handshake */
-	FLOW_STATE_TCP_CLOSING = 3, /* FIN or RST seen either way: stays until
-				       a new SYN, with the transitory timeout */
+	FLOW_STATE_TCP_CLOSING = 3, /* FIN or RST from or to the peer: the
+				       transitory timeout, until a new SYN, or
+				       until both sides go on exchanging plain
+				       ACKs (then established again) */
 };
 
 /* subscriber_state is indexed by subscriber number (configuration order). */

@@ -37,9 +37,45 @@ const (
 	FlowStateOther    = 0
 	FlowStateTCPTrans = 1
 	FlowStateTCPEst   = 2
-	// FlowStateTCPClosing: FIN or RST seen; the transitory timeout applies.
+	// FlowStateTCPClosing: a FIN or RST from or to the mapping's peer
+	// (FlowFwd.PeerAddr, PeerPort); the transitory timeout applies. It
+	// reverts to established when both sides go on exchanging plain ACKs.
 	FlowStateTCPClosing = 3
 )
+
+// Protocol numbers of the flow key's Proto: the three protocols that share
+// the flow tables.
+const (
+	ProtoICMP = 1
+	ProtoTCP  = 6
+	ProtoUDP  = 17
+)
+
+// TimeoutClass is which idle timeout a mapping lives by.
+type TimeoutClass int
+
+const (
+	TimeoutUDP TimeoutClass = iota
+	TimeoutTCPEstablished
+	// TimeoutTCPTransitory: a handshake not yet acknowledged, or closing
+	// (RFC 5382 REQ-5, RFC 7857 2.2: held, not removed, after an RST).
+	TimeoutTCPTransitory
+	TimeoutICMP
+)
+
+// TimeoutClassOf says which idle timeout applies to the mapping key, value.
+func TimeoutClassOf(key FlowKey, v FlowFwd) TimeoutClass {
+	switch key.Proto {
+	case ProtoTCP:
+		if v.State == FlowStateTCPEst {
+			return TimeoutTCPEstablished
+		}
+		return TimeoutTCPTransitory
+	case ProtoICMP:
+		return TimeoutICMP
+	}
+	return TimeoutUDP
+}
 
 // Role says which side of the NAT an interface is on.
 type Role uint32
@@ -386,6 +422,9 @@ func (n *NAT) Close() error {
 // detaches the programs), the programs and the maps, so the kernel frees
 // them once no process holds them.
 func Detach(pinDir string) error {
+	if err := AttachHostBPFFS(pinDir); err != nil { // under ip netns exec, the pins are the host's
+		return err
+	}
 	if _, err := os.Stat(pinDir); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

@@ -41,8 +41,11 @@ type natFlowFwd struct {
 	NatAddr    uint32
 	NatPort    uint16
 	State      uint8
-	Pad        uint8
+	CloseAcks  uint8
 	Subscriber uint32
+	PeerAddr   uint32
+	PeerPort   uint16
+	Pad        uint16
 	Pad2       uint32
 }
 
@@ -58,7 +61,8 @@ type natFlowRev struct {
 	_          structs.HostLayout
 	Addr       uint32
 	Port       uint16
-	Pad        uint16
+	Closing    uint8
+	Pad        uint8
 	Subscriber uint32
 }
 

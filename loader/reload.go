@@ -124,6 +124,11 @@ func copyValid(from, to *NAT, m *mapping.Mapping) (ReloadStats, error) {
 		fwd.Subscriber = sub
 		rkey := FlowKey{Addr: fwd.NatAddr, Port: fwd.NatPort, Proto: key.Proto}
 		rev := FlowRev{Addr: key.Addr, Port: key.Port, Subscriber: sub}
+		if key.Proto == ProtoTCP && fwd.State == FlowStateTCPClosing {
+			// The outside program counts the peer's ACKs towards
+			// reopening only where the reverse entry says closing.
+			rev.Closing = 1
+		}
 		if err := to.objs.FlowsRev.Update(&rkey, &rev, ebpf.UpdateNoExist); err != nil {
 			return st, fmt.Errorf("reload: copy reverse mapping: %w", err)
 		}

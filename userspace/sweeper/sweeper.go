@@ -60,13 +60,14 @@ type Result struct {
 }
 
 func (s *Sweeper) timeout(key loader.FlowKey, v loader.FlowFwd) time.Duration {
-	switch key.Proto {
-	case 6:
-		if v.State == loader.FlowStateTCPEst {
-			return s.Timeouts.TCPEstablished
-		}
+	switch loader.TimeoutClassOf(key, v) {
+	case loader.TimeoutTCPEstablished:
+		return s.Timeouts.TCPEstablished
+	case loader.TimeoutTCPTransitory:
+		// Closing only after a FIN or RST from or to the peer, so a
+		// stranger's RST cannot put a mapping on this short clock.
 		return s.Timeouts.TCPTransitory
-	case 1:
+	case loader.TimeoutICMP:
 		return s.Timeouts.ICMP
 	}
 	return s.Timeouts.UDP
