@@ -100,6 +100,11 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Opt
 	if err != nil {
 		return err
 	}
+	owner, err := a.claimDataPlane(opts.ConfigPath) // before anything touches the data plane or the guard
+	if err != nil {
+		return err
+	}
+	defer owner.Release()
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("state_dir %s: %w", cfg.StateDir, err)
 	}

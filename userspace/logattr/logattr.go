@@ -28,4 +28,7 @@ const (
 	ProgramID   = "program_id"
 	ProgramName = "program_name"
 	Listen      = "listen"
+	// HostPID is the process whose mount namespace the agent took for the
+	// host's when it shared the host's bpffs.
+	HostPID = "host_pid"
 )
