@@ -3,8 +3,15 @@
 //
 //	blocknatd --config FILE     validate, attach, run until SIGINT/SIGTERM; SIGHUP reloads FILE
 //	blocknatd --replace --config FILE   the same, replacing XDP programs blocknat did not attach
-//	blocknatd detach --config FILE   remove the data plane (stops translation)
+//	blocknatd detach --config FILE   remove the data plane (stops translation; the guard stays)
+//	blocknatd detach --remove-guard --config FILE   the same, and remove the nftables guard
 //	blocknatd check --config FILE    validate the configuration and exit
+//	blocknatd guard install|remove|show --config FILE   the nftables guard alone
+//
+// The guard (userspace/guard) is an nftables table that drops every packet
+// from an inside prefix leaving an outside interface untranslated. The agent
+// installs it before it attaches and keeps it when it stops; `guard
+// install` puts it in place at boot, before the agent ever ran.
 package main
 
 import (
@@ -14,13 +21,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/agent"
 	"github.com/blocknat/blocknat/userspace/config"
+	"github.com/blocknat/blocknat/userspace/guard"
 )
 
 const defaultConfigPath = "/etc/blocknat/blocknat.yaml"
@@ -31,15 +42,30 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// guardActions are what `blocknatd guard` does; show reads, the others
+// change state.
+var guardActions = []string{"install", "remove", "show"}
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	verb := "run"
-	if len(args) > 0 && (args[0] == "detach" || args[0] == "check" || args[0] == "run") {
+	if len(args) > 0 && (args[0] == "detach" || args[0] == "check" || args[0] == "run" || args[0] == "guard") {
 		verb, args = args[0], args[1:]
 	}
-	fs := flag.NewFlagSet("blocknatd "+verb, flag.ContinueOnError)
+	action := ""
+	if verb == "guard" {
+		if len(args) == 0 || !slices.Contains(guardActions, args[0]) {
+			fmt.Fprintf(stderr, "usage: blocknatd guard %s --config FILE\n", strings.Join(guardActions, "|"))
+			return 2
+		}
+		action, args = args[0], args[1:]
+	}
+	fs := flag.NewFlagSet(strings.TrimSpace("blocknatd "+verb+" "+action), flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", defaultConfigPath, "configuration `file`")
 	replace := fs.Bool("replace", false, "replace XDP programs on the configured interfaces that blocknat did not attach (run only)")
+	removeGuard := fs.Bool("remove-guard", false, "detach only: also remove the nftables guard. Without the guard, every subscriber packet "+
+		"the kernel forwards leaves with its inside address; keep it unless blocknat leaves this router for good "+
+		"and the inside prefixes are routed or translated some other way")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -52,6 +78,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if *replace && verb != "run" {
 		fmt.Fprintf(stderr, "blocknatd %s: --replace only applies when running the agent\n", verb)
+		return 2
+	}
+	if *removeGuard && verb != "detach" {
+		fmt.Fprintf(stderr, "blocknatd %s: --remove-guard only applies to detach\n", verb)
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
@@ -70,7 +100,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		fmt.Fprintf(stdout, "detached: removed %s\n", cfg.BPFFSDir)
-		return 0
+		if !*removeGuard {
+			fmt.Fprintf(stdout, "the nftables guard (table inet %s) stays: untranslated subscriber packets are dropped, not forwarded\n", guard.TableName)
+			return 0
+		}
+		return runGuard(cfg, "remove", stdout, stderr)
+	case "guard":
+		return runGuard(cfg, action, stdout, stderr)
 	}
 	// SIGHUP reloads the configuration file; a signal arriving while a
 	// reload runs is kept, not lost.
@@ -96,4 +132,57 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// runGuard installs, removes or shows the nftables guard for cfg. show
+// exits 1 when the guard is not in place, so a script or a monitoring check
+// can ask it.
+func runGuard(cfg *config.Config, action string, stdout, stderr io.Writer) int {
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "blocknatd guard %s: %v\n", action, err)
+		return 1
+	}
+	switch action {
+	case "install":
+		m, err := cfg.Mapping()
+		if err != nil {
+			return fail(err)
+		}
+		ch, err := guard.Install(m.Prefixes, cfg.Outside.Interfaces)
+		if err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(stdout, "guard %s: table inet %s drops IPv4 from %s leaving by %s untranslated\n",
+			ch, guard.TableName, prefixesText(m.Prefixes), strings.Join(cfg.Outside.Interfaces, ", "))
+	case "remove":
+		if err := guard.Remove(); err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(stdout, "guard removed: table inet %s\n", guard.TableName)
+		fmt.Fprintln(stderr, "blocknatd: without the guard, subscriber packets the data plane does not translate leave with their inside addresses")
+	case "show":
+		st, err := guard.State()
+		if err != nil {
+			return fail(err)
+		}
+		if !st.Installed {
+			fmt.Fprintf(stdout, "guard not installed (table inet %s)", guard.TableName)
+			if st.Problem != "" {
+				fmt.Fprintf(stdout, ": %s", st.Problem)
+			}
+			fmt.Fprintf(stdout, "\ndropped %d packets, %d bytes\n", st.DroppedPackets, st.DroppedBytes)
+			return 1
+		}
+		fmt.Fprintf(stdout, "guard installed: table inet %s drops IPv4 from %s leaving by %s untranslated\ndropped %d packets, %d bytes\n",
+			guard.TableName, prefixesText(st.Prefixes), strings.Join(st.Interfaces, ", "), st.DroppedPackets, st.DroppedBytes)
+	}
+	return 0
+}
+
+func prefixesText(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ", ")
 }
