@@ -173,6 +173,9 @@ func XDPAttached(ctx context.Context, ns *netns.NS, ifaces []string) bool {
 	return true
 }
 
+// PID is the agent's process id (ip netns exec execs, so it is blocknatd's).
+func (a *Agent) PID() int { return a.cmd.Process.Pid }
+
 // Signal sends sig to the agent (SIGHUP reloads its configuration).
 func (a *Agent) Signal(sig syscall.Signal) error { return a.cmd.Process.Signal(sig) }
 
