@@ -63,6 +63,10 @@ volatile const __u8 udp_inbound_refresh = 0;
  * every outbound packet. */
 volatile const __u32 pool_min = 0;
 volatile const __u32 pool_max = 0xffffffff;
+/* The lowest and highest inside address, host order: the same shortcut
+ * for the inside prefixes' trie. */
+volatile const __u32 inside_min = 0;
+volatile const __u32 inside_max = 0xffffffff;
 
 /* How long the translation of a datagram's first fragment serves its
  * later fragments. */
@@ -364,6 +368,50 @@ static __always_inline int local_service(__u32 dst, __be32 saddr)
 	return saddr == 0;
 }
 
+/* in_inside_prefix says whether addr lies in an inside prefix. */
+static __always_inline int in_inside_prefix(__be32 addr)
+{
+	struct lpm_v4_key key = { .prefixlen = 32, .addr = addr };
+	__u32 host = bpf_ntohl(addr);
+
+	if (host < inside_min || host > inside_max)
+		return 0;
+	return bpf_map_lookup_elem(&inside_prefixes, &key) != 0;
+}
+
+/*
+ * martian_dst says whether a subscriber's packet is to an address no router
+ * forwards (RFC 1812 5.3.7, RFC 6890): "this network" 0.0.0.0/8, loopback
+ * 127.0.0.0/8, and the reserved 240.0.0.0/4. It runs after local_service,
+ * which has already handed 255.255.255.255 (DHCP) and the multicast groups
+ * to the kernel. dst is in host order.
+ */
+static __always_inline int martian_dst(__u32 dst)
+{
+	__u32 top = dst >> 24;
+
+	return top == 0 || top == 127 || dst >= 0xf0000000;
+}
+
+/*
+ * martian_src says whether a packet to a pool address has a source that
+ * cannot come from the internet (RFC 1812 5.3.7, RFC 6890): 0.0.0.0/8,
+ * loopback, a multicast group, 240.0.0.0/4 with the limited broadcast
+ * address, one of the pool's own addresses, or an inside address, which
+ * lives behind this NAT and never beyond it.
+ */
+static __always_inline int martian_src(__be32 saddr)
+{
+	__u32 src = bpf_ntohl(saddr);
+	__u32 top = src >> 24;
+
+	if (top == 0 || top == 127 || src >= 0xe0000000)
+		return 1;
+	if (src >= pool_min && src <= pool_max && bpf_map_lookup_elem(&pool_index, &saddr))
+		return 1;
+	return in_inside_prefix(saddr);
+}
+
 /*
  * block_activate marks a subscriber's block active and, for the first flow
  * of an idle block only, reports it. The compare-and-swap makes exactly one
@@ -622,6 +670,10 @@ int xdp_inside(struct xdp_md *ctx)
 		stat_inc(STAT_PASS_LOCAL_SERVICE);
 		return XDP_PASS;
 	}
+	if (martian_dst(dst_host)) {
+		stat_inc(STAT_DROP_MARTIAN_DST);
+		return XDP_DROP;
+	}
 	if (iph->ttl <= 1) {
 		stat_inc(STAT_PASS_TTL);
 		return XDP_PASS;
@@ -662,6 +714,15 @@ int xdp_inside(struct xdp_md *ctx)
 			stat_inc(STAT_PASS_NOT_NAT);
 			return XDP_PASS;
 		}
+		/* An inside address the routes send to the internet has no
+		 * subscriber on any inside link (an unassigned one, or a
+		 * prefix not routed here): it cannot belong upstream. Inside
+		 * addresses routed to an inside link are the kernel's to
+		 * forward, above (pass_not_nat). */
+		if (in_inside_prefix(iph->daddr)) {
+			stat_inc(STAT_DROP_MARTIAN_DST);
+			return XDP_DROP;
+		}
 	}
 
 	if (iph->frag_off & bpf_htons(IP_OFFSET)) {
@@ -669,7 +730,8 @@ int xdp_inside(struct xdp_md *ctx)
 		 * public address does not depend on one: translate it
 		 * statelessly, so fragments arriving before the first are
 		 * handled the same as those after it. */
-		__u32 slot;
+		struct subscriber_state *ss;
+		__u32 slot, sub_key;
 		__be32 *public, from;
 
 		sub = subscriber_of(iph->saddr);
@@ -679,6 +741,14 @@ int xdp_inside(struct xdp_md *ctx)
 		}
 		if (to_pool) {
 			stat_inc(STAT_DROP_FRAGMENT);
+			return XDP_DROP;
+		}
+		/* Only under an active block, which has a record: nothing
+		 * leaves under a public address that no record names. */
+		sub_key = (__u32)sub;
+		ss = bpf_map_lookup_elem(&subscribers, &sub_key);
+		if (!ss || !ss->active) {
+			stat_inc(STAT_DROP_FRAGMENT_INACTIVE);
 			return XDP_DROP;
 		}
 		slot = (__u32)sub / sharing_ratio;
@@ -791,6 +861,19 @@ static __always_inline int icmp_error_in(struct xdp_md *ctx, struct ethhdr *eth,
 		stat_inc(STAT_DROP_ICMP_ERROR);
 		return XDP_DROP;
 	}
+	if (filter_apdf) {
+		/* The error may come from any router on the path (RFC 4787
+		 * REQ-12a), but it must be about a remote the mapping sent
+		 * to: the quoted destination. */
+		__be16 remote_port = 0;
+
+		if (q.proto != IPPROTO_ICMP)
+			remote_port = *(q.port + 1);
+		if (!filter_allows(q.iph->daddr, remote_port, rkey.addr, rkey.port, q.proto)) {
+			stat_inc(STAT_DROP_FILTERED);
+			return XDP_DROP;
+		}
+	}
 	icmp_quote_rewrite(icmph, &q, rev->addr, rev->port);
 	from = iph->daddr;
 	iph->daddr = rev->addr;
@@ -829,6 +912,11 @@ int xdp_outside(struct xdp_md *ctx)
 	if (!bpf_map_lookup_elem(&pool_index, &iph->daddr)) {
 		stat_inc(STAT_PASS_NOT_POOL);
 		return XDP_PASS;
+	}
+	/* Before anything is translated, fragments and ICMP errors included. */
+	if (martian_src(iph->saddr)) {
+		stat_inc(STAT_DROP_MARTIAN_SRC);
+		return XDP_DROP;
 	}
 	if (iph->ttl <= 1) {
 		stat_inc(STAT_PASS_TTL);

@@ -41,6 +41,11 @@ enum stat_index {
 	STAT_FRAGMENTS,          /* fragments translated */
 	STAT_DROP_FILTERED,      /* inbound refused by address-and-port-dependent filtering */
 	STAT_ICMP_BLOCK_FULL,    /* "host unreachable" sent for a full block */
+	STAT_DROP_MARTIAN_DST,   /* inside, to 0/8, 127/8, 240/4 (not 255.255.255.255), or to an
+				  * inside address the routes send out of an outside interface */
+	STAT_DROP_MARTIAN_SRC,   /* outside, to a pool address from 0/8, 127/8, 224/4, 240/4,
+				  * 255.255.255.255, a pool address or an inside address */
+	STAT_DROP_FRAGMENT_INACTIVE, /* later fragment from a subscriber whose block is not active */
 	STAT_MAX,
 };
 

@@ -170,11 +170,12 @@ func fixIPChecksum(hdr []byte) {
 	hdr[10], hdr[11] = byte(c>>8), byte(c)
 }
 
-// TestFragments: outbound, every fragment gets the subscriber's public
-// address, in any order; inbound, later fragments follow their first.
+// TestFragments: outbound, every fragment of an active subscriber gets its
+// public address, in any order; inbound, later fragments follow their first.
 func TestFragments(t *testing.T) {
 	f := defaultFixture(t)
 	block, _ := f.m.Forward(netip.MustParseAddr(sub2))
+	mapOut(udpOut(sub2+":39999", server+":7000"))(f) // the block is active
 
 	// Outbound, the later fragment first.
 	later := pkt{proto: layers.IPProtocolUDP, src: sub2 + ":40000", dst: server + ":7000", fragOffset: 185, raw: true}.build(t)

@@ -23,7 +23,13 @@ import (
 //   - inbound frames never create state;
 //   - an outbound frame to 255.255.255.255 or a multicast group, or from
 //     0.0.0.0, goes to the kernel untouched and creates no state, whatever
-//     else it carries (the router's own services: DHCP, mDNS).
+//     else it carries (the router's own services: DHCP, mDNS);
+//   - any other outbound frame to 0.0.0.0/8, 127.0.0.0/8 or 240.0.0.0/4 is
+//     dropped and creates no state; an inbound frame to a pool address from
+//     0.0.0.0/8, 127.0.0.0/8, 224.0.0.0/3, a pool or an inside address is
+//     dropped (martians, RFC 1812 5.3.7);
+//   - a later fragment leaves translated only for a subscriber whose block
+//     is active.
 func FuzzNAT(f *testing.F) {
 	fx := defaultFixture(f)
 	seed := udpOut(sub2+":40000", server+":7000")
@@ -55,6 +61,13 @@ func FuzzNAT(f *testing.F) {
 		f.Add(true, p.build(f))
 	}
 	f.Add(false, pkt{proto: layers.IPProtocolUDP, src: server + ":7000", dst: mapped.String(), fragOffset: 9, raw: true}.build(f))
+	for _, dst := range []string{"0.0.0.1:9", "127.0.0.1:53", "240.0.0.1:9", "255.255.255.254:9"} {
+		f.Add(true, udpOut(sub2+":40000", dst).build(f))
+	}
+	f.Add(true, pkt{proto: layers.IPProtocolUDP, src: "100.64.0.3:40000", dst: server + ":7000", fragOffset: 185, raw: true}.build(f))
+	for _, src := range []string{"127.0.0.1:7000", "0.0.0.0:7000", "224.0.0.5:7000", "255.255.255.255:7000", "198.51.100.11:7000", "100.64.0.3:7000"} {
+		f.Add(false, pkt{proto: layers.IPProtocolUDP, src: src, dst: mapped.String(), payload: []byte("martian")}.build(f))
+	}
 	f.Add(true, pkt{proto: layers.IPProtocolUDP, src: "100.64.0.3:1000", dst: mapped.String(), payload: []byte("hairpin")}.build(f))
 	_, translated := fx.outbound(seed.build(f))
 	f.Add(false, icmpError(f, server, layers.CreateICMPv4TypeCode(3, 3), translated, 28))
@@ -93,6 +106,21 @@ func FuzzNAT(f *testing.F) {
 				t.Fatalf("router's own traffic created state%s", dump(frame))
 			}
 			return
+		}
+		if src, dst, ok := modelIPv4(frame); ok {
+			martian := outbound && modelMartianDst(dst)
+			if !outbound && isPool(fx, addrOf(dst)) {
+				martian = modelMartianSrc(fx, src)
+			}
+			if martian {
+				if act != xdpDrop || !bytes.Equal(frame, out) {
+					t.Fatalf("martian %s -> %s: %s, changed %v, want XDP_DROP%s", addrOf(src), addrOf(dst), actionNames[act], !bytes.Equal(frame, out), dump(frame))
+				}
+				if fwd, _ := fx.flowCount(); fwd != fwdBefore {
+					t.Fatalf("martian created state%s", dump(frame))
+				}
+				return
+			}
 		}
 		if act == xdpDrop || bytes.Equal(frame, out) {
 			return
@@ -225,20 +253,47 @@ func modelParse(b []byte) (model, bool) {
 	return m, true
 }
 
+// modelIPv4 returns the addresses (host order) of a frame whose IPv4
+// header parse_iphdr accepts.
+func modelIPv4(b []byte) (src, dst uint32, ok bool) {
+	if len(b) < 34 || binary.BigEndian.Uint16(b[12:]) != 0x0800 || b[14]>>4 != 4 {
+		return 0, 0, false
+	}
+	ihl := int(b[14]&0xf) * 4
+	if ihl < 20 || len(b) < 14+ihl || int(binary.BigEndian.Uint16(b[16:])) < ihl {
+		return 0, 0, false
+	}
+	return binary.BigEndian.Uint32(b[26:]), binary.BigEndian.Uint32(b[30:]), true
+}
+
 // modelLocalService says whether the inside program owes a frame to the
 // kernel before any route or prefix check: an IPv4 header parse_iphdr
 // accepts, to the limited broadcast address or a multicast group, or from
 // 0.0.0.0.
 func modelLocalService(b []byte) bool {
-	if len(b) < 34 || binary.BigEndian.Uint16(b[12:]) != 0x0800 || b[14]>>4 != 4 {
-		return false
+	src, dst, ok := modelIPv4(b)
+	return ok && (dst&0xf0000000 == 0xe0000000 || dst == 0xffffffff || src == 0)
+}
+
+// modelMartianDst: an outbound destination no router forwards, once the
+// router's own services are set aside. (The fixture's inside prefix is on
+// in0, so no inside destination is routed upstream here.)
+func modelMartianDst(dst uint32) bool {
+	return !(dst&0xf0000000 == 0xe0000000 || dst == 0xffffffff) && (dst>>24 == 0 || dst>>24 == 127 || dst >= 0xf0000000)
+}
+
+// modelMartianSrc: a source that cannot reach a pool address from the
+// internet.
+func modelMartianSrc(fx *natFixture, src uint32) bool {
+	if src>>24 == 0 || src>>24 == 127 || src >= 0xe0000000 || isPool(fx, addrOf(src)) {
+		return true
 	}
-	ihl := int(b[14]&0xf) * 4
-	if ihl < 20 || len(b) < 14+ihl || int(binary.BigEndian.Uint16(b[16:])) < ihl {
-		return false
-	}
-	src, dst := binary.BigEndian.Uint32(b[26:]), binary.BigEndian.Uint32(b[30:])
-	return dst&0xf0000000 == 0xe0000000 || dst == 0xffffffff || src == 0
+	_, err := fx.m.Forward(addrOf(src))
+	return err == nil
+}
+
+func addrOf(v uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
 func ipChecksumValid(b []byte, m model) bool {
@@ -326,6 +381,10 @@ func judgeFragmentOrError(t *testing.T, fx *natFixture, outbound bool, in, out [
 		block, err := fx.m.Forward(src)
 		if err != nil || osrc != block.Public || odst != dst {
 			t.Fatalf("later fragment %s->%s became %s->%s%s", src, dst, osrc, odst, dump(out))
+		}
+		var st SubscriberState
+		if err := fx.nat.objs.Subscribers.Lookup(&block.Subscriber, &st); err != nil || st.Active == 0 {
+			t.Fatalf("later fragment from %s translated while its block is not active%s", src, dump(out))
 		}
 	case later:
 		key := FragKey{Saddr: be32(src), Daddr: be32(dst), Id: binary.NativeEndian.Uint16(in[18:20]), Proto: in[23]}

@@ -244,6 +244,8 @@ func prepareSpec(p Params) (*ebpf.CollectionSpec, error) {
 		"udp_inbound_refresh": boolByte(p.UDPInboundRefresh),
 		"pool_min":            poolMin(m),
 		"pool_max":            poolMax(m),
+		"inside_min":          insideMin(m),
+		"inside_max":          insideMax(m),
 	}
 	for name, v := range vars {
 		vs, ok := spec.Variables[name]
@@ -282,6 +284,23 @@ func poolMax(m *mapping.Mapping) uint32 {
 	var hi uint32
 	for _, a := range m.Pool {
 		hi = max(hi, binary.BigEndian.Uint32(a.AsSlice()))
+	}
+	return hi
+}
+
+func insideMin(m *mapping.Mapping) uint32 {
+	lo := uint32(0xffffffff)
+	for _, p := range m.Prefixes {
+		lo = min(lo, binary.BigEndian.Uint32(p.Masked().Addr().AsSlice()))
+	}
+	return lo
+}
+
+func insideMax(m *mapping.Mapping) uint32 {
+	var hi uint32
+	for _, p := range m.Prefixes {
+		first := binary.BigEndian.Uint32(p.Masked().Addr().AsSlice())
+		hi = max(hi, first|uint32(uint64(1)<<(32-p.Bits())-1))
 	}
 	return hi
 }

@@ -97,35 +97,38 @@ type natLpmV4Key struct {
 type natStatIndex uint32
 
 const (
-	natStatIndexSTAT_OUT_PACKETS        natStatIndex = 0
-	natStatIndexSTAT_OUT_BYTES          natStatIndex = 1
-	natStatIndexSTAT_IN_PACKETS         natStatIndex = 2
-	natStatIndexSTAT_IN_BYTES           natStatIndex = 3
-	natStatIndexSTAT_NEW_FLOWS          natStatIndex = 4
-	natStatIndexSTAT_BLOCK_ACTIVATIONS  natStatIndex = 5
-	natStatIndexSTAT_PASS_NOT_IPV4      natStatIndex = 6
-	natStatIndexSTAT_PASS_LOCAL         natStatIndex = 7
-	natStatIndexSTAT_PASS_LOCAL_SERVICE natStatIndex = 8
-	natStatIndexSTAT_PASS_TTL           natStatIndex = 9
-	natStatIndexSTAT_PASS_FIB           natStatIndex = 10
-	natStatIndexSTAT_PASS_FRAG_NEEDED   natStatIndex = 11
-	natStatIndexSTAT_PASS_NOT_POOL      natStatIndex = 12
-	natStatIndexSTAT_PASS_NOT_NAT       natStatIndex = 13
-	natStatIndexSTAT_DROP_MALFORMED     natStatIndex = 14
-	natStatIndexSTAT_DROP_SPOOFED       natStatIndex = 15
-	natStatIndexSTAT_DROP_NO_MAPPING    natStatIndex = 16
-	natStatIndexSTAT_DROP_BLOCK_FULL    natStatIndex = 17
-	natStatIndexSTAT_DROP_UNSUPPORTED   natStatIndex = 18
-	natStatIndexSTAT_DROP_FRAGMENT      natStatIndex = 19
-	natStatIndexSTAT_DROP_FLOW_TABLE    natStatIndex = 20
-	natStatIndexSTAT_RINGBUF_FULL       natStatIndex = 21
-	natStatIndexSTAT_HAIRPIN            natStatIndex = 22
-	natStatIndexSTAT_ICMP_ERRORS_IN     natStatIndex = 23
-	natStatIndexSTAT_DROP_ICMP_ERROR    natStatIndex = 24
-	natStatIndexSTAT_FRAGMENTS          natStatIndex = 25
-	natStatIndexSTAT_DROP_FILTERED      natStatIndex = 26
-	natStatIndexSTAT_ICMP_BLOCK_FULL    natStatIndex = 27
-	natStatIndexSTAT_MAX                natStatIndex = 28
+	natStatIndexSTAT_OUT_PACKETS            natStatIndex = 0
+	natStatIndexSTAT_OUT_BYTES              natStatIndex = 1
+	natStatIndexSTAT_IN_PACKETS             natStatIndex = 2
+	natStatIndexSTAT_IN_BYTES               natStatIndex = 3
+	natStatIndexSTAT_NEW_FLOWS              natStatIndex = 4
+	natStatIndexSTAT_BLOCK_ACTIVATIONS      natStatIndex = 5
+	natStatIndexSTAT_PASS_NOT_IPV4          natStatIndex = 6
+	natStatIndexSTAT_PASS_LOCAL             natStatIndex = 7
+	natStatIndexSTAT_PASS_LOCAL_SERVICE     natStatIndex = 8
+	natStatIndexSTAT_PASS_TTL               natStatIndex = 9
+	natStatIndexSTAT_PASS_FIB               natStatIndex = 10
+	natStatIndexSTAT_PASS_FRAG_NEEDED       natStatIndex = 11
+	natStatIndexSTAT_PASS_NOT_POOL          natStatIndex = 12
+	natStatIndexSTAT_PASS_NOT_NAT           natStatIndex = 13
+	natStatIndexSTAT_DROP_MALFORMED         natStatIndex = 14
+	natStatIndexSTAT_DROP_SPOOFED           natStatIndex = 15
+	natStatIndexSTAT_DROP_NO_MAPPING        natStatIndex = 16
+	natStatIndexSTAT_DROP_BLOCK_FULL        natStatIndex = 17
+	natStatIndexSTAT_DROP_UNSUPPORTED       natStatIndex = 18
+	natStatIndexSTAT_DROP_FRAGMENT          natStatIndex = 19
+	natStatIndexSTAT_DROP_FLOW_TABLE        natStatIndex = 20
+	natStatIndexSTAT_RINGBUF_FULL           natStatIndex = 21
+	natStatIndexSTAT_HAIRPIN                natStatIndex = 22
+	natStatIndexSTAT_ICMP_ERRORS_IN         natStatIndex = 23
+	natStatIndexSTAT_DROP_ICMP_ERROR        natStatIndex = 24
+	natStatIndexSTAT_FRAGMENTS              natStatIndex = 25
+	natStatIndexSTAT_DROP_FILTERED          natStatIndex = 26
+	natStatIndexSTAT_ICMP_BLOCK_FULL        natStatIndex = 27
+	natStatIndexSTAT_DROP_MARTIAN_DST       natStatIndex = 28
+	natStatIndexSTAT_DROP_MARTIAN_SRC       natStatIndex = 29
+	natStatIndexSTAT_DROP_FRAGMENT_INACTIVE natStatIndex = 30
+	natStatIndexSTAT_MAX                    natStatIndex = 31
 )
 
 type natSubscriberState struct {
@@ -159,6 +162,8 @@ const (
 	natVarBlockSize         = "block_size"
 	natVarEpoch             = "epoch"
 	natVarFilterApdf        = "filter_apdf"
+	natVarInsideMax         = "inside_max"
+	natVarInsideMin         = "inside_min"
 	natVarPoolMax           = "pool_max"
 	natVarPoolMin           = "pool_min"
 	natVarPortLo            = "port_lo"
@@ -240,6 +245,8 @@ type natVariableSpecs struct {
 	BlockSize         *ebpf.VariableSpec `ebpf:"block_size"`
 	Epoch             *ebpf.VariableSpec `ebpf:"epoch"`
 	FilterApdf        *ebpf.VariableSpec `ebpf:"filter_apdf"`
+	InsideMax         *ebpf.VariableSpec `ebpf:"inside_max"`
+	InsideMin         *ebpf.VariableSpec `ebpf:"inside_min"`
 	PoolMax           *ebpf.VariableSpec `ebpf:"pool_max"`
 	PoolMin           *ebpf.VariableSpec `ebpf:"pool_min"`
 	PortLo            *ebpf.VariableSpec `ebpf:"port_lo"`
@@ -308,6 +315,8 @@ type natVariables struct {
 	BlockSize         *ebpf.Variable `ebpf:"block_size"`
 	Epoch             *ebpf.Variable `ebpf:"epoch"`
 	FilterApdf        *ebpf.Variable `ebpf:"filter_apdf"`
+	InsideMax         *ebpf.Variable `ebpf:"inside_max"`
+	InsideMin         *ebpf.Variable `ebpf:"inside_min"`
 	PoolMax           *ebpf.Variable `ebpf:"pool_max"`
 	PoolMin           *ebpf.Variable `ebpf:"pool_min"`
 	PortLo            *ebpf.Variable `ebpf:"port_lo"`
