@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -305,5 +307,63 @@ func TestGuardFailedStart(t *testing.T) {
 		if harness.XDPAttached(t.Context(), g.topo.Router, []string{ifc}) {
 			t.Errorf("a start refused for the guard left XDP on %s", ifc)
 		}
+	}
+}
+
+// TestGuardRestoredAndFollowsReload: a guard deleted under a running agent
+// (as a firewall reload that flushes the ruleset would) is back within the
+// agent's check interval, with an error in the log and
+// blocknat_guard_missing_total counting it; a SIGHUP that adds an inside
+// prefix extends the guard to it.
+func TestGuardRestoredAndFollowsReload(t *testing.T) {
+	const listen = "127.0.0.1:9477"
+	extra := "metrics: {listen: \"" + listen + "\"}\n"
+	g := newGuardEnv(t, "bn-e2eguardr", extra)
+	g.start(t)
+
+	if out, err := g.topo.Router.Exec(t.Context(), "nft", "delete", "table", "inet", guard.TableName); err != nil {
+		t.Fatalf("delete the guard: %v %s", err, out)
+	}
+	deleted := time.Now()
+	for !g.guardInstalled(t) {
+		if time.Since(deleted) > 15*time.Second {
+			t.Fatalf("the agent did not put the guard back within 15s:\n%s", g.agent.Log())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("guard back %s after it was deleted", time.Since(deleted).Round(100*time.Millisecond))
+	if !strings.Contains(g.agent.Log(), "level=ERROR msg=\"nftables guard was missing or changed: installed again\"") {
+		t.Errorf("no error logged for the missing guard:\n%s", g.agent.Log())
+	}
+	if v := metricValue(t, g.metricsText(t, listen), metrics.GuardMissingTotal); v != 1 {
+		t.Errorf("%s = %v, want 1", metrics.GuardMissingTotal, v)
+	}
+
+	added := netip.MustParsePrefix("100.64.8.0/24")
+	cfg := harness.Config(g.topo, g.stateDir, g.pinDir, extra)
+	cfg = []byte(strings.Replace(string(cfg), "prefixes: ["+g.topo.InsidePrefix.String()+"]", "prefixes: ["+g.topo.InsidePrefix.String()+", "+added.String()+"]", 1))
+	if err := os.WriteFile(g.cfgPath, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.agent.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(g.agent.Log(), "configuration reloaded") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reload within 10s:\n%s", g.agent.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The guard is narrowed to the prefixes in force when reload returns.
+	for {
+		out, err := g.topo.Router.Exec(t.Context(), "nft", "list", "set", "inet", guard.TableName, guard.InsideSet)
+		if err == nil && strings.Contains(string(out), added.String()) && strings.Contains(string(out), g.topo.InsidePrefix.String()) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the guard does not cover %s after the reload: %s\n%s", added, out, g.agent.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
