@@ -96,14 +96,18 @@ func run(ctx context.Context, w io.Writer) (err error) {
 		}
 	}
 	ifaces := append(append([]string{}, cfg.Inside.Interfaces...), cfg.Outside.Interfaces...)
+	// The agent pins into the host's bpffs, where the data plane outlives
+	// it; the demo removes it again, and the bpffs too if it brought it.
+	hadBPFFS := harness.IsBPFFS("/sys/fs/bpf")
 	agent, err := harness.StartAgent(ctx, topo.Router, bins.Blocknatd, cfgPath, cfg.BPFFSDir, ifaces, 20*time.Second)
 	if err != nil {
-		return err
+		return errors.Join(err, harness.RemoveHostPins(cfg.BPFFSDir, hadBPFFS))
 	}
 	defer func() {
 		if stopErr := agent.Stop(); stopErr != nil {
 			err = errors.Join(err, fmt.Errorf("stop blocknatd: %w\n%s", stopErr, agent.Log()))
 		}
+		err = errors.Join(err, harness.RemoveHostPins(cfg.BPFFSDir, hadBPFFS))
 	}()
 	s.show("XDP attached to %s", strings.Join(ifaces, ", "))
 

@@ -12,34 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/test/harness"
 	"github.com/blocknat/blocknat/test/netns"
 )
 
 const hostBPFFS = "/sys/fs/bpf"
-
-func isBPFFS(path string) bool {
-	var st unix.Statfs_t
-	return unix.Statfs(path, &st) == nil && st.Type == unix.BPF_FS_MAGIC
-}
-
-// onlyBPFFSOwnFiles reports whether a bpffs root holds nothing but the
-// files the kernel puts there itself (maps.debug, progs.debug).
-func onlyBPFFSOwnFiles(dir string) bool {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return false
-	}
-	for _, e := range entries {
-		if e.IsDir() || !strings.HasSuffix(e.Name(), ".debug") {
-			return false
-		}
-	}
-	return true
-}
 
 // prepareHostPinEnv is prepareEnv with the pins where the README's lab
 // puts them: under the host's /sys/fs/bpf, in a directory of the test's
@@ -52,7 +29,7 @@ func prepareHostPinEnv(t *testing.T, prefix string) *env {
 	t.Helper()
 	netns.RequirePrivileged(t)
 	topo := netns.NewTestTopology(t, prefix)
-	hadBPFFS := isBPFFS(hostBPFFS)
+	hadBPFFS := harness.IsBPFFS(hostBPFFS)
 	dir := t.TempDir()
 	e := &env{topo: topo, cfgPath: filepath.Join(dir, "blocknat.yaml"), stateDir: filepath.Join(dir, "state"),
 		pinDir: filepath.Join(hostBPFFS, netns.TestPrefix(prefix))}
@@ -72,13 +49,8 @@ func prepareHostPinEnv(t *testing.T, prefix string) *env {
 				t.Logf("blocknatd log:\n%s", e.agent.Log())
 			}
 		}
-		if err := loader.Detach(e.pinDir); err != nil {
-			t.Errorf("cleanup: detach %s: %v", e.pinDir, err)
-		}
-		if !hadBPFFS && isBPFFS(hostBPFFS) && onlyBPFFSOwnFiles(hostBPFFS) {
-			if err := unix.Unmount(hostBPFFS, unix.MNT_DETACH); err != nil {
-				t.Errorf("cleanup: unmount the bpffs the agent mounted at %s: %v", hostBPFFS, err)
-			}
+		if err := harness.RemoveHostPins(e.pinDir, hadBPFFS); err != nil {
+			t.Errorf("cleanup: %v", err)
 		}
 	})
 	return e
@@ -94,7 +66,7 @@ func prepareHostPinEnv(t *testing.T, prefix string) *env {
 // finds the same pins and removes them.
 func TestPinsOutliveAgentUnderNetnsExec(t *testing.T) {
 	e := prepareHostPinEnv(t, "bn-e2epin")
-	hadBPFFS := isBPFFS(hostBPFFS)
+	hadBPFFS := harness.IsBPFFS(hostBPFFS)
 	e.start(t)
 	if !hadBPFFS && !strings.Contains(e.agent.Log(), "mounted a bpffs in the host's mount namespace") {
 		t.Errorf("the host had no bpffs at %s and the agent did not say it mounted one:\n%s", hostBPFFS, e.agent.Log())
@@ -207,7 +179,7 @@ func TestPinRefusedWhenBPFFSWouldVanish(t *testing.T) {
 			t.Errorf("a refused start left program %s on %s", id, ifc)
 		}
 	}
-	if isBPFFS(pinDir) {
+	if harness.IsBPFFS(pinDir) {
 		t.Errorf("a refused start mounted a bpffs at %s", pinDir)
 	}
 }

@@ -85,6 +85,40 @@ func MountBPFFS(dir string) (func() error, error) {
 	}, nil
 }
 
+// IsBPFFS reports whether path is on a bpffs.
+func IsBPFFS(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == unix.BPF_FS_MAGIC
+}
+
+// RemoveHostPins removes a data plane an agent under `ip netns exec`
+// pinned into the host's bpffs at pinDir, and unmounts the host's
+// /sys/fs/bpf when it was not a bpffs before (hadBPFFS false) and holds
+// nothing else now: the agent mounted it on the caller's behalf, and the
+// machine is left as it was found.
+func RemoveHostPins(pinDir string, hadBPFFS bool) error {
+	if err := loader.Detach(pinDir); err != nil {
+		return fmt.Errorf("detach %s: %w", pinDir, err)
+	}
+	const host = "/sys/fs/bpf"
+	if hadBPFFS || !IsBPFFS(host) {
+		return nil
+	}
+	entries, err := os.ReadDir(host)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), ".debug") {
+			return nil // someone else's pins: keep the bpffs
+		}
+	}
+	if err := unix.Unmount(host, unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("unmount the bpffs the agent mounted at %s: %w", host, err)
+	}
+	return nil
+}
+
 // Config renders a configuration for the standard topology. The API
 // socket lives in stateDir, so tests never share one. Unless extra sets
 // roles, root (the tests' uid) holds every role.
