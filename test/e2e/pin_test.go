@@ -227,6 +227,7 @@ func TestSecondAgentSameBPFFSDirRefused(t *testing.T) {
 	if took > 5*time.Second {
 		t.Errorf("the second agent took %s to be refused", took)
 	}
+	t.Logf("the second agent was refused in %s", took.Round(time.Millisecond))
 	for _, want := range []string{fmt.Sprintf("bpffs_dir %s is held by another blocknatd (pid %d", e.pinDir, e.agent.PID()),
 		"state_dir " + e.stateDir, "config " + e.cfgPath, "one data plane has one agent"} {
 		if !strings.Contains(out, want) {
