@@ -59,7 +59,7 @@ func TestAttachPinRestartDetach(t *testing.T) {
 		var nat *NAT
 		ns.do(t, func() {
 			var err error
-			if nat, err = Load(Params{Mapping: m, Epoch: 1, MaxFlows: 4096}, pinDir); err != nil {
+			if nat, err = Load(Params{Mapping: m, Epoch: 1}, pinDir); err != nil {
 				t.Fatal(err)
 			}
 			if err := nat.AttachAll(ifaces, ModeNative); err != nil {
@@ -129,7 +129,7 @@ func TestAttachAllRollsBack(t *testing.T) {
 	pinDir := filepath.Join(mountTestBPFFS(t), "blocknat")
 	m, _ := mapping.New(prefixesOf(t, []string{"100.64.0.0/24"}), prefixesOf(t, []string{"198.51.100.10"}), 1024, 65535, 0)
 	ns.do(t, func() {
-		nat, err := Load(Params{Mapping: m, MaxFlows: 1024}, pinDir)
+		nat, err := Load(Params{Mapping: m}, pinDir)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -153,7 +153,7 @@ func TestGenericMode(t *testing.T) {
 	m, _ := mapping.New(prefixesOf(t, []string{"100.64.0.0/24"}), prefixesOf(t, []string{"198.51.100.10"}), 1024, 65535, 0)
 	var shown string
 	ns.do(t, func() {
-		nat, err := Load(Params{Mapping: m, MaxFlows: 1024}, "")
+		nat, err := Load(Params{Mapping: m}, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -176,7 +176,7 @@ func TestParamsErrorsNameTheField(t *testing.T) {
 		want string
 	}{
 		{Params{MaxFlows: 1}, "mapping"},
-		{Params{Mapping: m}, "max_flows"},
+		{Params{Mapping: m, MaxFlows: 193535}, "max_flows: 193535 cannot hold 256 subscribers × 252 ports × 3 protocols = 193536"},
 		{Params{Mapping: &mapping.Mapping{Subscribers: 1, Pool: m.Pool, Ratio: 1}, MaxFlows: 1}, "ports.block_size"},
 		{Params{Mapping: &mapping.Mapping{Subscribers: 1, Ratio: 1, BlockSize: 1}, MaxFlows: 1}, "outside.pool"},
 		{Params{Mapping: &mapping.Mapping{Subscribers: 1, Pool: m.Pool, Ratio: 2, BlockSize: 40000, PortLo: 1024}, MaxFlows: 1}, "ports.range"},

@@ -288,7 +288,7 @@ func fixtureWith(t *testing.T, set func(*Params)) *natFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := Params{Mapping: m, Epoch: 1, MaxFlows: 4096}
+	p := Params{Mapping: m, Epoch: 1}
 	set(&p)
 	nat, err := Load(p, "")
 	if err != nil {

@@ -34,7 +34,7 @@ func TestCanaryReachesNATRingBuffer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nat, err := Load(Params{Mapping: m, Epoch: 4, MaxFlows: 4096}, "")
+	nat, err := Load(Params{Mapping: m, Epoch: 4}, "")
 	if err != nil {
 		t.Fatal(err)
 	}

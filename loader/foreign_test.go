@@ -99,7 +99,7 @@ func TestForeignXDPRefusedThenReplaced(t *testing.T) {
 	// Without the check, the attach fails with nothing an operator can
 	// act on; the check must come first.
 	ns.do(t, func() {
-		nat, err := Load(Params{Mapping: m, Epoch: 1, MaxFlows: 4096}, pinDir)
+		nat, err := Load(Params{Mapping: m, Epoch: 1}, pinDir)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -123,7 +123,7 @@ func TestForeignXDPRefusedThenReplaced(t *testing.T) {
 	}
 	var nat *NAT
 	ns.do(t, func() {
-		if nat, err = Load(Params{Mapping: m, Epoch: 1, MaxFlows: 4096}, pinDir); err != nil {
+		if nat, err = Load(Params{Mapping: m, Epoch: 1}, pinDir); err != nil {
 			t.Fatal(err)
 		}
 		if err := nat.AttachAll(ifaces, ModeNative); err != nil {

@@ -144,7 +144,7 @@ func newFixture(t testing.TB, prefixes, pool []string, lo, hi, blockSize uint16)
 	if err != nil {
 		t.Fatalf("mapping: %v", err)
 	}
-	nat, err := Load(Params{Mapping: m, Epoch: 7, MaxFlows: 4096}, "")
+	nat, err := Load(Params{Mapping: m, Epoch: 7}, "")
 	if err != nil {
 		t.Fatalf("load: %v", err)
 	}

@@ -41,7 +41,8 @@ func StartAgent(ctx context.Context, bed *Bed, bin, dir, extra string) (_ *Agent
 	fmt.Fprintf(&cfg, "inside:  {interfaces: [%s], prefixes: [%s]}\n", RouterInIface, InsidePrefix)
 	fmt.Fprintf(&cfg, "outside: {interfaces: [%s], pool: [%s]}\n", RouterOutIface, PoolPrefix)
 	fmt.Fprintf(&cfg, "ports:   {range: 1024-65535, block_size: 0}\n")
-	fmt.Fprintf(&cfg, "xdp_mode: native\nstate_dir: %s\nbpffs_dir: %s\nmax_flows: %d\n", a.StateDir, pinDir, BenchMaxFlows)
+	// max_flows is left to its default, sized from the mapping (BenchMaxFlows).
+	fmt.Fprintf(&cfg, "xdp_mode: native\nstate_dir: %s\nbpffs_dir: %s\n", a.StateDir, pinDir)
 	fmt.Fprintf(&cfg, "api: {socket: %s}\n", harness.SocketPath(a.StateDir))
 	cfg.WriteString("roles: {investigator: {uids: [0]}, auditor: {uids: [0]}, admin: {uids: [0]}}\n")
 	cfg.WriteString(extra)

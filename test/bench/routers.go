@@ -66,8 +66,15 @@ func NewRouter(name string) (Router, error) {
 }
 
 // BenchMaxFlows is the flow-table size blocknat runs with: the agent's
-// default.
-const BenchMaxFlows = 262144
+// default, derived from the bed's mapping (subscribers × block size × 3
+// protocols), so that no subscriber can take another's capacity.
+var BenchMaxFlows = func() uint32 {
+	m, err := Mapping()
+	if err != nil {
+		panic(fmt.Sprintf("bench bed mapping: %v", err))
+	}
+	return uint32(loader.FlowsNeeded(m))
+}()
 
 // blocknatRouter is blocknat's data plane, loaded and attached as
 // blocknatd does (native XDP on both interfaces), without the agent: the

@@ -23,6 +23,7 @@ import (
 	"github.com/goccy/go-yaml/ast"
 	"github.com/goccy/go-yaml/parser"
 
+	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/mapping"
 )
 
@@ -38,7 +39,10 @@ const (
 	DefaultXDPMode   = XDPModeNative
 	DefaultStateDir  = "/var/lib/blocknat"
 	DefaultBPFFSDir  = "/sys/fs/bpf/blocknat"
-	DefaultMaxFlows  = 262144
+	// DefaultMaxFlows, 0, sizes the flow tables from the mapping:
+	// subscribers × block size × protocols (loader.FlowsNeeded), so no
+	// subscriber can take another's capacity.
+	DefaultMaxFlows = 0
 )
 
 // XDP attach modes accepted in xdp_mode.
@@ -47,12 +51,9 @@ const (
 	XDPModeGeneric = "generic"
 )
 
-// Bounds of max_flows: below MinFlows a busy router runs out of mappings at
-// once; MaxFlows keeps the kernel tables allocatable.
-const (
-	MinFlows = 1024
-	MaxFlows = 1 << 24
-)
+// MaxFlows bounds max_flows, derived or explicit: it keeps the kernel
+// tables allocatable. The lower bound is the mapping's own need.
+const MaxFlows = 1 << 24
 
 // Config is the whole configuration file.
 type Config struct {
@@ -62,7 +63,10 @@ type Config struct {
 	XDPMode  string  `yaml:"xdp_mode"`
 	StateDir string  `yaml:"state_dir"`
 	BPFFSDir string  `yaml:"bpffs_dir"`
-	MaxFlows uint32  `yaml:"max_flows"`
+	// MaxFlows is the size of each kernel flow table. 0 or absent derives
+	// it from the mapping; Parse then holds the derived size here. An
+	// explicit value below what the mapping needs is refused.
+	MaxFlows uint32 `yaml:"max_flows"`
 
 	Retention Retention `yaml:"retention"`
 	Timeouts  Timeouts  `yaml:"timeouts"`
@@ -149,6 +153,13 @@ func Parse(data []byte) (*Config, error) {
 	}
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	if c.MaxFlows == 0 {
+		m, err := c.Mapping()
+		if err != nil {
+			return nil, fmt.Errorf("invalid config: %w", err)
+		}
+		c.MaxFlows = uint32(loader.FlowsNeeded(m))
 	}
 	return c, nil
 }
@@ -254,9 +265,13 @@ func (c *Config) Validate() error {
 	// make sense once its inputs parse; otherwise they would repeat the
 	// errors above in other words.
 	if len(prefixErrs) == 0 && len(poolErrs) == 0 && rangeErr == nil {
-		if _, err := c.Mapping(); err != nil {
+		if m, err := c.Mapping(); err != nil {
+			errs = append(errs, err)
+		} else if err := c.checkMaxFlows(m); err != nil {
 			errs = append(errs, err)
 		}
+	} else if c.MaxFlows > MaxFlows {
+		errs = append(errs, fmt.Errorf("max_flows: %d is more than %d", c.MaxFlows, MaxFlows))
 	}
 
 	if c.XDPMode != XDPModeNative && c.XDPMode != XDPModeGeneric {
@@ -267,14 +282,27 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %q is not an absolute path", dir.field, dir.path))
 		}
 	}
-	if c.MaxFlows < MinFlows || c.MaxFlows > MaxFlows {
-		errs = append(errs, fmt.Errorf("max_flows: %d is not between %d and %d", c.MaxFlows, MinFlows, MaxFlows))
-	}
 	errs = append(errs, c.validateSources()...)
 	errs = append(errs, c.validateAgent()...)
 	errs = append(errs, c.validateExport()...)
 	errs = append(errs, c.validateMonitoring()...)
 	return errors.Join(errs...)
+}
+
+// checkMaxFlows refuses flow tables the mapping's subscribers could fill:
+// then a few busy subscribers would leave the others no new flow.
+func (c *Config) checkMaxFlows(m *mapping.Mapping) error {
+	need := loader.FlowsNeeded(m)
+	switch {
+	case need > MaxFlows:
+		return fmt.Errorf("max_flows: the mapping needs %s flows, more than %d; use fewer subscribers per address or smaller blocks",
+			loader.FlowsExplained(m), MaxFlows)
+	case c.MaxFlows > MaxFlows:
+		return fmt.Errorf("max_flows: %d is more than %d", c.MaxFlows, MaxFlows)
+	case c.MaxFlows != 0 && uint64(c.MaxFlows) < need:
+		return fmt.Errorf("max_flows: %d cannot hold %s; leave it out to size the tables from the mapping", c.MaxFlows, loader.FlowsExplained(m))
+	}
+	return nil
 }
 
 // validateInterfaces checks names and that no interface is listed twice,

@@ -22,7 +22,7 @@ ports:
 xdp_mode: generic
 state_dir: /srv/blocknat
 bpffs_dir: /sys/fs/bpf/bn
-max_flows: 4096
+max_flows: 200000
 `
 
 const minimal = `
@@ -38,7 +38,7 @@ func TestParseValid(t *testing.T) {
 	if got := strings.Join(c.Inside.Interfaces, ","); got != "eth1,eth2" {
 		t.Errorf("inside.interfaces = %s", got)
 	}
-	if c.XDPMode != "generic" || c.StateDir != "/srv/blocknat" || c.BPFFSDir != "/sys/fs/bpf/bn" || c.MaxFlows != 4096 {
+	if c.XDPMode != "generic" || c.StateDir != "/srv/blocknat" || c.BPFFSDir != "/sys/fs/bpf/bn" || c.MaxFlows != 200000 {
 		t.Errorf("scalars not decoded: %+v", c)
 	}
 	lo, hi, err := c.PortRange()
@@ -66,7 +66,7 @@ func TestParseDefaults(t *testing.T) {
 		t.Fatalf("Parse: %v", err)
 	}
 	want := withDefaults()
-	if c.Ports != want.Ports || c.XDPMode != DefaultXDPMode || c.StateDir != DefaultStateDir || c.BPFFSDir != DefaultBPFFSDir || c.MaxFlows != DefaultMaxFlows {
+	if c.Ports != want.Ports || c.XDPMode != DefaultXDPMode || c.StateDir != DefaultStateDir || c.BPFFSDir != DefaultBPFFSDir || c.MaxFlows != 256*504*3 {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
 	m, err := c.Mapping()
@@ -216,5 +216,44 @@ func TestValidateJoins(t *testing.T) {
 	}
 	if len(fields) != 3 {
 		t.Errorf("want exactly 3 problems, got %d: %v", len(fields), err)
+	}
+}
+
+// TestMaxFlowsDerived: max_flows omitted or 0 is derived from the mapping
+// (subscribers × block size × 3 protocols); an explicit value is kept when
+// it holds that, and refused, naming the numbers, when it does not.
+func TestMaxFlowsDerived(t *testing.T) {
+	for _, tc := range []struct {
+		name, extra string
+		want        uint32
+		wantErr     string
+	}{
+		{"omitted", "", 387072, ""},
+		{"zero", "max_flows: 0\n", 387072, ""},
+		{"exactly enough", "max_flows: 387072\n", 387072, ""},
+		{"more than enough", "max_flows: 1000000\n", 1000000, ""},
+		{"the old default", "max_flows: 262144\n", 0, "max_flows: 262144 cannot hold 256 subscribers × 504 ports × 3 protocols = 387072"},
+		{"smaller blocks need less", "ports: {range: 1024-65535, block_size: 64}\n", 256 * 64 * 3, ""},
+		{"a mapping no table holds", "", 0, "more than 16777216"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := minimal + tc.extra
+			if tc.name == "a mapping no table holds" {
+				cfg = "inside: {interfaces: [eth1], prefixes: [100.64.0.0/12]}\noutside: {interfaces: [eth0], pool: [198.51.100.0/24]}\n"
+			}
+			c, err := Parse([]byte(cfg))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Parse: %v, want an error with %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.MaxFlows != tc.want {
+				t.Errorf("max_flows %d, want %d", c.MaxFlows, tc.want)
+			}
+		})
 	}
 }

@@ -34,7 +34,7 @@ func TestReconcile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nat, err := loader.Load(loader.Params{Mapping: m, Epoch: 4, MaxFlows: 1024}, "")
+	nat, err := loader.Load(loader.Params{Mapping: m, Epoch: 4}, "")
 	if err != nil {
 		t.Fatal(err)
 	}

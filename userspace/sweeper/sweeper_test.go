@@ -46,7 +46,7 @@ func fixture(t *testing.T) (*Sweeper, *loader.NAT, *testclock.Clock, *recordedOp
 	if err != nil {
 		t.Fatal(err)
 	}
-	nat, err := loader.Load(loader.Params{Mapping: m, Epoch: 1, MaxFlows: 1024}, "")
+	nat, err := loader.Load(loader.Params{Mapping: m, Epoch: 1}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
