@@ -227,6 +227,17 @@ func TestAgentRefusesBadConfig(t *testing.T) {
 	netns.RequirePrivileged(t)
 	topo := netns.NewTestTopology(t, "bn-e2ecfg")
 	dir := t.TempDir()
+	// A bpffs that outlives the agent, as on a router: the agent refuses
+	// one that would vanish before it reads the interfaces.
+	unmount, err := harness.MountBPFFS(filepath.Join(dir, "pins"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := unmount(); err != nil {
+			t.Errorf("cleanup bpffs: %v", err)
+		}
+	})
 	for _, tc := range []struct {
 		name, extra, want string
 	}{
