@@ -13,6 +13,7 @@ import (
 
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/test/harness"
+	"github.com/blocknat/blocknat/userspace/guard"
 )
 
 // Agent is blocknatd running in the bed's router namespace with rin
@@ -21,12 +22,13 @@ type Agent struct {
 	*harness.Agent
 	StateDir string
 	unmount  func() error
+	bed      *Bed
 }
 
 // StartAgent writes a configuration for the bed (plus extra YAML lines)
 // under dir and starts bin, the built blocknatd, with it.
 func StartAgent(ctx context.Context, bed *Bed, bin, dir, extra string) (_ *Agent, err error) {
-	a := &Agent{StateDir: filepath.Join(dir, "state")}
+	a := &Agent{StateDir: filepath.Join(dir, "state"), bed: bed}
 	bpffs := filepath.Join(dir, "bpffs")
 	if a.unmount, err = harness.MountBPFFS(bpffs); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -68,6 +70,13 @@ func (a *Agent) Stop() error {
 	err := a.Agent.Stop()
 	if err != nil {
 		err = fmt.Errorf("agent: stop: %w\n%s", err, a.Log())
+	}
+	// The agent leaves its fail-closed guard behind, as on a router; in the
+	// bed it would drop the next router's untranslated traffic (Linux
+	// forwarding, nftables), so a measurement after this one must not
+	// inherit it.
+	if gerr := a.bed.Router.Do(guard.Remove); gerr != nil {
+		err = errors.Join(err, fmt.Errorf("agent: remove the guard: %w", gerr))
 	}
 	return errors.Join(err, a.unmount())
 }
