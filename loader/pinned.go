@@ -78,3 +78,8 @@ func (p *Pinned) Flows() ([]Flow, error) {
 	}
 	return out, nil
 }
+
+// FlowTableSize is the size of the pinned flow tables: what Params.MaxFlows
+// must be to open them again, with the mapping they were made for (their
+// size followed that mapping, or the max_flows of its day).
+func (p *Pinned) FlowTableSize() uint32 { return p.flows.MaxEntries() }

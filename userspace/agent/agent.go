@@ -232,6 +232,15 @@ func (a *Agent) startDataPlane(mode loader.Mode, replace bool) error {
 			return fmt.Errorf("rebuild epoch %d's mapping: %w", latest.ID, err)
 		}
 		p = params(cfg, old, latest.ID)
+		// The earlier epoch's tables have the size they were made
+		// with (the derived max_flows follows the mapping); the reload
+		// below sizes the new ones for this configuration.
+		pinned, err := loader.OpenPinned(cfg.BPFFSDir)
+		if err != nil {
+			return fmt.Errorf("read epoch %d's tables: %w", latest.ID, err)
+		}
+		p.MaxFlows = pinned.FlowTableSize()
+		pinned.Close()
 	}
 	if a.nat, err = loader.Load(p, cfg.BPFFSDir); err != nil {
 		return fmt.Errorf("load data plane: %w", err)
