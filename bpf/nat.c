@@ -28,13 +28,15 @@
 #include "stats.h"
 #include "maps.h"
 #include "icmp.h"
+#include "validate.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
 /* BTF anchors: bpf2go emits Go twins only for types in the object's BTF, and
- * these two are otherwise used only through pointers and constants. */
+ * these are otherwise used only through pointers and constants. */
 const struct block_event *unused_block_event __attribute__((unused));
 const enum stat_index *unused_stat_index __attribute__((unused));
+const enum iface_policy_flags *unused_iface_policy_flags __attribute__((unused));
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -723,6 +725,14 @@ int xdp_inside(struct xdp_md *ctx)
 			stat_inc(STAT_DROP_MARTIAN_DST);
 			return XDP_DROP;
 		}
+	}
+
+	/* Before any translation, the established path and later fragments
+	 * included: a neighbour's existing mapping must not carry a spoofer's
+	 * packets either. */
+	if (!source_bound(ctx, eth, iph->saddr)) {
+		stat_inc(STAT_DROP_SPOOFED_BINDING);
+		return XDP_DROP;
 	}
 
 	if (iph->frag_off & bpf_htons(IP_OFFSET)) {

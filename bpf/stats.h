@@ -46,6 +46,9 @@ enum stat_index {
 	STAT_DROP_MARTIAN_SRC,   /* outside, to a pool address from 0/8, 127/8, 224/4, 240/4,
 				  * 255.255.255.255, a pool address or an inside address */
 	STAT_DROP_FRAGMENT_INACTIVE, /* later fragment from a subscriber whose block is not active */
+	STAT_DROP_SPOOFED_BINDING, /* inside source not bound to where it came from: another MAC than
+				    * its lease or static binding, a prefix its interface does not
+				    * carry, or unbound where a binding is required */
 	STAT_MAX,
 };
 

@@ -146,6 +146,30 @@ struct lpm_v4_key {
 };
 _Static_assert(sizeof(struct lpm_v4_key) == 8, "lpm_v4_key layout");
 
+/* src_binding is the MAC an inside address is bound to, by a DHCP lease
+ * held now or a static binding (bpf/validate.h). */
+struct src_binding {
+	__u8 mac[6];
+	__u8 pad[2];
+};
+_Static_assert(sizeof(struct src_binding) == 8, "src_binding layout");
+
+/* iface_source_key is the key of the iface_sources LPM trie: the ingress
+ * ifindex (big-endian, so that its 32 bits come first in the prefix) and
+ * an inside prefix the interface carries; prefixlen counts both. */
+struct iface_source_key {
+	__u32 prefixlen;
+	__be32 ifindex;
+	__be32 addr;
+};
+_Static_assert(sizeof(struct iface_source_key) == 12, "iface_source_key layout");
+
+/* Flags of an inside interface's source policy, the value of iface_policy. */
+enum iface_policy_flags {
+	IFACE_CHECK_PREFIXES = 1,  /* only the prefixes iface_sources lists */
+	IFACE_REQUIRE_BINDING = 2, /* only bound addresses */
+};
+
 /* Interface roles, the value of the iface_roles map. */
 enum iface_role {
 	IFACE_INSIDE = 1,

@@ -296,6 +296,8 @@ func prepareSpec(p Params) (*ebpf.CollectionSpec, error) {
 		"flows_fwd":       p.flowTableSize(),
 		"flows_rev":       p.flowTableSize(),
 		"filters":         p.flowTableSize(),
+		// One binding per inside address at most.
+		"src_bindings": m.Subscribers,
 	}
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = n

@@ -82,6 +82,20 @@ type natFragVal struct {
 	Pad    uint32
 }
 
+type natIfacePolicyFlags uint32
+
+const (
+	natIfacePolicyFlagsIFACE_CHECK_PREFIXES  natIfacePolicyFlags = 1
+	natIfacePolicyFlagsIFACE_REQUIRE_BINDING natIfacePolicyFlags = 2
+)
+
+type natIfaceSourceKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Ifindex   uint32
+	Addr      uint32
+}
+
 type natInsidePrefix struct {
 	_               structs.HostLayout
 	FirstSubscriber uint32
@@ -92,6 +106,12 @@ type natLpmV4Key struct {
 	_         structs.HostLayout
 	Prefixlen uint32
 	Addr      uint32
+}
+
+type natSrcBinding struct {
+	_   structs.HostLayout
+	Mac [6]uint8
+	Pad [2]uint8
 }
 
 type natStatIndex uint32
@@ -128,7 +148,8 @@ const (
 	natStatIndexSTAT_DROP_MARTIAN_DST       natStatIndex = 28
 	natStatIndexSTAT_DROP_MARTIAN_SRC       natStatIndex = 29
 	natStatIndexSTAT_DROP_FRAGMENT_INACTIVE natStatIndex = 30
-	natStatIndexSTAT_MAX                    natStatIndex = 31
+	natStatIndexSTAT_DROP_SPOOFED_BINDING   natStatIndex = 31
+	natStatIndexSTAT_MAX                    natStatIndex = 32
 )
 
 type natSubscriberState struct {
@@ -145,33 +166,37 @@ type natSubscriberState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	natMapBlockEvents       = "block_events"
-	natMapFilters           = "filters"
-	natMapFlowsFwd          = "flows_fwd"
-	natMapFlowsRev          = "flows_rev"
-	natMapFrags             = "frags"
-	natMapIfaceRoles        = "iface_roles"
-	natMapInsidePrefixes    = "inside_prefixes"
-	natMapPoolAddrs         = "pool_addrs"
-	natMapPoolIndex         = "pool_index"
-	natMapStats             = "stats"
-	natMapSubscribers       = "subscribers"
-	natMapTxPorts           = "tx_ports"
-	natProgXdpInside        = "xdp_inside"
-	natProgXdpOutside       = "xdp_outside"
-	natVarBlockSize         = "block_size"
-	natVarEpoch             = "epoch"
-	natVarFilterApdf        = "filter_apdf"
-	natVarInsideMax         = "inside_max"
-	natVarInsideMin         = "inside_min"
-	natVarPoolMax           = "pool_max"
-	natVarPoolMin           = "pool_min"
-	natVarPortLo            = "port_lo"
-	natVarSharingRatio      = "sharing_ratio"
-	natVarSubscriberCount   = "subscriber_count"
-	natVarUdpInboundRefresh = "udp_inbound_refresh"
-	natVarUnusedBlockEvent  = "unused_block_event"
-	natVarUnusedStatIndex   = "unused_stat_index"
+	natMapBlockEvents            = "block_events"
+	natMapFilters                = "filters"
+	natMapFlowsFwd               = "flows_fwd"
+	natMapFlowsRev               = "flows_rev"
+	natMapFrags                  = "frags"
+	natMapIfacePolicy            = "iface_policy"
+	natMapIfaceRoles             = "iface_roles"
+	natMapIfaceSources           = "iface_sources"
+	natMapInsidePrefixes         = "inside_prefixes"
+	natMapPoolAddrs              = "pool_addrs"
+	natMapPoolIndex              = "pool_index"
+	natMapSrcBindings            = "src_bindings"
+	natMapStats                  = "stats"
+	natMapSubscribers            = "subscribers"
+	natMapTxPorts                = "tx_ports"
+	natProgXdpInside             = "xdp_inside"
+	natProgXdpOutside            = "xdp_outside"
+	natVarBlockSize              = "block_size"
+	natVarEpoch                  = "epoch"
+	natVarFilterApdf             = "filter_apdf"
+	natVarInsideMax              = "inside_max"
+	natVarInsideMin              = "inside_min"
+	natVarPoolMax                = "pool_max"
+	natVarPoolMin                = "pool_min"
+	natVarPortLo                 = "port_lo"
+	natVarSharingRatio           = "sharing_ratio"
+	natVarSubscriberCount        = "subscriber_count"
+	natVarUdpInboundRefresh      = "udp_inbound_refresh"
+	natVarUnusedBlockEvent       = "unused_block_event"
+	natVarUnusedIfacePolicyFlags = "unused_iface_policy_flags"
+	natVarUnusedStatIndex        = "unused_stat_index"
 )
 
 // loadNat returns the embedded CollectionSpec for nat.
@@ -229,10 +254,13 @@ type natMapSpecs struct {
 	FlowsFwd       *ebpf.MapSpec `ebpf:"flows_fwd"`
 	FlowsRev       *ebpf.MapSpec `ebpf:"flows_rev"`
 	Frags          *ebpf.MapSpec `ebpf:"frags"`
+	IfacePolicy    *ebpf.MapSpec `ebpf:"iface_policy"`
 	IfaceRoles     *ebpf.MapSpec `ebpf:"iface_roles"`
+	IfaceSources   *ebpf.MapSpec `ebpf:"iface_sources"`
 	InsidePrefixes *ebpf.MapSpec `ebpf:"inside_prefixes"`
 	PoolAddrs      *ebpf.MapSpec `ebpf:"pool_addrs"`
 	PoolIndex      *ebpf.MapSpec `ebpf:"pool_index"`
+	SrcBindings    *ebpf.MapSpec `ebpf:"src_bindings"`
 	Stats          *ebpf.MapSpec `ebpf:"stats"`
 	Subscribers    *ebpf.MapSpec `ebpf:"subscribers"`
 	TxPorts        *ebpf.MapSpec `ebpf:"tx_ports"`
@@ -242,19 +270,20 @@ type natMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type natVariableSpecs struct {
-	BlockSize         *ebpf.VariableSpec `ebpf:"block_size"`
-	Epoch             *ebpf.VariableSpec `ebpf:"epoch"`
-	FilterApdf        *ebpf.VariableSpec `ebpf:"filter_apdf"`
-	InsideMax         *ebpf.VariableSpec `ebpf:"inside_max"`
-	InsideMin         *ebpf.VariableSpec `ebpf:"inside_min"`
-	PoolMax           *ebpf.VariableSpec `ebpf:"pool_max"`
-	PoolMin           *ebpf.VariableSpec `ebpf:"pool_min"`
-	PortLo            *ebpf.VariableSpec `ebpf:"port_lo"`
-	SharingRatio      *ebpf.VariableSpec `ebpf:"sharing_ratio"`
-	SubscriberCount   *ebpf.VariableSpec `ebpf:"subscriber_count"`
-	UdpInboundRefresh *ebpf.VariableSpec `ebpf:"udp_inbound_refresh"`
-	UnusedBlockEvent  *ebpf.VariableSpec `ebpf:"unused_block_event"`
-	UnusedStatIndex   *ebpf.VariableSpec `ebpf:"unused_stat_index"`
+	BlockSize              *ebpf.VariableSpec `ebpf:"block_size"`
+	Epoch                  *ebpf.VariableSpec `ebpf:"epoch"`
+	FilterApdf             *ebpf.VariableSpec `ebpf:"filter_apdf"`
+	InsideMax              *ebpf.VariableSpec `ebpf:"inside_max"`
+	InsideMin              *ebpf.VariableSpec `ebpf:"inside_min"`
+	PoolMax                *ebpf.VariableSpec `ebpf:"pool_max"`
+	PoolMin                *ebpf.VariableSpec `ebpf:"pool_min"`
+	PortLo                 *ebpf.VariableSpec `ebpf:"port_lo"`
+	SharingRatio           *ebpf.VariableSpec `ebpf:"sharing_ratio"`
+	SubscriberCount        *ebpf.VariableSpec `ebpf:"subscriber_count"`
+	UdpInboundRefresh      *ebpf.VariableSpec `ebpf:"udp_inbound_refresh"`
+	UnusedBlockEvent       *ebpf.VariableSpec `ebpf:"unused_block_event"`
+	UnusedIfacePolicyFlags *ebpf.VariableSpec `ebpf:"unused_iface_policy_flags"`
+	UnusedStatIndex        *ebpf.VariableSpec `ebpf:"unused_stat_index"`
 }
 
 // natObjects contains all objects after they have been loaded into the kernel.
@@ -282,10 +311,13 @@ type natMaps struct {
 	FlowsFwd       *ebpf.Map `ebpf:"flows_fwd"`
 	FlowsRev       *ebpf.Map `ebpf:"flows_rev"`
 	Frags          *ebpf.Map `ebpf:"frags"`
+	IfacePolicy    *ebpf.Map `ebpf:"iface_policy"`
 	IfaceRoles     *ebpf.Map `ebpf:"iface_roles"`
+	IfaceSources   *ebpf.Map `ebpf:"iface_sources"`
 	InsidePrefixes *ebpf.Map `ebpf:"inside_prefixes"`
 	PoolAddrs      *ebpf.Map `ebpf:"pool_addrs"`
 	PoolIndex      *ebpf.Map `ebpf:"pool_index"`
+	SrcBindings    *ebpf.Map `ebpf:"src_bindings"`
 	Stats          *ebpf.Map `ebpf:"stats"`
 	Subscribers    *ebpf.Map `ebpf:"subscribers"`
 	TxPorts        *ebpf.Map `ebpf:"tx_ports"`
@@ -298,10 +330,13 @@ func (m *natMaps) Close() error {
 		m.FlowsFwd,
 		m.FlowsRev,
 		m.Frags,
+		m.IfacePolicy,
 		m.IfaceRoles,
+		m.IfaceSources,
 		m.InsidePrefixes,
 		m.PoolAddrs,
 		m.PoolIndex,
+		m.SrcBindings,
 		m.Stats,
 		m.Subscribers,
 		m.TxPorts,
@@ -312,19 +347,20 @@ func (m *natMaps) Close() error {
 //
 // It can be passed to loadNatObjects or ebpf.CollectionSpec.LoadAndAssign.
 type natVariables struct {
-	BlockSize         *ebpf.Variable `ebpf:"block_size"`
-	Epoch             *ebpf.Variable `ebpf:"epoch"`
-	FilterApdf        *ebpf.Variable `ebpf:"filter_apdf"`
-	InsideMax         *ebpf.Variable `ebpf:"inside_max"`
-	InsideMin         *ebpf.Variable `ebpf:"inside_min"`
-	PoolMax           *ebpf.Variable `ebpf:"pool_max"`
-	PoolMin           *ebpf.Variable `ebpf:"pool_min"`
-	PortLo            *ebpf.Variable `ebpf:"port_lo"`
-	SharingRatio      *ebpf.Variable `ebpf:"sharing_ratio"`
-	SubscriberCount   *ebpf.Variable `ebpf:"subscriber_count"`
-	UdpInboundRefresh *ebpf.Variable `ebpf:"udp_inbound_refresh"`
-	UnusedBlockEvent  *ebpf.Variable `ebpf:"unused_block_event"`
-	UnusedStatIndex   *ebpf.Variable `ebpf:"unused_stat_index"`
+	BlockSize              *ebpf.Variable `ebpf:"block_size"`
+	Epoch                  *ebpf.Variable `ebpf:"epoch"`
+	FilterApdf             *ebpf.Variable `ebpf:"filter_apdf"`
+	InsideMax              *ebpf.Variable `ebpf:"inside_max"`
+	InsideMin              *ebpf.Variable `ebpf:"inside_min"`
+	PoolMax                *ebpf.Variable `ebpf:"pool_max"`
+	PoolMin                *ebpf.Variable `ebpf:"pool_min"`
+	PortLo                 *ebpf.Variable `ebpf:"port_lo"`
+	SharingRatio           *ebpf.Variable `ebpf:"sharing_ratio"`
+	SubscriberCount        *ebpf.Variable `ebpf:"subscriber_count"`
+	UdpInboundRefresh      *ebpf.Variable `ebpf:"udp_inbound_refresh"`
+	UnusedBlockEvent       *ebpf.Variable `ebpf:"unused_block_event"`
+	UnusedIfacePolicyFlags *ebpf.Variable `ebpf:"unused_iface_policy_flags"`
+	UnusedStatIndex        *ebpf.Variable `ebpf:"unused_stat_index"`
 }
 
 // natPrograms contains all programs after they have been loaded into the kernel.

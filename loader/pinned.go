@@ -11,11 +11,12 @@ import (
 // access to a running data plane's maps through their pins.
 type Pinned struct {
 	stats, subscribers, flows *ebpf.Map
+	pinDir                    string
 }
 
 // OpenPinned opens the maps pinned under pinDir, read-only.
 func OpenPinned(pinDir string) (*Pinned, error) {
-	var p Pinned
+	p := Pinned{pinDir: pinDir}
 	for name, dst := range map[string]**ebpf.Map{"stats": &p.stats, "subscribers": &p.subscribers, "flows_fwd": &p.flows} {
 		path := filepath.Join(pinDir, mapsDir, name)
 		m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})

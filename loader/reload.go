@@ -21,7 +21,7 @@ type ReloadStats struct {
 // shared are the maps a reload carries over as they are: the ring buffer
 // (the agent's reader is attached to it), the counters, and the interface
 // tables, whose contents do not depend on the mapping.
-var shared = []string{"block_events", "stats", "iface_roles", "tx_ports", "frags"}
+var shared = []string{"block_events", "stats", "iface_roles", "tx_ports", "frags", "iface_policy", "iface_sources"}
 
 // Reload moves the data plane onto a new configuration without detaching:
 // it loads programs and tables for p, copies every mapping still valid

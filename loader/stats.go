@@ -40,6 +40,7 @@ var StatNames = [...]string{
 	natStatIndexSTAT_DROP_MARTIAN_DST:       "drop_martian_dst",
 	natStatIndexSTAT_DROP_MARTIAN_SRC:       "drop_martian_src",
 	natStatIndexSTAT_DROP_FRAGMENT_INACTIVE: "drop_fragment_inactive",
+	natStatIndexSTAT_DROP_SPOOFED_BINDING:   "drop_spoofed_binding",
 }
 
 // Stats are the data plane's counters summed over all CPUs, by name.
