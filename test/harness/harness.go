@@ -124,7 +124,9 @@ func RemoveHostPins(pinDir string, hadBPFFS bool) error {
 // roles, root (the tests' uid) holds every role.
 func Config(topo *netns.Topology, stateDir, pinDir string, extra string) []byte {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "inside:  {interfaces: [%s], prefixes: [%s]}\n", strings.Join(topo.InsideIfaces, ", "), topo.InsidePrefix)
+	if !hasTopLevelKey(extra, "inside") {
+		fmt.Fprintf(&b, "inside:  {interfaces: [%s], prefixes: [%s]}\n", strings.Join(topo.InsideIfaces, ", "), topo.InsidePrefix)
+	}
 	fmt.Fprintf(&b, "outside: {interfaces: [%s], pool: [%s]}\n", topo.OutsideIface, topo.Pool)
 	fmt.Fprintf(&b, "state_dir: %s\nbpffs_dir: %s\n", stateDir, pinDir)
 	fmt.Fprintf(&b, "api: {socket: %s}\n", SocketPath(stateDir))

@@ -73,6 +73,8 @@ type Agent struct {
 	// natMu is held for reading while the API or the metrics read the
 	// kernel tables, and for writing while a reload replaces them.
 	natMu sync.RWMutex
+	// binder keeps the data plane's source bindings in step with leases.
+	binder *binder
 
 	// mu guards what reload swaps (nat, mapping, epoch, cfg) against the
 	// API's and the metrics' readers, and the last results below.
@@ -128,6 +130,9 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Opt
 		return err
 	}
 	defer func() { a.nat.Close() }()
+	if err := a.startSources(); err != nil {
+		return err
+	}
 	for _, ifc := range Interfaces(cfg) {
 		log.Info("xdp attached", logattr.Interface, ifc.Name, logattr.Role, ifc.Role.String(), logattr.Mode, cfg.XDPMode)
 	}
@@ -170,7 +175,8 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Opt
 	}()
 
 	apiCtx, stopAPI := context.WithCancel(ctx)
-	srv := api.NewServer(api.Deps{Store: a.store, Audit: a.audit, Roles: Roles(cfg), Status: a.status, Now: time.Now, Logger: log})
+	srv := api.NewServer(api.Deps{Store: a.store, Audit: a.audit, Roles: Roles(cfg), Status: a.status,
+		LeasesChanged: a.binder.sync, Now: time.Now, Logger: log})
 	apiDone := a.serveAPI(apiCtx, srv)
 	defer func() {
 		// The API goes first: no answer may be given from a store that
@@ -322,6 +328,9 @@ func (a *Agent) reload(ctx context.Context) {
 	a.sweeper.Mapping = m
 	a.sweeper.Timeouts = sweeperTimeouts(cfg)
 	a.recon.Subscribers, a.recon.Mapping, a.recon.Epoch = next.SubscribersMap(), m, epoch.ID
+	if err := a.reloadSources(cfg); err != nil {
+		a.log.Error("reload: source validation not applied", logattr.Err, err.Error())
+	}
 	a.log.Info("configuration reloaded", logattr.Epoch, epoch.ID, "kept", st.Kept, "dropped", st.Dropped)
 	a.reconcileOnce(ctx)
 }
@@ -381,6 +390,8 @@ func (a *Agent) maintain(ctx context.Context) {
 			a.mu.Unlock()
 		case <-recon.C:
 			a.reconcileOnce(ctx)
+			// Leases that lapsed without a release unbind their address.
+			a.binder.sync()
 		case now := <-keep.C:
 			a.retention(now)
 		case <-a.reloads:
