@@ -293,6 +293,23 @@ func (r *guideRun) directive(s guideStep) {
 		if err != nil {
 			t.Fatalf("guide line %d: %v", s.line, err)
 		}
+		// The device is the topology's subscriber with that address, and
+		// the MAC the guide names becomes its own: the lease binds the
+		// address to it, and the data plane drops the address from any
+		// other MAC.
+		sub := r.subscriber(s.line, fields[3])
+		for i, ts := range r.e.topo.Subscribers {
+			if ts != sub {
+				continue
+			}
+			if out, err := sub.NS.Exec(t.Context(), "ip", "link", "set", "dev", sub.Iface, "address", fields[2]); err != nil {
+				t.Fatalf("guide line %d: set %s's MAC: %v\n%s", s.line, fields[3], err, out)
+			}
+			if out, err := r.e.topo.Router.Exec(t.Context(), "ip", "neigh", "replace", fields[3], "lladdr", fields[2],
+				"dev", r.e.topo.InsideIfaces[i], "nud", "permanent"); err != nil {
+				t.Fatalf("guide line %d: router neighbour %s: %v\n%s", s.line, fields[3], err, out)
+			}
+		}
 		cmd := exec.CommandContext(t.Context(), bins.Blocknat, "lease", "dnsmasq", "--config", r.e.cfgPath, "--", "add", fields[2], fields[3], fields[4])
 		cmd.Env = append(os.Environ(), fmt.Sprintf("DNSMASQ_LEASE_EXPIRES=%d", time.Now().Add(length).Unix()))
 		if out, err := cmd.CombinedOutput(); err != nil || len(out) != 0 {
