@@ -44,7 +44,8 @@ func (n *NAT) Reload(p Params) (*NAT, ReloadStats, error) {
 		ms.Pinning = ebpf.PinNone
 	}
 	old := map[string]*ebpf.Map{"block_events": n.objs.BlockEvents, "stats": n.objs.Stats,
-		"iface_roles": n.objs.IfaceRoles, "tx_ports": n.objs.TxPorts, "frags": n.objs.Frags}
+		"iface_roles": n.objs.IfaceRoles, "tx_ports": n.objs.TxPorts, "frags": n.objs.Frags,
+		"iface_policy": n.objs.IfacePolicy, "iface_sources": n.objs.IfaceSources}
 	repl := map[string]*ebpf.Map{}
 	for _, name := range shared {
 		c, err := old[name].Clone()

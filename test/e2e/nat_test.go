@@ -201,7 +201,16 @@ func TestAgentMountsBPFFS(t *testing.T) {
 	netns.RequirePrivileged(t)
 	topo := netns.NewTestTopology(t, "bn-e2ebpf")
 	dir := t.TempDir()
-	pinDir := "/sys/fs/bpf/blocknat-e2e"
+	// Pins under /sys/fs/bpf go to the host's bpffs, which outlives the
+	// test: a name of its own, removed at the end (with the bpffs, when
+	// the agent brought it).
+	hadBPFFS := harness.IsBPFFS("/sys/fs/bpf")
+	pinDir := filepath.Join("/sys/fs/bpf", netns.TestPrefix("bn-e2ebpf"))
+	t.Cleanup(func() {
+		if err := harness.RemoveHostPins(pinDir, hadBPFFS); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
 	cfgPath := filepath.Join(dir, "blocknat.yaml")
 	if err := os.WriteFile(cfgPath, harness.Config(topo, filepath.Join(dir, "state"), pinDir, ""), 0o600); err != nil {
 		t.Fatal(err)
