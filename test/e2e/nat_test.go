@@ -105,18 +105,24 @@ func (e *env) cli(t *testing.T, into any, args ...string) {
 	}
 }
 
-func (e *env) stats(t *testing.T) loader.Stats {
+// readPinned reads the running data plane's pinned maps with read.
+func readPinned[T any](t *testing.T, e *env, read func(*loader.Pinned) (T, error)) T {
 	t.Helper()
 	p, err := loader.OpenPinned(e.pinDir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	s, err := p.Stats()
+	v, err := read(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s
+	return v
+}
+
+func (e *env) stats(t *testing.T) loader.Stats {
+	t.Helper()
+	return readPinned(t, e, (*loader.Pinned).Stats)
 }
 
 // TestTranslateCurlAndUDP: two subscribers reach an HTTP server and a UDP

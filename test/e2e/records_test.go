@@ -34,16 +34,7 @@ func (e *env) openStore(t *testing.T) *store.Store {
 // as active.
 func (e *env) activeInKernel(t *testing.T) []uint32 {
 	t.Helper()
-	p, err := loader.OpenPinned(e.pinDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	active, err := p.ActiveSubscribers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return active
+	return readPinned(t, e, (*loader.Pinned).ActiveSubscribers)
 }
 
 // sendFrom sends one UDP datagram from each address in the namespace, with

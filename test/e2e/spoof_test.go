@@ -114,16 +114,7 @@ func TestNeighbourCannotFrame(t *testing.T) {
 // boundMAC is the MAC the data plane binds the address to, "" if none.
 func (e *env) boundMAC(t *testing.T, a netip.Addr) string {
 	t.Helper()
-	p, err := loader.OpenPinned(e.pinDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	table, err := p.SourceBindings()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if mac, ok := table[a]; ok {
+	if mac, ok := readPinned(t, e, (*loader.Pinned).SourceBindings)[a]; ok {
 		return mac.String()
 	}
 	return ""
