@@ -13,6 +13,7 @@ import (
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/test/harness"
 	"github.com/blocknat/blocknat/test/netns"
+	"github.com/blocknat/blocknat/userspace/api"
 	"github.com/blocknat/blocknat/userspace/mapping"
 )
 
@@ -92,6 +93,15 @@ func TestNeighbourCannotFrame(t *testing.T) {
 	sub, _ := m.SubscriberOf(wifiAddr)
 	if slices.Contains(e.activeInKernel(t), sub) {
 		t.Fatalf("the neighbour's block %d became active from spoofed traffic", sub)
+	}
+	// And no record names the neighbour: the police would find nothing
+	// against them for that traffic.
+	var hist api.HistoryResponse
+	e.cli(t, &hist, "history", "--config", e.cfgPath, "--subscriber", wifiAddr.String(),
+		"--from", time.Now().Add(-time.Hour).UTC().Format(time.RFC3339), "--to", time.Now().Add(time.Minute).UTC().Format(time.RFC3339),
+		"--purpose", "framing test", "--json")
+	if len(hist.Records) != 0 {
+		t.Fatalf("spoofed traffic left records in the neighbour's name: %+v", hist.Records)
 	}
 
 	// The neighbour itself is translated as ever. The attacker's ARP
