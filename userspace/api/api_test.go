@@ -263,11 +263,17 @@ func TestRoles(t *testing.T) {
 				t.Errorf("error %+v", apiErr)
 			}
 			e := h.lastEntry()
-			if e.Operator != operatorName() || e.Action != ActionLookup || e.Outcome != audit.OutcomeRefused || e.Purpose != "case 9" {
+			if e.Operator != operatorName() || e.Action != ActionLookup || e.Outcome != audit.OutcomeRefused {
 				t.Errorf("entry %+v", e)
 			}
-			if e.Criteria["ip"] != "198.51.100.10" || e.Criteria["port"] != "15123" || e.Criteria["tolerance"] != "2s" {
-				t.Errorf("refused entry lost the criteria: %v", e.Criteria)
+			if name == "wrong role" {
+				// An operator with some role is judged on what it asked.
+				if e.Purpose != "case 9" || e.Criteria["ip"] != "198.51.100.10" || e.Criteria["port"] != "15123" || e.Criteria["tolerance"] != "2s" {
+					t.Errorf("refused entry lost the criteria: %+v", e)
+				}
+			} else if len(e.Criteria) != 0 || e.Purpose != "" {
+				// Without any role, nothing it sent is kept.
+				t.Errorf("entry of an operator without a role holds what it sent: %+v", e)
 			}
 			if strings.Contains(apiErr.Message, "100.64.0.") {
 				t.Errorf("refusal leaks a subscriber: %s", apiErr.Message)
@@ -292,7 +298,7 @@ func TestUnidentifiedTransport(t *testing.T) {
 		t.Fatalf("status %d, %d entries", resp.StatusCode, log.Len())
 	}
 	es, _ := log.Entries(1, 1)
-	if es[0].Operator != "unknown" || es[0].Outcome != audit.OutcomeRefused || es[0].Criteria["ip"] != "198.51.100.10" {
+	if es[0].Operator != "unknown" || es[0].Outcome != audit.OutcomeRefused || es[0].Action != ActionLookup || len(es[0].Criteria) != 0 || es[0].Purpose != "" {
 		t.Errorf("entry %+v", es[0])
 	}
 }
@@ -312,5 +318,48 @@ func TestOptionsStarAudited(t *testing.T) {
 	}
 	if e := h.lastEntry(); e.Action != ActionUnknown || e.Criteria["method"] != "OPTIONS" {
 		t.Errorf("entry %+v", e)
+	}
+}
+
+// TestRolelessRefusedUnread sends every kind of request as an operator
+// without any role: each is refused before its body is read, and its entry
+// holds who, when, the action of the path and the outcome, nothing more.
+func TestRolelessRefusedUnread(t *testing.T) {
+	h := newHarness(t, harnessOptions{roles: Roles{UIDs: map[uint32][]Role{4242: {RoleInvestigator}}}})
+	huge := `{"ip":"198.51.100.10","purpose":"` + strings.Repeat("<", 4*MaxBodyBytes) + `"}`
+	tests := []struct{ method, path, body, action string }{
+		{"POST", PathLookup, lookupBody, ActionLookup},
+		{"POST", PathLookup, huge, ActionLookup},
+		{"POST", PathLookup, `{"ip": 198.51`, ActionLookup},
+		{"GET", PathLookup, ``, ActionLookup},
+		{"POST", PathHistory, `{"subscriber":"100.64.0.27","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"p"}`, ActionHistory},
+		{"POST", PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"csv","purpose":"p"}`, ActionExport},
+		{"GET", PathStatus + "?verbose=1", ``, ActionStatus},
+		{"GET", PathAudit + "?operator=alice", ``, ActionAuditShow},
+		{"POST", PathLeases, `{"events":[]}`, ActionLeases},
+		{"GET", "/v1/who?x=" + strings.Repeat("<", 1000), ``, ActionUnknown},
+	}
+	for _, tc := range tests {
+		before := h.log.Len()
+		resp, body := h.raw(tc.method, tc.path, tc.body)
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("%s %s: status %d, want 403; body %s", tc.method, tc.path[:min(len(tc.path), 40)], resp.StatusCode, body)
+		}
+		if h.log.Len() != before+1 {
+			t.Fatalf("%s %s: log grew from %d to %d, want one entry", tc.method, tc.action, before, h.log.Len())
+		}
+		e := h.lastEntry()
+		if e.Operator != operatorName() || e.Action != tc.action || e.Outcome != audit.OutcomeRefused ||
+			len(e.Criteria) != 0 || e.Purpose != "" || len(e.Subjects) != 0 || e.AnswerSHA256 != "" {
+			t.Errorf("%s %s: entry %+v, want only who, when, what kind and the outcome", tc.method, tc.action, e)
+		}
+		if len(e.Detail) > 200 || strings.Contains(e.Detail, "198.51") || strings.Contains(e.Detail, "<") {
+			t.Errorf("%s %s: detail %q holds what the request sent", tc.method, tc.action, e.Detail)
+		}
+		for _, leak := range []string{"100.64.0", "candidates", "records"} {
+			if strings.Contains(body, leak) {
+				t.Errorf("%s %s: body %q holds %q", tc.method, tc.action, body, leak)
+			}
+		}
 	}
 }

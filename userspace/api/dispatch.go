@@ -41,6 +41,9 @@ type reply struct {
 	// subjects are the subscribers and devices the request or its answer
 	// named ("inside:ADDR", "mac:MAC"), for subject-access requests.
 	subjects []string
+	// roleless marks the refusal of an operator without any role, which
+	// is rate-limited (see refusalLimiter).
+	roleless bool
 
 	status  int
 	header  http.Header
@@ -129,6 +132,19 @@ func (s *Server) dispatch(r *http.Request, id identity) (rep *reply) {
 		}
 	}()
 	rt, ok := routes[r.URL.Path]
+	// An operator with no role at all is refused before anything it sent
+	// is read or kept: its entry names who, when, the action of the path
+	// and the outcome, so that whoever may not ask cannot make the log
+	// hold what they send.
+	if !id.known || len(id.roles) == 0 {
+		if ok {
+			rep.action, rep.role = rt.action, string(rt.role)
+		}
+		rep.criteria = nil
+		rep.fail(refusedWithoutRole(id, rep.action, rt.role))
+		rep.roleless = true
+		return rep
+	}
 	if !ok {
 		rep.criteria["method"] = truncate(r.Method)
 		rep.criteria["path"] = truncate(r.URL.Path)
@@ -149,8 +165,6 @@ func (s *Server) dispatch(r *http.Request, id identity) (rep *reply) {
 	}
 	run, f := rt.parse(s, r, rep)
 	switch {
-	case !id.known:
-		f = refused("operator not identified: the API answers only on its unix socket or over TLS with a client certificate")
 	case !id.has(rt.role):
 		f = refused("operator %s has role %s; %s needs the role %s", id.operator, id.roleNames(), rt.action, rt.role)
 	}
@@ -162,6 +176,18 @@ func (s *Server) dispatch(r *http.Request, id identity) (rep *reply) {
 		rep.fail(f)
 	}
 	return rep
+}
+
+// refusedWithoutRole is the refusal of an operator that holds no role (or
+// that the transport did not identify). role is "" for an unknown path.
+func refusedWithoutRole(id identity, action string, role Role) *failure {
+	if !id.known {
+		return refused("operator not identified: the API answers only on its unix socket or over TLS with a client certificate")
+	}
+	if role == "" {
+		return refused("operator %s has no role", id.operator)
+	}
+	return refused("operator %s has role none; %s needs the role %s", id.operator, action, role)
 }
 
 func truncate(s string) string {

@@ -40,7 +40,12 @@
 // On the unix socket the operator is the peer's uid from SO_PEERCRED,
 // written "uid:1001(alice)" when the name resolves. Over TLS it is the
 // subject common name of the verified client certificate, "cert:CN=alice".
-// Roles maps both to roles. Nothing about destinations exists in the store,
+// Roles maps both to roles. An operator with no role at all (or one the
+// transport did not identify) is refused before its body is read, and its
+// entry holds only who, when, the action of the path and the outcome: no
+// criteria, no purpose, nothing it sent. An operator with some role but not
+// the one needed is refused after parsing, with what it asked on record.
+// Nothing about destinations exists in the store,
 // and nothing about them is logged or audited.
 package api
 
