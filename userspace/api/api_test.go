@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/blocknat/blocknat/userspace/audit"
 )
@@ -362,4 +364,74 @@ func TestRolelessRefusedUnread(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestRefusalFlood sends 1000 requests as an operator without a role, 100ms
+// apart: the log grows by at most the budget (RefusalBurst, plus one entry
+// per refill, plus the summary at shutdown), every request past it gets 429
+// with Retry-After and no data, and the counts in the entries add up to
+// 1000.
+func TestRefusalFlood(t *testing.T) {
+	c := &clock{t: mustTime(t, "2026-11-20T13:00:00Z")}
+	h := newHarness(t, harnessOptions{roles: Roles{UIDs: map[uint32][]Role{4242: {RoleInvestigator}}}, now: c.Now})
+	const requests, step = 1000, 100 * time.Millisecond
+	limited := 0
+	for i := range requests {
+		resp, body := h.raw("POST", PathLookup, lookupBody)
+		switch resp.StatusCode {
+		case http.StatusForbidden:
+		case http.StatusTooManyRequests:
+			limited++
+			if ra, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || ra < 1 || ra > int(refusalRefill/time.Second) {
+				t.Fatalf("request %d: Retry-After %q", i, resp.Header.Get("Retry-After"))
+			}
+			if resp.Header.Get(HeaderAuditSeq) != "" {
+				t.Fatalf("request %d: 429 names an audit seq", i)
+			}
+		default:
+			t.Fatalf("request %d: status %d, want 403 or 429; body %s", i, resp.StatusCode, body)
+		}
+		if strings.Contains(body, "100.64.0") || strings.Contains(body, "candidates") {
+			t.Fatalf("request %d: refusal holds data: %s", i, body)
+		}
+		c.mu.Lock()
+		c.t = c.t.Add(step)
+		c.mu.Unlock()
+	}
+	h.auditor.written.Store(false) // the flush answers no request
+	h.server.flushRefusals(true)
+	bound := uint64(RefusalBurst + requests*step/refusalRefill + 1)
+	if n := h.log.Len(); n > bound {
+		t.Errorf("log holds %d entries after %d refusals over %v, want at most %d", n, requests, requests*step, bound)
+	}
+	if limited < requests-int(bound) {
+		t.Errorf("%d requests answered 429, want at least %d", limited, requests-int(bound))
+	}
+	es, err := h.log.Entries(1, int(h.log.Len()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total uint64
+	for _, e := range es {
+		switch e.Action {
+		case ActionLookup:
+			total++
+		case ActionRefusals:
+			var n uint64
+			var op string
+			if _, err := fmt.Sscanf(e.Detail, "%d refused from %s", &n, &op); err != nil || op != operatorName() || n == 0 {
+				t.Errorf("summary entry detail %q: %v", e.Detail, err)
+			}
+			total += n
+		default:
+			t.Errorf("entry %+v", e)
+		}
+		if e.Outcome != audit.OutcomeRefused || len(e.Criteria) != 0 || e.Purpose != "" {
+			t.Errorf("entry %+v", e)
+		}
+	}
+	if total != requests {
+		t.Errorf("entries count %d refusals, want %d (%d entries)", total, requests, len(es))
+	}
+	t.Logf("%d refusals: %d entries, %d answered 429", requests, len(es), limited)
 }

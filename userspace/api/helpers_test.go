@@ -171,6 +171,7 @@ type harnessOptions struct {
 	roles  Roles
 	store  Store // nil: the fixture store
 	status func(context.Context) (any, error)
+	now    func() time.Time // nil: time.Now
 }
 
 func rootRoles(roles ...Role) Roles {
@@ -187,7 +188,7 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	if o.store != nil {
 		st = o.store
 	}
-	h.server = NewServer(Deps{Store: st, Audit: h.auditor, Roles: o.roles, Status: o.status, Logger: quietLogger()})
+	h.server = NewServer(Deps{Store: st, Audit: h.auditor, Roles: o.roles, Status: o.status, Now: o.now, Logger: quietLogger()})
 
 	h.socket = filepath.Join(t.TempDir(), "api.sock")
 	ln, err := net.Listen("unix", h.socket)

@@ -29,11 +29,23 @@
 // fails, the client gets 503 and no data. An export is counted first, the
 // count is audited, and then the records are streamed.
 //
+// One exception bounds what an operator without any role can make the log
+// hold: its refusals are rate-limited per operator (RefusalBurst entries,
+// refilled at RefusalsPerMinute). Past the budget a refusal is answered 429
+// with Retry-After, no data and no audit seq, and is counted instead of
+// appended; the count is written as one entry, action ActionRefusals and
+// detail "N refused from OPERATOR …", when the operator's next refusal is
+// allowed (N then includes it), by a flush every 10 s once a token is back,
+// or when the server stops. Every refusal is thus in some entry's count,
+// and such an operator grows the log by at most RefusalBurst +
+// RefusalsPerMinute entries a minute (plus one at shutdown).
+//
 // Outcomes and HTTP statuses: answered and empty are 200; refused is 403
 // (missing role, or a lookup, history or export without a purpose: a purpose
 // or case reference is a precondition of access, not a syntax rule);
 // malformed is 400, 404 (unknown path), 405 (wrong method) or 413 (body too
-// large); error is 500; a failed audit append is 503.
+// large); error is 500; a failed audit append is 503; a refusal past the
+// rate limit above is 429.
 //
 // # Identity
 //
@@ -125,6 +137,8 @@ type Server struct {
 	leased func()
 	now    func() time.Time
 	log    *slog.Logger
+
+	refusals refusalLimiter
 }
 
 // Timeouts of the HTTP server. An export extends its write deadline as it
@@ -256,10 +270,20 @@ func (s *Server) serve(ctx context.Context, ln net.Listener, what string) error 
 	srv := s.httpServer()
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
-	select {
-	case err := <-done:
-		return fmt.Errorf("api %s: serve: %w", what, err)
-	case <-ctx.Done():
+	// Summaries of rate-limited refusals are written once a token is back
+	// even when the operator stopped asking, and all of them at the end.
+	defer s.flushRefusals(true)
+	flush := time.NewTicker(refusalFlushEvery)
+	defer flush.Stop()
+	for running := true; running; {
+		select {
+		case err := <-done:
+			return fmt.Errorf("api %s: serve: %w", what, err)
+		case <-flush.C:
+			s.flushRefusals(false)
+		case <-ctx.Done():
+			running = false
+		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
@@ -278,7 +302,7 @@ func (s *Server) serve(ctx context.Context, ln net.Listener, what string) error 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	id := s.identify(r)
 	rep := s.dispatch(r, id)
-	entry, head, err := s.audit.AppendProved(audit.Entry{
+	e := audit.Entry{
 		Operator:     id.operator,
 		Role:         rep.role,
 		Action:       rep.action,
@@ -288,8 +312,26 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		Detail:       rep.detail,
 		Subjects:     rep.subjects,
 		AnswerSHA256: rep.answerSHA256,
-	})
+	}
+	var earlier uint64
+	if rep.roleless {
+		ok, n, retryAfter := s.refusals.allow(id.operator, s.now())
+		if !ok {
+			// Counted, and summarised in a later entry; nothing is
+			// logged per request either, or the flood would go there.
+			writeRateLimited(w, retryAfter)
+			return
+		}
+		if earlier = n; n > 0 {
+			e = refusalSummary(n+1, id.operator)
+		}
+	}
+	entry, head, err := s.audit.AppendProved(e)
 	if err != nil {
+		if rep.roleless {
+			// Unrecorded, so counted for a later summary.
+			s.refusals.giveBack(id.operator, earlier+1)
+		}
 		s.log.Error("audit append failed; answer withheld",
 			logattr.Operator, id.operator, logattr.Action, rep.action, logattr.Outcome, string(rep.outcome), logattr.Err, err)
 		writeJSON(w, http.StatusServiceUnavailable, nil, ErrorResponse{
