@@ -228,9 +228,6 @@ func startGuideEnv(t *testing.T, config string) (*env, [][2]string) {
 	}
 	e.ifaces = append(append([]string{}, topo.InsideIfaces...), topo.OutsideIface)
 	e.start(t)
-	if err := os.Chmod(e.stateDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() {
 		if err := e.agent.Stop(); err != nil {
 			t.Errorf("stop blocknatd: %v\n%s", err, e.agent.Log())

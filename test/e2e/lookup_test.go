@@ -81,13 +81,13 @@ func TestLookupWhatTheServerSaw(t *testing.T) {
 // is refused, and the refusal is in the audit log.
 func TestLookupRefusedWithoutRole(t *testing.T) {
 	e := startEnv(t, "bn-e2eref")
+	socket := harness.SocketPath(e.stateDir)
 	// Let uid 65534 reach the socket: the roles decide, not the file mode.
-	for dir := e.stateDir; dir != "/" && dir != os.TempDir(); dir = filepath.Dir(dir) {
+	for dir := filepath.Dir(socket); dir != "/" && dir != os.TempDir(); dir = filepath.Dir(dir) {
 		if err := os.Chmod(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	socket := harness.SocketPath(e.stateDir)
 	cmd := exec.CommandContext(t.Context(), bins.Blocknat, "lookup", "--socket", socket, "--ip", "198.51.100.10",
 		"--port", "2100", "--time", "2026-11-20T12:00:01Z", "--purpose", "curiosity")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}

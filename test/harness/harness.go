@@ -120,7 +120,7 @@ func RemoveHostPins(pinDir string, hadBPFFS bool) error {
 }
 
 // Config renders a configuration for the standard topology. The API
-// socket lives in stateDir, so tests never share one. Unless extra sets
+// socket lives next to stateDir, so tests never share one. Unless extra sets
 // roles, root (the tests' uid) holds every role.
 func Config(topo *netns.Topology, stateDir, pinDir string, extra string) []byte {
 	var b bytes.Buffer
@@ -154,8 +154,10 @@ func hasTopLevelKey(yaml, key string) bool {
 	return false
 }
 
-// SocketPath is where Config puts the API socket.
-func SocketPath(stateDir string) string { return filepath.Join(stateDir, "api.sock") }
+// SocketPath is where Config puts the API socket: beside stateDir, not in
+// it, since state_dir is the agent's alone and other uids must reach the
+// socket (roles decide who may ask).
+func SocketPath(stateDir string) string { return filepath.Join(filepath.Dir(stateDir), "api.sock") }
 
 // Agent is a blocknatd process in a namespace.
 type Agent struct {

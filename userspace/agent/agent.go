@@ -107,8 +107,8 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Opt
 		return err
 	}
 	defer owner.Release()
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return fmt.Errorf("state_dir %s: %w", cfg.StateDir, err)
+	if err := a.keepPrivate(); err != nil { // before anything is written under state_dir
+		return err
 	}
 	if a.store, err = store.Open(StorePath(cfg), store.Options{Logger: log}); err != nil {
 		return fmt.Errorf("open record store: %w", err)
