@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -52,6 +54,8 @@ func TestEveryRequestAuditedOnce(t *testing.T) {
 		{"lookup bad json", "POST", PathLookup, `{"ip": 198.51`, 400, ActionLookup, audit.OutcomeMalformed, nil, "", "body:"},
 		{"lookup two objects", "POST", PathLookup, lookupBody + `{}`, 400, ActionLookup, audit.OutcomeMalformed, nil, "", "data after the JSON object"},
 		{"lookup empty body", "POST", PathLookup, ``, 400, ActionLookup, audit.OutcomeMalformed, nil, "", "body: empty"},
+		{"lookup purpose too long", "POST", PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"` + strings.Repeat("x", MaxPurposeBytes+1) + `"}`, 400, ActionLookup, audit.OutcomeMalformed,
+			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01Z"}, strings.Repeat("x", MaxPurposeBytes) + "…", "at most 256 bytes"},
 		{"lookup body too large", "POST", PathLookup, big, 413, ActionLookup, audit.OutcomeMalformed, nil, "", "larger than"},
 		{"lookup negative tolerance", "POST", PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","tolerance":"-1s","purpose":"p"}`, 400, ActionLookup, audit.OutcomeMalformed,
 			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01Z", "tolerance": "-1s"}, "p", "negative"},
@@ -434,4 +438,56 @@ func TestRefusalFlood(t *testing.T) {
 		t.Errorf("entries count %d refusals, want %d (%d entries)", total, requests, len(es))
 	}
 	t.Logf("%d refusals: %d entries, %d answered 429", requests, len(es), limited)
+}
+
+// TestEscapedBodyBounded sends requests whose fields are full of '<', which
+// JSON escapes to six bytes each: every line the audit log writes is at
+// most audit.MaxEntryBytes, and the log verifies.
+func TestEscapedBodyBounded(t *testing.T) {
+	h := newHarness(t, harnessOptions{roles: rootRoles(RoleInvestigator, RoleAuditor)})
+	lt := func(n int) string { return strings.Repeat("<", n) }
+	third := MaxBodyBytes/3 - 100
+	bodies := []struct{ path, body string }{
+		{PathLookup, `{"ip":"` + lt(third) + `","port":1,"time":"` + lt(third) + `","tolerance":"` + lt(third) + `","purpose":"p"}`},
+		{PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"` + lt(MaxBodyBytes-200) + `"}`},
+		{PathHistory, `{"subscriber":"` + lt(third) + `","mac":"` + lt(third) + `","from":"` + lt(third) + `","purpose":"p"}`},
+		{PathAudit + "?" + lt(4000) + "=" + lt(4000), ``},
+	}
+	for i, b := range bodies {
+		method := "POST"
+		if b.body == "" {
+			method = "GET"
+		}
+		before := h.log.Len()
+		resp, _ := h.raw(method, b.path, b.body)
+		if resp.StatusCode != http.StatusBadRequest || h.log.Len() != before+1 {
+			t.Errorf("request %d: status %d, log %d -> %d", i, resp.StatusCode, before, h.log.Len())
+		}
+	}
+	segs, err := filepath.Glob(filepath.Join(h.logDir, "audit-*.jsonl"))
+	if err != nil || len(segs) == 0 {
+		t.Fatalf("segments: %v %v", segs, err)
+	}
+	lines := 0
+	for _, seg := range segs {
+		data, err := os.ReadFile(seg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for line := range strings.SplitAfterSeq(string(data), "\n") {
+			if line == "" {
+				continue
+			}
+			lines++
+			if len(line) > audit.MaxEntryBytes {
+				t.Errorf("%s: a line of %d bytes, over MaxEntryBytes %d", filepath.Base(seg), len(line), audit.MaxEntryBytes)
+			}
+		}
+	}
+	if lines != len(bodies) {
+		t.Errorf("%d lines, want %d", lines, len(bodies))
+	}
+	if r, err := h.log.Verify(); err != nil || !r.OK() {
+		t.Errorf("verify: %v %+v", err, r.Problems)
+	}
 }

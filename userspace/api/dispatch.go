@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/logattr"
@@ -190,6 +191,19 @@ func refusedWithoutRole(id identity, action string, role Role) *failure {
 	return refused("operator %s has role none; %s needs the role %s", id.operator, action, role)
 }
 
+// clipPurpose is the purpose as audited: a longer one than the protocol
+// allows is cut to MaxPurposeBytes (on a character boundary) and marked.
+func clipPurpose(p string) string {
+	if len(p) <= MaxPurposeBytes {
+		return p
+	}
+	cut := MaxPurposeBytes
+	for cut > 0 && !utf8.RuneStart(p[cut]) {
+		cut--
+	}
+	return p[:cut] + "…"
+}
+
 func truncate(s string) string {
 	if len(s) <= maxCriterion {
 		return s
@@ -311,8 +325,12 @@ func parseRange(fromText, toText string) (from, to time.Time, f *failure) {
 	return
 }
 
-// needPurpose refuses a request for records that names no purpose.
+// needPurpose refuses a request for records that names no purpose, and
+// rejects one that is too long to be a case reference.
 func needPurpose(purpose string) *failure {
+	if len(purpose) > MaxPurposeBytes {
+		return malformed(http.StatusBadRequest, "purpose: %d bytes; a purpose or case reference is at most %d bytes", len(purpose), MaxPurposeBytes)
+	}
 	if strings.TrimSpace(purpose) == "" {
 		return refused("purpose required: lookup, history and export must name a purpose or case reference")
 	}

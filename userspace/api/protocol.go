@@ -54,6 +54,10 @@ const (
 	// MaxSubjectWindow caps an audit subject search; a subject-access
 	// request names a period, and a wider one reads the whole log.
 	MaxSubjectWindow = 10 * 366 * 24 * time.Hour
+	// MaxPurposeBytes caps a purpose (case reference) in bytes of UTF-8.
+	// A longer one is malformed (400), audited with its first
+	// MaxPurposeBytes bytes.
+	MaxPurposeBytes = 256
 )
 
 // Export formats.

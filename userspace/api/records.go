@@ -29,7 +29,7 @@ func (s *Server) parseLookup(r *http.Request, rep *reply) (func(*reply) *failure
 	}
 	setCriterion(rep, "time", req.Time)
 	setCriterion(rep, "tolerance", req.Tolerance)
-	rep.purpose = req.Purpose
+	rep.purpose = clipPurpose(req.Purpose)
 
 	ip, err := netip.ParseAddr(req.IP)
 	if err != nil || !ip.Unmap().Is4() {
@@ -106,7 +106,7 @@ func (s *Server) parseHistory(r *http.Request, rep *reply) (func(*reply) *failur
 	setCriterion(rep, "mac", req.MAC)
 	setCriterion(rep, "from", req.From)
 	setCriterion(rep, "to", req.To)
-	rep.purpose = req.Purpose
+	rep.purpose = clipPurpose(req.Purpose)
 
 	sel, f := parseSelector(req.Subscriber, req.MAC, true)
 	if f != nil {
@@ -199,7 +199,7 @@ func (s *Server) parseExport(r *http.Request, rep *reply) (func(*reply) *failure
 	setCriterion(rep, "format", req.Format)
 	setCriterion(rep, "subscriber", req.Subscriber)
 	setCriterion(rep, "mac", req.MAC)
-	rep.purpose = req.Purpose
+	rep.purpose = clipPurpose(req.Purpose)
 
 	from, to, f := parseRange(req.From, req.To)
 	if f != nil {

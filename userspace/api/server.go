@@ -16,7 +16,11 @@
 // Times are RFC 3339 with an explicit zone ("Z" or ±hh:mm); a time without
 // one is malformed, because a bare local time names a different instant on
 // every machine. Bodies are at most MaxBodyBytes and unknown fields are
-// malformed, so that a misspelt field is never silently ignored.
+// malformed, so that a misspelt field is never silently ignored. A purpose
+// (case reference) is at most MaxPurposeBytes (256) bytes; a longer one is
+// malformed (400), audited with the purpose cut to that length. Whatever a
+// request sends, its audit entry is at most audit.MaxEntryBytes (16 KiB) as
+// written, after JSON escaping.
 //
 // # The audit rule
 //

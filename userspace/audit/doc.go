@@ -31,6 +31,16 @@
 // before subjects and answer_sha256 existed have neither key, and re-encode
 // byte for byte as they were written.
 //
+// A line, newline included, is at most MaxEntryBytes (16 KiB), counted as
+// written, after JSON escaping ('<', '>', '&', U+2028, U+2029 and control
+// characters take six bytes each). Each string is first clipped to
+// MaxFieldBytes escaped bytes and marked "…[truncated N bytes]" (N counts the
+// UTF-8 bytes cut); when the line would still be longer, purpose, detail and
+// criteria keys and values are clipped, the longest first, to one cap of at
+// least 64 bytes, and if that is not enough the criteria and subjects are
+// replaced by one note under "…truncated" that counts them. A clipped entry
+// is hashed and verified as written, like any other.
+//
 // subjects lists the subscribers the request or its answer named
 // ("inside:100.64.0.7", "mac:aa:bb:cc:dd:ee:ff"), sorted bytewise without
 // duplicates; beyond MaxSubjects the rest are dropped and a last element

@@ -4,8 +4,10 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"slices"
@@ -69,8 +71,19 @@ func SubjectMAC(mac net.HardwareAddr) string { return "mac:" + mac.String() }
 // Limits on what one entry may hold. A client controls the criteria, and an
 // unbounded line would let it bloat the log that must record it; clipping
 // instead of refusing keeps every request on record.
+//
+// Sizes are counted as the line holds them, after JSON escaping: encoding/json
+// writes '<', '>', '&', U+2028, U+2029 and most control characters as
+// six-byte \uXXXX escapes, so a field clipped by its raw length could still
+// be six times its limit on disk.
 const (
-	MaxFieldBytes = 4096 // longer strings are cut and marked "…[truncated N bytes]"
+	// MaxEntryBytes bounds a whole line, newline included. prepare clips
+	// purpose, detail and criteria further (the longest first, down to
+	// minFitBytes each) until the entry with the largest seq, time and
+	// hashes fits, and then drops criteria and subjects (counted under
+	// TruncatedKey) if it must.
+	MaxEntryBytes = 16 << 10
+	MaxFieldBytes = 4096 // longer strings (escaped) are cut and marked "…[truncated N bytes]"
 	MaxCriteria   = 64   // further criteria (by sorted key) are dropped and counted under TruncatedKey
 	MaxSubjects   = 256  // further subjects (sorted) are dropped and counted in a last "…truncated: N more subjects not logged"
 	TruncatedKey  = "…truncated"
@@ -119,6 +132,7 @@ func prepare(e Entry) (Entry, error) {
 		AnswerSHA256: e.AnswerSHA256,
 		Subjects:     prepareSubjects(e.Subjects),
 	}
+	dropped := 0
 	if len(e.Criteria) > 0 {
 		// Copy, so that the caller cannot change a stored entry afterwards.
 		keys := make([]string, 0, len(e.Criteria))
@@ -129,13 +143,150 @@ func prepare(e Entry) (Entry, error) {
 		out.Criteria = make(map[string]string, min(len(keys), MaxCriteria+1))
 		for i, k := range keys {
 			if i == MaxCriteria {
-				out.Criteria[TruncatedKey] = fmt.Sprintf("%d more criteria not logged", len(keys)-MaxCriteria)
+				dropped = len(keys) - MaxCriteria
+				out.Criteria[TruncatedKey] = fmt.Sprintf("%d more criteria not logged", dropped)
 				break
 			}
 			out.Criteria[clip(k)] = clip(e.Criteria[k])
 		}
 	}
+	fit(&out, dropped)
 	return out, nil
+}
+
+// minFitBytes is the least fit clips a string to, so that what is left
+// still says what was there.
+const minFitBytes = 64
+
+// fit makes out's line at most MaxEntryBytes; dropped is the number of
+// criteria prepare already left out.
+func fit(out *Entry, dropped int) {
+	for step := 0; ; step++ {
+		over := lineBound(out) - MaxEntryBytes
+		if over <= 0 {
+			return
+		}
+		switch step {
+		case 0:
+			// Clip the longest of the strings a client supplies to one
+			// cap, the largest that removes enough.
+			keys := make([]string, 0, len(out.Criteria))
+			for k := range out.Criteria {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys)
+			values := make([]string, len(keys))
+			for i, k := range keys {
+				values[i] = out.Criteria[k]
+			}
+			items := []*string{&out.Purpose, &out.Detail}
+			for i := range keys {
+				items = append(items, &keys[i], &values[i])
+			}
+			clipToCap(items, over)
+			if len(keys) > 0 {
+				out.Criteria = make(map[string]string, len(keys))
+				for i, k := range keys {
+					if _, dup := out.Criteria[k]; dup {
+						dropped++ // two keys that clipping made one
+						continue
+					}
+					out.Criteria[k] = values[i]
+				}
+				if dropped > 0 {
+					out.Criteria[TruncatedKey] = fmt.Sprintf("%d more criteria not logged", dropped)
+				}
+			}
+		case 1:
+			if n := len(out.Criteria); n > 0 {
+				out.Criteria = map[string]string{TruncatedKey: fmt.Sprintf("%d criteria not logged: the entry would exceed %d bytes", n+dropped, MaxEntryBytes)}
+			}
+			if n := len(out.Subjects); n > 0 {
+				out.Subjects = []string{fmt.Sprintf("%s: %d subjects not logged: the entry would exceed %d bytes", TruncatedKey, n, MaxEntryBytes)}
+			}
+		default:
+			// Only the fields every entry has are left; these caps make
+			// the line a fraction of the limit.
+			for _, p := range []*string{&out.Operator, &out.Role, &out.Action, &out.Purpose, &out.Detail} {
+				*p = clipEncoded(*p, 4*minFitBytes)
+			}
+			return
+		}
+	}
+}
+
+// clipToCap clips every item longer (escaped) than a cap to it, the cap
+// being the largest that takes off at least over bytes, but not below
+// minFitBytes.
+func clipToCap(items []*string, over int) {
+	lens := make([]int, len(items))
+	total, longest := 0, 0
+	for i, p := range items {
+		lens[i] = encodedLen(*p)
+		total += lens[i]
+		longest = max(longest, lens[i])
+	}
+	target := total - over
+	capped := func(c int) int {
+		sum := 0
+		for _, n := range lens {
+			sum += min(n, c)
+		}
+		return sum
+	}
+	lo, hi := minFitBytes, longest // find the largest c in [lo, hi] with capped(c) <= target
+	if capped(lo) > target {
+		hi = lo
+	}
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		if capped(mid) <= target {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	for i, p := range items {
+		if lens[i] > lo {
+			*p = clipEncoded(*p, lo)
+		}
+	}
+}
+
+// lineBound is the length of e's line, newline included, with the seq,
+// time, prev and hash that Append assigns at their longest.
+func lineBound(e *Entry) int {
+	probe := *e
+	probe.Seq = math.MaxUint64
+	probe.Time = time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)
+	probe.Prev, probe.Hash = zeroHash, zeroHash
+	line, err := json.Marshal(&probe)
+	if err != nil {
+		return math.MaxInt // cannot happen for valid UTF-8; treat as too large
+	}
+	return len(line) + 1
+}
+
+// encodedLen is the length of s inside a JSON string as encoding/json
+// writes it (without the quotes).
+func encodedLen(s string) int {
+	n := 0
+	for _, r := range s {
+		n += runeEncodedLen(r)
+	}
+	return n
+}
+
+func runeEncodedLen(r rune) int {
+	switch {
+	case r == '"' || r == '\\' || r == '\n' || r == '\r' || r == '\t':
+		return 2
+	case r < 0x20 || r == '<' || r == '>' || r == '&' || r == '\u2028' || r == '\u2029' || r == utf8.RuneError:
+		return 6
+	case r < utf8.RuneSelf:
+		return 1
+	}
+	return utf8.RuneLen(r)
 }
 
 // prepareSubjects returns a sorted, de-duplicated, bounded copy (nil when
@@ -174,13 +325,25 @@ func isDigest(s string) bool {
 }
 
 func clip(s string) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	if len(s) <= MaxFieldBytes {
+	return clipEncoded(strings.ToValidUTF8(s, "\uFFFD"), MaxFieldBytes)
+}
+
+// clipEncoded cuts valid UTF-8 s so that it takes at most limit bytes
+// escaped, marker included.
+func clipEncoded(s string, limit int) string {
+	if encodedLen(s) <= limit {
 		return s
 	}
-	cut := MaxFieldBytes
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	// The marker's number has at most 20 digits, and it escapes to itself.
+	const markerRoom = len("…[truncated  bytes]") + 20
+	room, cut := limit-markerRoom, 0
+	for i, r := range s {
+		n := runeEncodedLen(r)
+		if room < n {
+			break
+		}
+		room -= n
+		cut = i + utf8.RuneLen(r)
 	}
 	return s[:cut] + fmt.Sprintf("…[truncated %d bytes]", len(s)-cut)
 }

@@ -185,3 +185,68 @@ func TestSubjectSpelling(t *testing.T) {
 		}
 	}
 }
+
+// TestEntryBoundedAfterEscaping appends entries whose strings are full of
+// characters that JSON escapes to six bytes each ('<', U+2028, controls):
+// every line written is at most MaxEntryBytes, each field at most
+// MaxFieldBytes escaped, and the log verifies.
+func TestEntryBoundedAfterEscaping(t *testing.T) {
+	tl := openTest(t, Options{})
+	lt := strings.Repeat("<", 16<<10)
+	many := map[string]string{}
+	for i := range 2 * MaxCriteria {
+		many[fmt.Sprintf("k%03d%s", i, lt[:200])] = lt
+	}
+	var subjects []string
+	for i := range 2 * MaxSubjects {
+		subjects = append(subjects, fmt.Sprintf("inside:%d%s", i, strings.Repeat("\u2028", 100)))
+	}
+	entries := []Entry{
+		{Operator: "uid:65534", Action: "lookup", Outcome: OutcomeRefused, Purpose: lt, Detail: lt, Criteria: map[string]string{"ip": lt, "q": lt}},
+		{Operator: "uid:65534", Action: "lookup", Outcome: OutcomeMalformed, Purpose: lt, Detail: lt, Criteria: many},
+		{Operator: lt, Role: lt, Action: lt, Outcome: OutcomeMalformed, Purpose: lt, Detail: lt, Criteria: many, Subjects: subjects},
+		{Operator: "uid:65534", Action: "lookup", Outcome: OutcomeMalformed, Purpose: strings.Repeat("\x01&\u2029", 8000)},
+	}
+	for i, in := range entries {
+		e, err := tl.Append(in)
+		if err != nil {
+			t.Fatalf("entry %d: %v", i, err)
+		}
+		for _, f := range []string{e.Operator, e.Role, e.Action, e.Purpose, e.Detail} {
+			if n := encodedLen(f); n > MaxFieldBytes {
+				t.Errorf("entry %d: a field takes %d bytes escaped, over %d", i, n, MaxFieldBytes)
+			}
+		}
+	}
+	lines := readLines(t, filepath.Join(tl.dir, segments(t, tl.dir)[0]))
+	if len(lines) != len(entries) {
+		t.Fatalf("%d lines, want %d", len(lines), len(entries))
+	}
+	for i, line := range lines {
+		if n := len(line) + 1; n > MaxEntryBytes {
+			t.Errorf("line %d is %d bytes with its newline, over MaxEntryBytes %d", i+1, n, MaxEntryBytes)
+		}
+		if !strings.Contains(string(line), "truncated") {
+			t.Errorf("line %d does not say it was clipped", i+1)
+		}
+	}
+	// Clipping spends the budget: the first entry keeps most of what fits.
+	if n := len(lines[0]); n < MaxEntryBytes/2 {
+		t.Errorf("line 1 is %d bytes; clipping took far more than needed", n)
+	}
+	mustVerifyOK(t, tl.dir, tl)
+}
+
+// TestEncodedLenBoundsJSON: the escaped length prepare counts is never
+// less than what encoding/json writes.
+func TestEncodedLenBoundsJSON(t *testing.T) {
+	for _, s := range []string{"", "plain", "<>&", "\"\\\n\r\t\b\f\x00\x1f\x7f", "\u2028\u2029", "é€😀", "\uFFFD", "a<b" + strings.Repeat("\x02", 9)} {
+		got, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := encodedLen(s) + 2; n < len(got) {
+			t.Errorf("encodedLen(%q) = %d, but json writes %d bytes (with quotes) %s", s, n-2, len(got), got)
+		}
+	}
+}
