@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/blocknat/blocknat/userspace/api"
 	"github.com/blocknat/blocknat/userspace/audit"
@@ -90,12 +93,12 @@ func printAuditEntries(w io.Writer, ans *api.AuditShowResponse) {
 		fmt.Fprintf(w, "entries %d-%d of %d\n", ans.Entries[0].Seq, ans.Entries[len(ans.Entries)-1].Seq, ans.Total)
 	}
 	for _, e := range ans.Entries {
-		fmt.Fprintf(w, "%d  %s  %s  %s\n", e.Seq, humanTime(e.Time), e.Action, e.Outcome)
-		role := e.Role
+		fmt.Fprintf(w, "%d  %s  %s  %s\n", e.Seq, humanTime(e.Time), safeText(e.Action), safeText(string(e.Outcome)))
+		role := safeText(e.Role)
 		if role == "" {
 			role = "no role"
 		}
-		fmt.Fprintf(w, "    operator %s (judged as %s)\n", e.Operator, role)
+		fmt.Fprintf(w, "    operator %s (judged as %s)\n", safeText(e.Operator), role)
 		if len(e.Criteria) > 0 {
 			fmt.Fprintf(w, "    criteria %s\n", criteriaLine(e.Criteria))
 		}
@@ -103,25 +106,74 @@ func printAuditEntries(w io.Writer, ans *api.AuditShowResponse) {
 			fmt.Fprintf(w, "    purpose  %s\n", quoteIfNeeded(e.Purpose))
 		}
 		if e.Detail != "" {
-			fmt.Fprintf(w, "    detail   %s\n", e.Detail)
+			fmt.Fprintf(w, "    detail   %s\n", safeText(e.Detail))
 		}
 		if len(e.Subjects) > 0 {
-			fmt.Fprintf(w, "    named    %s\n", strings.Join(e.Subjects, " "))
+			named := make([]string, len(e.Subjects))
+			for i, s := range e.Subjects {
+				named[i] = quoteIfNeeded(s)
+			}
+			fmt.Fprintf(w, "    named    %s\n", strings.Join(named, " "))
 		}
 		if e.AnswerSHA256 != "" {
-			fmt.Fprintf(w, "    answer   sha256 %s\n", e.AnswerSHA256)
+			fmt.Fprintf(w, "    answer   sha256 %s\n", safeText(e.AnswerSHA256))
 		}
 	}
 	fmt.Fprintf(w, "audit entry %d (this request)\n", ans.AuditSeq)
 }
 
-// quoteIfNeeded quotes values a reader could misread: empty, with spaces
-// or with control characters a client may have sent.
+// quoteIfNeeded quotes values a reader could misread: empty, with spaces,
+// or with characters a client may have sent to rewrite the terminal or
+// reorder the line (controls, bidirectional overrides); quoting escapes
+// those.
 func quoteIfNeeded(s string) string {
-	if s == "" || strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r == '"' || r == '=' || r == 0x7f }) {
-		return fmt.Sprintf("%q", s)
+	if s == "" || !utf8.ValidString(s) || strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r == '"' || r == '=' || r == '\\' || unsafeRune(r) }) {
+		return strconv.Quote(s)
 	}
 	return s
+}
+
+// unsafeRune reports the characters no field is printed with as they are:
+// C0 and C1 controls and DEL, the bidirectional embeddings, overrides and
+// isolates (U+202A-U+202E, U+2066-U+2069) and marks, line and paragraph
+// separators, and anything else Unicode does not call printable.
+func unsafeRune(r rune) bool {
+	switch {
+	case r < 0x20, r >= 0x7f && r <= 0x9f:
+		return true
+	case r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069, r == 0x200e, r == 0x200f, r == 0x061c:
+		return true
+	case r == 0x2028, r == 0x2029:
+		return true
+	}
+	return r != ' ' && !unicode.IsPrint(r)
+}
+
+// safeText is free text as printed: unsafe characters, invalid UTF-8 and
+// the backslash are written as Go escapes (\x1b, \u202e, \\), so that
+// what a client sent can neither move the cursor nor flip the line, and an
+// escape in the text cannot pass for one made here.
+func safeText(s string) string {
+	if utf8.ValidString(s) && !strings.ContainsFunc(s, func(r rune) bool { return r == '\\' || unsafeRune(r) }) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case r == '\\':
+			b.WriteString(`\\`)
+		case unsafeRune(r):
+			q := strconv.QuoteRuneToASCII(r) // 'x' form; drop the quotes
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteRune(r)
+		}
+		i += n
+	}
+	return b.String()
 }
 
 func runAuditVerify(args []string, stdout, stderr io.Writer) int {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/blocknat/blocknat/userspace/api"
@@ -82,8 +83,8 @@ func printEvidence(w io.Writer, path string, f *api.EvidenceFile, fingerprint st
 	e, s := f.Proof.Entry, f.Proof.Signed
 	fmt.Fprintf(w, "evidence %s: OK\n", path)
 	fmt.Fprintf(w, "  the answer below (SHA-256 %s) is, byte for byte, the one audit entry %d records:\n", f.AnswerSHA256, e.Seq)
-	fmt.Fprintf(w, "    %s at %s by %s (role %s), outcome %s\n", e.Action, humanTime(e.Time), e.Operator, e.Role, e.Outcome)
-	fmt.Fprintf(w, "    purpose %q\n", e.Purpose)
+	fmt.Fprintf(w, "    %s at %s by %s (role %s), outcome %s\n", safeText(e.Action), humanTime(e.Time), safeText(e.Operator), safeText(e.Role), safeText(string(e.Outcome)))
+	fmt.Fprintf(w, "    purpose %s\n", strconv.Quote(e.Purpose))
 	if len(e.Criteria) > 0 {
 		fmt.Fprintf(w, "    criteria %s\n", criteriaLine(e.Criteria))
 	}
@@ -199,7 +200,7 @@ func criteriaLine(c map[string]string) string {
 	slices.Sort(keys)
 	parts := make([]string, len(keys))
 	for i, k := range keys {
-		parts[i] = k + "=" + quoteIfNeeded(c[k])
+		parts[i] = safeText(k) + "=" + quoteIfNeeded(c[k])
 	}
 	return strings.Join(parts, " ")
 }
@@ -237,10 +238,10 @@ func runAuditSubject(args []string, stdout, stderr io.Writer) int {
 }
 
 func printAuditSubject(w io.Writer, ans *api.AuditSubjectResponse) {
-	fmt.Fprintf(w, "%s from %s to %s: %s\n", ans.Subject, humanTime(ans.From), humanTime(ans.To), plural(len(ans.Uses), "request named it", "requests named it"))
+	fmt.Fprintf(w, "%s from %s to %s: %s\n", safeText(ans.Subject), humanTime(ans.From), humanTime(ans.To), plural(len(ans.Uses), "request named it", "requests named it"))
 	for _, u := range ans.Uses {
 		fmt.Fprintf(w, "  %s  %s  role %s  outcome %s  (entry %d; named in the %s)\n",
-			humanTime(u.Time), u.Action, u.Role, u.Outcome, u.Seq, strings.Join(u.Named, " and "))
+			humanTime(u.Time), safeText(u.Action), safeText(u.Role), safeText(string(u.Outcome)), u.Seq, safeText(strings.Join(u.Named, " and ")))
 		if u.Purpose != "" {
 			fmt.Fprintf(w, "    purpose %s\n", quoteIfNeeded(u.Purpose))
 		}
