@@ -86,7 +86,8 @@ struct {
 } frags SEC(".maps");
 
 /* filters: key filter_key, value u64 coarse time last sent. Used only with
- * address-and-port-dependent filtering; sized like the flow tables. */
+ * address-and-port-dependent filtering, and sized like the flow tables then;
+ * one entry otherwise. The sweeper deletes an entry with its mapping. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 1024);

@@ -224,6 +224,9 @@ func Load(p Params, pinDir string) (*NAT, error) {
 			}
 		}
 		opts.Maps.PinPath = filepath.Join(pinDir, mapsDir)
+		if err := dropResizedFilters(spec, opts.Maps.PinPath); err != nil {
+			return nil, err
+		}
 	} else {
 		// Unpinned (tests, benchmarks): private maps nobody else can see.
 		for _, ms := range spec.Maps {
@@ -295,7 +298,7 @@ func prepareSpec(p Params) (*ebpf.CollectionSpec, error) {
 		"subscribers":     m.Subscribers,
 		"flows_fwd":       p.flowTableSize(),
 		"flows_rev":       p.flowTableSize(),
-		"filters":         p.flowTableSize(),
+		"filters":         p.filterTableSize(),
 		// One binding per inside address at most.
 		"src_bindings": m.Subscribers,
 	}

@@ -142,6 +142,9 @@ func copyValid(from, to *NAT, m *mapping.Mapping) (ReloadStats, error) {
 	if err := it.Err(); err != nil {
 		return st, fmt.Errorf("reload: read flows_fwd: %w", err)
 	}
+	if err := copyFilters(from, to); err != nil {
+		return st, err
+	}
 	// A subscriber with kept mappings holds its new block from now on;
 	// when the block is the same as before, it keeps its old state, so its
 	// open record and its start stay true.
@@ -161,6 +164,33 @@ func copyValid(from, to *NAT, m *mapping.Mapping) (ReloadStats, error) {
 		}
 	}
 	return st, nil
+}
+
+// copyFilters carries over the remote endpoints of the mappings kept (those
+// whose public side the new reverse table holds), when the new
+// configuration filters by address and port. The endpoints of a dropped
+// mapping go with it.
+func copyFilters(from, to *NAT) error {
+	if !to.params.FilterAPDF || !from.params.FilterAPDF {
+		return nil
+	}
+	var key FilterKey
+	var seen uint64
+	var rev FlowRev
+	it := from.objs.Filters.Iterate()
+	for it.Next(&key, &seen) {
+		rkey := FlowKey{Addr: key.NatAddr, Port: key.NatPort, Proto: key.Proto}
+		if to.objs.FlowsRev.Lookup(&rkey, &rev) != nil {
+			continue
+		}
+		if err := to.objs.Filters.Update(&key, &seen, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("reload: copy filter entry: %w", err)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reload: read filters: %w", err)
+	}
+	return nil
 }
 
 // repin replaces the pinned maps and programs with this NAT's.

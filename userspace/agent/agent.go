@@ -151,7 +151,8 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Opt
 	a.writes = metrics.NewWrites(a.store)
 	a.recorder = events.NewRecorder(a.writes, events.Options{Clock: a.clock, Logger: log, Observers: exp.Observers()})
 	a.sweeper = &sweeper.Sweeper{
-		Maps:    sweeper.Maps{FlowsFwd: a.nat.FlowsFwd(), FlowsRev: a.nat.FlowsRev(), Subscribers: a.nat.SubscribersMap()},
+		Maps: sweeper.Maps{FlowsFwd: a.nat.FlowsFwd(), FlowsRev: a.nat.FlowsRev(), Subscribers: a.nat.SubscribersMap(),
+			Filters: a.nat.Filters()},
 		Mapping: a.mapping, Clock: a.clock, Records: a.recorder, Logger: log,
 		Timeouts: sweeperTimeouts(cfg),
 	}
@@ -324,7 +325,8 @@ func (a *Agent) reload(ctx context.Context) {
 	if err := a.putEpoch(epoch, now); err != nil {
 		a.log.Error("reload: record epoch failed", logattr.Err, err.Error())
 	}
-	a.sweeper.Maps = sweeper.Maps{FlowsFwd: next.FlowsFwd(), FlowsRev: next.FlowsRev(), Subscribers: next.SubscribersMap()}
+	a.sweeper.Maps = sweeper.Maps{FlowsFwd: next.FlowsFwd(), FlowsRev: next.FlowsRev(), Subscribers: next.SubscribersMap(),
+		Filters: next.Filters()}
 	a.sweeper.Mapping = m
 	a.sweeper.Timeouts = sweeperTimeouts(cfg)
 	a.recon.Subscribers, a.recon.Mapping, a.recon.Epoch = next.SubscribersMap(), m, epoch.ID

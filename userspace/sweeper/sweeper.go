@@ -30,9 +30,10 @@ type Timeouts struct {
 	BlockIdle time.Duration
 }
 
-// Maps are the kernel tables the sweeper works on.
+// Maps are the kernel tables the sweeper works on. Filters, the remote
+// endpoints each mapping sent to, may be nil (nothing to prune).
 type Maps struct {
-	FlowsFwd, FlowsRev, Subscribers *ebpf.Map
+	FlowsFwd, FlowsRev, Subscribers, Filters *ebpf.Map
 }
 
 // Submitter writes record changes in order with the ring buffer's events
@@ -55,6 +56,7 @@ type Sweeper struct {
 type Result struct {
 	Flows        int // mappings alive after the sweep
 	Expired      int // mappings removed
+	Forgotten    int // remote endpoints removed with their mappings
 	ActiveBlocks int // blocks active after the sweep
 	Released     int // blocks released
 }
@@ -81,15 +83,24 @@ func (s *Sweeper) Sweep(ctx context.Context) (Result, error) {
 	if err != nil {
 		return res, err
 	}
+	gone := map[loader.MappingEnd]uint64{}
 	for _, fl := range expired {
-		removed, err := s.expire(fl.key, now)
+		removed, val, err := s.expire(fl.key, now)
 		if err != nil {
 			return res, err
 		}
 		if removed {
 			res.Expired++
+			gone[loader.MappingEnd{Addr: val.NatAddr, Port: val.NatPort, Proto: fl.key.Proto}] = val.LastSeenNs
 		} else {
 			flows[fl.subscriber]++ // refreshed while we looked
+		}
+	}
+	if s.Maps.Filters != nil {
+		// The remote endpoints a mapping sent to go with it: the filter
+		// table names a destination only while its mapping lives.
+		if res.Forgotten, err = loader.PruneFilters(s.Maps.Filters, s.Maps.FlowsRev, gone); err != nil {
+			return res, err
 		}
 	}
 	for _, n := range flows {
@@ -133,31 +144,32 @@ func age(now, then uint64) time.Duration {
 	return time.Duration(now - then)
 }
 
-// expire removes one mapping if it is still idle. The forward entry goes
-// first: an outbound packet arriving meanwhile then makes a fresh mapping
-// instead of refreshing one that is about to lose its reverse side.
-func (s *Sweeper) expire(key loader.FlowKey, now uint64) (bool, error) {
+// expire removes one mapping if it is still idle, and returns it. The
+// forward entry goes first: an outbound packet arriving meanwhile then
+// makes a fresh mapping instead of refreshing one that is about to lose its
+// reverse side.
+func (s *Sweeper) expire(key loader.FlowKey, now uint64) (bool, loader.FlowFwd, error) {
 	var val loader.FlowFwd
 	if err := s.Maps.FlowsFwd.Lookup(&key, &val); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return false, nil
+			return false, val, nil
 		}
-		return false, fmt.Errorf("read flows_fwd: %w", err)
+		return false, val, fmt.Errorf("read flows_fwd: %w", err)
 	}
 	if age(now, val.LastSeenNs) <= s.timeout(key, val) {
-		return false, nil
+		return false, val, nil
 	}
 	if err := s.Maps.FlowsFwd.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return false, fmt.Errorf("delete from flows_fwd: %w", err)
+		return false, val, fmt.Errorf("delete from flows_fwd: %w", err)
 	}
 	rkey := loader.FlowKey{Addr: val.NatAddr, Port: val.NatPort, Proto: key.Proto}
 	var rev loader.FlowRev
 	if err := s.Maps.FlowsRev.Lookup(&rkey, &rev); err == nil && rev.Addr == key.Addr && rev.Port == key.Port {
 		if err := s.Maps.FlowsRev.Delete(&rkey); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return true, fmt.Errorf("delete from flows_rev: %w", err)
+			return true, val, fmt.Errorf("delete from flows_rev: %w", err)
 		}
 	}
-	return true, nil
+	return true, val, nil
 }
 
 // releaseIdle releases blocks with no mapping for BlockIdle. A block is

@@ -167,3 +167,72 @@ func TestReleaseIdleBlock(t *testing.T) {
 		}
 	}
 }
+
+// TestFiltersGoWithTheirMapping: with address-and-port-dependent
+// filtering, the remote endpoints an expired mapping sent to are deleted
+// with it; a live mapping's stay, a new mapping on the expired one's port
+// keeps the endpoint it noted since, and an endpoint left with no mapping
+// at all (an earlier agent's) goes too.
+func TestFiltersGoWithTheirMapping(t *testing.T) {
+	requireRoot(t)
+	m, err := mapping.New([]netip.Prefix{netip.MustParsePrefix("100.64.0.0/24")}, []netip.Prefix{netip.MustParsePrefix("198.51.100.10/31")}, 1024, 65535, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nat, err := loader.Load(loader.Params{Mapping: m, Epoch: 1, FilterAPDF: true}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nat.Close() })
+	clock := testclock.New(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), time.Hour)
+	s := &Sweeper{
+		Maps:    Maps{FlowsFwd: nat.FlowsFwd(), FlowsRev: nat.FlowsRev(), Subscribers: nat.SubscribersMap(), Filters: nat.Filters()},
+		Mapping: m, Clock: clock, Records: &recordedOps{},
+		Timeouts: Timeouts{UDP: 300 * time.Second, TCPEstablished: 7440 * time.Second, TCPTransitory: 240 * time.Second,
+			ICMP: 60 * time.Second, BlockIdle: 300 * time.Second},
+	}
+	note := func(natPort uint16, remote string, seen uint64) loader.FilterKey {
+		k := loader.FilterKey{NatAddr: be32("198.51.100.10"), RemoteAddr: be32(remote), NatPort: be16(natPort), RemotePort: be16(53), Proto: 17}
+		if err := nat.Filters().Put(&k, &seen); err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	start := clock.MonoNow()
+	addFlow(t, nat, 2, "100.64.0.2", 40000, 17, loader.FlowStateOther, 2100, start)
+	expiring := note(2100, "192.0.2.1", start)
+	clock.Advance(200 * time.Second)
+	addFlow(t, nat, 2, "100.64.0.2", 40001, 17, loader.FlowStateOther, 2101, clock.MonoNow())
+	live := note(2101, "192.0.2.2", clock.MonoNow())
+	orphan := note(2102, "192.0.2.3", start) // no mapping holds 2102
+	clock.Advance(150 * time.Second)
+	res, err := s.Sweep(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Expired != 1 || res.Forgotten != 2 {
+		t.Errorf("result %+v, want 1 mapping expired and 2 remote endpoints forgotten", res)
+	}
+	var seen uint64
+	for name, c := range map[string]struct {
+		key  loader.FilterKey
+		want bool
+	}{"expired mapping's": {expiring, false}, "live mapping's": {live, true}, "orphan": {orphan, false}} {
+		if got := nat.Filters().Lookup(&c.key, &seen) == nil; got != c.want {
+			t.Errorf("%s endpoint present %v, want %v", name, got, c.want)
+		}
+	}
+
+	// A mapping made on port 2100 since, sending to a new remote, between
+	// the sweep's scan and its pruning: its endpoint is newer than the
+	// expired mapping's last use and stays.
+	gone := map[loader.MappingEnd]uint64{{Addr: be32("198.51.100.10"), Port: be16(2100), Proto: 17}: start}
+	addFlow(t, nat, 2, "100.64.0.2", 40002, 17, loader.FlowStateOther, 2100, clock.MonoNow())
+	fresh := note(2100, "192.0.2.4", clock.MonoNow())
+	if _, err := loader.PruneFilters(nat.Filters(), nat.FlowsRev(), gone); err != nil {
+		t.Fatal(err)
+	}
+	if nat.Filters().Lookup(&fresh, &seen) != nil {
+		t.Error("the new mapping's endpoint was pruned with the old mapping's")
+	}
+}
