@@ -172,6 +172,10 @@ type harnessOptions struct {
 	store  Store // nil: the fixture store
 	status func(context.Context) (any, error)
 	now    func() time.Time // nil: time.Now
+	// maxConnsPerUID and maxConns are the connection caps (0: defaults).
+	maxConnsPerUID, maxConns int
+	// socketDir holds the socket (nil: a temporary directory).
+	socketDir string
 }
 
 func rootRoles(roles ...Role) Roles {
@@ -188,9 +192,14 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	if o.store != nil {
 		st = o.store
 	}
-	h.server = NewServer(Deps{Store: st, Audit: h.auditor, Roles: o.roles, Status: o.status, Now: o.now, Logger: quietLogger()})
+	h.server = NewServer(Deps{Store: st, Audit: h.auditor, Roles: o.roles, Status: o.status, Now: o.now, Logger: quietLogger(),
+		MaxConnsPerUID: o.maxConnsPerUID, MaxConns: o.maxConns})
 
-	h.socket = filepath.Join(t.TempDir(), "api.sock")
+	dir := o.socketDir
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	h.socket = filepath.Join(dir, "api.sock")
 	ln, err := net.Listen("unix", h.socket)
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +210,7 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 		written.Store(false)
 		inner.ServeHTTP(&watchWriter{ResponseWriter: w, written: &written}, r)
 	})
-	go srv.Serve(ln)
+	go srv.Serve(h.server.capConns(ln))
 	t.Cleanup(func() { srv.Close() })
 
 	h.client, err = Dial(h.socket)

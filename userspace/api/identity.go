@@ -77,6 +77,12 @@ type peerCred struct {
 // of unix-socket connections. TLS connections are identified per request
 // from the verified certificate, which exists only after the handshake.
 func connContext(ctx context.Context, c net.Conn) context.Context {
+	if cc, ok := c.(*cappedConn); ok {
+		if cc.cred == nil {
+			return ctx
+		}
+		return context.WithValue(ctx, peerKey{}, *cc.cred)
+	}
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
 		return ctx

@@ -61,6 +61,15 @@
 // entry holds only who, when, the action of the path and the outcome: no
 // criteria, no purpose, nothing it sent. An operator with some role but not
 // the one needed is refused after parsing, with what it asked on record.
+// Connections are capped at accept, before anything is read: at most
+// MaxConnsPerUID (default DefaultMaxConnsPerUID, 32) open connections per
+// peer uid on the unix socket, and MaxConns (default DefaultMaxConns: half
+// of RLIMIT_NOFILE after 512 descriptors kept for the store, the audit log
+// and the BPF objects, at least 16 and at most 1024) over every listener.
+// Over TLS only the total applies, as the certificate is known only after
+// the handshake. A connection over a cap is closed at once, unanswered and
+// unaudited (nothing was asked), and logged at most every 10 s with a count.
+//
 // Nothing about destinations exists in the store,
 // and nothing about them is logged or audited.
 package api
@@ -124,6 +133,11 @@ type Deps struct {
 	LeasesChanged func()
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// MaxConnsPerUID caps the open connections of one uid on the unix
+	// socket (0 = DefaultMaxConnsPerUID); MaxConns caps them in total over
+	// every listener (0 = DefaultMaxConns, from RLIMIT_NOFILE). A
+	// connection over a cap is closed at accept.
+	MaxConnsPerUID, MaxConns int
 	// Logger receives one line per request (operator, action, outcome and
 	// audit seq; never criteria, which only the audit log holds); nil means
 	// slog.Default.
@@ -143,6 +157,7 @@ type Server struct {
 	log    *slog.Logger
 
 	refusals refusalLimiter
+	conns    *connCaps
 }
 
 // Timeouts of the HTTP server. An export extends its write deadline as it
@@ -177,6 +192,7 @@ func NewServer(d Deps) *Server {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.conns = newConnCaps(d.MaxConnsPerUID, d.MaxConns, s.log)
 	return s
 }
 
@@ -225,7 +241,7 @@ func (s *Server) ServeUnix(ctx context.Context, path string) error {
 		return fmt.Errorf("api socket %s: chmod: %w", path, err)
 	}
 	s.log.Info("api listening", logattr.Path, path)
-	return s.serve(ctx, ln, "unix "+path)
+	return s.serve(ctx, s.capConns(ln), "unix "+path)
 }
 
 func removeStaleSocket(path string) error {
@@ -267,7 +283,7 @@ func (s *Server) ServeTLS(ctx context.Context, addr string, cfg *tls.Config) err
 		return fmt.Errorf("api tls %s: listen: %w", addr, err)
 	}
 	s.log.Info("api listening", logattr.Path, "tls "+ln.Addr().String())
-	return s.serve(ctx, tls.NewListener(ln, cfg), "tls "+addr)
+	return s.serve(ctx, tls.NewListener(s.capConns(ln), cfg), "tls "+addr)
 }
 
 func (s *Server) serve(ctx context.Context, ln net.Listener, what string) error {

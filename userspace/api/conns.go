@@ -1,0 +1,162 @@
+package api
+
+import (
+	"log/slog"
+	"math"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/blocknat/blocknat/userspace/logattr"
+)
+
+// Connection caps. Every open connection holds a file descriptor, and an
+// agent out of descriptors can open neither its store nor its audit log,
+// so connections are counted at accept: on the unix socket per peer uid
+// (SO_PEERCRED) and over both listeners in total. A connection over a cap
+// is closed at once, before anything is read from it, so that one uid
+// holding all it may leaves the others able to ask.
+const (
+	// DefaultMaxConnsPerUID caps the open connections of one uid on the
+	// unix socket (the CLI uses one at a time).
+	DefaultMaxConnsPerUID = 32
+	// maxConnsCeiling caps the default total.
+	maxConnsCeiling = 1024
+	// fdReserve is the part of RLIMIT_NOFILE never given to connections:
+	// the store, the audit log, the BPF objects and their maps.
+	fdReserve = 512
+	// minConns is the least total cap, however low the limit.
+	minConns = 16
+)
+
+// DefaultMaxConns is the total cap when Deps.MaxConns is 0: half of what
+// RLIMIT_NOFILE leaves after fdReserve, at most maxConnsCeiling, so that at
+// least fdReserve descriptors and half the rest stay free for everything
+// else the agent opens.
+func DefaultMaxConns() int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return minConns
+	}
+	return max(minConns, min(maxConnsCeiling, (int(min(rl.Cur, math.MaxInt32))-fdReserve)/2))
+}
+
+// uidUnknown keys the connections whose peer credentials could not be read.
+const uidUnknown = math.MaxUint32
+
+// connRefusedLogEvery spaces the log lines about connections over a cap.
+const connRefusedLogEvery = 10 * time.Second
+
+// connCaps counts open connections; one is shared by every listener of a
+// Server, so that the total holds across the unix socket and TLS.
+type connCaps struct {
+	perUID, total int
+	log           *slog.Logger
+
+	mu         sync.Mutex
+	open       int
+	byUID      map[uint32]int
+	refused    uint64 // since the last log line
+	lastLogged time.Time
+}
+
+func newConnCaps(perUID, total int, log *slog.Logger) *connCaps {
+	if perUID <= 0 {
+		perUID = DefaultMaxConnsPerUID
+	}
+	if total <= 0 {
+		total = DefaultMaxConns()
+	}
+	return &connCaps{perUID: perUID, total: total, log: log, byUID: map[uint32]int{}}
+}
+
+// take counts a new connection of uid (perUID false: not a unix peer, the
+// total only) and reports whether it is within the caps.
+func (c *connCaps) take(uid uint32, perUID bool) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.open >= c.total || perUID && c.byUID[uid] >= c.perUID {
+		c.refused++
+		if now := time.Now(); now.Sub(c.lastLogged) >= connRefusedLogEvery {
+			c.log.Warn("api connections over the cap closed at accept", logattr.Count, c.refused,
+				"open", c.open, "max_conns", c.total, "max_conns_per_uid", c.perUID)
+			c.refused, c.lastLogged = 0, now
+		}
+		return false
+	}
+	c.open++
+	if perUID {
+		c.byUID[uid]++
+	}
+	return true
+}
+
+func (c *connCaps) release(uid uint32, perUID bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.open--
+	if perUID {
+		if c.byUID[uid]--; c.byUID[uid] <= 0 {
+			delete(c.byUID, uid)
+		}
+	}
+}
+
+// count is the number of open unix-socket connections of uid.
+func (c *connCaps) count(uid uint32) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.byUID[uid]
+}
+
+// cappedListener closes connections over the caps as it accepts them.
+type cappedListener struct {
+	net.Listener
+	caps *connCaps
+}
+
+func (l *cappedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		cc := &cappedConn{Conn: c, caps: l.caps}
+		if uc, ok := c.(*net.UnixConn); ok {
+			cred := readPeerCred(uc)
+			cc.cred, cc.unix, cc.uid = &cred, true, cred.uid
+			if cred.err != nil {
+				cc.uid = uidUnknown
+			}
+		}
+		if !l.caps.take(cc.uid, cc.unix) {
+			c.Close()
+			continue
+		}
+		return cc, nil
+	}
+}
+
+// cappedConn gives its place back once, when closed, and carries the peer
+// credentials read at accept for connContext.
+type cappedConn struct {
+	net.Conn
+	caps *connCaps
+	cred *peerCred // nil when not a unix-socket connection
+	unix bool
+	uid  uint32
+	once sync.Once
+}
+
+func (c *cappedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { c.caps.release(c.uid, c.unix) })
+	return err
+}
+
+// capConns wraps ln in the server's connection caps.
+func (s *Server) capConns(ln net.Listener) net.Listener {
+	return &cappedListener{Listener: ln, caps: s.conns}
+}
