@@ -159,12 +159,17 @@
 // (a) an entry that the head does not cover yet, or (b) a torn last line. Open
 // accepts (a) when it is exactly one entry (the crash window; Append never
 // returned for it, so no data was answered) and re-signs the head; Verify still
-// reports it until then. Open refuses (b), naming the file and line: the
-// operator runs `blocknat audit verify` to see the state and then
+// reports it until then. For (b), when torn last lines (of the newest
+// segment or of checkpoints.jsonl) are the only problems, Open runs
 // RepairTornTail, which moves the torn bytes into <segment>.torn-<offset>
 // (kept, not dropped, and deleted with its segment by retention) and cuts the
-// file back to its last complete line. It refuses when any other problem is
-// present, so it cannot be used to cut acknowledged entries.
+// file back to its last complete line, and then appends an entry recording
+// the repair (operator "blocknatd", action "audit.repair", the files named in
+// the detail), so a crash is never a reason not to start and never goes
+// unrecorded. A torn line was never acknowledged: Append had not returned,
+// so no answer depended on it. RepairTornTail refuses, and Open with it,
+// when any other problem is present, so it cannot be used to cut
+// acknowledged entries.
 //
 // # Retention
 //

@@ -43,6 +43,10 @@ type Options struct {
 	// this (0 = keep forever).
 	Retention time.Duration
 	Logger    *slog.Logger // nil = discard
+	// repaired is set on the Open that follows an automatic repair, so
+	// that a log a repair could not fix is refused rather than repaired
+	// again.
+	repaired []string
 }
 
 // attrSeq is the log attribute for an entry's seq (logattr has none yet).
@@ -148,12 +152,21 @@ func Open(dir string, opts Options) (*Log, error) {
 				named = append(named, p.String())
 			}
 		}
-		hint := "run `blocknat audit verify` to see every problem"
-		if torn {
-			hint += "; torn last lines are what a crash mid-write leaves, and the audit repair step (audit.RepairTornTail) moves them aside"
+		if torn && opts.repaired == nil {
+			// A torn last line is what a crash mid-write leaves; it was
+			// never acknowledged, so no answer depended on it. It is moved
+			// aside (kept, not dropped) and the repair itself is audited,
+			// rather than keeping the agent from starting.
+			moved, err := RepairTornTail(dir, l.pub)
+			if err != nil {
+				return nil, fmt.Errorf("audit: %w", err)
+			}
+			l.logger.Warn("audit log: torn last line moved aside (a crash during a write)", logattr.Path, dir, logattr.Count, len(moved))
+			opts.repaired = moved
+			return Open(dir, opts)
 		}
-		return nil, fmt.Errorf("audit: log %s does not verify (%d problems), refusing to append: %s; %s",
-			dir, len(refuse), strings.Join(named, "; "), hint)
+		return nil, fmt.Errorf("audit: log %s does not verify (%d problems), refusing to append: %s; run `blocknat audit verify` to see every problem",
+			dir, len(refuse), strings.Join(named, "; "))
 	}
 
 	l.seq, l.hash, l.segments = res.lastSeq, res.lastHash, res.segments
@@ -189,8 +202,21 @@ func Open(dir string, opts Options) (*Log, error) {
 		}
 	}
 	l.logger.Info("audit log open", logattr.Path, dir, attrSeq, l.seq, logattr.Count, res.report.Entries)
+	if opts.repaired != nil {
+		if _, err := l.Append(Entry{Operator: RepairOperator, Action: ActionRepair, Outcome: OutcomeAnswered,
+			Detail: "torn last line moved aside after a crash: " + strings.Join(opts.repaired, ", ")}); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("audit: record the repair: %w", err)
+		}
+	}
 	return l, nil
 }
+
+// The entry an automatic repair appends.
+const (
+	RepairOperator = "blocknatd"
+	ActionRepair   = "audit.repair"
+)
 
 // Append assigns e its Seq, Time, Prev and Hash, writes it, fsyncs it, signs
 // the new head and returns the entry as stored. When it returns an error the
