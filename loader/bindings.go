@@ -25,34 +25,29 @@ type InterfacePolicy struct {
 }
 
 // SetSourceBindings makes the kernel's address→MAC table equal to table.
-// Entries that stay the same are not touched, so a packet in flight never
-// sees its address unbound for a moment.
+// Only entries that change are written, so a sync after each lease request
+// costs what the lease changed, and a packet in flight never sees an
+// unchanged address unbound for a moment.
 func (n *NAT) SetSourceBindings(table map[netip.Addr]net.HardwareAddr) error {
 	m := n.objs.SrcBindings
-	var key [4]byte
-	var val natSrcBinding
-	var stale [][4]byte
-	it := m.Iterate()
-	for it.Next(&key, &val) {
-		mac, ok := table[netip.AddrFrom4(key)]
-		if !ok || string(mac) != string(val.Mac[:]) {
-			stale = append(stale, key)
-		}
+	current, err := readSourceBindings(m)
+	if err != nil {
+		return err
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("src_bindings: iterate: %w", err)
-	}
-	for _, k := range stale {
-		if _, keep := table[netip.AddrFrom4(k)]; keep {
-			continue // rewritten below
+	for a := range current {
+		if _, keep := table[a]; keep {
+			continue
 		}
-		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("src_bindings: delete %s: %w", netip.AddrFrom4(k), err)
+		if err := m.Delete(a.As4()); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("src_bindings: delete %s: %w", a, err)
 		}
 	}
 	for a, mac := range table {
 		if !a.Is4() || len(mac) != 6 {
 			return fmt.Errorf("src_bindings: %s %s: want an IPv4 address and an Ethernet MAC", a, mac)
+		}
+		if string(current[a]) == string(mac) {
+			continue
 		}
 		var v natSrcBinding
 		copy(v.Mac[:], mac)
