@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -11,7 +10,6 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/blocknat/blocknat/loader"
-	"github.com/blocknat/blocknat/test/netns"
 )
 
 // TestPrivacyPinnedMapsAfterExpiry: with address-and-port-dependent
@@ -20,24 +18,7 @@ import (
 func TestPrivacyPinnedMapsAfterExpiry(t *testing.T) {
 	e := startEnvWith(t, "bn-e2epmap", "filtering: address-and-port-dependent\n"+
 		"timeouts: {udp: 1s, tcp_established: 2s, tcp_transitory: 1s, icmp: 1s, block_idle: 1s}\nintervals: {sweep: 200ms}\n")
-	httpSrv, err := netns.StartHTTPServer(e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[0], 8080))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer httpSrv.Close()
-	udpSrv, err := netns.StartUDPEcho(e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[1], 9000))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udpSrv.Close()
-	for _, sub := range e.topo.Subscribers {
-		if out, err := sub.NS.Exec(t.Context(), "curl", "--noproxy", "*", "-sS", "-m", "5", "http://"+httpSrv.Addr.String()+"/"); err != nil {
-			t.Fatalf("curl: %v %s", err, out)
-		}
-		if _, err := netns.UDPRoundTrip(sub.NS, 0, udpSrv.Addr, []byte("x"), 3*time.Second); err != nil {
-			t.Fatal(err)
-		}
-	}
+	e.browseBothServers(t)
 	var needles [][]byte
 	for _, a := range e.topo.ServerAddrs {
 		b := a.As4()

@@ -172,24 +172,7 @@ func TestCrashLosesNothing(t *testing.T) {
 // any file under state_dir, in the agent's log or in its metrics.
 func TestPrivacyNoDestination(t *testing.T) {
 	e := startEnv(t, "bn-e2epriv")
-	httpSrv, err := netns.StartHTTPServer(e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[0], 8080))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer httpSrv.Close()
-	udpSrv, err := netns.StartUDPEcho(e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[1], 9000))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udpSrv.Close()
-	for _, sub := range e.topo.Subscribers {
-		if out, err := sub.NS.Exec(t.Context(), "curl", "--noproxy", "*", "-sS", "-m", "5", "http://"+httpSrv.Addr.String()+"/"); err != nil {
-			t.Fatalf("curl: %v %s", err, out)
-		}
-		if _, err := netns.UDPRoundTrip(sub.NS, 0, udpSrv.Addr, []byte("x"), 3*time.Second); err != nil {
-			t.Fatal(err)
-		}
-	}
+	e.browseBothServers(t)
 	time.Sleep(200 * time.Millisecond)
 	metrics, err := e.topo.Router.Exec(t.Context(), "curl", "--noproxy", "*", "-sS", "-m", "5", "http://127.0.0.1:9477/metrics")
 	if err != nil || !bytes.Contains(metrics, []byte("blocknat_packets_total")) {
@@ -281,5 +264,30 @@ func TestIdleBlockReleased(t *testing.T) {
 	}
 	if !reopened.Open() || reopened.Start.Before(released) {
 		t.Errorf("second record %+v: want it open from after %v", reopened, released)
+	}
+}
+
+// browseBothServers has every subscriber fetch a page from the first
+// server address and exchange a datagram with the second, so that both
+// destinations have passed the NAT.
+func (e *env) browseBothServers(t *testing.T) {
+	t.Helper()
+	httpSrv, err := netns.StartHTTPServer(e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[0], 8080))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer httpSrv.Close()
+	udpSrv, err := netns.StartUDPEcho(e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[1], 9000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udpSrv.Close()
+	for _, sub := range e.topo.Subscribers {
+		if out, err := sub.NS.Exec(t.Context(), "curl", "--noproxy", "*", "-sS", "-m", "5", "http://"+httpSrv.Addr.String()+"/"); err != nil {
+			t.Fatalf("curl: %v %s", err, out)
+		}
+		if _, err := netns.UDPRoundTrip(sub.NS, 0, udpSrv.Addr, []byte("x"), 3*time.Second); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
