@@ -5,11 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -342,20 +340,9 @@ func TestGuardRestoredAndFollowsReload(t *testing.T) {
 	added := netip.MustParsePrefix("100.64.8.0/24")
 	cfg := harness.Config(g.topo, g.stateDir, g.pinDir, extra)
 	cfg = []byte(strings.Replace(string(cfg), "prefixes: ["+g.topo.InsidePrefix.String()+"]", "prefixes: ["+g.topo.InsidePrefix.String()+", "+added.String()+"]", 1))
-	if err := os.WriteFile(g.cfgPath, cfg, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.agent.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(g.agent.Log(), "configuration reloaded") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no reload within 10s:\n%s", g.agent.Log())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	g.reloadWith(t, cfg)
 	// The guard is narrowed to the prefixes in force when reload returns.
+	deadline := time.Now().Add(10 * time.Second)
 	for {
 		out, err := g.topo.Router.Exec(t.Context(), "nft", "list", "set", "inet", guard.TableName, guard.InsideSet)
 		if err == nil && strings.Contains(string(out), added.String()) && strings.Contains(string(out), g.topo.InsidePrefix.String()) {

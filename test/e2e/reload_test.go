@@ -44,20 +44,7 @@ func TestReloadNewEpochKeepsValidMappings(t *testing.T) {
 	before := send()
 	beforeReload := time.Now()
 
-	extra := "ports: {range: 1024-65000, block_size: 0}\n"
-	if err := os.WriteFile(e.cfgPath, harness.Config(e.topo, e.stateDir, e.pinDir, extra), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.agent.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(e.agent.Log(), "configuration reloaded") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no reload within 10s:\n%s", e.agent.Log())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	e.reloadWith(t, harness.Config(e.topo, e.stateDir, e.pinDir, "ports: {range: 1024-65000, block_size: 0}\n"))
 	after := send()
 	kept, moved := 0, 0
 	for i := range before {
@@ -178,5 +165,24 @@ func TestRestartWithChangedMapping(t *testing.T) {
 		if after[i] < 2022 || after[i] > 2520 {
 			t.Errorf("mapping %d: port %d outside the new block 2022-2520", i, after[i])
 		}
+	}
+}
+
+// reloadWith writes cfg as the agent's configuration, sends SIGHUP and
+// waits until the agent says it reloaded.
+func (e *env) reloadWith(t *testing.T, cfg []byte) {
+	t.Helper()
+	if err := os.WriteFile(e.cfgPath, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.agent.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(e.agent.Log(), "configuration reloaded") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reload within 10s:\n%s", e.agent.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
