@@ -408,6 +408,9 @@ func TestRefusalFlood(t *testing.T) {
 	if n := h.log.Len(); n > bound {
 		t.Errorf("log holds %d entries after %d refusals over %v, want at most %d", n, requests, requests*step, bound)
 	}
+	if got := h.server.Counters().RefusalsSummarised; got != uint64(limited) {
+		t.Errorf("RefusalsSummarised %d, want %d (the refusals answered 429)", got, limited)
+	}
 	if limited < requests-int(bound) {
 		t.Errorf("%d requests answered 429, want at least %d", limited, requests-int(bound))
 	}

@@ -5,6 +5,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -60,6 +61,10 @@ type connCaps struct {
 	byUID      map[uint32]int
 	refused    uint64 // since the last log line
 	lastLogged time.Time
+
+	// overPerUID and overTotal count every connection closed at accept,
+	// for /metrics; refused above restarts at each log line.
+	overPerUID, overTotal atomic.Uint64
 }
 
 func newConnCaps(perUID, total int, log *slog.Logger) *connCaps {
@@ -77,7 +82,15 @@ func newConnCaps(perUID, total int, log *slog.Logger) *connCaps {
 func (c *connCaps) take(uid uint32, perUID bool) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.open >= c.total || perUID && c.byUID[uid] >= c.perUID {
+	overTotal := c.open >= c.total
+	if overTotal || perUID && c.byUID[uid] >= c.perUID {
+		// Over both caps counts as over the total: that one would refuse
+		// the connection whoever held the others.
+		if overTotal {
+			c.overTotal.Add(1)
+		} else {
+			c.overPerUID.Add(1)
+		}
 		c.refused++
 		if now := time.Now(); now.Sub(c.lastLogged) >= connRefusedLogEvery {
 			c.log.Warn("api connections over the cap closed at accept", logattr.Count, c.refused,
@@ -102,6 +115,11 @@ func (c *connCaps) release(uid uint32, perUID bool) {
 			delete(c.byUID, uid)
 		}
 	}
+}
+
+// overCap is what Counters reports as ConnsOverCap.
+func (c *connCaps) overCap() map[string]uint64 {
+	return map[string]uint64{OverCapPerUID: c.overPerUID.Load(), OverCapTotal: c.overTotal.Load()}
 }
 
 // count is the number of open unix-socket connections of uid.

@@ -99,6 +99,10 @@ func TestConnCapsPerUID(t *testing.T) {
 		}
 		c.Close()
 	}
+	// Closed in Accept before the client saw EOF, so counted by now.
+	if got := h.server.Counters().ConnsOverCap; got[OverCapPerUID] != 3 || got[OverCapTotal] != 0 {
+		t.Errorf("ConnsOverCap %v after 3 connections over the per-uid cap, want per_uid 3, total 0", got)
+	}
 	for _, c := range held {
 		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
@@ -160,6 +164,11 @@ func TestConnCapsTotal(t *testing.T) {
 	c.release(1, true)
 	if !c.take(0, false) {
 		t.Fatal("a TLS connection was refused after one closed")
+	}
+	// uid 0's fifth was over its own cap; uid 1's fifth and the two after
+	// it found 8 open.
+	if got := c.overCap(); got[OverCapPerUID] != 1 || got[OverCapTotal] != 3 {
+		t.Errorf("overCap %v, want per_uid 1, total 3", got)
 	}
 	if DefaultMaxConns() < minConns || DefaultMaxConns() > maxConnsCeiling {
 		t.Errorf("DefaultMaxConns %d", DefaultMaxConns())

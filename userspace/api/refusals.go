@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/blocknat/blocknat/userspace/audit"
@@ -46,6 +47,9 @@ type refusalBucket struct {
 type refusalLimiter struct {
 	mu      sync.Mutex
 	buckets map[string]*refusalBucket
+	// summarised counts every refusal answered 429, for /metrics; the
+	// counts in the buckets go to zero as summaries are written.
+	summarised atomic.Uint64
 }
 
 func (l *refusalLimiter) bucket(op string, now time.Time) *refusalBucket {
@@ -78,6 +82,7 @@ func (l *refusalLimiter) allow(op string, now time.Time) (ok bool, earlier uint6
 		return true, earlier, 0
 	}
 	b.counted++
+	l.summarised.Add(1)
 	return false, 0, time.Duration((1 - b.tokens) * float64(refusalRefill))
 }
 
