@@ -83,6 +83,8 @@ type Config struct {
 	Filtering string `yaml:"filtering"`
 	// Export sends block events to IPFIX and syslog collectors (optional).
 	Export Export `yaml:"export"`
+	// Disk is the free space kept under state_dir.
+	Disk Disk `yaml:"disk"`
 }
 
 // Inside is the subscriber side.
@@ -122,6 +124,7 @@ func withDefaults() *Config {
 	}
 	agentDefaults(c)
 	monitoringDefaults(c)
+	c.Disk = Disk{MinFree: DefaultDiskMinFree, Reserve: DefaultDiskReserve}
 	return c
 }
 
@@ -284,6 +287,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.validateSources()...)
 	errs = append(errs, c.validateAgent()...)
+	errs = append(errs, c.validateDisk()...)
 	errs = append(errs, c.validateExport()...)
 	errs = append(errs, c.validateMonitoring()...)
 	return errors.Join(errs...)

@@ -20,6 +20,9 @@ func (s *Store) PutEpoch(e Epoch) error {
 	if s.db == nil {
 		return ErrClosed
 	}
+	if err := s.mayWrite(); err != nil {
+		return fmt.Errorf("put epoch %d: %w", e.ID, err)
+	}
 	now := s.now()
 	if e.Recorded.IsZero() {
 		e.Recorded = now

@@ -334,6 +334,9 @@ func (s *Store) ApplyLeases(evs []LeaseEvent) error {
 	if s.db == nil {
 		return ErrClosed
 	}
+	if err := s.mayWrite(); err != nil {
+		return fmt.Errorf("apply %d lease events: %w", len(evs), err)
+	}
 	now := s.now()
 	checked := make([]leaseEvent, len(evs))
 	for i := range evs {
@@ -371,6 +374,9 @@ func (s *Store) endExpiredLeasesLocked() (int, error) {
 	defer s.dbMu.RUnlock()
 	if s.db == nil {
 		return 0, ErrClosed
+	}
+	if err := s.mayWrite(); err != nil {
+		return 0, fmt.Errorf("end expired leases: %w", err)
 	}
 	now := clampNS(s.now())
 	w := s.newLeaseBatch()

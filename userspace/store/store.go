@@ -122,6 +122,12 @@ type Options struct {
 	// Now is the clock: it decides which records are open "now", bounds record
 	// times, and sets the retention cutoff. nil means time.Now.
 	Now func() time.Time
+	// Writable is asked before every write (Apply, ApplyLeases, PutEpoch,
+	// Sweep); an error refuses the write with that error, before anything
+	// reaches Pebble. The agent refuses writes while state_dir is short of
+	// space (userspace/diskspace), because Pebble ends the process when a
+	// write-ahead log write fails. nil allows every write.
+	Writable func() error
 }
 
 // Stats summarise the store for status and metrics. They cost a few seeks,
@@ -147,10 +153,11 @@ type Stats struct {
 
 // Store is the block-record store. Its methods are safe for concurrent use.
 type Store struct {
-	dir string
-	fs  vfs.FS
-	log *slog.Logger
-	now func() time.Time
+	dir      string
+	fs       vfs.FS
+	log      *slog.Logger
+	now      func() time.Time
+	writable func() error
 
 	// writeMu serialises Apply, PutEpoch and Sweep, and guards open.
 	writeMu sync.Mutex
@@ -183,12 +190,13 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open store: dir: empty: %w", ErrInvalid)
 	}
 	s := &Store{
-		dir:    dir,
-		fs:     opts.FS,
-		log:    opts.Logger,
-		now:    opts.Now,
-		open:   make(map[openID]Record),
-		leases: make(map[[4]byte]heldLease),
+		dir:      dir,
+		fs:       opts.FS,
+		log:      opts.Logger,
+		now:      opts.Now,
+		writable: opts.Writable,
+		open:     make(map[openID]Record),
+		leases:   make(map[[4]byte]heldLease),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -308,6 +316,14 @@ func decodeOpen(it *pebble.Iterator) (Record, error) {
 	return decodeValue(v, id, false)
 }
 
+// mayWrite asks Options.Writable whether a write may start.
+func (s *Store) mayWrite() error {
+	if s.writable == nil {
+		return nil
+	}
+	return s.writable()
+}
+
 // Close closes the database. Later calls return ErrClosed.
 func (s *Store) Close() error {
 	s.writeMu.Lock()
@@ -340,6 +356,9 @@ func (s *Store) Apply(ops []Op) error {
 	defer s.dbMu.RUnlock()
 	if s.db == nil {
 		return ErrClosed
+	}
+	if err := s.mayWrite(); err != nil {
+		return fmt.Errorf("apply %d ops: %w", len(ops), err)
 	}
 	now := s.now()
 	swept := s.swept.Load()
