@@ -43,10 +43,6 @@ type Options struct {
 	// this (0 = keep forever).
 	Retention time.Duration
 	Logger    *slog.Logger // nil = discard
-	// repaired is set on the Open that follows an automatic repair, so
-	// that a log a repair could not fix is refused rather than repaired
-	// again.
-	repaired []string
 }
 
 // attrSeq is the log attribute for an entry's seq (logattr has none yet).
@@ -66,19 +62,24 @@ type Log struct {
 	// files, then mu.
 	files sync.RWMutex
 
-	mu       sync.Mutex
-	closed   bool
-	failed   error // sticky: the on-disk state is unknown, see fail
-	seq      uint64
-	hash     string
-	segments []segmentInfo
-	cur      *os.File // the newest segment, open for appending; nil until needed
-	curName  string
-	cps      *os.File // checkpoints.jsonl
-	cpsSize  int64
-	cpSeq    uint64       // seq of the newest checkpoint
-	cpTime   time.Time    // when it was written
-	head     SignedRecord // as in head.json, so that proofs need not read it back
+	mu      sync.Mutex
+	closed  bool
+	failed  error // the on-disk state is unknown (see fail); cleared by a reload from disk
+	retryAt time.Time
+	// writeErr is the last write's error, cleared by the next write that
+	// succeeds; with failed it is what Health reports.
+	writeErr   error
+	writeErrAt time.Time
+	seq        uint64
+	hash       string
+	segments   []segmentInfo
+	cur        *os.File // the newest segment, open for appending; nil until needed
+	curName    string
+	cps        *os.File // checkpoints.jsonl
+	cpsSize    int64
+	cpSeq      uint64       // seq of the newest checkpoint
+	cpTime     time.Time    // when it was written
+	head       SignedRecord // as in head.json, so that proofs need not read it back
 }
 
 // Open opens the log in dir, creating it if needed, and recovers its state
@@ -120,96 +121,128 @@ func Open(dir string, opts Options) (*Log, error) {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
 
-	snap, err := takeSnapshot(dir)
+	repaired, err := l.load()
 	if err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
+		return nil, err
 	}
-	res, err := scan(snap, l.pub)
-	if err != nil {
-		return nil, fmt.Errorf("audit: verify at open: %w", err)
-	}
-	fresh := res.report.Entries == 0 && res.report.Checkpoints == 0 && len(snap.segments) == 0
-	resignHead := fresh
-	var refuse []problem
-	for _, p := range res.problems {
-		switch {
-		case p.kind == kindNoHead && fresh:
-		case p.kind == kindUnsignedTail && p.count == 1:
-			// The crash window between the entry's fsync and the head's.
-			resignHead = true
-			l.logger.Warn("audit entry written but not yet covered by the signed head (crash before the head was updated); signing it now",
-				attrSeq, p.Seq, logattr.Path, p.File)
-		default:
-			refuse = append(refuse, p)
+	l.logger.Info("audit log open", logattr.Path, dir, attrSeq, l.seq)
+	if repaired != nil {
+		if _, err := l.Append(repairEntry(repaired)); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("audit: record the repair: %w", err)
 		}
 	}
-	if len(refuse) > 0 {
-		var named []string
-		torn := true
-		for i, p := range refuse {
-			torn = torn && p.kind == kindTorn
-			if i < 3 {
-				named = append(named, p.String())
-			}
-		}
-		if torn && opts.repaired == nil {
-			// A torn last line is what a crash mid-write leaves; it was
-			// never acknowledged, so no answer depended on it. It is moved
-			// aside (kept, not dropped) and the repair itself is audited,
-			// rather than keeping the agent from starting.
-			moved, err := RepairTornTail(dir, l.pub)
-			if err != nil {
-				return nil, fmt.Errorf("audit: %w", err)
-			}
-			l.logger.Warn("audit log: torn last line moved aside (a crash during a write)", logattr.Path, dir, logattr.Count, len(moved))
-			opts.repaired = moved
-			return Open(dir, opts)
-		}
-		return nil, fmt.Errorf("audit: log %s does not verify (%d problems), refusing to append: %s; run `blocknat audit verify` to see every problem",
-			dir, len(refuse), strings.Join(named, "; "))
-	}
+	return l, nil
+}
 
+// load reads the log's state from its files: it verifies the whole log,
+// repairs a torn last line (once: a log that a repair cannot fix is
+// refused), opens the files Append writes, and signs a head that a crash
+// left behind. Open calls it, and so does a retry after a failure, which is
+// how the log recovers: everything it knows is read back from disk. The
+// caller holds mu, or has not shared l yet. It returns the files a repair
+// moved aside, for the caller to record.
+func (l *Log) load() (repaired []string, err error) {
+	dir := l.dir
+	for {
+		snap, err := takeSnapshot(dir)
+		if err != nil {
+			return nil, fmt.Errorf("audit: %w", err)
+		}
+		res, err := scan(snap, l.pub)
+		if err != nil {
+			return nil, fmt.Errorf("audit: verify at open: %w", err)
+		}
+		fresh := res.report.Entries == 0 && res.report.Checkpoints == 0 && len(snap.segments) == 0
+		resignHead := fresh
+		var refuse []problem
+		for _, p := range res.problems {
+			switch {
+			case p.kind == kindNoHead && fresh:
+			case p.kind == kindUnsignedTail && p.count == 1:
+				// The crash window between the entry's fsync and the head's.
+				resignHead = true
+				l.logger.Warn("audit entry written but not yet covered by the signed head (crash before the head was updated); signing it now",
+					attrSeq, p.Seq, logattr.Path, p.File)
+			default:
+				refuse = append(refuse, p)
+			}
+		}
+		if len(refuse) > 0 {
+			var named []string
+			torn := true
+			for i, p := range refuse {
+				torn = torn && p.kind == kindTorn
+				if i < 3 {
+					named = append(named, p.String())
+				}
+			}
+			if torn && repaired == nil {
+				// A torn last line is what a crash mid-write leaves; it was
+				// never acknowledged, so no answer depended on it. It is
+				// moved aside (kept, not dropped) and the repair itself is
+				// audited, rather than keeping the agent from starting.
+				moved, err := RepairTornTail(dir, l.pub)
+				if err != nil {
+					return nil, fmt.Errorf("audit: %w", err)
+				}
+				l.logger.Warn("audit log: torn last line moved aside (a crash during a write)", logattr.Path, dir, logattr.Count, len(moved))
+				repaired = moved
+				continue
+			}
+			return nil, fmt.Errorf("audit: log %s does not verify (%d problems), refusing to append: %s; run `blocknat audit verify` to see every problem",
+				dir, len(refuse), strings.Join(named, "; "))
+		}
+		return repaired, l.adopt(snap, res, resignHead)
+	}
+}
+
+// adopt takes the state a verified scan found and opens the files to
+// append to.
+func (l *Log) adopt(snap snapshot, res *scanResult, resignHead bool) (err error) {
+	dir := l.dir
 	l.seq, l.hash, l.segments = res.lastSeq, res.lastHash, res.segments
+	l.head = SignedRecord{}
 	if res.head != nil {
 		l.head = *res.head
 	}
 	if res.lastCheckpoint != nil {
 		l.cpSeq, l.cpTime = res.lastCheckpoint.Seq, res.lastCheckpoint.Time
 	} else {
-		l.cpTime = l.now()
+		l.cpSeq, l.cpTime = 0, l.now()
 	}
+	defer func() {
+		if err != nil {
+			l.closeFiles()
+		}
+	}()
 	if n := len(l.segments); n > 0 {
 		last := l.segments[n-1]
 		if l.cur, err = os.OpenFile(filepath.Join(dir, last.name), os.O_WRONLY|os.O_APPEND, 0); err != nil {
-			return nil, fmt.Errorf("audit: open segment %s: %w", last.name, err)
+			return fmt.Errorf("audit: open segment %s: %w", last.name, err)
 		}
 		l.curName = last.name
 	}
 	if l.cps, err = os.OpenFile(filepath.Join(dir, checkpointsFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err != nil {
-		l.closeFiles()
-		return nil, fmt.Errorf("audit: open %s: %w", checkpointsFile, err)
+		return fmt.Errorf("audit: open %s: %w", checkpointsFile, err)
 	}
+	l.cpsSize = 0
 	if snap.checkpoints != nil {
 		l.cpsSize = snap.checkpoints.size
 	} else if err := syncDir(dir); err != nil {
-		l.closeFiles()
-		return nil, fmt.Errorf("audit: sync log directory: %w", err)
+		return fmt.Errorf("audit: sync log directory: %w", err)
 	}
 	if resignHead {
 		if _, err := l.writeHead(l.now()); err != nil {
-			l.closeFiles()
-			return nil, fmt.Errorf("audit: write %s: %w", headFile, err)
+			return fmt.Errorf("audit: write %s: %w", headFile, err)
 		}
 	}
-	l.logger.Info("audit log open", logattr.Path, dir, attrSeq, l.seq, logattr.Count, res.report.Entries)
-	if opts.repaired != nil {
-		if _, err := l.Append(Entry{Operator: RepairOperator, Action: ActionRepair, Outcome: OutcomeAnswered,
-			Detail: "torn last line moved aside after a crash: " + strings.Join(opts.repaired, ", ")}); err != nil {
-			l.Close()
-			return nil, fmt.Errorf("audit: record the repair: %w", err)
-		}
-	}
-	return l, nil
+	return nil
+}
+
+func repairEntry(moved []string) Entry {
+	return Entry{Operator: RepairOperator, Action: ActionRepair, Outcome: OutcomeAnswered,
+		Detail: "torn last line moved aside after a crash: " + strings.Join(moved, ", ")}
 }
 
 // The entry an automatic repair appends.
@@ -241,6 +274,13 @@ func (l *Log) AppendProved(e Entry) (Entry, SignedRecord, error) {
 	if err := l.usable(); err != nil {
 		return Entry{}, SignedRecord{}, err
 	}
+	e, head, err := l.appendLocked(e)
+	l.noteWrite(err)
+	return e, head, err
+}
+
+// appendLocked appends a prepared entry; the caller holds mu.
+func (l *Log) appendLocked(e Entry) (Entry, SignedRecord, error) {
 	now := l.now().UTC()
 	e.Seq, e.Time, e.Prev = l.seq+1, now, l.hash
 	e.Hash = entryHash(&e)
@@ -284,23 +324,123 @@ func (l *Log) AppendProved(e Entry) (Entry, SignedRecord, error) {
 	return e, head, nil
 }
 
+// RetryInterval is how often a log that stopped after a failure reads
+// itself back from disk to go on; Append and Tick try too, no more often.
+const RetryInterval = time.Second
+
 func (l *Log) usable() error {
 	if l.closed {
 		return ErrClosed
 	}
 	if l.failed != nil {
-		return fmt.Errorf("audit log stopped after an earlier failure, reopen it: %w", l.failed)
+		if err := l.recoverLocked(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
 // fail stops the log: after a failed fsync the kernel may have dropped the
-// dirty pages, so nothing more may be written on top of an unknown state.
+// dirty pages, so nothing more may be written on top of an unknown state
+// until the state is read back from disk (recoverLocked).
 func (l *Log) fail(err error) {
 	if l.failed == nil {
 		l.failed = err
-		l.logger.Error("audit log stopped", logattr.Err, err)
+		l.retryAt = l.now().Add(RetryInterval)
+		l.logger.Error("audit log stopped; it reads itself back from disk and goes on once it can", logattr.Err, err)
 	}
+}
+
+// recoverLocked reads the log back from disk after a failure, at most once
+// per RetryInterval: a transient failure (no space, no descriptors) ends by
+// itself, and answers resume without a restart. What it reads is verified
+// as at Open, so a log left in a state a crash cannot explain stays
+// stopped.
+func (l *Log) recoverLocked() error {
+	now := l.now()
+	if now.Before(l.retryAt) {
+		return fmt.Errorf("audit log stopped after a failure, retrying: %w", l.failed)
+	}
+	l.retryAt = now.Add(RetryInterval)
+	l.closeFiles()
+	repaired, err := l.load()
+	if err != nil {
+		l.closeFiles()
+		l.noteWrite(err)
+		return fmt.Errorf("audit log stopped after a failure (%w); reading it back failed too: %w", l.failed, err)
+	}
+	l.logger.Info("audit log writes again", logattr.Err, l.failed, attrSeq, l.seq)
+	l.failed = nil
+	l.noteWrite(nil)
+	if repaired != nil {
+		e, err := prepare(repairEntry(repaired))
+		if err == nil {
+			_, _, err = l.appendLocked(e)
+		}
+		if err != nil {
+			return fmt.Errorf("audit: record the repair: %w", err)
+		}
+	}
+	return nil
+}
+
+// retry is Run's check on a log that cannot write: one that stopped is
+// read back from disk; after a write that failed without stopping it (no
+// space for the line, which was cut back off), the signed head is written
+// again, so the alarm ends when writing works again even if no request
+// comes to prove it.
+func (l *Log) retry() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.closed:
+	case l.failed != nil:
+		if err := l.recoverLocked(); err != nil {
+			l.logger.Debug("audit log still cannot write", logattr.Err, err)
+		}
+	case l.writeErr != nil:
+		_, err := l.writeHead(l.now().UTC())
+		if err == nil {
+			l.logger.Info("audit log writes again", logattr.Err, l.writeErr)
+		}
+		l.noteWrite(err)
+	}
+}
+
+// noteWrite remembers the outcome of a write for Health.
+func (l *Log) noteWrite(err error) {
+	if err == nil {
+		l.writeErr = nil
+		return
+	}
+	if l.writeErr == nil {
+		l.writeErrAt = l.now()
+	}
+	l.writeErr = err
+}
+
+// Health is whether the log can write.
+type Health struct {
+	Failing   bool
+	LastError string    // why, while Failing
+	Since     time.Time // when it started failing
+}
+
+// Health reports whether the last write (or the retry after a failure)
+// succeeded. While it does not, lookups are refused (no entry, no answer),
+// which is what the agent's alarm says.
+func (l *Log) Health() Health {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.failed != nil && l.writeErr != nil:
+		return Health{Failing: true, LastError: l.writeErr.Error(), Since: l.writeErrAt}
+	case l.failed != nil:
+		return Health{Failing: true, LastError: l.failed.Error(), Since: l.writeErrAt}
+	case l.writeErr != nil:
+		return Health{Failing: true, LastError: l.writeErr.Error(), Since: l.writeErrAt}
+	}
+	return Health{}
 }
 
 func (l *Log) startSegment(name string) error {
@@ -400,26 +540,33 @@ func (l *Log) Tick() error {
 	if !l.checkpointDue(now, false) {
 		return nil
 	}
-	if err := l.checkpointLocked(now); err != nil {
+	err := l.checkpointLocked(now)
+	l.noteWrite(err)
+	if err != nil {
 		return fmt.Errorf("audit checkpoint: %w", err)
 	}
 	return nil
 }
 
 // Run calls Tick often enough that a checkpoint is at most a quarter of
-// CheckpointInterval late, until ctx is done or the log is closed.
+// CheckpointInterval late, and retries a log that cannot write every
+// RetryInterval, until ctx is done or the log is closed.
 func (l *Log) Run(ctx context.Context) {
-	if l.opts.CheckpointInterval <= 0 {
-		<-ctx.Done()
-		return
+	var tick <-chan time.Time
+	if l.opts.CheckpointInterval > 0 {
+		t := time.NewTicker(max(l.opts.CheckpointInterval/4, 10*time.Millisecond))
+		defer t.Stop()
+		tick = t.C
 	}
-	t := time.NewTicker(max(l.opts.CheckpointInterval/4, 10*time.Millisecond))
-	defer t.Stop()
+	retry := time.NewTicker(RetryInterval)
+	defer retry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-retry.C:
+			l.retry()
+		case <-tick:
 			if err := l.Tick(); errors.Is(err, ErrClosed) {
 				return
 			} else if err != nil {
