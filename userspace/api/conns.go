@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -129,10 +130,13 @@ func (c *connCaps) count(uid uint32) int {
 	return c.byUID[uid]
 }
 
-// cappedListener closes connections over the caps as it accepts them.
+// cappedListener closes connections over the caps as it accepts them, and
+// has every connection it returns count the requests net/http rejects on
+// it.
 type cappedListener struct {
 	net.Listener
-	caps *connCaps
+	caps       *connCaps
+	rejections *rejections
 }
 
 func (l *cappedListener) Accept() (net.Conn, error) {
@@ -141,7 +145,7 @@ func (l *cappedListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		cc := &cappedConn{Conn: c, caps: l.caps}
+		cc := &cappedConn{Conn: c, caps: l.caps, rejections: l.rejections}
 		if uc, ok := c.(*net.UnixConn); ok {
 			cred := readPeerCred(uc)
 			cc.cred, cc.unix, cc.uid = &cred, true, cred.uid
@@ -157,15 +161,41 @@ func (l *cappedListener) Accept() (net.Conn, error) {
 	}
 }
 
-// cappedConn gives its place back once, when closed, and carries the peer
-// credentials read at accept for connContext.
+// cappedConn gives its place back once, when closed, carries the peer
+// credentials read at accept for connContext, and counts the response
+// net/http writes when it rejects a request before any handler runs (see
+// preHandlerStatus). Under TLS it sees only records, so there it counts
+// just the plain-text answer to plain HTTP.
 type cappedConn struct {
 	net.Conn
-	caps *connCaps
-	cred *peerCred // nil when not a unix-socket connection
-	unix bool
-	uid  uint32
-	once sync.Once
+	caps       *connCaps
+	rejections *rejections
+	cred       *peerCred // nil when not a unix-socket connection
+	unix       bool
+	uid        uint32
+	once       sync.Once
+	// rejected: net/http closes the connection after such a response,
+	// so at most one is counted on a connection, whatever follows.
+	rejected atomic.Bool
+}
+
+func (c *cappedConn) Write(b []byte) (int, error) {
+	if code, ok := preHandlerStatus(b); ok && !c.rejected.Swap(true) {
+		c.rejections.add(reasonOfStatus(code), c.peer())
+	}
+	return c.Conn.Write(b)
+}
+
+// peer names the other end for a log line: the uid on the unix socket
+// (what the roles know it by), the address on TCP.
+func (c *cappedConn) peer() string {
+	switch {
+	case !c.unix:
+		return c.RemoteAddr().String()
+	case c.uid == uidUnknown:
+		return "uid:unknown"
+	}
+	return "uid:" + strconv.FormatUint(uint64(c.uid), 10)
 }
 
 func (c *cappedConn) Close() error {
@@ -176,5 +206,5 @@ func (c *cappedConn) Close() error {
 
 // capConns wraps ln in the server's connection caps.
 func (s *Server) capConns(ln net.Listener) net.Listener {
-	return &cappedListener{Listener: ln, caps: s.conns}
+	return &cappedListener{Listener: ln, caps: s.conns, rejections: s.rejections}
 }

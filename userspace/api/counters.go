@@ -16,6 +16,16 @@ const (
 // Every key is present, zero or not, so that a series exists before its
 // first event.
 type Counters struct {
+	// Rejected counts the requests net/http answered itself, before any
+	// handler ran, by reason (RejectBadRequest, RejectHeadersTooLarge,
+	// RejectBadVersion, RejectTLSHandshake, RejectOther). On the unix
+	// socket and for plain HTTP sent to the TLS listener they are told
+	// apart by the status net/http sent; a failed TLS handshake by the
+	// line net/http logs for it. A malformed request sent inside TLS, by
+	// a peer that completed the handshake with a verified certificate,
+	// is not counted: net/http writes that answer into the TLS stream,
+	// where nothing of ours can read it.
+	Rejected map[string]uint64
 	// ConnsOverCap counts the connections closed at accept, unread, for
 	// being over a connection cap, by OverCapPerUID and OverCapTotal.
 	ConnsOverCap map[string]uint64
@@ -31,6 +41,7 @@ type Counters struct {
 // takes no lock, so a scrape never waits on a flood.
 func (s *Server) Counters() Counters {
 	return Counters{
+		Rejected:           s.rejections.counts(),
 		ConnsOverCap:       s.conns.overCap(),
 		RefusalsSummarised: s.refusals.summarised.Load(),
 	}

@@ -176,6 +176,8 @@ type harnessOptions struct {
 	maxConnsPerUID, maxConns int
 	// socketDir holds the socket (nil: a temporary directory).
 	socketDir string
+	// logger is the server's logger (nil: discards).
+	logger *slog.Logger
 }
 
 func rootRoles(roles ...Role) Roles {
@@ -192,7 +194,11 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	if o.store != nil {
 		st = o.store
 	}
-	h.server = NewServer(Deps{Store: st, Audit: h.auditor, Roles: o.roles, Status: o.status, Now: o.now, Logger: quietLogger(),
+	logger := o.logger
+	if logger == nil {
+		logger = quietLogger()
+	}
+	h.server = NewServer(Deps{Store: st, Audit: h.auditor, Roles: o.roles, Status: o.status, Now: o.now, Logger: logger,
 		MaxConnsPerUID: o.maxConnsPerUID, MaxConns: o.maxConns})
 
 	dir := o.socketDir

@@ -69,6 +69,13 @@
 // Over TLS only the total applies, as the certificate is known only after
 // the handshake. A connection over a cap is closed at once, unanswered and
 // unaudited (nothing was asked), and logged at most every 10 s with a count.
+// A request net/http turns away before any handler runs (a garbage request
+// line, a malformed header line, headers over 16 KiB, an HTTP version other
+// than 1.x, a failed TLS handshake, plain HTTP on the TLS port) is answered
+// by net/http itself and not audited either (no handler read it); it is
+// logged at most every 10 s with a count, its reason and the peer's uid or
+// TLS address, never what it sent. Server.Counters has the cumulative
+// counts of both, and of the refusals past the budget, for /metrics.
 //
 // Nothing about destinations exists in the store,
 // and nothing about them is logged or audited.
@@ -79,6 +86,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -156,8 +164,9 @@ type Server struct {
 	now    func() time.Time
 	log    *slog.Logger
 
-	refusals refusalLimiter
-	conns    *connCaps
+	refusals   refusalLimiter
+	conns      *connCaps
+	rejections *rejections
 }
 
 // Timeouts of the HTTP server. An export extends its write deadline as it
@@ -193,6 +202,7 @@ func NewServer(d Deps) *Server {
 		s.log = slog.Default()
 	}
 	s.conns = newConnCaps(d.MaxConnsPerUID, d.MaxConns, s.log)
+	s.rejections = &rejections{log: s.log}
 	return s
 }
 
@@ -214,7 +224,8 @@ func (s *Server) httpServer() *http.Server {
 		// The protocol is HTTP/1.1; an empty, non-nil map keeps net/http
 		// from offering HTTP/2 over TLS.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
-		ErrorLog:     slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ErrorLog: log.New(&errorLog{rejections: s.rejections,
+			next: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn).Writer()}, "", 0),
 	}
 }
 
