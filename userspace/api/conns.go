@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"log/slog"
 	"math"
 	"net"
@@ -184,6 +185,17 @@ func (c *cappedConn) Write(b []byte) (int, error) {
 		c.rejections.add(reasonOfStatus(code), c.peer())
 	}
 	return c.Conn.Write(b)
+}
+
+// CloseWrite passes the half-close on, which embedding net.Conn hides:
+// net/http half-closes before it hangs up on a request it stopped reading
+// (headers too large, a body over its limit), so that the peer reads the
+// answer and EOF, not a reset for the unread rest.
+func (c *cappedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
 }
 
 // peer names the other end for a log line: the uid on the unix socket
