@@ -6,7 +6,7 @@ GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 GOTEST_FLAGS ?= -count=1 -timeout 30m
 BENCH_COUNT ?= 11
 
-.PHONY: all deps generate check-generate build test bench bench-quick demo clean
+.PHONY: all deps generate check-generate build test bench bench-quick soak demo clean
 
 all: build
 
@@ -50,6 +50,16 @@ bench-quick: deps
 	{ BLOCKNAT_BENCH_YEAR_DAYS=3 $(GO) test -run '^$$' -bench . -benchtime 10x -count 1 ./loader/ ./userspace/...; echo $$? > .bench/status; } 2>&1 | tee .bench/gotest-quick.out
 	@exit $$(cat .bench/status)
 	$(GO) run ./test/bench/cmd/blocknat-bench -quick -gotest .bench/gotest-quick.out -out .bench/report-quick.md || { $(GO) run ./test/bench/cmd/blocknat-bench -cleanup; exit 1; }
+
+# The real blocknatd through 100 kill -9 restarts, 20 reloads, hostile
+# packets and a full state_dir, with hundreds of subscribers activating
+# and TCP connections talking; it prints figures, a verdict per phase and
+# "N passed, M failed" (BENCHMARKS.md section 6 quotes it). About a
+# quarter of an hour, so not part of test or CI. Its namespaces, mounts
+# and pins are removed however it ends; SOAK_FLAGS='-cycles 10' and the
+# like shorten it (go run ./test/soak -h lists them).
+soak: deps
+	$(GO) run ./test/soak $(SOAK_FLAGS)
 
 demo: deps build
 	$(GO) run ./test/demo
