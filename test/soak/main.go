@@ -161,6 +161,10 @@ func run(o options) int {
 		for _, name := range strings.Split(o.phases, ",") {
 			p := &phaseResult{Name: phaseTitle(name, o)}
 			phases = append(phases, p)
+			if ctx.Err() != nil {
+				p.fail("not run: interrupted")
+				continue
+			}
 			t0 := time.Now()
 			guarded(p, func() {
 				switch strings.TrimSpace(name) {
@@ -184,9 +188,13 @@ func run(o options) int {
 		}
 		rec := &phaseResult{Name: "records: every activation has its record, none twice (blocknat history)"}
 		phases = append(phases, rec)
-		t0 := time.Now()
-		guarded(rec, func() { s.recordsPhase(ctx, rec) })
-		rec.Took = time.Since(t0)
+		if ctx.Err() != nil {
+			rec.fail("not run: interrupted")
+		} else {
+			t0 := time.Now()
+			guarded(rec, func() { s.recordsPhase(ctx, rec) })
+			rec.Took = time.Since(t0)
+		}
 	}
 	figures := s.figures()
 
@@ -816,9 +824,26 @@ func (s *soak) recordsPhase(ctx context.Context, p *phaseResult) {
 	logf("records: asking blocknat history for %d subscribers", len(acts))
 	recs, err := s.histories(ctx, acts)
 	if err != nil {
+		// A subscriber whose history could not be read is not judged: it
+		// would count as lost for a reason that is not the agent's store.
 		p.fail("blocknat history: %v", err)
+		if ctx.Err() != nil {
+			return
+		}
 	}
-	v := judge(acts, recs, s.o.recordSlack)
+	var readable []activation
+	unread := map[netip.Addr]bool{}
+	for _, a := range acts {
+		if _, ok := recs[a.Inside]; ok {
+			readable = append(readable, a)
+		} else {
+			unread[a.Inside] = true
+		}
+	}
+	if len(unread) > 0 {
+		p.fail("the history of %d subscribers could not be read; they are not judged", len(unread))
+	}
+	v := judge(readable, recs, s.o.recordSlack)
 	s.mu.Lock()
 	s.lost, s.duplicated = len(v.Lost), v.Duplicated
 	s.recovered = 0
