@@ -46,7 +46,7 @@ func printAgentStatus(w io.Writer, st blocknatd.Status) {
 	if len(st.Alarm) == 0 {
 		row("alarm", "ok: block records are being written")
 	} else {
-		row("alarm", "RAISED: block records may not be written")
+		row("alarm", "RAISED: block records may not be written or answered from")
 		for _, reason := range st.Alarm {
 			row("", "%s", reason)
 		}
@@ -60,6 +60,33 @@ func printAgentStatus(w io.Writer, st blocknatd.Status) {
 	row("store commits", "%d, %d failed; mean %s, last %s, max %s", sw.Commits, sw.Errors,
 		seconds(sw.MeanSeconds), seconds(sw.LastSeconds), seconds(sw.MaxSeconds))
 	row("recovered", "%d, closed %d (last reconcile)", r.Recovered, r.ClosedByRecon)
+
+	fmt.Fprintln(w, "state_dir")
+	d := st.Disk
+	switch {
+	case d.Error != "":
+		row("free", "UNKNOWN: %s", d.Error)
+	case d.Low:
+		row("free", "LOW: %s of %s, below disk.min_free %s since %s: record and lease writes are paused",
+			bytesText(d.FreeBytes), bytesText(d.SizeBytes), bytesText(d.MinFreeBytes), when(d.Since))
+	default:
+		row("free", "%s of %s (writes pause below %s)", bytesText(d.FreeBytes), bytesText(d.SizeBytes), bytesText(d.MinFreeBytes))
+	}
+	switch {
+	case d.ReserveBytes == 0:
+		row("reserve", "none (disk.reserve: 0)")
+	case d.ReserveHeldBytes == 0 && d.ReserveReleased != "":
+		row("reserve", "MISSING: %s; made again once there is room", d.ReserveReleased)
+	case d.ReserveHeldBytes == 0:
+		row("reserve", "MISSING: made once there is disk.min_free plus %s free", bytesText(d.ReserveBytes))
+	default:
+		row("reserve", "%s in state_dir/reserve: delete it to free room at once", bytesText(d.ReserveHeldBytes))
+	}
+	if a := st.AuditLog; a.Writing {
+		row("audit log", "writing")
+	} else {
+		row("audit log", "CANNOT WRITE since %s, lookups refused (retried every second): %s", when(a.Since), a.LastError)
+	}
 
 	fmt.Fprintln(w, "self-check")
 	sc := st.SelfCheck

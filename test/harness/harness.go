@@ -225,6 +225,16 @@ func (a *Agent) Stop() error {
 	return a.signalAndWait(syscall.SIGTERM)
 }
 
+// Exited reports whether the process has ended, and how.
+func (a *Agent) Exited() (bool, error) {
+	select {
+	case <-a.done:
+		return true, a.err
+	default:
+		return false, nil
+	}
+}
+
 // Kill sends SIGKILL, as a crash would, and waits.
 func (a *Agent) Kill() error {
 	err := a.signalAndWait(syscall.SIGKILL)

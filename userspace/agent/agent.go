@@ -24,6 +24,7 @@ import (
 	"github.com/blocknat/blocknat/userspace/api"
 	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/config"
+	"github.com/blocknat/blocknat/userspace/diskspace"
 	"github.com/blocknat/blocknat/userspace/events"
 	"github.com/blocknat/blocknat/userspace/export"
 	"github.com/blocknat/blocknat/userspace/logattr"
@@ -67,6 +68,10 @@ type Agent struct {
 	writes    *metrics.Writes
 	selfcheck *selfCheck
 	guard     guardState
+	// disk refuses store writes while state_dir is short of space.
+	disk *diskspace.Guard
+	// api is the query API's server, for what it turned away.
+	api *api.Server
 
 	configPath string
 	reloads    <-chan struct{}
@@ -110,8 +115,11 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Opt
 	if err := a.keepPrivate(); err != nil { // before anything is written under state_dir
 		return err
 	}
-	if a.store, err = store.Open(StorePath(cfg), store.Options{Logger: log}); err != nil {
-		return fmt.Errorf("open record store: %w", err)
+	if err := a.startDisk(); err != nil {
+		return err
+	}
+	if a.store, err = store.Open(StorePath(cfg), store.Options{Logger: log, Writable: a.disk.Writable}); err != nil {
+		return fmt.Errorf("open record store: %w%s", err, a.diskHint())
 	}
 	defer func() { err = errors.Join(err, a.store.Close()) }()
 	if a.audit, err = openAudit(cfg, a); err != nil {
@@ -176,9 +184,9 @@ func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Opt
 	}()
 
 	apiCtx, stopAPI := context.WithCancel(ctx)
-	srv := api.NewServer(api.Deps{Store: a.store, Audit: a.audit, Roles: Roles(cfg), Status: a.status,
+	a.api = api.NewServer(api.Deps{Store: a.store, Audit: a.audit, Roles: Roles(cfg), Status: a.status,
 		LeasesChanged: a.binder.sync, Now: time.Now, Logger: log})
-	apiDone := a.serveAPI(apiCtx, srv)
+	apiDone := a.serveAPI(apiCtx, a.api)
 	defer func() {
 		// The API goes first: no answer may be given from a store that
 		// is being closed.
@@ -230,6 +238,9 @@ func (a *Agent) startDataPlane(mode loader.Mode, replace bool) error {
 	if err != nil {
 		return err
 	}
+	if err := a.epochWritable(epoch, latest); err != nil {
+		return err
+	}
 	p := params(cfg, a.mapping, epoch.ID)
 	_, statErr := os.Stat(filepath.Join(cfg.BPFFSDir, "maps", "flows_fwd"))
 	changed := latest != nil && latest.ID != epoch.ID && statErr == nil
@@ -269,7 +280,14 @@ func (a *Agent) startDataPlane(mode loader.Mode, replace bool) error {
 		a.log.Info("mapping changed since the last run: new epoch", logattr.Epoch, epoch.ID, "kept", st.Kept, "dropped", st.Dropped)
 	}
 	a.epoch = epoch
-	return a.putEpoch(epoch, now)
+	err = a.putEpoch(epoch, now)
+	if errors.Is(err, diskspace.ErrLow) && latest != nil && latest.ID == epoch.ID {
+		// The epoch is on record from an earlier run; only this copy's
+		// time is missing, and the daily re-record writes it later.
+		a.log.Warn("epoch not re-recorded at start: state_dir is low on space", logattr.Epoch, epoch.ID, logattr.Err, err.Error())
+		return nil
+	}
+	return err
 }
 
 // reload reads the configuration file again (SIGHUP). A changed mapping
@@ -298,11 +316,16 @@ func (a *Agent) reload(ctx context.Context) {
 		return
 	}
 	now := time.Now()
-	epoch, _, err := a.epochFor(m, now)
+	epoch, latest, err := a.epochFor(m, now)
 	if err != nil {
 		a.log.Error("reload failed", logattr.Err, err.Error())
 		return
 	}
+	if err := a.epochWritable(epoch, latest); err != nil {
+		a.log.Error("reload refused; the previous configuration stays in force", logattr.Err, err.Error())
+		return
+	}
+	a.disk.SetLimits(diskLimits(cfg))
 	// The guard covers the old and the new prefixes while the data plane
 	// moves, and the ones in force afterwards.
 	defer a.guardDuringReload(m.Prefixes)()
@@ -374,6 +397,8 @@ func (a *Agent) maintain(ctx context.Context) {
 	daily := time.NewTicker(24 * time.Hour)
 	guardCheck := time.NewTicker(guardCheckInterval)
 	defer guardCheck.Stop()
+	diskCheck := time.NewTicker(diskCheckInterval)
+	defer diskCheck.Stop()
 	defer sweep.Stop()
 	defer recon.Stop()
 	defer keep.Stop()
@@ -400,6 +425,8 @@ func (a *Agent) maintain(ctx context.Context) {
 			a.reload(ctx)
 		case <-guardCheck.C:
 			a.checkGuard()
+		case <-diskCheck.C:
+			a.disk.Maintain()
 		case now := <-daily.C:
 			// RFC 7422 §3: the mapping in force is logged again daily,
 			// so every retention window holds it.

@@ -126,6 +126,10 @@ type Status struct {
 	// Guard is the nftables guard that keeps untranslated subscriber
 	// packets off the outside interfaces.
 	Guard GuardStatus `json:"guard"`
+	// Disk is state_dir's free space (blocknat_state_dir_* metrics).
+	Disk DiskStatus `json:"disk"`
+	// AuditLog is whether the audit log can write.
+	AuditLog AuditLogStatus `json:"audit_log"`
 	// Unreadable lists the parts of the state that could not be read.
 	Unreadable []string `json:"unreadable,omitempty"`
 }
@@ -143,6 +147,32 @@ type GuardStatus struct {
 	// Missing counts the agent's checks that found the guard missing or
 	// changed, or could not install it, since it started.
 	Missing uint64 `json:"missing"`
+}
+
+// DiskStatus is state_dir's free space and reserve.
+type DiskStatus struct {
+	FreeBytes    uint64 `json:"free_bytes"`
+	SizeBytes    uint64 `json:"size_bytes"`
+	MinFreeBytes uint64 `json:"min_free_bytes"`
+	// Low is true while record and lease writes are paused for want of
+	// space (the alarm's disk_low).
+	Low   bool      `json:"low"`
+	Since time.Time `json:"since,omitzero"`
+	// ReserveBytes is disk.reserve; ReserveHeldBytes what the ballast
+	// holds now (0 until there is room for it).
+	ReserveBytes     uint64 `json:"reserve_bytes"`
+	ReserveHeldBytes uint64 `json:"reserve_held_bytes"`
+	// ReserveReleased says when the agent gave the ballast up itself.
+	ReserveReleased string `json:"reserve_released,omitempty"`
+	Error           string `json:"error,omitempty"`
+}
+
+// AuditLogStatus is whether the audit log can write; while it cannot,
+// lookups are refused.
+type AuditLogStatus struct {
+	Writing   bool      `json:"writing"`
+	LastError string    `json:"last_error,omitempty"`
+	Since     time.Time `json:"since,omitzero"`
 }
 
 // SelfCheckStatus is the self-check canary's state.
@@ -267,6 +297,13 @@ func (st *Status) statusOfSnapshot(s metrics.Snapshot) {
 	for _, p := range g.Prefixes {
 		st.Guard.Prefixes = append(st.Guard.Prefixes, p.String())
 	}
+	d := s.Disk
+	st.Disk = DiskStatus{FreeBytes: d.Free, SizeBytes: d.Size, MinFreeBytes: d.MinFree, Low: d.Low, ReserveBytes: d.Reserve,
+		ReserveHeldBytes: d.Held, ReserveReleased: d.Released, Error: d.Err}
+	if d.Low {
+		st.Disk.Since = d.Since
+	}
+	st.AuditLog = AuditLogStatus{Writing: !s.Audit.Failing, LastError: s.Audit.LastError, Since: s.Audit.Since}
 	w := s.Writes
 	st.StoreWrites = StoreWritesStatus{Commits: w.Count, Errors: w.Errors, MeanSeconds: w.Mean.Seconds(),
 		LastSeconds: w.Last.Seconds(), MaxSeconds: w.Max.Seconds()}

@@ -129,5 +129,15 @@ func (a *Agent) snapshot() metrics.Snapshot {
 	if s.Guard, err = a.guardFigures(); err != nil {
 		s.Errors = append(s.Errors, metrics.ErrPart("nftables guard", err))
 	}
+	if a.disk != nil {
+		s.Disk = a.disk.State()
+	}
+	if a.audit != nil {
+		s.Audit = a.audit.Health()
+	}
+	if a.api != nil {
+		c := a.api.Counters()
+		s.API = metrics.APIFigures{Rejected: c.Rejected, ConnsOverCap: c.ConnsOverCap, RefusalsSummarised: c.RefusalsSummarised}
+	}
 	return s
 }

@@ -366,7 +366,8 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		s.log.Error("audit append failed; answer withheld",
 			logattr.Operator, id.operator, logattr.Action, rep.action, logattr.Outcome, string(rep.outcome), logattr.Err, err)
 		writeJSON(w, http.StatusServiceUnavailable, nil, ErrorResponse{
-			Error: "audit log unavailable: the request could not be recorded, so it is not answered",
+			Error: "audit log unavailable: the request could not be recorded, so it is not answered; the agent retries every second " +
+				"and answers again once it can write (blocknat_alarm{reason=\"audit\"} says why)",
 		})
 		return
 	}

@@ -70,9 +70,12 @@ func (s State) Reason() string {
 	switch {
 	case s.Err != "":
 		return "cannot read state_dir's free space: " + s.Err
-	case s.Low:
+	case s.Low && s.Held > 0:
 		return fmt.Sprintf("state_dir has %s free, below disk.min_free %s: record and lease writes are paused (kept in memory, retried) until there is room; delete %s to free %s at once",
 			Bytes(s.Free), Bytes(s.MinFree), ReserveFile, Bytes(s.Held))
+	case s.Low:
+		return fmt.Sprintf("state_dir has %s free, below disk.min_free %s: record and lease writes are paused (kept in memory, retried) until there is room; the reserve is used up",
+			Bytes(s.Free), Bytes(s.MinFree))
 	}
 	return ""
 }

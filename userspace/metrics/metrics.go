@@ -23,6 +23,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/blocknat/blocknat/loader"
+	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/diskspace"
 	"github.com/blocknat/blocknat/userspace/events"
 )
 
@@ -57,7 +59,26 @@ const (
 	GuardInstalled         = "blocknat_guard_installed"
 	GuardDroppedTotal      = "blocknat_guard_dropped_packets_total"
 	GuardMissingTotal      = "blocknat_guard_missing_total"
+	Alarm                  = "blocknat_alarm"
+	StateDirFreeBytes      = "blocknat_state_dir_free_bytes"
+	StateDirMinFreeBytes   = "blocknat_state_dir_min_free_bytes"
+	DiskReserveBytes       = "blocknat_disk_reserve_bytes"
+	APIRejectedTotal       = "blocknat_api_rejected_total"
+	APIConnsRefusedTotal   = "blocknat_api_connections_refused_total"
+	APIRefusalsSummarised  = "blocknat_api_refusals_summarised_total"
 )
+
+// Alarm reasons: the reason label of blocknat_alarm, each 1 while it holds.
+// blocknat_records_alarm is 1 while any of them is.
+const (
+	AlarmStoreWrites = "store_writes" // the record store refuses writes
+	AlarmSelfCheck   = "selfcheck"    // a canary did not make it to a lookup
+	AlarmDiskLow     = "disk_low"     // state_dir is below disk.min_free, or its free space is unreadable
+	AlarmAudit       = "audit"        // the audit log cannot write, so lookups are refused
+)
+
+// AlarmReasons lists every reason, in the order the alarm states them.
+var AlarmReasons = []string{AlarmStoreWrites, AlarmSelfCheck, AlarmDiskLow, AlarmAudit}
 
 // Data-plane stat names (loader.StatNames) this package knows by name.
 const (
@@ -108,6 +129,12 @@ type Snapshot struct {
 	// Guard is the nftables guard against untranslated subscriber
 	// packets; an unreadable guard reads as not installed.
 	Guard GuardFigures
+	// Disk is state_dir's free space and reserve.
+	Disk diskspace.State
+	// Audit is whether the audit log can write.
+	Audit audit.Health
+	// API is what the query API turned away.
+	API APIFigures
 	// Errors are the parts that could not be read.
 	Errors []error
 }
@@ -144,17 +171,47 @@ type GuardFigures struct {
 	Missing uint64
 }
 
-// Alarms says why records may not be being written; empty when they are.
-// It is what blocknat_records_alarm and `blocknat status` report.
+// APIFigures count what the query API turned away, cumulatively: requests
+// net/http rejected before any handler by reason, connections closed for
+// being over a cap by which cap, and refusals folded into a summary entry.
+type APIFigures struct {
+	Rejected           map[string]uint64
+	ConnsOverCap       map[string]uint64
+	RefusalsSummarised uint64
+}
+
+// Alarms says why records may not be being written or answered from;
+// empty when all is well. It is what blocknat_records_alarm and `blocknat
+// status` report.
 func (s Snapshot) Alarms() []string {
 	var out []string
-	if s.Records.Failing {
-		out = append(out, "record store refuses writes: "+s.Records.LastError)
-	}
-	if s.SelfCheck.Failing {
-		out = append(out, "self-check failed: "+s.SelfCheck.LastError)
+	for _, reason := range AlarmReasons {
+		if text := s.alarm(reason); text != "" {
+			out = append(out, text)
+		}
 	}
 	return out
+}
+
+// alarm is the sentence for one reason, "" when it does not hold.
+func (s Snapshot) alarm(reason string) string {
+	switch reason {
+	case AlarmStoreWrites:
+		if s.Records.Failing {
+			return "record store refuses writes: " + s.Records.LastError
+		}
+	case AlarmSelfCheck:
+		if s.SelfCheck.Failing {
+			return "self-check failed: " + s.SelfCheck.LastError
+		}
+	case AlarmDiskLow:
+		return s.Disk.Reason()
+	case AlarmAudit:
+		if s.Audit.Failing {
+			return "audit log cannot write, so lookups are refused until it can (retried every second): " + s.Audit.LastError
+		}
+	}
+	return ""
 }
 
 // Collector is the prometheus.Collector of one agent.
@@ -167,6 +224,8 @@ type Collector struct {
 	eventsRead, written, dropped, writeErrors, openRecords, diskBytes           *prometheus.Desc
 	retention, audit, epoch, selfLast, selfFailures, selfChecks, alarm          *prometheus.Desc
 	guardInstalled, guardDropped, guardMissing                                  *prometheus.Desc
+	alarmBy, free, minFree, reserve                                             *prometheus.Desc
+	apiRejected, apiConnsRefused, apiSummarised                                 *prometheus.Desc
 	scrapeError                                                                 *prometheus.Desc
 }
 
@@ -205,7 +264,16 @@ func NewCollector(snapshot func() Snapshot, writes *Writes) *Collector {
 		selfFailures: d(SelfCheckFailuresTotal, "Self-checks whose canary did not make it from the kernel to a lookup."),
 		selfChecks:   d(SelfCheckChecksTotal, "Self-checks run."),
 		alarm: d(RecordsAlarm,
-			"1 when block records are not being written: the store refuses writes or the self-check failed; else 0."),
+			"1 while any blocknat_alarm reason holds: records are not being written (store, self-check, disk) or not answered from (audit); else 0."),
+		alarmBy: d(Alarm, "1 while the alarm's reason holds: store_writes, selfcheck, disk_low or audit; else 0.", labelReason),
+		free:    d(StateDirFreeBytes, "Bytes free on state_dir's filesystem at the last check."),
+		minFree: d(StateDirMinFreeBytes, "disk.min_free: below this, record and lease writes pause and disk_low is raised."),
+		reserve: d(DiskReserveBytes, "Bytes held by the ballast file state_dir/reserve (0 when there is none)."),
+		apiRejected: d(APIRejectedTotal,
+			"Requests the API server rejected before any handler, by reason: bad_request, headers_too_large, bad_version, tls_handshake, other.", labelReason),
+		apiConnsRefused: d(APIConnsRefusedTotal, "API connections closed at once for being over a cap, by cap: per_uid or total.", labelReason),
+		apiSummarised: d(APIRefusalsSummarised,
+			"Refusals of callers without a role that were past the rate limit and audited as part of a summary entry."),
 		guardInstalled: d(GuardInstalled,
 			"1 when the nftables guard that drops untranslated subscriber packets on the outside interfaces is in place; else 0."),
 		guardDropped: d(GuardDroppedTotal,
@@ -230,7 +298,8 @@ func (c *Collector) descs() []*prometheus.Desc {
 	return []*prometheus.Desc{c.packets, c.bytes, c.drops, c.passes, c.ringbuf, c.flowsCreated, c.activations, c.datapath,
 		c.activeBlocks, c.flows, c.utilisation, c.eventsRead, c.written, c.dropped, c.writeErrors, c.openRecords, c.diskBytes,
 		c.retention, c.audit, c.epoch, c.selfLast, c.selfFailures, c.selfChecks, c.alarm,
-		c.guardInstalled, c.guardDropped, c.guardMissing}
+		c.guardInstalled, c.guardDropped, c.guardMissing, c.alarmBy, c.free, c.minFree, c.reserve,
+		c.apiRejected, c.apiConnsRefused, c.apiSummarised}
 }
 
 // Collect reads one snapshot and sends it.
@@ -274,11 +343,27 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.selfLast, unix(s.SelfCheck.LastSuccess))
 	counter(c.selfFailures, s.SelfCheck.Failures)
 	counter(c.selfChecks, s.SelfCheck.Checks)
-	alarm := 0.0
-	if len(s.Alarms()) > 0 {
-		alarm = 1
+	any := 0.0
+	for _, reason := range AlarmReasons {
+		v := 0.0
+		if s.alarm(reason) != "" {
+			v, any = 1, 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.alarmBy, prometheus.GaugeValue, v, reason)
 	}
-	gauge(c.alarm, alarm)
+	gauge(c.alarm, any)
+	gauge(c.free, float64(s.Disk.Free))
+	gauge(c.minFree, float64(s.Disk.MinFree))
+	gauge(c.reserve, float64(s.Disk.Held))
+	for _, by := range []struct {
+		d *prometheus.Desc
+		m map[string]uint64
+	}{{c.apiRejected, s.API.Rejected}, {c.apiConnsRefused, s.API.ConnsOverCap}} {
+		for _, reason := range sortedKeys(by.m) {
+			counter(by.d, by.m[reason], reason)
+		}
+	}
+	counter(c.apiSummarised, s.API.RefusalsSummarised)
 	installed := 0.0
 	if s.Guard.Installed {
 		installed = 1
@@ -354,14 +439,26 @@ func Classify(stat string) (metric, label string) {
 
 // Names lists every metric name this package exports, sorted.
 func Names() []string {
-	return []string{
-		ActiveBlocks, AuditEntries, BlockActivationsTotal, BlockEventsReadTotal, BlockUtilisation, BytesTotal,
-		DatapathEventsTotal, DropsTotal, Epoch, Flows, FlowsCreatedTotal, GuardDroppedTotal, GuardInstalled,
+	names := []string{
+		ActiveBlocks, Alarm, APIConnsRefusedTotal, APIRejectedTotal, APIRefusalsSummarised, AuditEntries,
+		BlockActivationsTotal, BlockEventsReadTotal, BlockUtilisation, BytesTotal,
+		DatapathEventsTotal, DiskReserveBytes, DropsTotal, Epoch, Flows, FlowsCreatedTotal, GuardDroppedTotal, GuardInstalled,
 		GuardMissingTotal, PacketsTotal, PassesTotal, RecordsAlarm,
 		RecordsDroppedTotal, RecordsWrittenTotal, RetentionLastSweep, RingbufDropsTotal, SelfCheckChecksTotal,
-		SelfCheckFailuresTotal, SelfCheckLastSuccess, StoreDiskBytes, StoreOpenRecords, StoreWriteErrorsTotal,
-		StoreWriteSeconds,
+		SelfCheckFailuresTotal, SelfCheckLastSuccess, StateDirFreeBytes, StateDirMinFreeBytes, StoreDiskBytes,
+		StoreOpenRecords, StoreWriteErrorsTotal, StoreWriteSeconds,
 	}
+	sort.Strings(names)
+	return names
+}
+
+func sortedKeys(m map[string]uint64) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // ErrPart wraps err with the part of the agent's state it concerns, for

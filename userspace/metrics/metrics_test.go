@@ -20,6 +20,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/blocknat/blocknat/loader"
+	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/diskspace"
 	"github.com/blocknat/blocknat/userspace/events"
 	"github.com/blocknat/blocknat/userspace/store"
 )
@@ -92,7 +94,18 @@ func fullSnapshot() Snapshot {
 		SelfCheck:      SelfCheckState{Enabled: true, Checks: 4, Failures: 1, LastSuccess: time.Unix(1_800_000_100, 0)},
 		Guard: GuardFigures{Installed: true, Prefixes: []netip.Prefix{netip.MustParsePrefix("100.64.0.0/24")}, Interfaces: []string{"eth1"},
 			DroppedPackets: 9, DroppedBytes: 900, Missing: 2},
+		Disk: diskspace.State{Limits: diskspace.Limits{MinFree: 64 << 20, Reserve: 32 << 20}, Free: 5 << 30, Held: 32 << 20},
+		API: APIFigures{Rejected: map[string]uint64{"bad_request": 5, "headers_too_large": 6}, ConnsOverCap: map[string]uint64{"per_uid": 7},
+			RefusalsSummarised: 8},
 	}
+}
+
+// fixedReasons are the reason label values of the metrics whose reasons
+// are not data-plane stats.
+var fixedReasons = map[string][]string{
+	Alarm:                AlarmReasons,
+	APIRejectedTotal:     {"bad_request", "headers_too_large"},
+	APIConnsRefusedTotal: {"per_uid"},
 }
 
 // TestCollectorExportsSnapshot: every figure of a snapshot comes out under
@@ -134,6 +147,15 @@ func TestCollectorExportsSnapshot(t *testing.T) {
 		{GuardInstalled, nil, 1},
 		{GuardDroppedTotal, nil, 9},
 		{GuardMissingTotal, nil, 2},
+		{Alarm, []string{"reason", AlarmDiskLow}, 0},
+		{Alarm, []string{"reason", AlarmAudit}, 0},
+		{StateDirFreeBytes, nil, 5 << 30},
+		{StateDirMinFreeBytes, nil, 64 << 20},
+		{DiskReserveBytes, nil, 32 << 20},
+		{APIRejectedTotal, []string{"reason", "bad_request"}, 5},
+		{APIRejectedTotal, []string{"reason", "headers_too_large"}, 6},
+		{APIConnsRefusedTotal, []string{"reason", "per_uid"}, 7},
+		{APIRefusalsSummarised, nil, 8},
 	} {
 		if got := value(t, fams, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
@@ -161,6 +183,12 @@ func TestCollectorExportsSnapshot(t *testing.T) {
 						t.Errorf("%s: direction %q", f.GetName(), l.GetValue())
 					}
 				case labelReason, labelEvent:
+					if fixed, ok := fixedReasons[f.GetName()]; ok {
+						if !slices.Contains(fixed, l.GetValue()) {
+							t.Errorf("%s: reason %q is none of %v", f.GetName(), l.GetValue(), fixed)
+						}
+						break
+					}
 					seen[l.GetValue()] = true
 					if _, ok := snap.DataPlane[l.GetValue()]; !ok {
 						t.Errorf("%s: label value %q is not a stat name", f.GetName(), l.GetValue())
@@ -185,22 +213,28 @@ func TestCollectorExportsSnapshot(t *testing.T) {
 	}
 }
 
-// TestAlarm: the alarm is raised by a failing store and by a failing
-// self-check, and by nothing else; an unreadable part does not hide it.
+// TestAlarm: the alarm is raised by a failing store, a failing self-check,
+// a state_dir short of space and an audit log that cannot write, each
+// under its own reason, and by nothing else; an unreadable part does not
+// hide it.
 func TestAlarm(t *testing.T) {
 	for _, c := range []struct {
-		name string
-		edit func(*Snapshot)
-		want float64
+		name   string
+		edit   func(*Snapshot)
+		want   float64
+		reason string
 	}{
-		{"healthy", func(*Snapshot) {}, 0},
-		{"store refuses writes", func(s *Snapshot) { s.Records.Failing, s.Records.LastError = true, "disk full" }, 1},
-		{"self-check failed", func(s *Snapshot) { s.SelfCheck.Failing, s.SelfCheck.LastError = true, "canary 3 not found" }, 1},
+		{"healthy", func(*Snapshot) {}, 0, ""},
+		{"store refuses writes", func(s *Snapshot) { s.Records.Failing, s.Records.LastError = true, "disk full" }, 1, AlarmStoreWrites},
+		{"self-check failed", func(s *Snapshot) { s.SelfCheck.Failing, s.SelfCheck.LastError = true, "canary 3 not found" }, 1, AlarmSelfCheck},
 		{"self-check failed, data plane unreadable", func(s *Snapshot) {
 			s.SelfCheck.Failing, s.SelfCheck.LastError = true, "canary 3 not found"
 			s.DataPlane, s.Blocks = nil, nil
 			s.Errors = []error{errors.New("read stats: bad fd")}
-		}, 1},
+		}, 1, AlarmSelfCheck},
+		{"state_dir low", func(s *Snapshot) { s.Disk.Low, s.Disk.Free = true, 1<<20 }, 1, AlarmDiskLow},
+		{"state_dir unreadable", func(s *Snapshot) { s.Disk.Err = "statfs: permission denied" }, 1, AlarmDiskLow},
+		{"audit log cannot write", func(s *Snapshot) { s.Audit = audit.Health{Failing: true, LastError: "no space left on device"} }, 1, AlarmAudit},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			snap := fullSnapshot()
@@ -217,6 +251,18 @@ func TestAlarm(t *testing.T) {
 			}
 			if got := value(t, byName, RecordsAlarm); got != c.want {
 				t.Errorf("alarm %v, want %v (reasons %q)", got, c.want, snap.Alarms())
+			}
+			for _, reason := range AlarmReasons {
+				want := 0.0
+				if reason == c.reason {
+					want = 1
+				}
+				if got := value(t, byName, Alarm, "reason", reason); got != want {
+					t.Errorf("%s{reason=%q} = %v, want %v", Alarm, reason, got, want)
+				}
+			}
+			if c.want == 1 && len(snap.Alarms()) != 1 {
+				t.Errorf("alarm sentences %q, want exactly one", snap.Alarms())
 			}
 		})
 	}
