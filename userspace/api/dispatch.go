@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/diskspace"
 	"github.com/blocknat/blocknat/userspace/logattr"
 	"github.com/blocknat/blocknat/userspace/store"
 )
@@ -88,6 +89,13 @@ func internal(format string, args ...any) *failure {
 func fromStore(step string, err error) *failure {
 	if errors.Is(err, store.ErrInvalid) {
 		return malformed(http.StatusBadRequest, "%s: %v", step, err)
+	}
+	if errors.Is(err, diskspace.ErrLow) {
+		// Writes resume by themselves when there is room; 503 tells the
+		// lease hook to queue and a person to come back.
+		f := internal("%s: %v", step, err)
+		f.status = http.StatusServiceUnavailable
+		return f
 	}
 	return internal("%s: %v", step, err)
 }
