@@ -307,20 +307,33 @@ func (e *env) metrics(ctx context.Context) (string, error) {
 	return string(out), err
 }
 
-// alarmLines are the blocknat_records_alarm samples of a scrape, and
-// whether any of them is raised.
-func alarmLines(text string) (lines []string, raised bool) {
+// alarm is what a scrape says about the alarm: blocknat_records_alarm,
+// and which reasons of blocknat_alarm{reason} hold.
+type alarm struct {
+	Raised  bool
+	Reasons []string
+	Lines   []string
+}
+
+func parseAlarm(text string) alarm {
+	var a alarm
 	for _, line := range strings.Split(text, "\n") {
-		if !strings.HasPrefix(line, "blocknat_records_alarm") {
+		name, value, ok := strings.Cut(line, " ")
+		if !ok || !strings.HasPrefix(name, "blocknat_records_alarm") && !strings.HasPrefix(name, "blocknat_alarm{") {
 			continue
 		}
-		lines = append(lines, line)
-		fields := strings.Fields(line)
-		if v, err := strconv.ParseFloat(fields[len(fields)-1], 64); err == nil && v != 0 {
-			raised = true
+		a.Lines = append(a.Lines, line)
+		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+		if err != nil || v == 0 {
+			continue
+		}
+		if name == "blocknat_records_alarm" {
+			a.Raised = true
+		} else if _, reason, ok := strings.Cut(name, `reason="`); ok {
+			a.Reasons = append(a.Reasons, strings.TrimSuffix(reason, `"}`))
 		}
 	}
-	return lines, raised
+	return a
 }
 
 func (e *env) stats() (loader.Stats, error) {

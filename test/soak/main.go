@@ -66,6 +66,7 @@ type options struct {
 	recoverWithin       time.Duration
 	recordSlack         time.Duration
 	connectionsInterval time.Duration
+	upMin, upMax        time.Duration
 }
 
 func main() {
@@ -75,15 +76,20 @@ func main() {
 	flag.IntVar(&o.subscribers, "subscribers", 150, "subscribers that activate before the first cycle (more activate during every phase)")
 	flag.IntVar(&o.connections, "connections", 16, "long-lived TCP connections kept talking through the NAT")
 	flag.DurationVar(&o.connectionsInterval, "talk-every", 100*time.Millisecond, "how often each connection sends a message and waits for its echo")
-	flag.DurationVar(&o.activateEvery, "activate-every", 600*time.Millisecond, "how often a subscriber that never sent starts sending, during the phases")
+	flag.DurationVar(&o.activateEvery, "activate-every", 800*time.Millisecond, "how often a subscriber that never sent starts sending, during the phases")
 	flag.StringVar(&o.stateSize, "state-size", "64m", "size of the tmpfs that holds state_dir")
 	flag.DurationVar(&o.diskHold, "disk-hold", 5*time.Second, "how long state_dir's filesystem stays full")
 	flag.DurationVar(&o.recoverWithin, "recover-within", 60*time.Second, "how long the agent may take to write the records of the full disk, once freed")
 	flag.DurationVar(&o.recordSlack, "record-slack", 250*time.Millisecond, "how far a record's interval may miss its activation's answer and still cover it (clock conversion)")
+	flag.DurationVar(&o.upMin, "up-min", time.Second, "least time the agent runs between two kills")
+	flag.DurationVar(&o.upMax, "up-max", 6*time.Second, "most time the agent runs between two kills")
 	flag.IntVar(&o.hostileRounds, "hostile-rounds", 10, "rounds of each hostile packet class")
 	flag.StringVar(&o.phases, "phases", "restart,reload,hostile,disk", "phases to run, in this order, comma-separated")
 	cleanupOnly := flag.Bool("cleanup", false, "only remove what a killed soak left behind (namespaces, mounts), and exit")
 	flag.Parse()
+	if o.upMax < o.upMin {
+		o.upMax = o.upMin
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "soak: needs root (network namespaces, XDP, mounts); run: sudo make soak")
 		os.Exit(2)
@@ -397,7 +403,9 @@ func (s *soak) restartPhase(ctx context.Context, p *phaseResult) {
 			p.fail("cycle %d: %v", i, err)
 		}
 		resets += s.streams.check(s.fresh, s.acts, phase)
-		sleep(ctx, time.Duration(200+r.IntN(800))*time.Millisecond)
+		// Up for a while: long enough, now and then, for a reconcile (every
+		// 5 s) or a sweep to be cut off by the next kill.
+		sleep(ctx, s.o.upMin+time.Duration(r.Int64N(int64(s.o.upMax-s.o.upMin)+1)))
 		if i%10 == 0 {
 			logf("restart %3d/%d: %d activations in this phase, %d connections reset, %d untranslated upstream, last start %s",
 				i, s.o.cycles, s.acts.count(phase), resets, s.leaks()-leaksBefore, s.lastStart().Round(10*time.Millisecond))
@@ -529,10 +537,13 @@ func (s *soak) hostilePhase(ctx context.Context, p *phaseResult) {
 		p.fail("%v", err)
 		return
 	}
+	sent := time.Now()
 	if _, err := netns.UDPRoundTrip(e.topo.Subscribers[0].NS, 48000, s.echo.Addr, []byte("map me"), 3*time.Second); err != nil {
 		p.fail("a mapping for the inbound classes: %v", err)
 		return
 	}
+	// Subscriber 0's own address has not sent before: a block like any other.
+	s.acts.add(activation{Inside: h.subAddr, Phase: phase, Sent: sent, Answered: time.Now()})
 	remotes := s.echo.Remotes()
 	h.public = remotes[len(remotes)-1]
 	h.tcpEnds = s.tcp.publicEnds()
@@ -631,8 +642,9 @@ func (s *soak) diskPhase(ctx context.Context, p *phaseResult) {
 	logf("disk: state_dir's filesystem full (%d MiB of filler); holding %s", written>>20, s.o.diskHold)
 
 	exits := 0
-	var alarmSeen, reasonSeen bool
+	var alarmSeen, reasonSeen, alarmAfterKill bool
 	var alarmSample []string
+	killed := false
 	watch := func() {
 		if !e.agentAlive() {
 			exits++
@@ -644,16 +656,32 @@ func (s *soak) diskPhase(ctx context.Context, p *phaseResult) {
 			return
 		}
 		if text, err := e.metrics(ctx); err == nil {
-			lines, raised := alarmLines(text)
-			alarmSeen = alarmSeen || raised
-			if raised {
-				alarmSample = lines
+			a := parseAlarm(text)
+			alarmSeen = alarmSeen || a.Raised
+			if a.Raised {
+				alarmSample = a.Lines
 			}
-			reasonSeen = reasonSeen || strings.Contains(strings.Join(lines, "\n"), "disk_low")
+			diskLow := slices.Contains(a.Reasons, "disk_low")
+			reasonSeen = reasonSeen || diskLow
+			if killed && a.Raised && diskLow {
+				alarmAfterKill = true
+			}
 		}
 	}
-	for deadline := time.Now().Add(s.o.diskHold); time.Now().Before(deadline) && ctx.Err() == nil; {
+	holdStart := time.Now()
+	for deadline := holdStart.Add(s.o.diskHold); time.Now().Before(deadline) && ctx.Err() == nil; {
 		watch()
+		// Halfway, a crash on the full disk and a start on it: the agent
+		// must come up (giving up its reserve) and say it is alarmed.
+		if !killed && time.Since(holdStart) > s.o.diskHold/2 {
+			killed = true
+			if err := e.killAgent(); err != nil {
+				p.fail("kill -9 on the full disk: %v", err)
+			}
+			if err := s.start(ctx); err != nil {
+				p.fail("blocknatd did not start on the full disk: %v", err)
+			}
+		}
 		sleep(ctx, 500*time.Millisecond)
 	}
 	watch()
@@ -665,7 +693,6 @@ func (s *soak) diskPhase(ctx context.Context, p *phaseResult) {
 			p.note("blocknat status on the full disk: %v", err)
 		} else {
 			p.note("blocknat status alarm on the full disk: %q", alarms)
-			reasonSeen = reasonSeen || strings.Contains(strings.Join(alarms, " "), "disk_low")
 		}
 	}
 	stopAct()
@@ -689,7 +716,10 @@ func (s *soak) diskPhase(ctx context.Context, p *phaseResult) {
 		p.note("alarm while full: %s", strings.Join(alarmSample, "; "))
 	}
 	if !reasonSeen {
-		p.fail(`no alarm reason "disk_low" in the metrics or blocknat status`)
+		p.fail(`blocknat_alarm{reason="disk_low"} never became 1 while the disk was full`)
+	}
+	if killed && !alarmAfterKill {
+		p.fail("started again on the full disk after kill -9, the agent did not raise the disk_low alarm")
 	}
 
 	// Recovery: the agent by itself, with nobody to restart it unless
@@ -715,7 +745,7 @@ func (s *soak) diskPhase(ctx context.Context, p *phaseResult) {
 		}
 		if !cleared {
 			if text, err := e.metrics(ctx); err == nil {
-				if _, raised := alarmLines(text); !raised {
+				if !parseAlarm(text).Raised {
 					cleared = true
 					p.note("alarm cleared %s after the filler was removed", time.Since(freedAt).Round(100*time.Millisecond))
 				}

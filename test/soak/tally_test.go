@@ -136,3 +136,21 @@ func TestReport(t *testing.T) {
 		t.Errorf("the failed phase or its reason is missing, or a reason spans lines:\n%s", buf.String())
 	}
 }
+
+func TestParseAlarm(t *testing.T) {
+	text := `# HELP blocknat_records_alarm 1 when block records are not being written.
+# TYPE blocknat_records_alarm gauge
+blocknat_records_alarm 1
+blocknat_alarm{reason="audit"} 0
+blocknat_alarm{reason="disk_low"} 1
+blocknat_alarm{reason="selfcheck"} 0
+blocknat_alarms_total 3
+`
+	a := parseAlarm(text)
+	if !a.Raised || len(a.Reasons) != 1 || a.Reasons[0] != "disk_low" || len(a.Lines) != 4 {
+		t.Errorf("parseAlarm = %+v, want raised for disk_low alone, from 4 lines", a)
+	}
+	if a := parseAlarm("blocknat_records_alarm 0\nblocknat_alarm{reason=\"disk_low\"} 0\n"); a.Raised || len(a.Reasons) != 0 {
+		t.Errorf("parseAlarm of a quiet agent = %+v", a)
+	}
+}
