@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"regexp"
@@ -95,6 +97,30 @@ func TestSelfCheckAndMetrics(t *testing.T) {
 	// The audit log counts that status request; the gauge follows it.
 	if v := metricValue(t, e.metricsText(t, metricsListen), metrics.AuditEntries); v < 1 {
 		t.Errorf("%s = %v after an audited status request", metrics.AuditEntries, v)
+	}
+
+	// Garbage on the API socket is turned away by net/http before any
+	// handler; /metrics counts it, and a healthy disk shows its figures.
+	conn, err := net.Dial("unix", harness.SocketPath(e.stateDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Write([]byte("GARBAGE\r\n\r\n"))
+	reply, _ := io.ReadAll(conn)
+	conn.Close()
+	if !strings.HasPrefix(string(reply), "HTTP/1.1 400") {
+		t.Errorf("garbage on the API socket answered %q, want 400", reply)
+	}
+	text = e.metricsText(t, metricsListen)
+	for sample, ok := range map[string]func(float64) bool{
+		metrics.APIRejectedTotal + `{reason="bad_request"}`:       func(v float64) bool { return v == 1 },
+		metrics.Alarm + `{reason="` + metrics.AlarmDiskLow + `"}`: func(v float64) bool { return v == 0 },
+		metrics.StateDirFreeBytes:                                 func(v float64) bool { return v > 0 },
+		metrics.StateDirMinFreeBytes:                              func(v float64) bool { return v == 64<<20 },
+	} {
+		if v := metricValue(t, text, sample); !ok(v) {
+			t.Errorf("%s = %v", sample, v)
+		}
 	}
 
 	if err := e.agent.Stop(); err != nil {
