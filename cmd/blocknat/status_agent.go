@@ -66,6 +66,8 @@ func printAgentStatus(w io.Writer, st blocknatd.Status) {
 	switch {
 	case d.Error != "":
 		row("free", "UNKNOWN: %s", d.Error)
+	case d.SizeBytes == 0:
+		row("free", "not reported")
 	case d.Low:
 		row("free", "LOW: %s of %s, below disk.min_free %s since %s: record and lease writes are paused",
 			bytesText(d.FreeBytes), bytesText(d.SizeBytes), bytesText(d.MinFreeBytes), when(d.Since))
@@ -82,7 +84,7 @@ func printAgentStatus(w io.Writer, st blocknatd.Status) {
 	default:
 		row("reserve", "%s in state_dir/reserve: delete it to free room at once", bytesText(d.ReserveHeldBytes))
 	}
-	if a := st.AuditLog; a.Writing {
+	if a := st.AuditLog; !a.Failing {
 		row("audit log", "writing")
 	} else {
 		row("audit log", "CANNOT WRITE since %s, lookups refused (retried every second): %s", when(a.Since), a.LastError)

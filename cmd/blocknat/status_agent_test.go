@@ -27,14 +27,20 @@ func TestStatusShowsAgentFigures(t *testing.T) {
 		AuditEntries: 41,
 		Guard: blocknatd.GuardStatus{Installed: true, Prefixes: []string{"100.64.0.0/24"}, Interfaces: []string{"bn-out"},
 			DroppedPackets: 12, DroppedBytes: 1200, Missing: 1},
+		Disk: blocknatd.DiskStatus{FreeBytes: 3 << 20, SizeBytes: 64 << 20, MinFreeBytes: 16 << 20, Low: true,
+			Since: time.Date(2026, 11, 20, 1, 0, 0, 0, time.UTC), ReserveBytes: 8 << 20},
+		AuditLog: blocknatd.AuditLogStatus{Failing: true, LastError: "no space left on device", Since: time.Date(2026, 11, 20, 1, 0, 0, 0, time.UTC)},
 	}
 	var out bytes.Buffer
 	if err := printStatus(&out, &api.StatusResponse{AuditSeq: 42, Agent: st}); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"records\n  alarm                RAISED: block records may not be written\n                       self-check failed: canary 9",
+		"records\n  alarm                RAISED: block records may not be written or answered from\n                       self-check failed: canary 9",
 		"store commits        6, 2 failed; mean 1.5ms",
+		"state_dir\n  free                 LOW: 3.0 MiB of 64.0 MiB, below disk.min_free 16.0 MiB since 2026-11-20T01:00:00.000Z",
+		"reserve              MISSING: made once there is disk.min_free plus 8.0 MiB free",
+		"audit log            CANNOT WRITE since 2026-11-20T01:00:00.000Z, lookups refused (retried every second): no space left on device",
 		"state                FAILING: canary 9: not in the record store",
 		"checks               4, 1 failed",
 		"packets              out 10, in 20",

@@ -170,7 +170,7 @@ type DiskStatus struct {
 // AuditLogStatus is whether the audit log can write; while it cannot,
 // lookups are refused.
 type AuditLogStatus struct {
-	Writing   bool      `json:"writing"`
+	Failing   bool      `json:"failing"`
 	LastError string    `json:"last_error,omitempty"`
 	Since     time.Time `json:"since,omitzero"`
 }
@@ -303,7 +303,7 @@ func (st *Status) statusOfSnapshot(s metrics.Snapshot) {
 	if d.Low {
 		st.Disk.Since = d.Since
 	}
-	st.AuditLog = AuditLogStatus{Writing: !s.Audit.Failing, LastError: s.Audit.LastError, Since: s.Audit.Since}
+	st.AuditLog = AuditLogStatus{Failing: s.Audit.Failing, LastError: s.Audit.LastError, Since: s.Audit.Since}
 	w := s.Writes
 	st.StoreWrites = StoreWritesStatus{Commits: w.Count, Errors: w.Errors, MeanSeconds: w.Mean.Seconds(),
 		LastSeconds: w.Last.Seconds(), MaxSeconds: w.Max.Seconds()}
