@@ -6,7 +6,7 @@ GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 GOTEST_FLAGS ?= -count=1 -timeout 30m
 BENCH_COUNT ?= 11
 
-.PHONY: all deps generate check-generate build test bench bench-quick soak demo clean
+.PHONY: all deps generate check-generate check-tidy build test bench bench-quick soak demo clean
 
 all: build
 
@@ -22,6 +22,11 @@ generate:
 # Fails when the committed objects differ from what the sources produce.
 check-generate: generate
 	@git diff --exit-code --stat -- loader/ test/bench/ || { echo "loader/, test/bench/: committed bpf2go output is stale; run 'make generate' and commit"; exit 1; }
+
+# Fails when go.mod or go.sum is not what `go mod tidy` makes of the code:
+# a dependency used but marked indirect, or one no longer used.
+check-tidy:
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy; run 'go mod tidy' and commit"; exit 1; }
 
 build:
 	$(GO) build -o bin/ ./cmd/...
