@@ -85,6 +85,16 @@ type Config struct {
 	Export Export `yaml:"export"`
 	// Disk is the free space kept under state_dir.
 	Disk Disk `yaml:"disk"`
+
+	// parsed is what Validate parsed, for Mapping and SourceRules to hand
+	// out rather than parse again; nil until Validate succeeds.
+	parsed *parsed
+}
+
+// parsed is the typed form of the fields that are written as text.
+type parsed struct {
+	mapping *mapping.Mapping
+	sources SourceRules
 }
 
 // Inside is the subscriber side.
@@ -252,30 +262,27 @@ func (f *nodeFinder) Visit(n ast.Node) ast.Visitor {
 }
 
 // Validate reports every problem found, joined, each naming its field.
+// When there is none it keeps what it parsed: Mapping and SourceRules
+// return it, so a start parses the prefixes, the pool and the range once.
 func (c *Config) Validate() error {
+	c.parsed = nil
 	var errs []error
 	errs = append(errs, validateInterfaces(c.Inside.Interfaces, c.Outside.Interfaces)...)
 
-	_, prefixErrs := parsePrefixes("inside.prefixes", c.Inside.Prefixes)
-	_, poolErrs := parsePrefixes("outside.pool", c.Outside.Pool)
-	_, _, rangeErr := c.PortRange()
-	errs = append(errs, prefixErrs...)
-	errs = append(errs, poolErrs...)
-	if rangeErr != nil {
-		errs = append(errs, rangeErr)
-	}
-	// The mapping's own checks (overlaps, sharing ratio, block size) only
-	// make sense once its inputs parse; otherwise they would repeat the
-	// errors above in other words.
-	if len(prefixErrs) == 0 && len(poolErrs) == 0 && rangeErr == nil {
-		if m, err := c.Mapping(); err != nil {
-			errs = append(errs, err)
-		} else if err := c.checkMaxFlows(m); err != nil {
+	p := &parsed{}
+	m, mappingErrs := c.buildMapping()
+	errs = append(errs, mappingErrs...)
+	if m != nil {
+		p.mapping = m
+		if err := c.checkMaxFlows(m); err != nil {
 			errs = append(errs, err)
 		}
 	} else if c.MaxFlows > MaxFlows {
 		errs = append(errs, fmt.Errorf("max_flows: %d is more than %d", c.MaxFlows, MaxFlows))
 	}
+	var sourceErrs []error
+	p.sources, sourceErrs = c.parseSources()
+	errs = append(errs, sourceErrs...)
 
 	if c.XDPMode != XDPModeNative && c.XDPMode != XDPModeGeneric {
 		errs = append(errs, fmt.Errorf("xdp_mode: %q is not %q or %q", c.XDPMode, XDPModeNative, XDPModeGeneric))
@@ -285,12 +292,15 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s: %q is not an absolute path", dir.field, dir.path))
 		}
 	}
-	errs = append(errs, c.validateSources()...)
 	errs = append(errs, c.validateAgent()...)
 	errs = append(errs, c.validateDisk()...)
 	errs = append(errs, c.validateExport()...)
 	errs = append(errs, c.validateMonitoring()...)
-	return errors.Join(errs...)
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	c.parsed = p
+	return nil
 }
 
 // checkMaxFlows refuses flow tables the mapping's subscribers could fill:
@@ -410,13 +420,35 @@ func (c *Config) PortRange() (lo, hi uint16, err error) {
 	return uint16(l), uint16(h), nil
 }
 
-// Mapping builds the deterministic mapping the configuration describes.
+// Mapping is the deterministic mapping the configuration describes: the
+// one Validate built, or, for a Config that was not validated, one built
+// now.
 func (c *Config) Mapping() (*mapping.Mapping, error) {
-	prefixes, prefixErrs := parsePrefixes("inside.prefixes", c.Inside.Prefixes)
-	pool, poolErrs := parsePrefixes("outside.pool", c.Outside.Pool)
-	lo, hi, rangeErr := c.PortRange()
-	if err := errors.Join(append(append(prefixErrs, poolErrs...), rangeErr)...); err != nil {
-		return nil, err
+	if c.parsed != nil {
+		return c.parsed.mapping, nil
 	}
-	return mapping.New(prefixes, pool, lo, hi, c.Ports.BlockSize)
+	m, errs := c.buildMapping()
+	return m, errors.Join(errs...)
+}
+
+// buildMapping parses the mapping's fields and builds it; a nil mapping
+// comes with the errors. The mapping's own checks (overlaps, sharing
+// ratio, block size) run only once its inputs parse; otherwise they would
+// repeat those errors in other words.
+func (c *Config) buildMapping() (*mapping.Mapping, []error) {
+	prefixes, errs := parsePrefixes("inside.prefixes", c.Inside.Prefixes)
+	pool, poolErrs := parsePrefixes("outside.pool", c.Outside.Pool)
+	errs = append(errs, poolErrs...)
+	lo, hi, rangeErr := c.PortRange()
+	if rangeErr != nil {
+		errs = append(errs, rangeErr)
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	m, err := mapping.New(prefixes, pool, lo, hi, c.Ports.BlockSize)
+	if err != nil {
+		return nil, []error{err}
+	}
+	return m, nil
 }

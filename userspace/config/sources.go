@@ -42,9 +42,12 @@ type SourceRules struct {
 	RequireBinding map[string]bool
 }
 
-// SourceRules parses the source-validation fields; Validate has checked
-// them, so an error here means the Config was changed since.
+// SourceRules are the source-validation rules Validate parsed, or, for a
+// Config that was not validated, the rules parsed now.
 func (c *Config) SourceRules() (SourceRules, error) {
+	if c.parsed != nil {
+		return c.parsed.sources, nil
+	}
 	rules, errs := c.parseSources()
 	return rules, errors.Join(errs...)
 }
@@ -117,7 +120,3 @@ func (c *Config) parseSources() (SourceRules, []error) {
 	return rules, errs
 }
 
-func (c *Config) validateSources() []error {
-	_, errs := c.parseSources()
-	return errs
-}
