@@ -69,7 +69,7 @@ func TestDHCPServedWithNATAttached(t *testing.T) {
 	if err := e.agent.Stop(); err != nil {
 		t.Fatalf("stop blocknatd: %v\n%s", err, e.agent.Log())
 	}
-	open, err := e.openStore(t).Open()
+	open, err := e.openStore(t).OpenRecords()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -130,7 +130,7 @@ func TestSelfCheckAndMetrics(t *testing.T) {
 		t.Errorf("a self-check failed:\n%s", e.agent.Log())
 	}
 	st := e.openStore(t)
-	open, err := st.Open()
+	open, err := st.OpenRecords()
 	if err != nil || len(open) != len(e.topo.Subscribers) {
 		t.Fatalf("open records %+v (%v): want one per subscriber, no canary", open, err)
 	}

@@ -78,7 +78,7 @@ func TestRecordsOfTraffic(t *testing.T) {
 	}
 	after := time.Now()
 	st := e.openStore(t)
-	open, err := st.Open()
+	open, err := st.OpenRecords()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestCrashLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := e.openStore(t)
-	open, err := st.Open()
+	open, err := st.OpenRecords()
 	if err != nil {
 		t.Fatal(err)
 	}

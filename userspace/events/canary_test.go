@@ -56,7 +56,7 @@ func TestCanaryWrittenApartFromRecords(t *testing.T) {
 	if !c.Time.Equal(clock.Wall(mono)) || c.Epoch != 3 {
 		t.Errorf("canary %+v, want time %v epoch 3", c, clock.Wall(mono))
 	}
-	open, err := st.Open()
+	open, err := st.OpenRecords()
 	if err != nil || len(open) != 1 || open[0].Subscriber != 2 {
 		t.Errorf("open records %+v (%v), want subscriber 2's only", open, err)
 	}

@@ -147,7 +147,7 @@ func TestReleaseAfterLaterActivation(t *testing.T) {
 	if err := rec.Submit(context.Background(), []store.Op{{Kind: store.OpRelease, Record: r}}); err != nil {
 		t.Fatal(err)
 	}
-	open, err := sink.st.Open()
+	open, err := sink.st.OpenRecords()
 	if err != nil || len(open) != 1 || !open[0].Start.Equal(clock.Wall(again)) {
 		t.Fatalf("open records %+v (%v), want one from the second activation at %v", open, err, clock.Wall(again))
 	}
@@ -174,7 +174,7 @@ func TestStoreFailureIsRetried(t *testing.T) {
 	sink.fail = false
 	sink.mu.Unlock()
 	waitFor(t, "recovery", func() bool { return rec.Health().RecordsWritten == 1 && !rec.Health().Failing })
-	if open, _ := sink.st.Open(); len(open) != 1 {
+	if open, _ := sink.st.OpenRecords(); len(open) != 1 {
 		t.Errorf("after recovery %d open records, want 1", len(open))
 	}
 }

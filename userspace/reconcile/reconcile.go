@@ -20,7 +20,7 @@ import (
 
 // OpenLister lists the store's open records (*store.Store).
 type OpenLister interface {
-	Open() ([]store.Record, error)
+	OpenRecords() ([]store.Record, error)
 }
 
 // Submitter writes record changes in order with the ring buffer's events.
@@ -68,7 +68,7 @@ func (r *Reconciler) Once(ctx context.Context) (Result, error) {
 	nowMono := r.Clock.MonoNow()
 	now := r.Clock.Wall(nowMono)
 
-	open, err := r.Store.Open()
+	open, err := r.Store.OpenRecords()
 	if err != nil {
 		return res, fmt.Errorf("list open records: %w", err)
 	}

@@ -72,7 +72,7 @@ func TestReconcile(t *testing.T) {
 	if res != (Result{Active: 3, Recovered: 2, Closed: 1}) {
 		t.Errorf("result %+v", res)
 	}
-	open, _ := st.Open()
+	open, _ := st.OpenRecords()
 	bySub := map[uint32]store.Record{}
 	for _, rec := range open {
 		bySub[rec.Subscriber] = rec

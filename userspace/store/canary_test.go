@@ -35,7 +35,7 @@ func TestCanaryFoundAndNeverASubscriber(t *testing.T) {
 		t.Errorf("canary 41 asked for after its time: err %v, want ErrNotFound", err)
 	}
 
-	open, err := s.Open()
+	open, err := s.OpenRecords()
 	if err != nil || len(open) != 1 || open[0].Subscriber != 5 {
 		t.Errorf("open records %v (%v), want only subscriber 5's", recStrings(open), err)
 	}
@@ -93,7 +93,7 @@ func TestCanaryRefusesBadTime(t *testing.T) {
 	if !errors.Is(err, ErrInvalid) {
 		t.Fatalf("canary without a time: err %v, want ErrInvalid", err)
 	}
-	if open, _ := s.Open(); len(open) != 0 {
+	if open, _ := s.OpenRecords(); len(open) != 0 {
 		t.Errorf("a refused batch wrote %v", recStrings(open))
 	}
 }

@@ -51,7 +51,7 @@ func (w *crashWorkload) batch() []Op {
 // state is the canonical form of everything a store holds.
 func storeState(t testing.TB, s *Store) string {
 	t.Helper()
-	open, err := s.Open()
+	open, err := s.OpenRecords()
 	if err != nil {
 		t.Fatalf("Open(): %v", err)
 	}

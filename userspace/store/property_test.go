@@ -407,7 +407,7 @@ func checkAll(t *testing.T, s *Store, m *model, everything []Record, rng *rand.R
 	if d := diffLists(recStrings(exportAll(t, s)), recStrings(m.export(time.Unix(0, 0), now.Add(time.Hour), now))); d != "" {
 		t.Fatalf("Export(all):\n%s", d)
 	}
-	gotOpen, err := s.Open()
+	gotOpen, err := s.OpenRecords()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -926,8 +926,8 @@ func (v *view) export(lo, hi int64, fn func(Record) error) error {
 	return flush(math.MaxUint32)
 }
 
-// Open returns every open record, ordered by public address and port.
-func (s *Store) Open() ([]Record, error) {
+// OpenRecords returns every open record, ordered by public address and port.
+func (s *Store) OpenRecords() ([]Record, error) {
 	var out []Record
 	err := s.read("open records", func(v *view) error {
 		return v.scan([]byte{prefixOpen}, []byte{prefixOpen + 1}, func(k, val []byte) error {

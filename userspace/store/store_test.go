@@ -131,13 +131,13 @@ func TestOpenRecordAnswersUntilNow(t *testing.T) {
 	if got := lookup(t, s, "198.51.100.3", 1500, c.Now().Add(time.Millisecond), 0); len(got) != 0 {
 		t.Fatalf("after now: got %v", recStrings(got))
 	}
-	open, err := s.Open()
+	open, err := s.OpenRecords()
 	if err != nil || len(open) != 1 || open[0].Subscriber != 3 {
 		t.Fatalf("Open() = %v, %v", recStrings(open), err)
 	}
 	end := c.Now()
 	mustApply(t, s, release(3, "198.51.100.3", 1024, end))
-	if open, _ := s.Open(); len(open) != 0 {
+	if open, _ := s.OpenRecords(); len(open) != 0 {
 		t.Fatalf("Open() after release = %v", recStrings(open))
 	}
 	// The released record was carried into every day it covered.
@@ -160,12 +160,12 @@ func TestActivateTwiceKeepsEarliestStart(t *testing.T) {
 	recovered.Record.Flags = FlagRecovered
 	mustApply(t, s, recovered)
 	mustApply(t, s, activate(5, "100.64.0.5", "198.51.100.5", 4096, 5119, t0.Add(20*time.Minute), 1)) // later: ignored
-	open, _ := s.Open()
+	open, _ := s.OpenRecords()
 	if len(open) != 1 || !open[0].Start.Equal(t0.Add(10*time.Minute)) || open[0].Flags != FlagRecovered {
 		t.Fatalf("after later duplicate: %v", recStrings(open))
 	}
 	mustApply(t, s, activate(5, "100.64.0.5", "198.51.100.5", 4096, 5119, t0, 1)) // earlier: replaces
-	open, _ = s.Open()
+	open, _ = s.OpenRecords()
 	if len(open) != 1 || !open[0].Start.Equal(t0) || open[0].Flags != 0 {
 		t.Fatalf("after earlier report: %v", recStrings(open))
 	}
@@ -445,7 +445,7 @@ func TestReopenKeepsState(t *testing.T) {
 	}
 	// And the open set: releasing works against the reloaded record.
 	mustApply(t, s, release(1, "198.51.100.1", 1024, t0.Add(time.Minute)))
-	if open, _ := s.Open(); len(open) != 0 {
+	if open, _ := s.OpenRecords(); len(open) != 0 {
 		t.Fatalf("open after release: %v", recStrings(open))
 	}
 }
@@ -471,7 +471,7 @@ func TestRingBufferConfirmsRecovered(t *testing.T) {
 		if err := s.Apply([]Op{{Kind: OpActivate, Record: op}}); err != nil {
 			t.Fatal(err)
 		}
-		open, err := s.Open()
+		open, err := s.OpenRecords()
 		if err != nil || len(open) != 1 || !open[0].Start.Equal(start) {
 			t.Fatalf("step %d: open %+v (%v), want one record from %v", i, open, err, start)
 		}
