@@ -37,6 +37,10 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 const struct block_event *unused_block_event __attribute__((unused));
 const enum stat_index *unused_stat_index __attribute__((unused));
 const enum iface_policy_flags *unused_iface_policy_flags __attribute__((unused));
+const enum block_event_kind *unused_block_event_kind __attribute__((unused));
+const enum flow_proto *unused_flow_proto __attribute__((unused));
+const enum flow_state *unused_flow_state __attribute__((unused));
+const enum iface_role *unused_iface_role __attribute__((unused));
 
 #ifndef AF_INET
 #define AF_INET 2

@@ -8,6 +8,7 @@
 #define BLOCKNAT_TYPES_H
 
 #include <linux/types.h>
+#include <linux/in.h>
 
 /* Kinds of block event. Only activation is reported by the kernel; releases
  * are decided by the agent's sweeper and never cross the ring buffer. */
@@ -32,6 +33,15 @@ struct block_event {
 	__u32 kind;
 };
 _Static_assert(sizeof(struct block_event) == 32, "block_event layout");
+
+/* The protocols that share the flow tables (flow_key.proto, filter_key.proto):
+ * TCP and UDP keyed by port, ICMP echo by identifier. Named here so that Go
+ * takes the numbers from bpf2go rather than from a copy. */
+enum flow_proto {
+	FLOW_PROTO_ICMP = IPPROTO_ICMP,
+	FLOW_PROTO_TCP = IPPROTO_TCP,
+	FLOW_PROTO_UDP = IPPROTO_UDP,
+};
 
 /* flow_key names one endpoint-independent mapping side. For the forward table
  * it is (inside address, inside port); for the reverse table it is (public

@@ -81,7 +81,7 @@ func TestAttachPinRestartDetach(t *testing.T) {
 		t.Fatalf("no XDP program on in0/out0 after attach")
 	}
 	// A mapping made now must survive the restart below.
-	key := FlowKey{Addr: 0x01020304, Port: 7, Proto: 17}
+	key := FlowKey{Addr: 0x01020304, Port: 7, Proto: ProtoUDP}
 	if err := nat.FlowsFwd().Put(&key, &FlowFwd{NatPort: 9}); err != nil {
 		t.Fatal(err)
 	}

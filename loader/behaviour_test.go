@@ -254,7 +254,7 @@ func TestInboundRefreshAndClose(t *testing.T) {
 		t.Error("inbound UDP refreshed the mapping")
 	}
 
-	key := FlowKey{Addr: be32(netip.MustParseAddr(sub2)), Port: htons(40000), Proto: 17}
+	key := FlowKey{Addr: be32(netip.MustParseAddr(sub2)), Port: htons(40000), Proto: ProtoUDP}
 	var v FlowFwd
 	tcp := pkt{proto: layers.IPProtocolTCP, src: sub2 + ":40001", dst: server + ":443", tcpFlags: "A"}
 	mapped := mapOut(tcp)(f)
@@ -265,7 +265,7 @@ func TestInboundRefreshAndClose(t *testing.T) {
 	if act, _ := f.inbound(frame); act != xdpRedirect {
 		t.Fatal(actionNames[act])
 	}
-	tkey := FlowKey{Addr: key.Addr, Port: htons(40001), Proto: 6}
+	tkey := FlowKey{Addr: key.Addr, Port: htons(40001), Proto: ProtoTCP}
 	if err := f.nat.objs.FlowsFwd.Lookup(&tkey, &v); err != nil || v.State != FlowStateTCPClosing {
 		t.Errorf("after an inbound RST the state is %d, want closing", v.State)
 	}
@@ -320,7 +320,7 @@ func inboundRefreshesUDP(t *testing.T, f *natFixture) bool {
 	t.Helper()
 	udp := udpOut(sub2+":40000", server+":7000")
 	mapped := mapOut(udp)(f)
-	key := FlowKey{Addr: be32(netip.MustParseAddr(sub2)), Port: htons(40000), Proto: 17}
+	key := FlowKey{Addr: be32(netip.MustParseAddr(sub2)), Port: htons(40000), Proto: ProtoUDP}
 	var v FlowFwd
 	if err := f.nat.objs.FlowsFwd.Lookup(&key, &v); err != nil {
 		t.Fatal(err)
@@ -366,7 +366,7 @@ func TestFragmentStateBoundedAndExpiring(t *testing.T) {
 	}
 	// Age the newest datagram's state past the timeout.
 	last := size + 999
-	key := FragKey{Saddr: be32(netip.MustParseAddr(server)), Daddr: be32(mapped.Addr()), Id: htons(uint16(last)), Proto: 17}
+	key := FragKey{Saddr: be32(netip.MustParseAddr(server)), Daddr: be32(mapped.Addr()), Id: htons(uint16(last)), Proto: ProtoUDP}
 	if err := f.nat.objs.Frags.Lookup(&key, &v); err != nil {
 		t.Fatalf("newest fragment state: %v", err)
 	}

@@ -8,10 +8,6 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// BlockEventCanary is the kind of the agent's self-check event (enum
-// block_event_kind in bpf/types.h, generated from bpf/canary.c).
-const BlockEventCanary = uint32(canaryBlockEventKindBLOCK_EVENT_CANARY)
-
 // canarySubmitted is XDP_PASS, which the canary program returns when its
 // event was submitted.
 const canarySubmitted = 2

@@ -13,8 +13,9 @@ import (
 	"github.com/blocknat/blocknat/userspace/mapping"
 )
 
-// The hand-written kind constant must say what the C enum says.
+// The NAT's object and the canary's must say the same of the kinds.
 var _ = [1]struct{}{}[BlockEventActivate-uint32(canaryBlockEventKindBLOCK_EVENT_ACTIVATE)]
+var _ = [1]struct{}{}[BlockEventCanary-uint32(canaryBlockEventKindBLOCK_EVENT_CANARY)]
 
 func monoNow(t *testing.T) uint64 {
 	t.Helper()

@@ -218,13 +218,13 @@ func modelParse(b []byte) (model, bool) {
 	srcIP, dstIP := netip.AddrFrom4([4]byte(b[26:30])), netip.AddrFrom4([4]byte(b[30:34]))
 	var sport, dport uint16
 	switch m.proto {
-	case 6:
+	case ProtoTCP:
 		if len(l4) < 20 || int(l4[12]>>4)*4 < 20 || len(l4) < int(l4[12]>>4)*4 {
 			return m, false
 		}
 		sport, dport = binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:])
 		m.checkOff = m.l4off + 16
-	case 17:
+	case ProtoUDP:
 		if len(l4) < 8 {
 			return m, false
 		}
@@ -233,7 +233,7 @@ func modelParse(b []byte) (model, bool) {
 		if binary.BigEndian.Uint16(l4[6:]) == 0 {
 			m.checkOff = -1
 		}
-	case 1:
+	case ProtoICMP:
 		if len(l4) < 8 || (l4[0] != 8 && l4[0] != 0) {
 			return m, false
 		}
@@ -311,12 +311,12 @@ func l4ChecksumValid(b []byte, m model) bool {
 	seg := b[m.l4off:end]
 	skip := m.checkOff - m.l4off
 	var pseudo []byte
-	if m.proto != 1 {
+	if m.proto != ProtoICMP {
 		pseudo = append(append([]byte{}, b[26:34]...), 0, m.proto, byte(len(seg)>>8), byte(len(seg)))
 	}
 	want := checksum(seg, skip, pseudo)
 	got := binary.BigEndian.Uint16(b[m.checkOff:])
-	return got == want || (m.proto == 17 && want == 0 && got == 0xffff)
+	return got == want || (m.proto == ProtoUDP && want == 0 && got == 0xffff)
 }
 
 // unexpectedChanges lists bytes that changed outside what translation and

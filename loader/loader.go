@@ -30,26 +30,31 @@ type (
 	FragVal         = natFragVal
 )
 
-// Block event kinds (enum block_event_kind).
-const BlockEventActivate = 1
-
-// Flow states (enum flow_state), used by the sweeper to pick a timeout.
+// Block event kinds (enum block_event_kind), as BlockEvent.Kind holds them.
 const (
-	FlowStateOther    = 0
-	FlowStateTCPTrans = 1
-	FlowStateTCPEst   = 2
+	BlockEventActivate = uint32(natBlockEventKindBLOCK_EVENT_ACTIVATE)
+	// BlockEventCanary is the agent's self-check (bpf/canary.c).
+	BlockEventCanary = uint32(natBlockEventKindBLOCK_EVENT_CANARY)
+)
+
+// Flow states (enum flow_state), as FlowFwd.State holds them; the sweeper
+// picks a timeout by them.
+const (
+	FlowStateOther    = uint8(natFlowStateFLOW_STATE_OTHER)
+	FlowStateTCPTrans = uint8(natFlowStateFLOW_STATE_TCP_TRANS)
+	FlowStateTCPEst   = uint8(natFlowStateFLOW_STATE_TCP_EST)
 	// FlowStateTCPClosing: a FIN or RST from or to the mapping's peer
 	// (FlowFwd.PeerAddr, PeerPort); the transitory timeout applies. It
 	// reverts to established when both sides go on exchanging plain ACKs.
-	FlowStateTCPClosing = 3
+	FlowStateTCPClosing = uint8(natFlowStateFLOW_STATE_TCP_CLOSING)
 )
 
-// Protocol numbers of the flow key's Proto: the three protocols that share
-// the flow tables.
+// Protocol numbers of the flow key's Proto (enum flow_proto): the three
+// protocols that share the flow tables.
 const (
-	ProtoICMP = 1
-	ProtoTCP  = 6
-	ProtoUDP  = 17
+	ProtoICMP = uint8(natFlowProtoFLOW_PROTO_ICMP)
+	ProtoTCP  = uint8(natFlowProtoFLOW_PROTO_TCP)
+	ProtoUDP  = uint8(natFlowProtoFLOW_PROTO_UDP)
 )
 
 // TimeoutClass is which idle timeout a mapping lives by.
@@ -82,8 +87,8 @@ func TimeoutClassOf(key FlowKey, v FlowFwd) TimeoutClass {
 type Role uint32
 
 const (
-	RoleInside  Role = 1 // enum iface_role IFACE_INSIDE
-	RoleOutside Role = 2 // IFACE_OUTSIDE
+	RoleInside  = Role(natIfaceRoleIFACE_INSIDE) // enum iface_role
+	RoleOutside = Role(natIfaceRoleIFACE_OUTSIDE)
 )
 
 func (r Role) String() string {

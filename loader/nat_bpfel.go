@@ -25,6 +25,13 @@ type natBlockEvent struct {
 	Kind       uint32
 }
 
+type natBlockEventKind uint32
+
+const (
+	natBlockEventKindBLOCK_EVENT_ACTIVATE natBlockEventKind = 1
+	natBlockEventKindBLOCK_EVENT_CANARY   natBlockEventKind = 2
+)
+
 type natFilterKey struct {
 	_          structs.HostLayout
 	NatAddr    uint32
@@ -57,6 +64,14 @@ type natFlowKey struct {
 	Pad   uint8
 }
 
+type natFlowProto uint32
+
+const (
+	natFlowProtoFLOW_PROTO_ICMP natFlowProto = 1
+	natFlowProtoFLOW_PROTO_TCP  natFlowProto = 6
+	natFlowProtoFLOW_PROTO_UDP  natFlowProto = 17
+)
+
 type natFlowRev struct {
 	_          structs.HostLayout
 	Addr       uint32
@@ -65,6 +80,15 @@ type natFlowRev struct {
 	Pad        uint8
 	Subscriber uint32
 }
+
+type natFlowState uint32
+
+const (
+	natFlowStateFLOW_STATE_OTHER       natFlowState = 0
+	natFlowStateFLOW_STATE_TCP_TRANS   natFlowState = 1
+	natFlowStateFLOW_STATE_TCP_EST     natFlowState = 2
+	natFlowStateFLOW_STATE_TCP_CLOSING natFlowState = 3
+)
 
 type natFragKey struct {
 	_     structs.HostLayout
@@ -87,6 +111,13 @@ type natIfacePolicyFlags uint32
 const (
 	natIfacePolicyFlagsIFACE_CHECK_PREFIXES  natIfacePolicyFlags = 1
 	natIfacePolicyFlagsIFACE_REQUIRE_BINDING natIfacePolicyFlags = 2
+)
+
+type natIfaceRole uint32
+
+const (
+	natIfaceRoleIFACE_INSIDE  natIfaceRole = 1
+	natIfaceRoleIFACE_OUTSIDE natIfaceRole = 2
 )
 
 type natIfaceSourceKey struct {
@@ -195,7 +226,11 @@ const (
 	natVarSubscriberCount        = "subscriber_count"
 	natVarUdpInboundRefresh      = "udp_inbound_refresh"
 	natVarUnusedBlockEvent       = "unused_block_event"
+	natVarUnusedBlockEventKind   = "unused_block_event_kind"
+	natVarUnusedFlowProto        = "unused_flow_proto"
+	natVarUnusedFlowState        = "unused_flow_state"
 	natVarUnusedIfacePolicyFlags = "unused_iface_policy_flags"
+	natVarUnusedIfaceRole        = "unused_iface_role"
 	natVarUnusedStatIndex        = "unused_stat_index"
 )
 
@@ -282,7 +317,11 @@ type natVariableSpecs struct {
 	SubscriberCount        *ebpf.VariableSpec `ebpf:"subscriber_count"`
 	UdpInboundRefresh      *ebpf.VariableSpec `ebpf:"udp_inbound_refresh"`
 	UnusedBlockEvent       *ebpf.VariableSpec `ebpf:"unused_block_event"`
+	UnusedBlockEventKind   *ebpf.VariableSpec `ebpf:"unused_block_event_kind"`
+	UnusedFlowProto        *ebpf.VariableSpec `ebpf:"unused_flow_proto"`
+	UnusedFlowState        *ebpf.VariableSpec `ebpf:"unused_flow_state"`
 	UnusedIfacePolicyFlags *ebpf.VariableSpec `ebpf:"unused_iface_policy_flags"`
+	UnusedIfaceRole        *ebpf.VariableSpec `ebpf:"unused_iface_role"`
 	UnusedStatIndex        *ebpf.VariableSpec `ebpf:"unused_stat_index"`
 }
 
@@ -359,7 +398,11 @@ type natVariables struct {
 	SubscriberCount        *ebpf.Variable `ebpf:"subscriber_count"`
 	UdpInboundRefresh      *ebpf.Variable `ebpf:"udp_inbound_refresh"`
 	UnusedBlockEvent       *ebpf.Variable `ebpf:"unused_block_event"`
+	UnusedBlockEventKind   *ebpf.Variable `ebpf:"unused_block_event_kind"`
+	UnusedFlowProto        *ebpf.Variable `ebpf:"unused_flow_proto"`
+	UnusedFlowState        *ebpf.Variable `ebpf:"unused_flow_state"`
 	UnusedIfacePolicyFlags *ebpf.Variable `ebpf:"unused_iface_policy_flags"`
+	UnusedIfaceRole        *ebpf.Variable `ebpf:"unused_iface_role"`
 	UnusedStatIndex        *ebpf.Variable `ebpf:"unused_stat_index"`
 }
 

@@ -373,7 +373,7 @@ func TestEndpointIndependentMapping(t *testing.T) {
 // handshake and the close.
 func TestTCPState(t *testing.T) {
 	f := defaultFixture(t)
-	key := FlowKey{Addr: be32(netip.MustParseAddr(sub2)), Port: htons(40001), Proto: 6}
+	key := FlowKey{Addr: be32(netip.MustParseAddr(sub2)), Port: htons(40001), Proto: ProtoTCP}
 	for _, step := range []struct {
 		flags string
 		want  uint8
