@@ -9,6 +9,18 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 )
 
+// Epoch is one mapping configuration and the time it took effect (RFC 7422 §3).
+type Epoch struct {
+	ID                        uint32
+	Start                     time.Time // took effect
+	Recorded                  time.Time // when this copy was written; epochs are re-written daily
+	Prefixes                  []netip.Prefix
+	Pool                      []netip.Addr
+	PortLo, PortHi, BlockSize uint16
+	Ratio                     uint32
+	Hash                      [32]byte
+}
+
 // PutEpoch writes an epoch and syncs. Writing the same ID and Start again
 // replaces the copy, which is how the daily re-write refreshes Recorded. A
 // zero Recorded is set to the store's clock.

@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -56,6 +57,9 @@ const (
 func dayOf(ns int64) uint32 { return uint32(ns / nsPerDay) }
 
 func dayStart(day uint32) time.Time { return time.Unix(int64(day)*86400, 0).UTC() }
+
+// maxDay is the day of the largest time that Unix nanoseconds can express.
+const maxDay = uint32(math.MaxInt64 / nsPerDay)
 
 // recordID is what makes a record unique: the block it held, when it began
 // and who held it.

@@ -1,0 +1,227 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// OpKind says what an Op does.
+type OpKind uint8
+
+const (
+	// OpActivate writes an open record (Record.End must be zero). Activating a
+	// block the same subscriber already holds open keeps the earlier Start, so
+	// the ring buffer and the reconciler may both report a block.
+	OpActivate OpKind = iota + 1
+	// OpRelease closes the open record of Record.Subscriber for the block
+	// (Record.Public, Record.PortLo) at Record.End, and adds Record.Flags.
+	// Other fields come from the open record. A release that matches no open
+	// record is logged, counted in Stats.UnmatchedReleases and skipped.
+	OpRelease
+	// OpCanary writes Op.Canary, the agent's self-check record, in a
+	// keyspace of its own that no lookup, history, export or open-record
+	// scan reads; canaries older than canaryKeep are deleted with it.
+	OpCanary
+)
+
+func (k OpKind) String() string {
+	switch k {
+	case OpActivate:
+		return "activate"
+	case OpRelease:
+		return "release"
+	case OpCanary:
+		return "canary"
+	}
+	return fmt.Sprintf("OpKind(%d)", uint8(k))
+}
+
+// Op is one change given to Apply.
+type Op struct {
+	Kind   OpKind
+	Record Record
+	Canary Canary // OpCanary only
+}
+
+// Apply writes a batch of activations and releases as one Pebble batch
+// committed with pebble.Sync: when Apply returns nil, every op is on stable
+// storage, and a crash leaves either all of them or none. If any op is
+// invalid nothing is written. Addresses must be IPv4, and times after 1970
+// and at most maxClockSkew (24h) after the store's clock.
+func (s *Store) Apply(ops []Op) error {
+	if len(ops) == 0 {
+		return nil
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	if s.db == nil {
+		return ErrClosed
+	}
+	if err := s.mayWrite(); err != nil {
+		return fmt.Errorf("apply %d ops: %w", len(ops), err)
+	}
+	now := s.now()
+	swept := s.swept.Load()
+	width := s.maxWidth.Load()
+
+	// pending holds this batch's changes to the open set (nil: released)
+	// until the commit succeeds.
+	pending := make(map[openID]*Record)
+	current := func(oid openID) (Record, bool) {
+		if r, ok := pending[oid]; ok {
+			if r == nil {
+				return Record{}, false
+			}
+			return *r, true
+		}
+		r, ok := s.open[oid]
+		return r, ok
+	}
+	var unmatched uint64
+	b := s.db.NewBatch()
+	defer b.Close()
+	for i := range ops {
+		op := &ops[i]
+		switch op.Kind {
+		case OpActivate:
+			rec, id, inside, err := checkActivate(op.Record, now)
+			if err != nil {
+				return fmt.Errorf("apply op %d (activate subscriber %d): %w", i, op.Record.Subscriber, err)
+			}
+			oid := id.open()
+			if cur, ok := current(oid); ok {
+				confirms := rec.Start.Equal(cur.Start) && cur.Flags&FlagRecovered != 0 && rec.Flags&FlagRecovered == 0
+				if !rec.Start.Before(cur.Start) && !confirms {
+					continue // the block is already recorded as open from an earlier time
+				}
+				// Either a later report with an earlier start (the ring
+				// buffer's event after the reconciler found the block
+				// without knowing its start) widens the record to the true
+				// start, or the ring buffer's event for exactly the
+				// activation the reconciler recovered confirms it, and the
+				// record is no longer marked recovered.
+				curID, curInside := idOf(&cur)
+				if err := errors.Join(b.Delete(openKey(curID), nil), b.Delete(openInsideKey(curInside, curID), nil)); err != nil {
+					return fmt.Errorf("apply op %d: batch delete: %w", i, err)
+				}
+			}
+			if err := errors.Join(
+				b.Set(openKey(id), encodeValue(nil, &rec, inside, false), nil),
+				b.Set(openInsideKey(inside, id), nil, nil),
+			); err != nil {
+				return fmt.Errorf("apply op %d: batch set: %w", i, err)
+			}
+			pending[oid] = &rec
+			width = max(width, uint32(rec.PortHi-rec.PortLo)+1)
+		case OpRelease:
+			oid, endNS, err := checkRelease(op.Record, now)
+			if err != nil {
+				return fmt.Errorf("apply op %d (release subscriber %d): %w", i, op.Record.Subscriber, err)
+			}
+			cur, ok := current(oid)
+			if !ok {
+				unmatched++
+				s.log.Warn("release matches no open record", logKeySubscriber, op.Record.Subscriber,
+					logKeyPublic, op.Record.Public, logKeyPortLo, op.Record.PortLo, logKeyEnd, op.Record.End)
+				continue
+			}
+			id, inside := idOf(&cur)
+			if endNS < id.start {
+				return fmt.Errorf("apply op %d (release subscriber %d): end %s before the open record's start %s: %w",
+					i, op.Record.Subscriber, op.Record.End.UTC().Format(time.RFC3339Nano), cur.Start.Format(time.RFC3339Nano), ErrInvalid)
+			}
+			closed := cur
+			closed.End = time.Unix(0, endNS).UTC()
+			closed.Flags |= op.Record.Flags
+			if err := errors.Join(b.Delete(openKey(id), nil), b.Delete(openInsideKey(inside, id), nil)); err != nil {
+				return fmt.Errorf("apply op %d: batch delete: %w", i, err)
+			}
+			// The lazy carry: one copy per day the interval touched, from
+			// the oldest retained day on.
+			v := encodeValue(nil, &closed, inside, true)
+			for day := max(dayOf(id.start), swept); day <= dayOf(endNS); day++ {
+				if err := errors.Join(b.Set(recordKey(day, id), v, nil), b.Set(insideKey(day, inside, id), nil, nil)); err != nil {
+					return fmt.Errorf("apply op %d: batch set: %w", i, err)
+				}
+			}
+			pending[oid] = nil
+		case OpCanary:
+			if err := putCanary(b, op.Canary, now); err != nil {
+				return fmt.Errorf("apply op %d (canary %d): %w", i, op.Canary.Seq, err)
+			}
+		default:
+			return fmt.Errorf("apply op %d: kind %v: %w", i, op.Kind, ErrInvalid)
+		}
+	}
+	if width > s.maxWidth.Load() {
+		if err := b.Set(metaWidth, binary.BigEndian.AppendUint32(nil, width), nil); err != nil {
+			return fmt.Errorf("apply: batch set width: %w", err)
+		}
+		s.maxWidth.Store(width) // a width larger than stored only widens scans
+	}
+	s.unmatched.Add(unmatched)
+	if b.Empty() {
+		return nil
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("apply: commit %d ops: %w", len(ops), err)
+	}
+	for oid, r := range pending {
+		if r == nil {
+			delete(s.open, oid)
+		} else {
+			s.open[oid] = *r
+		}
+	}
+	s.openCount.Store(int64(len(s.open)))
+	return nil
+}
+
+// checkActivate validates an activation and returns it normalised to UTC.
+func checkActivate(r Record, now time.Time) (Record, recordID, [4]byte, error) {
+	var id recordID
+	public, err := addr4(r.Public, "public")
+	if err != nil {
+		return r, id, [4]byte{}, err
+	}
+	inside, err := addr4(r.Inside, "inside")
+	if err != nil {
+		return r, id, [4]byte{}, err
+	}
+	if r.PortLo > r.PortHi {
+		return r, id, inside, fmt.Errorf("port_lo %d above port_hi %d: %w", r.PortLo, r.PortHi, ErrInvalid)
+	}
+	startNS, err := checkTime(r.Start, "start", now)
+	if err != nil {
+		return r, id, inside, err
+	}
+	if !r.End.IsZero() {
+		return r, id, inside, fmt.Errorf("end: set on an activation (activations are open): %w", ErrInvalid)
+	}
+	r.Public, r.Inside = addrFrom4(public), addrFrom4(inside)
+	r.Start = time.Unix(0, startNS).UTC()
+	return r, recordID{public: public, portLo: r.PortLo, start: startNS, sub: r.Subscriber}, inside, nil
+}
+
+func checkRelease(r Record, now time.Time) (openID, int64, error) {
+	public, err := addr4(r.Public, "public")
+	if err != nil {
+		return openID{}, 0, err
+	}
+	endNS, err := checkTime(r.End, "end", now)
+	if err != nil {
+		return openID{}, 0, err
+	}
+	return openID{sub: r.Subscriber, public: public, portLo: r.PortLo}, endNS, nil
+}
+
+// idOf returns the identity and inside address of a normalised record.
+func idOf(r *Record) (recordID, [4]byte) {
+	return recordID{public: r.Public.As4(), portLo: r.PortLo, start: r.Start.UnixNano(), sub: r.Subscriber}, r.Inside.As4()
+}
