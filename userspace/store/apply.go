@@ -66,120 +66,168 @@ func (s *Store) Apply(ops []Op) error {
 	if err := s.mayWrite(); err != nil {
 		return fmt.Errorf("apply %d ops: %w", len(ops), err)
 	}
-	now := s.now()
-	swept := s.swept.Load()
-	width := s.maxWidth.Load()
-
-	// pending holds this batch's changes to the open set (nil: released)
-	// until the commit succeeds.
-	pending := make(map[openID]*Record)
-	current := func(oid openID) (Record, bool) {
-		if r, ok := pending[oid]; ok {
-			if r == nil {
-				return Record{}, false
-			}
-			return *r, true
-		}
-		r, ok := s.open[oid]
-		return r, ok
-	}
-	var unmatched uint64
-	b := s.db.NewBatch()
-	defer b.Close()
+	w := s.newRecordBatch()
+	defer w.b.Close()
 	for i := range ops {
-		op := &ops[i]
-		switch op.Kind {
-		case OpActivate:
-			rec, id, inside, err := checkActivate(op.Record, now)
-			if err != nil {
-				return fmt.Errorf("apply op %d (activate subscriber %d): %w", i, op.Record.Subscriber, err)
-			}
-			oid := id.open()
-			if cur, ok := current(oid); ok {
-				confirms := rec.Start.Equal(cur.Start) && cur.Flags&FlagRecovered != 0 && rec.Flags&FlagRecovered == 0
-				if !rec.Start.Before(cur.Start) && !confirms {
-					continue // the block is already recorded as open from an earlier time
-				}
-				// Either a later report with an earlier start (the ring
-				// buffer's event after the reconciler found the block
-				// without knowing its start) widens the record to the true
-				// start, or the ring buffer's event for exactly the
-				// activation the reconciler recovered confirms it, and the
-				// record is no longer marked recovered.
-				curID, curInside := idOf(&cur)
-				if err := errors.Join(b.Delete(openKey(curID), nil), b.Delete(openInsideKey(curInside, curID), nil)); err != nil {
-					return fmt.Errorf("apply op %d: batch delete: %w", i, err)
-				}
-			}
-			if err := errors.Join(
-				b.Set(openKey(id), encodeValue(nil, &rec, inside, false), nil),
-				b.Set(openInsideKey(inside, id), nil, nil),
-			); err != nil {
-				return fmt.Errorf("apply op %d: batch set: %w", i, err)
-			}
-			pending[oid] = &rec
-			width = max(width, uint32(rec.PortHi-rec.PortLo)+1)
-		case OpRelease:
-			oid, endNS, err := checkRelease(op.Record, now)
-			if err != nil {
-				return fmt.Errorf("apply op %d (release subscriber %d): %w", i, op.Record.Subscriber, err)
-			}
-			cur, ok := current(oid)
-			if !ok {
-				unmatched++
-				s.log.Warn("release matches no open record", logKeySubscriber, op.Record.Subscriber,
-					logKeyPublic, op.Record.Public, logKeyPortLo, op.Record.PortLo, logKeyEnd, op.Record.End)
-				continue
-			}
-			id, inside := idOf(&cur)
-			if endNS < id.start {
-				return fmt.Errorf("apply op %d (release subscriber %d): end %s before the open record's start %s: %w",
-					i, op.Record.Subscriber, op.Record.End.UTC().Format(time.RFC3339Nano), cur.Start.Format(time.RFC3339Nano), ErrInvalid)
-			}
-			closed := cur
-			closed.End = time.Unix(0, endNS).UTC()
-			closed.Flags |= op.Record.Flags
-			if err := errors.Join(b.Delete(openKey(id), nil), b.Delete(openInsideKey(inside, id), nil)); err != nil {
-				return fmt.Errorf("apply op %d: batch delete: %w", i, err)
-			}
-			// The lazy carry: one copy per day the interval touched, from
-			// the oldest retained day on.
-			v := encodeValue(nil, &closed, inside, true)
-			for day := max(dayOf(id.start), swept); day <= dayOf(endNS); day++ {
-				if err := errors.Join(b.Set(recordKey(day, id), v, nil), b.Set(insideKey(day, inside, id), nil, nil)); err != nil {
-					return fmt.Errorf("apply op %d: batch set: %w", i, err)
-				}
-			}
-			pending[oid] = nil
-		case OpCanary:
-			if err := putCanary(b, op.Canary, now); err != nil {
-				return fmt.Errorf("apply op %d (canary %d): %w", i, op.Canary.Seq, err)
-			}
-		default:
-			return fmt.Errorf("apply op %d: kind %v: %w", i, op.Kind, ErrInvalid)
+		if err := w.apply(i, &ops[i]); err != nil {
+			return err
 		}
 	}
-	if width > s.maxWidth.Load() {
-		if err := b.Set(metaWidth, binary.BigEndian.AppendUint32(nil, width), nil); err != nil {
-			return fmt.Errorf("apply: batch set width: %w", err)
-		}
-		s.maxWidth.Store(width) // a width larger than stored only widens scans
+	if err := w.raiseWidth(); err != nil {
+		return fmt.Errorf("apply: batch set width: %w", err)
 	}
-	s.unmatched.Add(unmatched)
-	if b.Empty() {
-		return nil
-	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := w.commit(); err != nil {
 		return fmt.Errorf("apply: commit %d ops: %w", len(ops), err)
 	}
-	for oid, r := range pending {
+	return nil
+}
+
+// recordBatch collects one Apply call: the Pebble batch and this batch's
+// changes to the open records (nil: released), applied to the Store's map
+// only when the commit succeeds.
+type recordBatch struct {
+	s         *Store
+	b         *pebble.Batch
+	now       time.Time
+	swept     uint32
+	width     uint32 // widest block stored once the batch commits
+	pending   map[openID]*Record
+	unmatched uint64
+}
+
+func (s *Store) newRecordBatch() *recordBatch {
+	return &recordBatch{s: s, b: s.db.NewBatch(), now: s.now(), swept: s.swept.Load(), width: s.maxWidth.Load(),
+		pending: make(map[openID]*Record)}
+}
+
+func (w *recordBatch) current(oid openID) (Record, bool) {
+	if r, ok := w.pending[oid]; ok {
 		if r == nil {
-			delete(s.open, oid)
-		} else {
-			s.open[oid] = *r
+			return Record{}, false
+		}
+		return *r, true
+	}
+	r, ok := w.s.open[oid]
+	return r, ok
+}
+
+// apply adds op, the i-th of the batch; its errors name the op by i.
+func (w *recordBatch) apply(i int, op *Op) error {
+	switch op.Kind {
+	case OpActivate:
+		return w.activate(i, op.Record)
+	case OpRelease:
+		return w.release(i, op.Record)
+	case OpCanary:
+		if err := putCanary(w.b, op.Canary, w.now); err != nil {
+			return fmt.Errorf("apply op %d (canary %d): %w", i, op.Canary.Seq, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("apply op %d: kind %v: %w", i, op.Kind, ErrInvalid)
+}
+
+// activate adds an OpActivate; see OpActivate for the rules.
+func (w *recordBatch) activate(i int, r Record) error {
+	rec, id, inside, err := checkActivate(r, w.now)
+	if err != nil {
+		return fmt.Errorf("apply op %d (activate subscriber %d): %w", i, r.Subscriber, err)
+	}
+	oid := id.open()
+	if cur, ok := w.current(oid); ok {
+		confirms := rec.Start.Equal(cur.Start) && cur.Flags&FlagRecovered != 0 && rec.Flags&FlagRecovered == 0
+		if !rec.Start.Before(cur.Start) && !confirms {
+			return nil // the block is already recorded as open from an earlier time
+		}
+		// Either a later report with an earlier start (the ring
+		// buffer's event after the reconciler found the block
+		// without knowing its start) widens the record to the true
+		// start, or the ring buffer's event for exactly the
+		// activation the reconciler recovered confirms it, and the
+		// record is no longer marked recovered.
+		curID, curInside := idOf(&cur)
+		if err := errors.Join(w.b.Delete(openKey(curID), nil), w.b.Delete(openInsideKey(curInside, curID), nil)); err != nil {
+			return fmt.Errorf("apply op %d: batch delete: %w", i, err)
 		}
 	}
-	s.openCount.Store(int64(len(s.open)))
+	if err := errors.Join(
+		w.b.Set(openKey(id), encodeValue(nil, &rec, inside, false), nil),
+		w.b.Set(openInsideKey(inside, id), nil, nil),
+	); err != nil {
+		return fmt.Errorf("apply op %d: batch set: %w", i, err)
+	}
+	w.pending[oid] = &rec
+	w.width = max(w.width, uint32(rec.PortHi-rec.PortLo)+1)
+	return nil
+}
+
+// release adds an OpRelease; see OpRelease for the rules.
+func (w *recordBatch) release(i int, r Record) error {
+	oid, endNS, err := checkRelease(r, w.now)
+	if err != nil {
+		return fmt.Errorf("apply op %d (release subscriber %d): %w", i, r.Subscriber, err)
+	}
+	cur, ok := w.current(oid)
+	if !ok {
+		w.unmatched++
+		w.s.log.Warn("release matches no open record", logKeySubscriber, r.Subscriber,
+			logKeyPublic, r.Public, logKeyPortLo, r.PortLo, logKeyEnd, r.End)
+		return nil
+	}
+	id, inside := idOf(&cur)
+	if endNS < id.start {
+		return fmt.Errorf("apply op %d (release subscriber %d): end %s before the open record's start %s: %w",
+			i, r.Subscriber, r.End.UTC().Format(time.RFC3339Nano), cur.Start.Format(time.RFC3339Nano), ErrInvalid)
+	}
+	closed := cur
+	closed.End = time.Unix(0, endNS).UTC()
+	closed.Flags |= r.Flags
+	if err := errors.Join(w.b.Delete(openKey(id), nil), w.b.Delete(openInsideKey(inside, id), nil)); err != nil {
+		return fmt.Errorf("apply op %d: batch delete: %w", i, err)
+	}
+	// The lazy carry: one copy per day the interval touched, from
+	// the oldest retained day on.
+	v := encodeValue(nil, &closed, inside, true)
+	for day := max(dayOf(id.start), w.swept); day <= dayOf(endNS); day++ {
+		if err := errors.Join(w.b.Set(recordKey(day, id), v, nil), w.b.Set(insideKey(day, inside, id), nil, nil)); err != nil {
+			return fmt.Errorf("apply op %d: batch set: %w", i, err)
+		}
+	}
+	w.pending[oid] = nil
+	return nil
+}
+
+// raiseWidth records a wider block than the store has seen. The new width
+// is used at once: a width larger than stored only widens scans.
+func (w *recordBatch) raiseWidth() error {
+	if w.width <= w.s.maxWidth.Load() {
+		return nil
+	}
+	if err := w.b.Set(metaWidth, binary.BigEndian.AppendUint32(nil, w.width), nil); err != nil {
+		return err
+	}
+	w.s.maxWidth.Store(w.width)
+	return nil
+}
+
+// commit writes the batch with pebble.Sync and, once it is on stable
+// storage, makes its open records the store's.
+func (w *recordBatch) commit() error {
+	w.s.unmatched.Add(w.unmatched)
+	if w.b.Empty() {
+		return nil
+	}
+	if err := w.b.Commit(pebble.Sync); err != nil {
+		return err
+	}
+	for oid, r := range w.pending {
+		if r == nil {
+			delete(w.s.open, oid)
+		} else {
+			w.s.open[oid] = *r
+		}
+	}
+	w.s.openCount.Store(int64(len(w.s.open)))
 	return nil
 }
 
