@@ -59,8 +59,8 @@ bench-quick: deps
 # The real blocknatd through 100 kill -9 restarts, 20 reloads, hostile
 # packets and a full state_dir, with hundreds of subscribers activating
 # and TCP connections talking; it prints figures, a verdict per phase and
-# "N passed, M failed" (BENCHMARKS.md section 6 quotes it). About a
-# quarter of an hour, so not part of test or CI. Its namespaces, mounts
+# "N passed, M failed" (BENCHMARKS.md section 6 quotes it). About ten
+# minutes, so not part of test or CI. Its namespaces, mounts
 # and pins are removed however it ends; SOAK_FLAGS='-cycles 10' and the
 # like shorten it (go run ./test/soak -h lists them).
 soak: deps

@@ -173,6 +173,21 @@ func (e *env) currentAgent() *harness.Agent {
 	return e.agent
 }
 
+// killWhileStarting starts blocknatd and kills it after d, whether or
+// not it is translating by then, and returns what it logged.
+func (e *env) killWhileStarting(ctx context.Context, d time.Duration) (string, error) {
+	var log strings.Builder
+	cmd := e.topo.Router.Command(context.WithoutCancel(ctx), e.bins.Blocknatd, "--config", e.cfgPath)
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	time.Sleep(d)
+	cmd.Process.Kill()
+	cmd.Wait()
+	return log.String(), nil
+}
+
 // killAgent sends SIGKILL, as a crash would.
 func (e *env) killAgent() error {
 	a := e.currentAgent()

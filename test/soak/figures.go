@@ -47,7 +47,7 @@ func (s *soak) figures() []figure {
 		s.streams.mu.Unlock()
 	}
 	figs := []figure{
-		{"cycles done (kill -9, start)", fmt.Sprintf("%d of %d", s.cyclesDone, s.o.cycles)},
+		{"cycles done (kill -9, start)", fmt.Sprintf("%d of %d, %d of them also killed while starting", s.cyclesDone, s.o.cycles, s.killedStarting)},
 		{"reloads done (SIGHUP)", fmt.Sprintf("%d of %d", s.reloadsDone, s.o.reloads)},
 		{"agent starts", fmt.Sprintf("%d, time to translating: %s", len(s.startDur), durationSummary(s.startDur))},
 		{"block activations", fmt.Sprintf("%d (%s); the data plane counted %s", len(acts), strings.Join(phases, ", "), kernel)},

@@ -6,7 +6,8 @@
 // addresses activating their blocks for the first time throughout and
 // long-lived TCP connections talking through the NAT, it
 //
-//   - kills blocknatd with SIGKILL and starts it again, -cycles times;
+//   - kills blocknatd with SIGKILL and starts it again, -cycles times, and
+//     every few cycles also while it starts;
 //   - reloads it with SIGHUP, -reloads times, alternating a timeout;
 //   - sends the hostile packet classes of test/e2e (forged RSTs and FINs,
 //     martians) and fragments and malformed headers;
@@ -24,7 +25,7 @@
 // a verdict per phase, and last the one line "N passed, M failed". The
 // exit status is 1 when anything failed.
 //
-// It is not part of `make test` or CI: it takes about a quarter of an hour.
+// It is not part of `make test` or CI: it takes about ten minutes.
 package main
 
 import (
@@ -67,6 +68,7 @@ type options struct {
 	recordSlack         time.Duration
 	connectionsInterval time.Duration
 	upMin, upMax        time.Duration
+	killDuringStart     int
 }
 
 func main() {
@@ -83,6 +85,7 @@ func main() {
 	flag.DurationVar(&o.recordSlack, "record-slack", 250*time.Millisecond, "how far a record's interval may miss its activation's answer and still cover it (clock conversion)")
 	flag.DurationVar(&o.upMin, "up-min", time.Second, "least time the agent runs between two kills")
 	flag.DurationVar(&o.upMax, "up-max", 6*time.Second, "most time the agent runs between two kills")
+	flag.IntVar(&o.killDuringStart, "kill-starting-every", 4, "every this many cycles, also kill the agent while it starts (0: never)")
 	flag.IntVar(&o.hostileRounds, "hostile-rounds", 10, "rounds of each hostile packet class")
 	flag.StringVar(&o.phases, "phases", "restart,reload,hostile,disk", "phases to run, in this order, comma-separated")
 	cleanupOnly := flag.Bool("cleanup", false, "only remove what a killed soak left behind (namespaces, mounts), and exit")
@@ -133,6 +136,7 @@ type soak struct {
 	startDur []time.Duration
 
 	cyclesDone, reloadsDone int
+	killedStarting          int
 	hostileSent             int
 	diskSupported           bool
 	diskRefusal             string
@@ -351,6 +355,7 @@ func (s *soak) start(ctx context.Context) error {
 var (
 	logMsg   = regexp.MustCompile(`msg=("(?:[^"\\]|\\.)*"|\S+)`)
 	logEpoch = regexp.MustCompile(`\bepoch=(\d+)`)
+	logErr   = regexp.MustCompile(`\berr(?:or)?=("(?:[^"\\]|\\.)*"|\S+)`)
 )
 
 func (s *soak) noteAgentErrors(log string) {
@@ -361,6 +366,9 @@ func (s *soak) noteAgentErrors(log string) {
 		switch {
 		case strings.Contains(line, "level=ERROR"):
 			key = "ERROR " + logMsg.FindString(line)
+			if m := logErr.FindString(line); m != "" {
+				key += " " + m[:min(len(m), 160)]
+			}
 		case strings.HasPrefix(line, "panic:") || strings.HasPrefix(line, "fatal error:"):
 			key = line
 		}
@@ -394,6 +402,17 @@ func (s *soak) restartPhase(ctx context.Context, p *phaseResult) {
 		}
 		// Dead for a moment: the pinned data plane alone translates.
 		sleep(ctx, time.Duration(r.IntN(400))*time.Millisecond)
+		if s.o.killDuringStart > 0 && i%s.o.killDuringStart == 0 {
+			// A crash while starting: opening the store, reconciling,
+			// taking over the pins.
+			d, err := s.e.killWhileStarting(ctx, time.Duration(r.IntN(300))*time.Millisecond)
+			if err != nil {
+				p.fail("cycle %d: kill -9 while starting: %v", i, err)
+				return
+			}
+			s.killedStarting++
+			s.noteAgentErrors(d)
+		}
 		if err := s.start(ctx); err != nil {
 			p.fail("cycle %d: blocknatd did not start again: %v", i, err)
 			return
