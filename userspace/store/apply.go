@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -56,16 +57,11 @@ func (s *Store) Apply(ops []Op) error {
 	if len(ops) == 0 {
 		return nil
 	}
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	s.dbMu.RLock()
-	defer s.dbMu.RUnlock()
-	if s.db == nil {
-		return ErrClosed
+	done, err := s.startWrite("apply %d ops", len(ops))
+	if err != nil {
+		return err
 	}
-	if err := s.mayWrite(); err != nil {
-		return fmt.Errorf("apply %d ops: %w", len(ops), err)
-	}
+	defer done()
 	w := s.newRecordBatch()
 	defer w.b.Close()
 	for i := range ops {
@@ -100,16 +96,7 @@ func (s *Store) newRecordBatch() *recordBatch {
 		pending: make(map[openID]*Record)}
 }
 
-func (w *recordBatch) current(oid openID) (Record, bool) {
-	if r, ok := w.pending[oid]; ok {
-		if r == nil {
-			return Record{}, false
-		}
-		return *r, true
-	}
-	r, ok := w.s.open[oid]
-	return r, ok
-}
+func (w *recordBatch) current(oid openID) (Record, bool) { return pendingGet(w.pending, w.s.open, oid) }
 
 // apply adds op, the i-th of the batch; its errors name the op by i.
 func (w *recordBatch) apply(i int, op *Op) error {
@@ -214,20 +201,41 @@ func (w *recordBatch) raiseWidth() error {
 // storage, makes its open records the store's.
 func (w *recordBatch) commit() error {
 	w.s.unmatched.Add(w.unmatched)
-	if w.b.Empty() {
+	return commitPending(w.b, w.pending, w.s.open, &w.s.openCount)
+}
+
+// pendingGet reads key through a batch's pending changes (nil: deleted)
+// to the store's map m.
+func pendingGet[K comparable, V any](pending map[K]*V, m map[K]V, key K) (V, bool) {
+	if v, ok := pending[key]; ok {
+		if v == nil {
+			var zero V
+			return zero, false
+		}
+		return *v, true
+	}
+	v, ok := m[key]
+	return v, ok
+}
+
+// commitPending commits b with pebble.Sync and, once it is on stable
+// storage, applies the batch's pending changes to the store's map m and
+// stores m's size in count. An empty batch commits nothing.
+func commitPending[K comparable, V any](b *pebble.Batch, pending map[K]*V, m map[K]V, count *atomic.Int64) error {
+	if b.Empty() {
 		return nil
 	}
-	if err := w.b.Commit(pebble.Sync); err != nil {
+	if err := b.Commit(pebble.Sync); err != nil {
 		return err
 	}
-	for oid, r := range w.pending {
-		if r == nil {
-			delete(w.s.open, oid)
+	for k, v := range pending {
+		if v == nil {
+			delete(m, k)
 		} else {
-			w.s.open[oid] = *r
+			m[k] = *v
 		}
 	}
-	w.s.openCount.Store(int64(len(w.s.open)))
+	count.Store(int64(len(m)))
 	return nil
 }
 

@@ -25,16 +25,11 @@ type Epoch struct {
 // replaces the copy, which is how the daily re-write refreshes Recorded. A
 // zero Recorded is set to the store's clock.
 func (s *Store) PutEpoch(e Epoch) error {
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	s.dbMu.RLock()
-	defer s.dbMu.RUnlock()
-	if s.db == nil {
-		return ErrClosed
+	done, err := s.startWrite("put epoch %d", e.ID)
+	if err != nil {
+		return err
 	}
-	if err := s.mayWrite(); err != nil {
-		return fmt.Errorf("put epoch %d: %w", e.ID, err)
-	}
+	defer done()
 	now := s.now()
 	if e.Recorded.IsZero() {
 		e.Recorded = now

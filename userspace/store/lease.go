@@ -149,14 +149,7 @@ func (s *Store) newLeaseBatch() *leaseBatch {
 }
 
 func (w *leaseBatch) current(inside [4]byte) (heldLease, bool) {
-	if h, ok := w.pending[inside]; ok {
-		if h == nil {
-			return heldLease{}, false
-		}
-		return *h, true
-	}
-	h, ok := w.s.leases[inside]
-	return h, ok
+	return pendingGet(w.pending, w.s.leases, inside)
 }
 
 // hold makes h the current lease of inside.
@@ -264,21 +257,7 @@ func (w *leaseBatch) ignore(ev *leaseEvent, msg string) {
 // storage, makes its current leases the store's.
 func (w *leaseBatch) commit() error {
 	w.s.leaseUnmatched.Add(w.unmatched)
-	if w.b.Empty() {
-		return nil
-	}
-	if err := w.b.Commit(pebble.Sync); err != nil {
-		return err
-	}
-	for inside, h := range w.pending {
-		if h == nil {
-			delete(w.s.leases, inside)
-		} else {
-			w.s.leases[inside] = *h
-		}
-	}
-	w.s.leaseHeld.Store(int64(len(w.s.leases)))
-	return nil
+	return commitPending(w.b, w.pending, w.s.leases, &w.s.leaseHeld)
 }
 
 // ApplyLeases records DHCP lease events in the order given, as one Pebble
@@ -327,16 +306,11 @@ func (s *Store) ApplyLeases(evs []LeaseEvent) error {
 	if len(evs) == 0 {
 		return nil
 	}
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	s.dbMu.RLock()
-	defer s.dbMu.RUnlock()
-	if s.db == nil {
-		return ErrClosed
+	done, err := s.startWrite("apply %d lease events", len(evs))
+	if err != nil {
+		return err
 	}
-	if err := s.mayWrite(); err != nil {
-		return fmt.Errorf("apply %d lease events: %w", len(evs), err)
-	}
+	defer done()
 	now := s.now()
 	checked := make([]leaseEvent, len(evs))
 	for i := range evs {

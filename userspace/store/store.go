@@ -197,6 +197,28 @@ func decodeOpen(it *pebble.Iterator) (Record, error) {
 	return decodeValue(v, id, false)
 }
 
+// startWrite takes the locks of a write (writeMu, and dbMu shared) and asks
+// Options.Writable whether it may start; a refusal is wrapped with what the
+// format names. On success the caller holds both locks until it calls done;
+// on an error it holds neither.
+func (s *Store) startWrite(format string, args ...any) (done func(), err error) {
+	s.writeMu.Lock()
+	s.dbMu.RLock()
+	done = func() {
+		s.dbMu.RUnlock()
+		s.writeMu.Unlock()
+	}
+	if s.db == nil {
+		done()
+		return nil, ErrClosed
+	}
+	if err := s.mayWrite(); err != nil {
+		done()
+		return nil, fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), err)
+	}
+	return done, nil
+}
+
 // mayWrite asks Options.Writable whether a write may start.
 func (s *Store) mayWrite() error {
 	if s.writable == nil {
