@@ -7,28 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
-	"regexp"
 	"slices"
-	"strings"
-	"time"
 )
-
-const (
-	checkpointsFile = "checkpoints.jsonl"
-	headFile        = "head.json"
-	pubFile         = "audit.pub"
-	segmentLayout   = "20060102"
-)
-
-var segmentRe = regexp.MustCompile(`^audit-[0-9]{8}\.jsonl$`)
-
-func segmentName(t time.Time) string {
-	return "audit-" + t.UTC().Format(segmentLayout) + ".jsonl"
-}
 
 // Problem names where verification failed. Seq is the entry concerned (for
 // a missing range, the first missing seq); File and Line (1-based) locate the
@@ -92,94 +72,6 @@ type problem struct {
 	count uint64 // kindUnsignedTail: how many entries
 }
 
-// fileSnap is a file's name and the number of bytes to read: a live log is
-// read only up to the sizes seen under its lock, so a concurrent Append can
-// never show up as a torn line.
-type fileSnap struct {
-	name string
-	size int64
-}
-
-type snapshot struct {
-	dir         string
-	segments    []fileSnap // sorted by name, which is seq order
-	checkpoints *fileSnap
-	head        []byte // nil when head.json does not exist
-}
-
-func takeSnapshot(dir string) (snapshot, error) {
-	snap := snapshot{dir: dir}
-	des, err := os.ReadDir(dir)
-	if err != nil {
-		return snap, fmt.Errorf("read audit directory: %w", err)
-	}
-	for _, de := range des {
-		name := de.Name()
-		if !de.Type().IsRegular() || !(segmentRe.MatchString(name) || name == checkpointsFile) {
-			continue
-		}
-		fi, err := de.Info()
-		if err != nil {
-			return snap, fmt.Errorf("stat %s: %w", name, err)
-		}
-		fs := fileSnap{name: name, size: fi.Size()}
-		if name == checkpointsFile {
-			snap.checkpoints = &fs
-		} else {
-			snap.segments = append(snap.segments, fs)
-		}
-	}
-	slices.SortFunc(snap.segments, func(a, b fileSnap) int { return strings.Compare(a.name, b.name) })
-	snap.head, err = os.ReadFile(filepath.Join(dir, headFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		snap.head, err = nil, nil
-	}
-	if err != nil {
-		return snap, fmt.Errorf("read %s: %w", headFile, err)
-	}
-	return snap, nil
-}
-
-func readSnap(dir string, f fileSnap) ([]byte, error) {
-	fh, err := os.Open(filepath.Join(dir, f.name))
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", f.name, err)
-	}
-	defer fh.Close()
-	buf := make([]byte, f.size)
-	if _, err := io.ReadFull(fh, buf); err != nil {
-		return nil, fmt.Errorf("read %s: %w", f.name, err)
-	}
-	return buf, nil
-}
-
-// splitLines returns the lines of data without their newlines, and whether
-// the last one lacks its newline.
-func splitLines(data []byte) (lines [][]byte, torn bool) {
-	for len(data) > 0 {
-		i := bytes.IndexByte(data, '\n')
-		if i < 0 {
-			return append(lines, data), true
-		}
-		lines = append(lines, data[:i])
-		data = data[i+1:]
-	}
-	return lines, false
-}
-
-// segmentInfo is what Open, Append and Sweep keep about a segment.
-type segmentInfo struct {
-	name              string
-	size              int64
-	entries           int
-	firstSeq, lastSeq uint64
-	lastHash          string
-	maxTime           time.Time // newest entry; retention compares it
-	// minTime is the oldest entry, for Scan: a segment's name does not bound
-	// its entries' times from below, as the clock may step back.
-	minTime time.Time
-}
-
 type signedAt struct {
 	rec  SignedRecord
 	file string
@@ -209,192 +101,262 @@ func (res *scanResult) add(kind problemKind, p Problem) {
 	res.report.Problems = append(res.report.Problems, p)
 }
 
+// scan verifies a snapshot in three phases: it reads the signed records,
+// walks the hash chain through the segments, and checks every signed
+// record against the entry it names.
 func scan(snap snapshot, pub ed25519.PublicKey) (*scanResult, error) {
 	res := &scanResult{}
-
-	// Signed records first: they say which entries' hashes to remember.
-	var records []signedAt // checkpoints and anchors with valid signatures
-	var head *signedAt
-	if snap.head == nil {
-		res.add(kindNoHead, Problem{File: headFile, Reason: "head.json is missing: the signed record of the newest entry was deleted"})
-	} else {
-		line := snap.head
-		if len(line) == 0 || line[len(line)-1] != '\n' || bytes.Count(line, []byte{'\n'}) != 1 {
-			res.add(kindOther, Problem{File: headFile, Line: 1, Reason: "head.json is not exactly one line"})
-		} else if rec, err := parseSigned(line[:len(line)-1], pub); err != nil {
-			res.add(kindOther, Problem{Seq: rec.Seq, File: headFile, Line: 1, Reason: err.Error()})
-		} else if rec.Kind != kindHead {
-			res.add(kindOther, Problem{Seq: rec.Seq, File: headFile, Line: 1, Reason: fmt.Sprintf("kind %q where %q belongs", rec.Kind, kindHead)})
-		} else {
-			head = &signedAt{rec: rec, file: headFile, line: 1}
-			res.head = &head.rec
-			res.report.HeadSeq = rec.Seq
-		}
+	signed, err := res.readSigned(snap, pub)
+	if err != nil {
+		return nil, err
 	}
+	chain, err := res.walkChain(snap, signed)
+	if err != nil {
+		return nil, err
+	}
+	res.checkSigned(signed, chain)
+	return res, nil
+}
+
+// signedSet is what the signed records say. They are read first because
+// they say which entries' hashes the chain walk must remember.
+type signedSet struct {
+	records      []signedAt // checkpoints and anchors with valid signatures
+	head         *signedAt  // nil when head.json is missing or invalid
+	anchors      map[uint64]SignedRecord
+	newestAnchor *SignedRecord
+	wanted       map[uint64]bool // seqs whose entries checkSigned compares
+}
+
+// readSigned is the first phase: head.json and checkpoints.jsonl.
+func (res *scanResult) readSigned(snap snapshot, pub ed25519.PublicKey) (*signedSet, error) {
+	signed := &signedSet{head: res.readHead(snap.head, pub), anchors: map[uint64]SignedRecord{}, wanted: map[uint64]bool{}}
 	if snap.checkpoints != nil {
 		data, err := readSnap(snap.dir, *snap.checkpoints)
 		if err != nil {
 			return nil, err
 		}
-		lines, torn := splitLines(data)
-		var lastSeq = map[string]uint64{}
-		for i, line := range lines {
-			n := i + 1
-			if torn && i == len(lines)-1 {
-				res.add(kindTorn, Problem{File: checkpointsFile, Line: n, Reason: "incomplete last line (no newline): torn write from a crash, or the file was cut"})
-				break
-			}
-			rec, err := parseSigned(line, pub)
-			if err != nil {
-				res.add(kindOther, Problem{Seq: rec.Seq, File: checkpointsFile, Line: n, Reason: err.Error()})
-				continue
-			}
-			if rec.Kind != kindCheckpoint && rec.Kind != kindAnchor {
-				res.add(kindOther, Problem{Seq: rec.Seq, File: checkpointsFile, Line: n, Reason: fmt.Sprintf("kind %q does not belong in %s", rec.Kind, checkpointsFile)})
-				continue
-			}
-			if prev, ok := lastSeq[rec.Kind]; ok && rec.Seq < prev {
-				res.add(kindOther, Problem{Seq: rec.Seq, File: checkpointsFile, Line: n, Reason: fmt.Sprintf("%s seq %d after one for seq %d: lines reordered", rec.Kind, rec.Seq, prev)})
-			}
-			lastSeq[rec.Kind] = max(lastSeq[rec.Kind], rec.Seq)
-			records = append(records, signedAt{rec: rec, file: checkpointsFile, line: n})
-			res.report.Checkpoints++
-			if rec.Kind == kindAnchor {
-				res.report.Anchors++
-			} else if res.lastCheckpoint == nil || rec.Seq >= res.lastCheckpoint.Seq {
-				r := rec
-				res.lastCheckpoint = &r
-			}
-		}
+		signed.records = res.readCheckpoints(data, pub)
 	}
-	anchors := map[uint64]SignedRecord{}
-	var newestAnchor *SignedRecord
-	for _, r := range records {
+	for _, r := range signed.records {
 		if r.rec.Kind == kindAnchor {
-			anchors[r.rec.Seq] = r.rec
-			if newestAnchor == nil || r.rec.Seq > newestAnchor.Seq {
+			signed.anchors[r.rec.Seq] = r.rec
+			if signed.newestAnchor == nil || r.rec.Seq > signed.newestAnchor.Seq {
 				a := r.rec
-				newestAnchor = &a
+				signed.newestAnchor = &a
 			}
 		}
 	}
-	wanted := map[uint64]bool{}
-	for _, r := range records {
-		wanted[r.rec.Seq] = true
+	for _, r := range signed.records {
+		signed.wanted[r.rec.Seq] = true
 	}
-	if head != nil {
-		wanted[head.rec.Seq] = true
-		wanted[head.rec.Seq+1] = true
+	if signed.head != nil {
+		signed.wanted[signed.head.rec.Seq] = true
+		signed.wanted[signed.head.rec.Seq+1] = true
 	}
-	refs := map[uint64]entryRef{}
+	return signed, nil
+}
 
-	// Walk the chain. prevSeq/prevStored/prevActual describe the newest
-	// entry taken as in place; an entry that goes back does not replace it,
-	// so that one swap shows up as two problems rather than a cascade.
-	var (
-		haveFirst              bool
-		prevSeq                uint64
-		prevStored, prevActual string
-		prevKnown              bool
-		lastFile               string
-		lastLines              int
-	)
-	expectedFirst := uint64(1)
-	if newestAnchor != nil {
-		expectedFirst = newestAnchor.Seq + 1
+// readHead returns the validly signed head, or nil.
+func (res *scanResult) readHead(line []byte, pub ed25519.PublicKey) *signedAt {
+	if line == nil {
+		res.add(kindNoHead, Problem{File: headFile, Reason: "head.json is missing: the signed record of the newest entry was deleted"})
+		return nil
 	}
+	if len(line) == 0 || line[len(line)-1] != '\n' || bytes.Count(line, []byte{'\n'}) != 1 {
+		res.add(kindOther, Problem{File: headFile, Line: 1, Reason: "head.json is not exactly one line"})
+		return nil
+	}
+	rec, err := parseSigned(line[:len(line)-1], pub)
+	if err != nil {
+		res.add(kindOther, Problem{Seq: rec.Seq, File: headFile, Line: 1, Reason: err.Error()})
+		return nil
+	}
+	if rec.Kind != kindHead {
+		res.add(kindOther, Problem{Seq: rec.Seq, File: headFile, Line: 1, Reason: fmt.Sprintf("kind %q where %q belongs", rec.Kind, kindHead)})
+		return nil
+	}
+	head := &signedAt{rec: rec, file: headFile, line: 1}
+	res.head = &head.rec
+	res.report.HeadSeq = rec.Seq
+	return head
+}
+
+// readCheckpoints returns the validly signed checkpoints and anchors of
+// checkpoints.jsonl, in file order.
+func (res *scanResult) readCheckpoints(data []byte, pub ed25519.PublicKey) []signedAt {
+	var records []signedAt
+	lines, torn := splitLines(data)
+	var lastSeq = map[string]uint64{}
+	for i, line := range lines {
+		n := i + 1
+		if torn && i == len(lines)-1 {
+			res.add(kindTorn, Problem{File: checkpointsFile, Line: n, Reason: "incomplete last line (no newline): torn write from a crash, or the file was cut"})
+			break
+		}
+		rec, err := parseSigned(line, pub)
+		if err != nil {
+			res.add(kindOther, Problem{Seq: rec.Seq, File: checkpointsFile, Line: n, Reason: err.Error()})
+			continue
+		}
+		if rec.Kind != kindCheckpoint && rec.Kind != kindAnchor {
+			res.add(kindOther, Problem{Seq: rec.Seq, File: checkpointsFile, Line: n, Reason: fmt.Sprintf("kind %q does not belong in %s", rec.Kind, checkpointsFile)})
+			continue
+		}
+		if prev, ok := lastSeq[rec.Kind]; ok && rec.Seq < prev {
+			res.add(kindOther, Problem{Seq: rec.Seq, File: checkpointsFile, Line: n, Reason: fmt.Sprintf("%s seq %d after one for seq %d: lines reordered", rec.Kind, rec.Seq, prev)})
+		}
+		lastSeq[rec.Kind] = max(lastSeq[rec.Kind], rec.Seq)
+		records = append(records, signedAt{rec: rec, file: checkpointsFile, line: n})
+		res.report.Checkpoints++
+		if rec.Kind == kindAnchor {
+			res.report.Anchors++
+		} else if res.lastCheckpoint == nil || rec.Seq >= res.lastCheckpoint.Seq {
+			r := rec
+			res.lastCheckpoint = &r
+		}
+	}
+	return records
+}
+
+// chain is the second phase's walk through the segments. prevSeq,
+// prevStored and prevActual describe the newest entry taken as in place; an
+// entry that goes back does not replace it, so that one swap shows up as two
+// problems rather than a cascade.
+type chain struct {
+	res                    *scanResult
+	signed                 *signedSet
+	refs                   map[uint64]entryRef // the entries signed.wanted names
+	haveFirst              bool
+	prevSeq                uint64
+	prevStored, prevActual string
+	prevKnown              bool
+	lastFile               string // the newest segment and its number of whole lines
+	lastLines              int
+}
+
+// walkChain is the second phase: every entry of every segment, in order.
+func (res *scanResult) walkChain(snap snapshot, signed *signedSet) (*chain, error) {
+	c := &chain{res: res, signed: signed, refs: map[uint64]entryRef{}}
 	for _, seg := range snap.segments {
 		data, err := readSnap(snap.dir, seg)
 		if err != nil {
 			return nil, err
 		}
-		info := segmentInfo{name: seg.name, size: seg.size}
-		lines, torn := splitLines(data)
-		lastFile, lastLines = seg.name, len(lines)
-		for i, line := range lines {
-			n := i + 1
-			expected := prevSeq + 1
-			if !haveFirst {
-				expected = expectedFirst
-			}
-			at := func(seq uint64, reason string, args ...any) Problem {
-				return Problem{Seq: seq, File: seg.name, Line: n, Reason: fmt.Sprintf(reason, args...)}
-			}
-			if torn && i == len(lines)-1 {
-				lastLines--
-				p := at(expected, "incomplete last line (no newline): torn write from a crash, or the file was cut here")
-				res.add(kindTorn, p)
-				break
-			}
-			var e Entry
-			if err := json.Unmarshal(line, &e); err != nil {
-				res.add(kindOther, at(expected, "not a valid entry: %v", err))
-				if haveFirst {
-					prevSeq, prevKnown = expected, false
-				}
-				continue
-			}
-			res.report.Entries++
-			actual := entryHash(&e)
-			if e.Hash != actual || !canonicalEntry(&e, line) {
-				seq := e.Seq
-				if haveFirst {
-					seq = expected
-				}
-				reason := "entry altered: its hash does not match its content"
-				if e.Hash == actual {
-					reason = "entry altered: not in canonical form (its bytes were changed)"
-				}
-				res.add(kindOther, at(seq, "%s", reason))
-				// Take it as the entry that belongs here, so that the entries
-				// after it are still checked against its stored hash.
-				if !haveFirst {
-					haveFirst = true
-					res.report.FirstSeq = seq
-				}
-				prevSeq, prevStored, prevActual, prevKnown = seq, e.Hash, actual, true
-				noteEntry(&info, seq, e.Hash, e.Time)
-				if wanted[seq] {
-					refs[seq] = entryRef{seg.name, n, e.Hash, actual}
-				}
-				continue
-			}
-			switch {
-			case !haveFirst:
-				haveFirst = true
-				res.report.FirstSeq = e.Seq
-				res.checkStart(e, anchors, at)
-			case e.Seq > expected:
-				res.add(kindOther, at(expected, "%s missing (found seq %d): deleted entries or segment", span("entry", "entries", expected, e.Seq-1), e.Seq))
-			case e.Seq < expected:
-				res.add(kindOther, at(e.Seq, "seq %d after seq %d: entries reordered or duplicated", e.Seq, prevSeq))
-				continue
-			case prevKnown && e.Prev != prevStored && e.Prev != prevActual:
-				res.add(kindOther, at(e.Seq, "prev does not match the hash of entry %d: the chain was altered", prevSeq))
-			}
-			prevSeq, prevStored, prevActual, prevKnown = e.Seq, e.Hash, actual, true
-			noteEntry(&info, e.Seq, e.Hash, e.Time)
-			if wanted[e.Seq] {
-				refs[e.Seq] = entryRef{seg.name, n, e.Hash, actual}
-			}
-		}
-		res.segments = append(res.segments, info)
+		res.segments = append(res.segments, c.segment(seg, data))
 	}
-	if haveFirst {
-		res.report.LastSeq = prevSeq
-		res.lastSeq, res.lastHash = prevSeq, prevStored
-	} else if newestAnchor != nil {
-		res.lastSeq, res.lastHash = newestAnchor.Seq, newestAnchor.Hash
+	if c.haveFirst {
+		res.report.LastSeq = c.prevSeq
+		res.lastSeq, res.lastHash = c.prevSeq, c.prevStored
+	} else if signed.newestAnchor != nil {
+		res.lastSeq, res.lastHash = signed.newestAnchor.Seq, signed.newestAnchor.Hash
 	} else {
 		res.lastHash = zeroHash
 	}
+	return c, nil
+}
 
-	// Every signed record must agree with the entry it names. Records are
-	// taken in seq order, so that a mismatch can say since which signed
-	// seq the entries were rewritten.
-	all := append([]signedAt(nil), records...)
-	if head != nil {
-		all = append(all, *head)
+// segment walks the lines of one segment.
+func (c *chain) segment(seg fileSnap, data []byte) segmentInfo {
+	info := segmentInfo{name: seg.name, size: seg.size}
+	lines, torn := splitLines(data)
+	c.lastFile, c.lastLines = seg.name, len(lines)
+	for i, line := range lines {
+		if torn && i == len(lines)-1 {
+			c.lastLines--
+			p := problemAt(seg.name, i+1)(c.expected(), "incomplete last line (no newline): torn write from a crash, or the file was cut here")
+			c.res.add(kindTorn, p)
+			break
+		}
+		c.entry(&info, seg.name, i+1, line)
+	}
+	return info
+}
+
+// expected is the seq the next entry should have.
+func (c *chain) expected() uint64 {
+	if !c.haveFirst {
+		if c.signed.newestAnchor != nil {
+			return c.signed.newestAnchor.Seq + 1
+		}
+		return 1
+	}
+	return c.prevSeq + 1
+}
+
+// entry checks the entry on line n of file against the chain so far.
+func (c *chain) entry(info *segmentInfo, file string, n int, line []byte) {
+	res := c.res
+	expected := c.expected()
+	at := problemAt(file, n)
+	var e Entry
+	if err := json.Unmarshal(line, &e); err != nil {
+		res.add(kindOther, at(expected, "not a valid entry: %v", err))
+		if c.haveFirst {
+			c.prevSeq, c.prevKnown = expected, false
+		}
+		return
+	}
+	res.report.Entries++
+	actual := entryHash(&e)
+	if e.Hash != actual || !canonicalEntry(&e, line) {
+		seq := e.Seq
+		if c.haveFirst {
+			seq = expected
+		}
+		reason := "entry altered: its hash does not match its content"
+		if e.Hash == actual {
+			reason = "entry altered: not in canonical form (its bytes were changed)"
+		}
+		res.add(kindOther, at(seq, "%s", reason))
+		// Take it as the entry that belongs here, so that the entries
+		// after it are still checked against its stored hash.
+		if !c.haveFirst {
+			c.haveFirst = true
+			res.report.FirstSeq = seq
+		}
+		c.take(info, file, n, seq, &e, actual)
+		return
+	}
+	switch {
+	case !c.haveFirst:
+		c.haveFirst = true
+		res.report.FirstSeq = e.Seq
+		res.checkStart(e, c.signed.anchors, at)
+	case e.Seq > expected:
+		res.add(kindOther, at(expected, "%s missing (found seq %d): deleted entries or segment", span("entry", "entries", expected, e.Seq-1), e.Seq))
+	case e.Seq < expected:
+		res.add(kindOther, at(e.Seq, "seq %d after seq %d: entries reordered or duplicated", e.Seq, c.prevSeq))
+		return
+	case c.prevKnown && e.Prev != c.prevStored && e.Prev != c.prevActual:
+		res.add(kindOther, at(e.Seq, "prev does not match the hash of entry %d: the chain was altered", c.prevSeq))
+	}
+	c.take(info, file, n, e.Seq, &e, actual)
+}
+
+// take makes e, on line n of file, the newest entry in place, as seq.
+func (c *chain) take(info *segmentInfo, file string, n int, seq uint64, e *Entry, actual string) {
+	c.prevSeq, c.prevStored, c.prevActual, c.prevKnown = seq, e.Hash, actual, true
+	noteEntry(info, seq, e.Hash, e.Time)
+	if c.signed.wanted[seq] {
+		c.refs[seq] = entryRef{file, n, e.Hash, actual}
+	}
+}
+
+// problemAt returns a maker of Problems on line n of file.
+func problemAt(file string, n int) func(seq uint64, reason string, args ...any) Problem {
+	return func(seq uint64, reason string, args ...any) Problem {
+		return Problem{Seq: seq, File: file, Line: n, Reason: fmt.Sprintf(reason, args...)}
+	}
+}
+
+// checkSigned is the third phase: every signed record must agree with the
+// entry it names. Records are taken in seq order, so that a mismatch can
+// say since which signed seq the entries were rewritten.
+func (res *scanResult) checkSigned(signed *signedSet, c *chain) {
+	all := append([]signedAt(nil), signed.records...)
+	if signed.head != nil {
+		all = append(all, *signed.head)
 	}
 	slices.SortStableFunc(all, func(a, b signedAt) int { return cmp.Compare(a.rec.Seq, b.rec.Seq) })
 	var furthest *signedAt
@@ -409,7 +371,7 @@ func scan(snap snapshot, pub ed25519.PublicKey) (*scanResult, error) {
 			}
 			continue
 		}
-		ref, ok := refs[r.rec.Seq]
+		ref, ok := c.refs[r.rec.Seq]
 		if r.rec.Seq > res.lastSeq || !ok {
 			continue // beyond the end (reported below), pruned, or missing (reported)
 		}
@@ -423,23 +385,11 @@ func scan(snap snapshot, pub ed25519.PublicKey) (*scanResult, error) {
 		lastGood = r.rec.Seq
 	}
 	if furthest != nil && furthest.rec.Seq > res.lastSeq {
-		file, line := lastFile, lastLines+1
-		if head != nil {
-			// Name the segment the newest entry went into when it is gone.
-			if want := segmentName(head.rec.Time); want > lastFile {
-				file, line = want, 0
-			}
-		}
-		reason := fmt.Sprintf("%s missing from the end: the signed %s at %s:%d covers seq %d; log truncated or newest segment deleted",
-			span("entry", "entries", res.lastSeq+1, furthest.rec.Seq), furthest.rec.Kind, furthest.file, furthest.line, furthest.rec.Seq)
-		if file != lastFile {
-			reason += " (" + file + " is missing)"
-		}
-		res.add(kindOther, Problem{Seq: res.lastSeq + 1, File: file, Line: line, Reason: reason})
+		res.missingEnd(signed.head, furthest, c)
 	}
-	if head != nil && head.rec.Seq < res.lastSeq {
+	if head := signed.head; head != nil && head.rec.Seq < res.lastSeq {
 		seq := head.rec.Seq + 1
-		ref := refs[seq]
+		ref := c.refs[seq]
 		res.problems = append(res.problems, problem{
 			Problem: Problem{Seq: seq, File: ref.file, Line: ref.line,
 				Reason: fmt.Sprintf("%s not covered by the signed head (seq %d): written after the last signed head, by a crash before the head was updated or by someone without the key", span("entry", "entries", seq, res.lastSeq), head.rec.Seq)},
@@ -448,7 +398,24 @@ func scan(snap snapshot, pub ed25519.PublicKey) (*scanResult, error) {
 		})
 		res.report.Problems = append(res.report.Problems, res.problems[len(res.problems)-1].Problem)
 	}
-	return res, nil
+}
+
+// missingEnd reports the entries that furthest, a signed record beyond the
+// chain's end, vouches for and that are gone.
+func (res *scanResult) missingEnd(head, furthest *signedAt, c *chain) {
+	file, line := c.lastFile, c.lastLines+1
+	if head != nil {
+		// Name the segment the newest entry went into when it is gone.
+		if want := segmentName(head.rec.Time); want > c.lastFile {
+			file, line = want, 0
+		}
+	}
+	reason := fmt.Sprintf("%s missing from the end: the signed %s at %s:%d covers seq %d; log truncated or newest segment deleted",
+		span("entry", "entries", res.lastSeq+1, furthest.rec.Seq), furthest.rec.Kind, furthest.file, furthest.line, furthest.rec.Seq)
+	if file != c.lastFile {
+		reason += " (" + file + " is missing)"
+	}
+	res.add(kindOther, Problem{Seq: res.lastSeq + 1, File: file, Line: line, Reason: reason})
 }
 
 // checkStart checks that the first entry present starts the chain: seq 1
@@ -481,21 +448,6 @@ func span(one, many string, from, to uint64) string {
 		return fmt.Sprintf("%s %d", one, from)
 	}
 	return fmt.Sprintf("%s %d..%d", many, from, to)
-}
-
-func noteEntry(info *segmentInfo, seq uint64, hash string, t time.Time) {
-	if info.entries == 0 {
-		info.firstSeq = seq
-		info.minTime = t
-	}
-	if t.Before(info.minTime) {
-		info.minTime = t
-	}
-	info.entries++
-	info.lastSeq, info.lastHash = seq, hash
-	if t.After(info.maxTime) {
-		info.maxTime = t
-	}
 }
 
 // canonicalEntry says whether line is exactly how Append writes e.
