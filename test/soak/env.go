@@ -21,7 +21,7 @@ import (
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/test/harness"
 	"github.com/blocknat/blocknat/test/netns"
-	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // namePrefix starts the name of every namespace and temporary directory a
@@ -281,7 +281,7 @@ func (e *env) cli(ctx context.Context, into any, args ...string) error {
 // history asks the agent, as an investigator would, for every record of
 // one subscriber since the soak began.
 func (e *env) history(ctx context.Context, sub netip.Addr, from time.Time) ([]span, error) {
-	var ans api.HistoryResponse
+	var ans wire.HistoryResponse
 	err := e.cli(ctx, &ans, "history", "--subscriber", sub.String(),
 		"--from", from.UTC().Format(time.RFC3339Nano), "--to", time.Now().Add(time.Minute).UTC().Format(time.RFC3339Nano),
 		"--purpose", "soak: records of every activation")
@@ -293,7 +293,7 @@ func (e *env) history(ctx context.Context, sub netip.Addr, from time.Time) ([]sp
 		if r.Inside != sub {
 			continue
 		}
-		out = append(out, span{Start: r.Start, End: r.End, Recovered: slices.Contains(r.Flags, api.FlagRecovered)})
+		out = append(out, span{Start: r.Start, End: r.End, Recovered: slices.Contains(r.Flags, wire.FlagRecovered)})
 	}
 	return out, nil
 }
