@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/blocknat/blocknat/test/harness"
+
+	"github.com/blocknat/blocknat/internal/testutil"
 )
 
 // TestRecoversFromAFullFilesystem: on a real 4 MiB tmpfs filled to the
@@ -30,7 +32,7 @@ func TestRecoversFromAFullFilesystem(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	clock := newClock(day0)
+	clock := testutil.NewClock(day0, 0)
 	l, err := Open(filepath.Join(fs, "audit"), Options{Now: clock.Now, KeyPath: filepath.Join(t.TempDir(), "audit.key")})
 	if err != nil {
 		t.Fatal(err)

@@ -9,30 +9,11 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/blocknat/blocknat/internal/testutil"
 )
-
-// fakeClock is an injectable Options.Now.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock(t time.Time) *fakeClock { return &fakeClock{t: t} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 var day0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
@@ -41,13 +22,13 @@ var day0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 type testLog struct {
 	*Log
 	dir, keyPath string
-	clock        *fakeClock
+	clock        *testutil.Clock
 	opts         Options
 }
 
 func openTest(t *testing.T, opts Options) *testLog {
 	t.Helper()
-	tl := &testLog{dir: t.TempDir(), keyPath: filepath.Join(t.TempDir(), "audit.key"), clock: newClock(day0)}
+	tl := &testLog{dir: t.TempDir(), keyPath: filepath.Join(t.TempDir(), "audit.key"), clock: testutil.NewClock(day0, 0)}
 	if opts.Now == nil {
 		opts.Now = tl.clock.Now
 	}

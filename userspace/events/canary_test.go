@@ -9,8 +9,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
+	"github.com/blocknat/blocknat/internal/testutil"
 	"github.com/blocknat/blocknat/loader"
-	"github.com/blocknat/blocknat/userspace/internal/testclock"
 	"github.com/blocknat/blocknat/userspace/store"
 )
 
@@ -23,7 +23,7 @@ func canaryEvent(seq uint32, mono uint64) loader.BlockEvent {
 // record, is not counted as one, and exporters never see it, while a
 // block event in the same batch reaches them as usual.
 func TestCanaryWrittenApartFromRecords(t *testing.T) {
-	clock := testclock.New(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), time.Hour)
+	clock := testutil.NewClock(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), time.Hour)
 	st, err := store.Open("records", store.Options{FS: vfs.NewMem(), Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -43,7 +43,7 @@ func TestCanaryWrittenApartFromRecords(t *testing.T) {
 	// BatchSize 2 and no timer: the two events are committed together.
 	ring.send(t, canaryEvent(77, mono))
 	ring.send(t, event(2, "100.64.0.2", mono))
-	waitFor(t, "batch", func() bool { return rec.Health().RecordsWritten == 1 })
+	testutil.Eventually(t, 5*time.Second, func() bool { return rec.Health().RecordsWritten == 1 }, "batch")
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

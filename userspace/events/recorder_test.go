@@ -12,8 +12,8 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
+	"github.com/blocknat/blocknat/internal/testutil"
 	"github.com/blocknat/blocknat/loader"
-	"github.com/blocknat/blocknat/userspace/internal/testclock"
 	"github.com/blocknat/blocknat/userspace/store"
 )
 
@@ -76,9 +76,9 @@ func (f *flakySink) Apply(ops []store.Op) error {
 	return f.st.Apply(ops)
 }
 
-func setup(t *testing.T) (*Recorder, *fakeRing, *flakySink, *testclock.Clock, func()) {
+func setup(t *testing.T) (*Recorder, *fakeRing, *flakySink, *testutil.Clock, func()) {
 	t.Helper()
-	clock := testclock.New(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), time.Hour)
+	clock := testutil.NewClock(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), time.Hour)
 	st, err := store.Open("records", store.Options{FS: vfs.NewMem(), Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -99,17 +99,6 @@ func setup(t *testing.T) (*Recorder, *fakeRing, *flakySink, *testclock.Clock, fu
 	return rec, ring, sink, clock, stop
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // TestEventsBecomeRecords: an activation event becomes an open record
 // with the event's time converted to wall time and its epoch.
 func TestEventsBecomeRecords(t *testing.T) {
@@ -117,7 +106,7 @@ func TestEventsBecomeRecords(t *testing.T) {
 	defer stop()
 	mono := clock.MonoNow() - uint64(time.Second)
 	ring.send(t, event(2, "100.64.0.2", mono))
-	waitFor(t, "record", func() bool { return rec.Health().RecordsWritten == 1 })
+	testutil.Eventually(t, 5*time.Second, func() bool { return rec.Health().RecordsWritten == 1 }, "record")
 	got, err := sink.st.Lookup(netip.MustParseAddr("198.51.100.10"), 2100, clock.Now(), 0)
 	if err != nil || len(got) != 1 {
 		t.Fatalf("lookup: %v %+v", err, got)
@@ -136,13 +125,13 @@ func TestReleaseAfterLaterActivation(t *testing.T) {
 	defer stop()
 	first := clock.MonoNow()
 	ring.send(t, event(2, "100.64.0.2", first))
-	waitFor(t, "first record", func() bool { return rec.Health().RecordsWritten == 1 })
+	testutil.Eventually(t, 5*time.Second, func() bool { return rec.Health().RecordsWritten == 1 }, "first record")
 	clock.Advance(10 * time.Minute)
 	releaseAt := clock.Now()
 	clock.Advance(time.Second)
 	again := clock.MonoNow()
 	ring.send(t, event(2, "100.64.0.2", again))
-	waitFor(t, "second event", func() bool { return rec.Health().EventsRead == 2 })
+	testutil.Eventually(t, 5*time.Second, func() bool { return rec.Health().EventsRead == 2 }, "second event")
 	r := store.Record{Subscriber: 2, Public: netip.MustParseAddr("198.51.100.10"), PortLo: 2032, End: releaseAt}
 	if err := rec.Submit(context.Background(), []store.Op{{Kind: store.OpRelease, Record: r}}); err != nil {
 		t.Fatal(err)
@@ -166,14 +155,14 @@ func TestStoreFailureIsRetried(t *testing.T) {
 	sink.fail = true
 	sink.mu.Unlock()
 	ring.send(t, event(2, "100.64.0.2", clock.MonoNow()))
-	waitFor(t, "failure", func() bool { return rec.Health().Failing })
+	testutil.Eventually(t, 5*time.Second, func() bool { return rec.Health().Failing }, "failure")
 	if h := rec.Health(); h.LastError == "" || h.RecordsWritten != 0 {
 		t.Errorf("health while failing: %+v", h)
 	}
 	sink.mu.Lock()
 	sink.fail = false
 	sink.mu.Unlock()
-	waitFor(t, "recovery", func() bool { return rec.Health().RecordsWritten == 1 && !rec.Health().Failing })
+	testutil.Eventually(t, 5*time.Second, func() bool { return rec.Health().RecordsWritten == 1 && !rec.Health().Failing }, "recovery")
 	if open, _ := sink.st.OpenRecords(); len(open) != 1 {
 		t.Errorf("after recovery %d open records, want 1", len(open))
 	}

@@ -11,19 +11,21 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/blocknat/blocknat/internal/testutil"
 )
 
 // crashWorkload makes batches of activations and releases over a fixed set of
 // blocks, tracking the expected store contents after each batch.
 type crashWorkload struct {
 	rng   *rand.Rand
-	clock *clock
+	clock *testutil.Clock
 	m     model
 	open  map[int]Record
 	next  time.Time
 }
 
-func newCrashWorkload(seed uint64, c *clock) *crashWorkload {
+func newCrashWorkload(seed uint64, c *testutil.Clock) *crashWorkload {
 	return &crashWorkload{rng: rand.New(rand.NewPCG(seed, 7)), clock: c, open: map[int]Record{}, next: c.Now()}
 }
 

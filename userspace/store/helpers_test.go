@@ -8,44 +8,21 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/blocknat/blocknat/internal/testutil"
 )
 
-// clock is an injectable, settable time source.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock(t time.Time) *clock { return &clock{t: t} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
-
-func (c *clock) Advance(d time.Duration) time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-	return c.t
-}
+// newClock is a settable clock at t, for Options.Now.
+func newClock(t time.Time) *testutil.Clock { return testutil.NewClock(t, 0) }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // openMem opens a store on a fresh in-memory file system.
-func openMem(t testing.TB, c *clock) (*Store, vfs.FS) {
+func openMem(t testing.TB, c *testutil.Clock) (*Store, vfs.FS) {
 	t.Helper()
 	fs := vfs.NewMem()
 	s, err := Open("db", Options{FS: fs, Now: c.Now, Logger: quietLogger()})

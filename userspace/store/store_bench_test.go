@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/blocknat/blocknat/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -243,7 +245,7 @@ var year struct {
 	err     error
 	dir     string
 	s       *Store
-	clock   *clock
+	clock   *testutil.Clock
 	rng     *rand.Rand
 	days    int // days written so far
 	span    int // days the fixture was built with: the retention period

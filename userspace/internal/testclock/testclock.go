@@ -1,40 +1,15 @@
-// Package testclock is a settable clock for tests of code that reads the
-// kernel's monotonic time and converts it to wall time.
+// Package testclock is the former home of the tests' settable clock, now
+// internal/testutil's Clock; it remains for the tests that still import it.
 package testclock
 
 import (
-	"sync"
 	"time"
+
+	"github.com/blocknat/blocknat/internal/testutil"
 )
 
-// Clock maps monotonic nanoseconds n to Base + n.
-type Clock struct {
-	mu   sync.Mutex
-	Base time.Time
-	mono uint64
-}
+// Clock is testutil.Clock.
+type Clock = testutil.Clock
 
-// New starts at mono = start.
-func New(base time.Time, start time.Duration) *Clock {
-	return &Clock{Base: base, mono: uint64(start)}
-}
-
-// MonoNow is the current monotonic time.
-func (c *Clock) MonoNow() uint64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.mono
-}
-
-// Wall converts a monotonic time.
-func (c *Clock) Wall(mono uint64) time.Time { return c.Base.Add(time.Duration(mono)).UTC() }
-
-// Advance moves the clock forward.
-func (c *Clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.mono += uint64(d)
-}
-
-// Now is the wall time now.
-func (c *Clock) Now() time.Time { return c.Wall(c.MonoNow()) }
+// New starts at mono = start; see testutil.NewClock.
+func New(base time.Time, start time.Duration) *Clock { return testutil.NewClock(base, start) }
