@@ -22,6 +22,7 @@ import (
 	"github.com/blocknat/blocknat/userspace/api"
 	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/store"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 func at(t *testing.T, s string) time.Time {
@@ -108,8 +109,9 @@ func startAgent(t *testing.T, o agentOptions) *agent {
 		s = o.wrap(s)
 	}
 	srv := api.NewServer(api.Deps{Store: s, Audit: log, Roles: o.roles, Logger: quiet(),
-		Status: func(context.Context) (any, error) {
-			return map[string]any{"interfaces": []string{"inside0", "outside0"}, "xdp": map[string]any{"mode": "native"}}, nil
+		Status: func(context.Context) (wire.Status, store.Stats, error) {
+			ss, err := s.Stats()
+			return wire.Status{Epoch: 2, Subscribers: 512, PoolAddresses: 2, BlockSize: 500, Alarm: []string{}}, ss, err
 		}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -189,7 +191,7 @@ audit entry 1
 	}
 
 	r = runCLI(append(base, "--time", "2026-11-20T12:00:01Z", "--tolerance", "2s", "--json")...)
-	var ans api.LookupResponse
+	var ans wire.LookupResponse
 	if err := json.Unmarshal([]byte(r.stdout), &ans); err != nil || r.code != exitOK {
 		t.Fatalf("--json: exit %d, %v: %q", r.code, err, r.stdout)
 	}
@@ -289,7 +291,7 @@ func TestExportCommand(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if len(rows) != len(want)+1 || !slices.Equal(rows[0], api.CSVHeader) {
+	if len(rows) != len(want)+1 || !slices.Equal(rows[0], wire.CSVHeader) {
 		t.Fatalf("rows %v, want header and %d records", rows, len(want))
 	}
 	for i, w := range want {
@@ -368,14 +370,14 @@ func TestStatusCommand(t *testing.T) {
 	a := startAgent(t, agentOptions{roles: allRoles()})
 	r := runCLI("status", "--socket", a.socket)
 	t.Logf("status:\n%s", r.stdout)
-	for _, s := range []string{"open records         1", "epochs               2", "audit log\n  entries              0", "agent\n  interfaces\n    - inside0\n    - outside0\n  xdp\n    mode", "audit entry 1"} {
+	for _, s := range []string{"open records         1", "epochs               2", "audit log\n  entries              0", "records\n  alarm                ok: block records are being written", "subscribers          512 on 2 public addresses, 500 ports each", "audit entry 1"} {
 		if !strings.Contains(r.stdout, s) {
 			t.Errorf("status lacks %q:\n%s", s, r.stdout)
 		}
 	}
 	r = runCLI("status", "--socket", a.socket, "--json")
-	var st api.StatusResponse
-	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || st.Store.Epochs != 2 || st.AuditSeq != 2 {
+	var st wire.StatusResponse
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || st.Store.Epochs != 2 || st.AuditSeq != 2 || st.Agent == nil || st.Agent.Subscribers != 512 {
 		t.Errorf("status --json %q: %v", r.stdout, err)
 	}
 }
@@ -396,7 +398,7 @@ func TestAuditCommands(t *testing.T) {
 		t.Errorf("--limit 2 showed entry 1:\n%s", r.stdout)
 	}
 	r = runCLI("audit", "show", "--socket", a.socket, "--from", "1", "--json")
-	var show api.AuditShowResponse
+	var show wire.AuditShowResponse
 	if err := json.Unmarshal([]byte(r.stdout), &show); err != nil || len(show.Entries) != 4 || show.Entries[0].Seq != 1 || show.Entries[0].Hash == "" {
 		t.Errorf("audit show --json: %v %+v", err, show)
 	}
@@ -441,7 +443,7 @@ func TestAuditCommands(t *testing.T) {
 		t.Errorf("offline verify of a tampered log: exit %d stdout %q stderr %q, want a line starting %q", r.code, r.stdout, r.stderr, wantProblem)
 	}
 	r = runCLI("audit", "verify", "--dir", a.logDir, "--pubkey", a.pubPath, "--json")
-	var res api.AuditVerifyResponse
+	var res wire.AuditVerifyResponse
 	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || res.OK || len(res.Problems) == 0 || res.Problems[0].Seq != 2 || res.Problems[0].Line != 2 {
 		t.Errorf("verify --json: %v %+v", err, res)
 	}

@@ -16,8 +16,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/api/client"
 	"github.com/blocknat/blocknat/userspace/config"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // DefaultSocket is the agent's API socket.
@@ -57,7 +58,7 @@ func (af apiFlags) given(name string) bool {
 
 // dial finds the agent: --socket when given, else the socket (or, with
 // --cert, the TLS listener) of the --config file, else the default socket.
-func (af apiFlags) dial() (*api.Client, error) {
+func (af apiFlags) dial() (*client.Client, error) {
 	var cfg *config.Config
 	if *af.config != "" {
 		var err error
@@ -72,10 +73,10 @@ func (af apiFlags) dial() (*api.Client, error) {
 	if cfg != nil && !af.given("socket") {
 		socket = cfg.API.Socket
 	}
-	return api.Dial(socket)
+	return client.Dial(socket)
 }
 
-func (af apiFlags) dialTLS(cfg *config.Config) (*api.Client, error) {
+func (af apiFlags) dialTLS(cfg *config.Config) (*client.Client, error) {
 	if *af.cert == "" || *af.key == "" || *af.ca == "" {
 		return nil, usagef("--cert, --key and --ca: give all three to ask over TLS")
 	}
@@ -102,7 +103,7 @@ func (af apiFlags) dialTLS(cfg *config.Config) (*api.Client, error) {
 	if err != nil {
 		return nil, usagef("--tls: %q is not host:port", addr)
 	}
-	return api.DialTLS(addr, &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12})
+	return client.DialTLS(addr, &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12})
 }
 
 // parseAPIFlags parses args and rejects positional arguments, which none of
@@ -138,7 +139,7 @@ func required(flags map[string]*string) error {
 
 // withClient dials the agent and runs fn with a context that ends on
 // SIGINT or SIGTERM.
-func withClient(af apiFlags, fn func(ctx context.Context, c *api.Client) error) error {
+func withClient(af apiFlags, fn func(ctx context.Context, c *client.Client) error) error {
 	c, err := af.dial()
 	if err != nil {
 		return err
@@ -167,12 +168,12 @@ func humanTime(t time.Time) string {
 }
 
 // printRecord prints one record for a reader without the manual.
-func printRecord(w io.Writer, c api.Candidate) {
+func printRecord(w io.Writer, c wire.Record) {
 	fmt.Fprintf(w, "  subscriber %d  inside %s\n", c.Subscriber, c.Inside)
 	switch c.Coverage {
-	case api.CoverageAll:
+	case wire.CoverageAll:
 		fmt.Fprintln(w, "    held the port for all of the searched interval")
-	case api.CoveragePart:
+	case wire.CoveragePart:
 		fmt.Fprintln(w, "    held the port for only part of the searched interval")
 	}
 	fmt.Fprintf(w, "    block %s ports %d-%d\n", c.Public, c.PortLo, c.PortHi)
@@ -194,7 +195,7 @@ func printRecord(w io.Writer, c api.Candidate) {
 	}
 	for _, f := range c.Flags {
 		switch f {
-		case api.FlagRecovered:
+		case wire.FlagRecovered:
 			fmt.Fprintln(w, "    [recovered: found by reconciliation, not announced by the ring buffer; the start is when the kernel marked the block active]")
 		default:
 			fmt.Fprintf(w, "    [%s]\n", f)
@@ -204,7 +205,7 @@ func printRecord(w io.Writer, c api.Candidate) {
 }
 
 // printLeases names the devices that held the record's inside address.
-func printLeases(w io.Writer, c api.Candidate) {
+func printLeases(w io.Writer, c wire.Record) {
 	if c.LeasesFrom.IsZero() {
 		return
 	}
@@ -218,7 +219,7 @@ func printLeases(w io.Writer, c api.Candidate) {
 	}
 }
 
-func leaseLine(l api.LeaseInfo) string {
+func leaseLine(l wire.LeaseInfo) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "mac %s", l.MAC)
 	if l.Hostname != "" {
@@ -235,13 +236,13 @@ func leaseLine(l api.LeaseInfo) string {
 		end = humanTime(*l.End) + " (expiry; still held)"
 	}
 	fmt.Fprintf(&b, "  lease %s .. %s (%s)", humanTime(l.Start), end, l.Source)
-	if l.Coverage == api.CoveragePart {
+	if l.Coverage == wire.CoveragePart {
 		b.WriteString(" [part of the interval only]")
 	}
 	return b.String()
 }
 
-func printEpoch(w io.Writer, e *api.EpochSummary) {
+func printEpoch(w io.Writer, e *wire.EpochSummary) {
 	prefixes := make([]string, len(e.Prefixes))
 	for i, p := range e.Prefixes {
 		prefixes[i] = p.String()
@@ -254,7 +255,7 @@ func printEpoch(w io.Writer, e *api.EpochSummary) {
 		strings.Join(prefixes, ", "), poolSummary(e), e.PortLo, e.PortHi, e.BlockSize, e.Ratio, hash)
 }
 
-func poolSummary(e *api.EpochSummary) string {
+func poolSummary(e *wire.EpochSummary) string {
 	switch n := len(e.Pool); {
 	case n == 0:
 		return "no addresses"

@@ -10,8 +10,10 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/api/client"
 	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/auditwire"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 func init() {
@@ -64,15 +66,15 @@ func runAuditShow(args []string, stdout, stderr io.Writer) int {
 	const name = "audit show"
 	fs := newFlagSet(name, auditSynopsis, stderr)
 	from := fs.Uint64("from", 0, "first entry `seq` (default: the newest entries)")
-	limit := fs.Int("limit", api.DefaultAuditLimit, fmt.Sprintf("at most `N` entries (1-%d)", api.MaxAuditLimit))
+	limit := fs.Int("limit", wire.DefaultAuditLimit, fmt.Sprintf("at most `N` entries (1-%d)", wire.MaxAuditLimit))
 	af := addAPIFlags(fs)
 	if ok, code := parseAPIFlags(fs, args); !ok {
 		return code
 	}
-	if *limit < 1 || *limit > api.MaxAuditLimit {
-		return report(stderr, name, usagef("--limit: %d is not between 1 and %d", *limit, api.MaxAuditLimit))
+	if *limit < 1 || *limit > wire.MaxAuditLimit {
+		return report(stderr, name, usagef("--limit: %d is not between 1 and %d", *limit, wire.MaxAuditLimit))
 	}
-	err := withClient(af, func(ctx context.Context, c *api.Client) error {
+	err := withClient(af, func(ctx context.Context, c *client.Client) error {
 		ans, err := c.AuditShow(ctx, *from, *limit)
 		if err != nil {
 			return err
@@ -86,7 +88,7 @@ func runAuditShow(args []string, stdout, stderr io.Writer) int {
 	return report(stderr, name, err)
 }
 
-func printAuditEntries(w io.Writer, ans *api.AuditShowResponse) {
+func printAuditEntries(w io.Writer, ans *wire.AuditShowResponse) {
 	if len(ans.Entries) == 0 {
 		fmt.Fprintf(w, "no entries in that range; the log holds entries up to %d\n", ans.Total)
 	} else {
@@ -186,14 +188,14 @@ func runAuditVerify(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	var (
-		res    api.AuditVerifyResponse
+		res    wire.AuditVerifyResponse
 		source string
 		err    error
 	)
 	switch {
 	case *dir == "" && *pubkey == "":
 		source = "agent"
-		err = withClient(af, func(ctx context.Context, c *api.Client) error {
+		err = withClient(af, func(ctx context.Context, c *client.Client) error {
 			ans, err := c.AuditVerify(ctx)
 			if err == nil {
 				res = *ans
@@ -223,19 +225,19 @@ func runAuditVerify(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-func verifyOffline(dir, pubkeyPath string) (api.AuditVerifyResponse, error) {
+func verifyOffline(dir, pubkeyPath string) (wire.AuditVerifyResponse, error) {
 	pub, err := audit.LoadPublicKey(pubkeyPath)
 	if err != nil {
-		return api.AuditVerifyResponse{}, fmt.Errorf("--pubkey: %w", err)
+		return wire.AuditVerifyResponse{}, fmt.Errorf("--pubkey: %w", err)
 	}
 	report, err := audit.Verify(dir, pub)
 	if err != nil {
-		return api.AuditVerifyResponse{}, fmt.Errorf("verify %s: %w", dir, err)
+		return wire.AuditVerifyResponse{}, fmt.Errorf("verify %s: %w", dir, err)
 	}
-	return api.VerifyResult(report), nil
+	return auditwire.ReportOf(report), nil
 }
 
-func printVerify(w io.Writer, source string, res api.AuditVerifyResponse) {
+func printVerify(w io.Writer, source string, res wire.AuditVerifyResponse) {
 	span := "no entries"
 	if res.Entries > 0 {
 		span = fmt.Sprintf("entries %d-%d (%d present)", res.FirstSeq, res.LastSeq, res.Entries)

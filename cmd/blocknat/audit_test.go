@@ -6,8 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/blocknat/blocknat/userspace/api"
-	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // hostile holds a character of every class audit show must not print as it
@@ -38,15 +37,15 @@ func checkPrintable(t *testing.T, out string) {
 // field: none is printed as it is, each appears escaped, and a backslash
 // sent as text cannot pass for an escape.
 func TestAuditShowEscapes(t *testing.T) {
-	e := audit.Entry{
+	e := wire.AuditEntry{
 		Seq: 7, Time: time.Date(2026, 11, 20, 12, 0, 1, 0, time.UTC),
 		Operator: hostileText("cert:CN="), Role: hostileText("role"), Action: hostileText("lookup"),
 		Criteria: map[string]string{hostileText("key"): hostileText("value"), "ip": "198.51.100.10"},
-		Purpose:  hostileText("case 1"), Outcome: audit.Outcome(hostileText("refused")), Detail: hostileText("detail text"),
+		Purpose:  hostileText("case 1"), Outcome: wire.Outcome(hostileText("refused")), Detail: hostileText("detail text"),
 		Subjects: []string{hostileText("inside:"), "inside:100.64.0.7"}, AnswerSHA256: hostileText("sha"),
 	}
 	var out bytes.Buffer
-	printAuditEntries(&out, &api.AuditShowResponse{AuditSeq: 8, Total: 7, Entries: []audit.Entry{e}})
+	printAuditEntries(&out, &wire.AuditShowResponse{AuditSeq: 8, Total: 7, Entries: []wire.AuditEntry{e}})
 	got := out.String()
 	t.Logf("audit show:\n%s", got)
 	checkPrintable(t, got)
@@ -61,7 +60,7 @@ func TestAuditShowEscapes(t *testing.T) {
 	}
 
 	out.Reset()
-	printAuditSubject(&out, &api.AuditSubjectResponse{Subject: "inside:100.64.0.7", Uses: []api.SubjectUse{{
+	printAuditSubject(&out, &wire.AuditSubjectResponse{Subject: "inside:100.64.0.7", Uses: []wire.SubjectUse{{
 		Seq: 7, Time: e.Time, Action: e.Action, Role: e.Role, Outcome: string(e.Outcome), Purpose: e.Purpose, Named: []string{hostileText("criteria")},
 	}}})
 	checkPrintable(t, out.String())

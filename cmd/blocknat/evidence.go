@@ -14,8 +14,10 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/api/client"
 	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/auditwire"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 func init() {
@@ -64,9 +66,9 @@ func runEvidence(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return report(stderr, name, err)
 	}
-	f, err := api.DecodeEvidenceFile(data)
+	f, err := wire.DecodeEvidenceFile(data)
 	if err == nil {
-		err = api.VerifyEvidence(f, pub)
+		err = auditwire.VerifyEvidence(f, pub)
 	}
 	if err != nil {
 		fmt.Fprintf(stdout, "evidence %s: FAILED\n  %v\n", positional[0], err)
@@ -79,7 +81,7 @@ func runEvidence(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-func printEvidence(w io.Writer, path string, f *api.EvidenceFile, fingerprint string) {
+func printEvidence(w io.Writer, path string, f *wire.EvidenceFile, fingerprint string) {
 	e, s := f.Proof.Entry, f.Proof.Signed
 	fmt.Fprintf(w, "evidence %s: OK\n", path)
 	fmt.Fprintf(w, "  the answer below (SHA-256 %s) is, byte for byte, the one audit entry %d records:\n", f.AnswerSHA256, e.Seq)
@@ -94,15 +96,15 @@ func printEvidence(w io.Writer, path string, f *api.EvidenceFile, fingerprint st
 	fmt.Fprintln(w, "  the checkpoints shipped off the router show that (blocknat audit verify --dir --pubkey)")
 	fmt.Fprintln(w, "answer:")
 	switch e.Action {
-	case api.ActionLookup:
-		var ans api.LookupResponse
+	case wire.ActionLookup:
+		var ans wire.LookupResponse
 		if json.Unmarshal(f.Answer, &ans) == nil {
 			ans.AuditSeq = e.Seq
 			printLookup(&indent{w: w}, e.Criteria["time"], &ans)
 			return
 		}
-	case api.ActionHistory:
-		var ans api.HistoryResponse
+	case wire.ActionHistory:
+		var ans wire.HistoryResponse
 		if json.Unmarshal(f.Answer, &ans) == nil {
 			ans.AuditSeq = e.Seq
 			printHistory(&indent{w: w}, &ans)
@@ -158,11 +160,11 @@ func checkNewFile(flagName, path string) error {
 // writeEvidence writes an answer's evidence file (mode 0600: it holds
 // personal data), through a temporary file so that a crash leaves none
 // half written.
-func writeEvidence(path string, ev *api.Evidence) error {
+func writeEvidence(path string, ev *wire.Evidence) error {
 	if path == "" {
 		return nil
 	}
-	data, err := api.EncodeEvidenceFile(ev)
+	data, err := wire.EncodeEvidenceFile(ev)
 	if err != nil {
 		return err
 	}
@@ -222,8 +224,8 @@ func runAuditSubject(args []string, stdout, stderr io.Writer) int {
 	if (*subscriber == "") == (*mac == "") {
 		return report(stderr, name, usagef("give one of --subscriber and --mac"))
 	}
-	req := api.AuditSubjectRequest{Subscriber: *subscriber, MAC: *mac, From: *from, To: *to}
-	err := withClient(af, func(ctx context.Context, c *api.Client) error {
+	req := wire.AuditSubjectRequest{Subscriber: *subscriber, MAC: *mac, From: *from, To: *to}
+	err := withClient(af, func(ctx context.Context, c *client.Client) error {
 		ans, err := c.AuditSubject(ctx, req)
 		if err != nil {
 			return err
@@ -237,7 +239,7 @@ func runAuditSubject(args []string, stdout, stderr io.Writer) int {
 	return report(stderr, name, err)
 }
 
-func printAuditSubject(w io.Writer, ans *api.AuditSubjectResponse) {
+func printAuditSubject(w io.Writer, ans *wire.AuditSubjectResponse) {
 	fmt.Fprintf(w, "%s from %s to %s: %s\n", safeText(ans.Subject), humanTime(ans.From), humanTime(ans.To), plural(len(ans.Uses), "request named it", "requests named it"))
 	for _, u := range ans.Uses {
 		fmt.Fprintf(w, "  %s  %s  role %s  outcome %s  (entry %d; named in the %s)\n",

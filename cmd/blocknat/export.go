@@ -12,7 +12,8 @@ import (
 
 	"golang.org/x/term"
 
-	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/api/client"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 func init() {
@@ -38,7 +39,7 @@ func runExport(args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet(name, exportSynopsis, stderr)
 	from := fs.String("from", "", "start of the interval, RFC 3339 with a zone")
 	to := fs.String("to", "", "end of the interval, RFC 3339 with a zone")
-	format := fs.String("format", api.FormatCSV, "output `format`: csv or jsonl")
+	format := fs.String("format", wire.FormatCSV, "output `format`: csv or jsonl")
 	purpose := fs.String("purpose", "", "purpose or case `reference` (required; audited)")
 	out := fs.String("out", "", "output `file`")
 	subscriber := fs.String("subscriber", "", "only this subscriber's inside IPv4 `address`")
@@ -50,7 +51,7 @@ func runExport(args []string, stdout, stderr io.Writer) int {
 	if err := required(map[string]*string{"from": from, "to": to, "purpose": purpose, "out": out}); err != nil {
 		return report(stderr, name, err)
 	}
-	if *format != api.FormatCSV && *format != api.FormatJSONL {
+	if *format != wire.FormatCSV && *format != wire.FormatJSONL {
 		return report(stderr, name, usagef("--format: %q is not csv or jsonl", *format))
 	}
 	// Checked before asking, so that a name clash costs no audited request.
@@ -60,9 +61,9 @@ func runExport(args []string, stdout, stderr io.Writer) int {
 	if *subscriber != "" && *mac != "" {
 		return report(stderr, name, usagef("give at most one of --subscriber and --mac"))
 	}
-	req := api.ExportRequest{From: *from, To: *to, Format: *format, Subscriber: *subscriber, MAC: *mac, Purpose: *purpose}
-	var res *api.ExportResult
-	err := withClient(af, func(ctx context.Context, c *api.Client) error {
+	req := wire.ExportRequest{From: *from, To: *to, Format: *format, Subscriber: *subscriber, MAC: *mac, Purpose: *purpose}
+	var res *client.ExportResult
+	err := withClient(af, func(ctx context.Context, c *client.Client) error {
 		var err error
 		res, err = exportToFile(ctx, c, req, *out, stderr)
 		return err
@@ -86,7 +87,7 @@ func runExport(args []string, stdout, stderr io.Writer) int {
 
 // exportToFile streams the export into path+".tmp" and renames it to path
 // once complete and on disk. On any failure the temporary file is removed.
-func exportToFile(ctx context.Context, c *api.Client, req api.ExportRequest, path string, stderr io.Writer) (res *api.ExportResult, err error) {
+func exportToFile(ctx context.Context, c *client.Client, req wire.ExportRequest, path string, stderr io.Writer) (res *client.ExportResult, err error) {
 	tmp := path + ".tmp"
 	// O_EXCL: a FILE.tmp that exists belongs to an export still running,
 	// or left by one that was killed; either way it is not ours to reuse.

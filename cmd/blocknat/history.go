@@ -5,7 +5,8 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/api/client"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 func init() {
@@ -46,8 +47,8 @@ func runHistory(args []string, stdout, stderr io.Writer) int {
 	if err := checkNewFile("--evidence", *evidence); err != nil {
 		return report(stderr, name, err)
 	}
-	req := api.HistoryRequest{Subscriber: *subscriber, MAC: *mac, From: *from, To: *to, Purpose: *purpose}
-	err := withClient(af, func(ctx context.Context, c *api.Client) error {
+	req := wire.HistoryRequest{Subscriber: *subscriber, MAC: *mac, From: *from, To: *to, Purpose: *purpose}
+	err := withClient(af, func(ctx context.Context, c *client.Client) error {
 		ans, err := c.History(ctx, req)
 		if err != nil {
 			return err
@@ -67,7 +68,7 @@ func runHistory(args []string, stdout, stderr io.Writer) int {
 	return report(stderr, name, err)
 }
 
-func printHistory(w io.Writer, ans *api.HistoryResponse) {
+func printHistory(w io.Writer, ans *wire.HistoryResponse) {
 	q := ans.Query
 	who := "subscriber " + q.Subscriber.String()
 	if q.MAC != "" {

@@ -9,9 +9,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/blocknat/blocknat/userspace/api"
 	"github.com/blocknat/blocknat/userspace/config"
 	"github.com/blocknat/blocknat/userspace/leasehook"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 func init() {
@@ -95,7 +95,7 @@ func runLeaseWith(args, environ []string, now func() time.Time, stdout, stderr i
 		defer c.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), leaseSendTimeout)
 		defer cancel()
-		_, err = c.Leases(ctx, api.LeasesRequest{Events: evs})
+		_, err = c.Leases(ctx, leasesRequest(evs))
 		return err
 	}
 	err = leasehook.Run(events, spool, send)
@@ -105,4 +105,14 @@ func runLeaseWith(args, environ []string, now func() time.Time, stdout, stderr i
 		return exitOK
 	}
 	return report(stderr, name, err)
+}
+
+// leasesRequest carries a hook's events as the API takes them: the same
+// fields, so each converts as it is.
+func leasesRequest(evs []leasehook.Event) wire.LeasesRequest {
+	req := wire.LeasesRequest{Events: make([]wire.LeaseEvent, len(evs))}
+	for i, e := range evs {
+		req.Events[i] = wire.LeaseEvent(e)
+	}
+	return req
 }

@@ -5,7 +5,8 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/api/client"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 func init() {
@@ -51,8 +52,8 @@ func runLookup(args []string, stdout, stderr io.Writer) int {
 	if err := checkNewFile("--evidence", *evidence); err != nil {
 		return report(stderr, name, err)
 	}
-	req := api.LookupRequest{IP: *ip, Port: uint16(*port), Time: *at, Tolerance: *tolerance, Purpose: *purpose}
-	err := withClient(af, func(ctx context.Context, c *api.Client) error {
+	req := wire.LookupRequest{IP: *ip, Port: uint16(*port), Time: *at, Tolerance: *tolerance, Purpose: *purpose}
+	err := withClient(af, func(ctx context.Context, c *client.Client) error {
 		ans, err := c.Lookup(ctx, req)
 		if err != nil {
 			return err
@@ -72,7 +73,7 @@ func runLookup(args []string, stdout, stderr io.Writer) int {
 	return report(stderr, name, err)
 }
 
-func printLookup(w io.Writer, stated string, ans *api.LookupResponse) {
+func printLookup(w io.Writer, stated string, ans *wire.LookupResponse) {
 	q := ans.Query
 	fmt.Fprintf(w, "%s:%d at %s: ", q.IP, q.Port, stated)
 	switch n := len(ans.Candidates); n {
@@ -101,7 +102,7 @@ func printLookup(w io.Writer, stated string, ans *api.LookupResponse) {
 }
 
 // printOwner says what one epoch's deterministic mapping answers.
-func printOwner(w io.Writer, o api.Owner) {
+func printOwner(w io.Writer, o wire.Owner) {
 	fmt.Fprintf(w, "  mapping of epoch %d, in force [%s, %s): ", o.Epoch.ID, humanTime(o.From), humanTime(o.To))
 	if !o.Mapped {
 		fmt.Fprintf(w, "no subscriber (%s)\n", o.Reason)

@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"slices"
-	"strings"
 	"time"
 
-	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/api/client"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 func init() {
@@ -33,7 +31,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	if ok, code := parseAPIFlags(fs, args); !ok {
 		return code
 	}
-	err := withClient(af, func(ctx context.Context, c *api.Client) error {
+	err := withClient(af, func(ctx context.Context, c *client.Client) error {
 		ans, err := c.Status(ctx)
 		if err != nil {
 			return err
@@ -46,7 +44,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	return report(stderr, name, err)
 }
 
-func printStatus(w io.Writer, ans *api.StatusResponse) error {
+func printStatus(w io.Writer, ans *wire.StatusResponse) error {
 	st := ans.Store
 	optional := func(t *time.Time) string {
 		if t == nil {
@@ -65,77 +63,10 @@ func printStatus(w io.Writer, ans *api.StatusResponse) error {
 	fmt.Fprintln(w, "audit log")
 	fmt.Fprintf(w, "  entries              %d\n", ans.Audit.Entries)
 	if ans.Agent != nil {
-		data, err := json.Marshal(ans.Agent)
-		if err != nil {
-			return fmt.Errorf("agent status: %w", err)
-		}
-		var doc any
-		if err := json.Unmarshal(data, &doc); err != nil {
-			return fmt.Errorf("agent status: %w", err)
-		}
-		if st, ok := blocknatdStatus(data, doc); ok {
-			printAgentStatus(w, st)
-		} else {
-			// Not blocknatd's document: no fixed shape, so an indented
-			// outline, keys sorted.
-			fmt.Fprintln(w, "agent")
-			printOutline(w, doc, 1)
-		}
+		printAgentStatus(w, *ans.Agent)
 	}
 	fmt.Fprintf(w, "audit entry %d\n", ans.AuditSeq)
 	return nil
-}
-
-func printOutline(w io.Writer, v any, depth int) {
-	indent := strings.Repeat("  ", depth)
-	switch v := v.(type) {
-	case map[string]any:
-		keys := make([]string, 0, len(v))
-		for k := range v {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		for _, k := range keys {
-			if scalar, ok := scalarText(v[k]); ok {
-				fmt.Fprintf(w, "%s%-20s %s\n", indent, k, scalar)
-				continue
-			}
-			fmt.Fprintf(w, "%s%s\n", indent, k)
-			printOutline(w, v[k], depth+1)
-		}
-	case []any:
-		for i, e := range v {
-			if scalar, ok := scalarText(e); ok {
-				fmt.Fprintf(w, "%s- %s\n", indent, scalar)
-				continue
-			}
-			fmt.Fprintf(w, "%s[%d]\n", indent, i)
-			printOutline(w, e, depth+1)
-		}
-	default:
-		s, _ := scalarText(v)
-		fmt.Fprintf(w, "%s%s\n", indent, s)
-	}
-}
-
-func scalarText(v any) (string, bool) {
-	switch v := v.(type) {
-	case nil:
-		return "none", true
-	case string:
-		return v, true
-	case bool, float64:
-		return fmt.Sprint(v), true
-	case []any:
-		if len(v) == 0 {
-			return "none", true
-		}
-	case map[string]any:
-		if len(v) == 0 {
-			return "none", true
-		}
-	}
-	return "", false
 }
 
 func bytesText(n uint64) string {

@@ -1,38 +1,18 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
 	"strings"
 	"time"
 
-	blocknatd "github.com/blocknat/blocknat/userspace/agent"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
-
-// blocknatdStatus decodes the agent's document when it is blocknatd's own
-// (it has an alarm and data-plane counters).
-func blocknatdStatus(data []byte, doc any) (blocknatd.Status, bool) {
-	m, ok := doc.(map[string]any)
-	if !ok {
-		return blocknatd.Status{}, false
-	}
-	for _, key := range []string{"alarm", "data_plane", "records", "selfcheck"} {
-		if _, ok := m[key]; !ok {
-			return blocknatd.Status{}, false
-		}
-	}
-	var st blocknatd.Status
-	if err := json.Unmarshal(data, &st); err != nil {
-		return blocknatd.Status{}, false
-	}
-	return st, true
-}
 
 // printAgentStatus shows a person the figures the metrics endpoint
 // exports, the alarm first: it answers "are records being written?".
-func printAgentStatus(w io.Writer, st blocknatd.Status) {
+func printAgentStatus(w io.Writer, st wire.Status) {
 	row := func(name, format string, args ...any) {
 		fmt.Fprintf(w, "  %-20s %s\n", name, fmt.Sprintf(format, args...))
 	}

@@ -6,33 +6,32 @@ import (
 	"testing"
 	"time"
 
-	blocknatd "github.com/blocknat/blocknat/userspace/agent"
-	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // TestStatusShowsAgentFigures: blocknatd's status document is shown as the
 // figures the metrics endpoint exports, the alarm first and with its
 // reasons; a healthy agent says so.
 func TestStatusShowsAgentFigures(t *testing.T) {
-	st := blocknatd.Status{
+	st := wire.Status{
 		Epoch: 2, Subscribers: 256, PoolAddresses: 2, BlockSize: 504,
 		DataPlane: map[string]uint64{"out_packets": 10, "in_packets": 20, "out_bytes": 2048, "in_bytes": 512,
 			"drop_block_full": 3, "drop_spoofed": 0, "pass_ttl": 4, "ringbuf_full": 5},
-		Records:      blocknatd.RecordStatus{EventsRead: 7, Written: 8},
+		Records:      wire.RecordStatus{EventsRead: 7, Written: 8},
 		Alarm:        []string{"self-check failed: canary 9: not in the record store 10s after the kernel sent it"},
-		SelfCheck:    blocknatd.SelfCheckStatus{Enabled: true, Interval: "5m0s", Checks: 4, Failures: 1, Failing: true, LastError: "canary 9: not in the record store"},
-		Blocks:       &blocknatd.BlockStatus{Active: 2, Flows: 504, BlockSize: 504, Full: 1, MeanUtilisation: 0.5, Utilisation: []blocknatd.UtilisationBucket{{AtMost: 0.1, Blocks: 1}, {AtMost: 1, Blocks: 2}}},
-		StoreWrites:  blocknatd.StoreWritesStatus{Commits: 6, Errors: 2, MeanSeconds: 0.0015},
-		Retention:    blocknatd.RetentionStatus{Period: "365d", LastAt: time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC)},
+		SelfCheck:    wire.SelfCheckStatus{Enabled: true, Interval: "5m0s", Checks: 4, Failures: 1, Failing: true, LastError: "canary 9: not in the record store"},
+		Blocks:       &wire.BlockStatus{Active: 2, Flows: 504, BlockSize: 504, Full: 1, MeanUtilisation: 0.5, Utilisation: []wire.UtilisationBucket{{AtMost: 0.1, Blocks: 1}, {AtMost: 1, Blocks: 2}}},
+		StoreWrites:  wire.StoreWritesStatus{Commits: 6, Errors: 2, MeanSeconds: 0.0015},
+		Retention:    wire.RetentionStatus{Period: "365d", LastAt: time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC)},
 		AuditEntries: 41,
-		Guard: blocknatd.GuardStatus{Installed: true, Prefixes: []string{"100.64.0.0/24"}, Interfaces: []string{"bn-out"},
+		Guard: wire.GuardStatus{Installed: true, Prefixes: []string{"100.64.0.0/24"}, Interfaces: []string{"bn-out"},
 			DroppedPackets: 12, DroppedBytes: 1200, Missing: 1},
-		Disk: blocknatd.DiskStatus{FreeBytes: 3 << 20, SizeBytes: 64 << 20, MinFreeBytes: 16 << 20, Low: true,
+		Disk: wire.DiskStatus{FreeBytes: 3 << 20, SizeBytes: 64 << 20, MinFreeBytes: 16 << 20, Low: true,
 			Since: time.Date(2026, 11, 20, 1, 0, 0, 0, time.UTC), ReserveBytes: 8 << 20},
-		AuditLog: blocknatd.AuditLogStatus{Failing: true, LastError: "no space left on device", Since: time.Date(2026, 11, 20, 1, 0, 0, 0, time.UTC)},
+		AuditLog: wire.AuditLogStatus{Failing: true, LastError: "no space left on device", Since: time.Date(2026, 11, 20, 1, 0, 0, 0, time.UTC)},
 	}
 	var out bytes.Buffer
-	if err := printStatus(&out, &api.StatusResponse{AuditSeq: 42, Agent: st}); err != nil {
+	if err := printStatus(&out, &wire.StatusResponse{AuditSeq: 42, Agent: &st}); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
@@ -61,9 +60,9 @@ func TestStatusShowsAgentFigures(t *testing.T) {
 		}
 	}
 
-	st.Alarm, st.SelfCheck = []string{}, blocknatd.SelfCheckStatus{Enabled: true, Interval: "5m0s", Checks: 5}
+	st.Alarm, st.SelfCheck = []string{}, wire.SelfCheckStatus{Enabled: true, Interval: "5m0s", Checks: 5}
 	out.Reset()
-	if err := printStatus(&out, &api.StatusResponse{Agent: st}); err != nil {
+	if err := printStatus(&out, &wire.StatusResponse{Agent: &st}); err != nil {
 		t.Fatal(err)
 	}
 	if s := out.String(); !strings.Contains(s, "alarm                ok: block records are being written") || !strings.Contains(s, "state                passing") {
@@ -71,9 +70,9 @@ func TestStatusShowsAgentFigures(t *testing.T) {
 	}
 
 	// A missing guard is said plainly, with what is missing.
-	st.Guard = blocknatd.GuardStatus{Problem: "no chain postrouting"}
+	st.Guard = wire.GuardStatus{Problem: "no chain postrouting"}
 	out.Reset()
-	if err := printStatus(&out, &api.StatusResponse{Agent: st}); err != nil {
+	if err := printStatus(&out, &wire.StatusResponse{Agent: &st}); err != nil {
 		t.Fatal(err)
 	}
 	if s := out.String(); !strings.Contains(s, "state                NOT INSTALLED: subscriber packets") || !strings.Contains(s, "no chain postrouting") {

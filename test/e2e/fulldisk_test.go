@@ -12,9 +12,9 @@ import (
 
 	"github.com/blocknat/blocknat/test/harness"
 	"github.com/blocknat/blocknat/test/netns"
-	blocknatd "github.com/blocknat/blocknat/userspace/agent"
 	"github.com/blocknat/blocknat/userspace/diskspace"
 	"github.com/blocknat/blocknat/userspace/metrics"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // diskEnv is an agent whose state_dir is a small tmpfs of its own.
@@ -25,10 +25,10 @@ type diskEnv struct {
 
 // status asks the agent, through the CLI, for its status document. The
 // request is audited, so it fails while the audit log cannot write.
-func (d *diskEnv) status(t *testing.T) (blocknatd.Status, error) {
+func (d *diskEnv) status(t *testing.T) (wire.Status, error) {
 	t.Helper()
 	var st struct {
-		Agent blocknatd.Status `json:"agent"`
+		Agent wire.Status `json:"agent"`
 	}
 	out, err := runCmd(t.Context(), bins.Blocknat, "status", "--json", "--socket", harness.SocketPath(d.stateDir))
 	if err != nil {
@@ -41,7 +41,7 @@ func (d *diskEnv) status(t *testing.T) (blocknatd.Status, error) {
 }
 
 // waitStatus polls status until ok says so, and fails after 15 s.
-func (d *diskEnv) waitStatus(t *testing.T, what string, ok func(blocknatd.Status) bool) blocknatd.Status {
+func (d *diskEnv) waitStatus(t *testing.T, what string, ok func(wire.Status) bool) wire.Status {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -95,7 +95,7 @@ func TestFullDiskSurvivedLoudly(t *testing.T) {
 	})
 	d := &diskEnv{env: e, listen: listen}
 	e.start(t)
-	d.waitStatus(t, "reserve made at start", func(st blocknatd.Status) bool {
+	d.waitStatus(t, "reserve made at start", func(st wire.Status) bool {
 		return st.Disk.ReserveHeldBytes >= 8<<20 && !st.Disk.Low && len(st.Alarm) == 0
 	})
 
@@ -122,7 +122,7 @@ func TestFullDiskSurvivedLoudly(t *testing.T) {
 	if _, err := netns.UDPRoundTrip(second.NS, 0, srv.Addr, []byte("while low"), 3*time.Second); err != nil {
 		t.Fatalf("traffic while state_dir is low: %v", err)
 	}
-	st := d.waitStatus(t, "alarm raised below min_free", func(st blocknatd.Status) bool {
+	st := d.waitStatus(t, "alarm raised below min_free", func(st wire.Status) bool {
 		return st.Disk.Low && !st.Records.Writing && strings.Contains(strings.Join(st.Alarm, "\n"), "disk.min_free")
 	})
 	d.alive(t, "below min_free")
@@ -155,7 +155,7 @@ func TestFullDiskSurvivedLoudly(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.start(t)
-	st = d.waitStatus(t, "restart on a full disk raises the alarm", func(st blocknatd.Status) bool {
+	st = d.waitStatus(t, "restart on a full disk raises the alarm", func(st wire.Status) bool {
 		return st.Disk.Low && st.Disk.ReserveReleased != "" && len(st.Alarm) > 0
 	})
 	if !strings.Contains(e.agent.Log(), "starting with state_dir short of space") {
@@ -179,7 +179,7 @@ func TestFullDiskSurvivedLoudly(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	d.waitStatus(t, "alarm ends and the reserve is made again", func(st blocknatd.Status) bool {
+	d.waitStatus(t, "alarm ends and the reserve is made again", func(st wire.Status) bool {
 		return !st.Disk.Low && len(st.Alarm) == 0 && st.Records.Writing && st.Disk.ReserveHeldBytes >= 8<<20
 	})
 	for _, sub := range []netip.Addr{first.Addr, second.Addr, third} {
@@ -211,7 +211,7 @@ func TestFullDiskSurvivedLoudly(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	d.waitStatus(t, "answers resume without a restart", func(st blocknatd.Status) bool {
+	d.waitStatus(t, "answers resume without a restart", func(st wire.Status) bool {
 		return len(st.Alarm) == 0 && !st.AuditLog.Failing
 	})
 	if out, err := runCmd(t.Context(), bins.Blocknat, "audit", "verify", "--socket", harness.SocketPath(e.stateDir)); err != nil {

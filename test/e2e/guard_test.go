@@ -13,9 +13,9 @@ import (
 
 	"github.com/blocknat/blocknat/test/harness"
 	"github.com/blocknat/blocknat/test/netns"
-	blocknatd "github.com/blocknat/blocknat/userspace/agent"
 	"github.com/blocknat/blocknat/userspace/guard"
 	"github.com/blocknat/blocknat/userspace/metrics"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // guardEnv is a topology whose internet namespace counts every packet that
@@ -155,7 +155,7 @@ func TestGuardKeepsDetachedRouterClosed(t *testing.T) {
 		t.Fatalf("with the agent running, %d packets reached the internet from an inside address", n)
 	}
 	var st struct {
-		Agent blocknatd.Status `json:"agent"`
+		Agent wire.Status `json:"agent"`
 	}
 	g.cli(t, &st, "status", "--json", "--config", g.cfgPath)
 	if gs := st.Agent.Guard; !gs.Installed || strings.Join(gs.Prefixes, ",") != g.topo.InsidePrefix.String() ||

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/blocknat/blocknat/test/netns"
-	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // One address for the whole Wi-Fi: the second device can only get the
@@ -296,7 +296,7 @@ func TestLeasesNameTheDevice(t *testing.T) {
 			socket := "--config=" + e.cfgPath
 			for i, c := range conns {
 				other := conns[1-i].mac
-				var ans api.LookupResponse
+				var ans wire.LookupResponse
 				// The hook runs after the server's ACK; give it a moment.
 				deadline := time.Now().Add(10 * time.Second)
 				for {
@@ -355,7 +355,7 @@ func TestLeasesNameTheDevice(t *testing.T) {
 			}
 
 			// History by MAC: the first phone's blocks, during its lease only.
-			var hist api.HistoryResponse
+			var hist wire.HistoryResponse
 			e.cli(t, &hist, "history", socket, "--mac", conns[0].mac, "--from", time.Now().Add(-time.Hour).UTC().Format(time.RFC3339),
 				"--to", time.Now().Add(time.Minute).UTC().Format(time.RFC3339), "--purpose", "case 2026-4411", "--json")
 			if len(hist.Leases) != 1 || hist.Leases[0].MAC != conns[0].mac || hist.Leases[0].Inside != wifiAddr || !hist.Leases[0].Ended ||
@@ -370,7 +370,7 @@ func TestLeasesNameTheDevice(t *testing.T) {
 				}
 			}
 			// Who looked the first phone up.
-			var subj api.AuditSubjectResponse
+			var subj wire.AuditSubjectResponse
 			e.cli(t, &subj, "audit", "subject", socket, "--mac", conns[0].mac, "--from", time.Now().Add(-time.Hour).UTC().Format(time.RFC3339),
 				"--to", time.Now().Add(time.Minute).UTC().Format(time.RFC3339), "--json")
 			var actions []string
@@ -384,7 +384,7 @@ func TestLeasesNameTheDevice(t *testing.T) {
 	}
 }
 
-func leaseMACs(ans api.LookupResponse) []string {
+func leaseMACs(ans wire.LookupResponse) []string {
 	var out []string
 	for _, c := range ans.Candidates {
 		for _, l := range c.Leases {
@@ -414,7 +414,7 @@ func TestLeaseHookQueuesWhileAgentIsDown(t *testing.T) {
 		t.Fatalf("spool holds %v, want one event", files)
 	}
 	e.start(t)
-	var hist api.HistoryResponse
+	var hist wire.HistoryResponse
 	e.cli(t, &hist, "history", "--config", e.cfgPath, "--mac", "02:00:00:00:02:0a",
 		"--from", time.Now().Add(-time.Hour).UTC().Format(time.RFC3339), "--to", time.Now().Add(time.Minute).UTC().Format(time.RFC3339),
 		"--purpose", "case 2026-4411", "--json")

@@ -13,7 +13,7 @@ import (
 
 	"github.com/blocknat/blocknat/test/harness"
 	"github.com/blocknat/blocknat/test/netns"
-	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // TestLookupWhatTheServerSaw is the job blocknat exists for: the server
@@ -35,7 +35,7 @@ func TestLookupWhatTheServerSaw(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // the record is committed within 50 ms
 	socket := harness.SocketPath(e.stateDir)
 
-	var ans api.LookupResponse
+	var ans wire.LookupResponse
 	e.cli(t, &ans, "lookup", "--socket", socket, "--ip", seen.Addr().String(), "--port", itoa(seen.Port()),
 		"--time", seenAt, "--tolerance", "2s", "--purpose", "case 2026-4411", "--json")
 	if len(ans.Candidates) != 1 {
@@ -57,7 +57,7 @@ func TestLookupWhatTheServerSaw(t *testing.T) {
 		}
 	}
 
-	var shown api.AuditShowResponse
+	var shown wire.AuditShowResponse
 	e.cli(t, &shown, "audit", "show", "--socket", socket, "--json")
 	var lookups []string
 	for _, en := range shown.Entries {
@@ -95,7 +95,7 @@ func TestLookupRefusedWithoutRole(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "refused") {
 		t.Fatalf("lookup as uid 65534: err=%v output %q, want a refusal", err, out)
 	}
-	var shown api.AuditShowResponse
+	var shown wire.AuditShowResponse
 	e.cli(t, &shown, "audit", "show", "--socket", socket, "--json")
 	if len(shown.Entries) == 0 {
 		t.Fatal("no audit entries")

@@ -13,15 +13,15 @@ import (
 
 	"github.com/blocknat/blocknat/test/harness"
 	"github.com/blocknat/blocknat/test/netns"
-	"github.com/blocknat/blocknat/userspace/api"
 	"github.com/blocknat/blocknat/userspace/store"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // history asks the running agent, through the CLI, for a subscriber's
 // records of the last hour.
-func (e *env) history(t *testing.T, sub netip.Addr) []api.Candidate {
+func (e *env) history(t *testing.T, sub netip.Addr) []wire.Record {
 	t.Helper()
-	var ans api.HistoryResponse
+	var ans wire.HistoryResponse
 	now := time.Now().UTC()
 	e.cli(t, &ans, "history", "--socket", harness.SocketPath(e.stateDir), "--subscriber", sub.String(),
 		"--from", now.Add(-time.Hour).Format(time.RFC3339Nano), "--to", now.Add(time.Minute).Format(time.RFC3339Nano),
@@ -62,7 +62,7 @@ func TestKill9KeepsTrafficAndRecords(t *testing.T) {
 	udpPort := lastPort(t, udpSrv)
 	tcp.waitEchoes(t, 10, 5*time.Second)
 	time.Sleep(200 * time.Millisecond) // both activations are committed within 50 ms
-	before := map[netip.Addr][]api.Candidate{}
+	before := map[netip.Addr][]wire.Record{}
 	for _, sub := range e.topo.Subscribers {
 		before[sub.Addr] = e.history(t, sub.Addr)
 		if len(before[sub.Addr]) != 1 {

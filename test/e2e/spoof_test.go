@@ -13,8 +13,8 @@ import (
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/test/harness"
 	"github.com/blocknat/blocknat/test/netns"
-	"github.com/blocknat/blocknat/userspace/api"
 	"github.com/blocknat/blocknat/userspace/mapping"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // floodUDP sends n datagrams from the namespace with whatever source
@@ -96,7 +96,7 @@ func TestNeighbourCannotFrame(t *testing.T) {
 	}
 	// And no record names the neighbour: the police would find nothing
 	// against them for that traffic.
-	var hist api.HistoryResponse
+	var hist wire.HistoryResponse
 	e.cli(t, &hist, "history", "--config", e.cfgPath, "--subscriber", wifiAddr.String(),
 		"--from", time.Now().Add(-time.Hour).UTC().Format(time.RFC3339), "--to", time.Now().Add(time.Minute).UTC().Format(time.RFC3339),
 		"--purpose", "framing test", "--json")

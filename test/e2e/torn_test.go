@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // TestTornAuditTailRepairedAtStart: a crash in the middle of an audit write
@@ -14,7 +14,7 @@ import (
 // repair in the log, and answers as before; the log verifies.
 func TestTornAuditTailRepairedAtStart(t *testing.T) {
 	e := startEnv(t, "bn-e2etorn")
-	var shown api.AuditShowResponse
+	var shown wire.AuditShowResponse
 	e.cli(t, &shown, "audit", "show", "--config", e.cfgPath, "--json")
 	if err := e.agent.Kill(); err != nil {
 		t.Fatal(err)

@@ -7,6 +7,8 @@ import (
 	"strconv"
 
 	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/auditwire"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 func (s *Server) parseStatus(r *http.Request, rep *reply) (func(*reply) *failure, *failure) {
@@ -14,17 +16,21 @@ func (s *Server) parseStatus(r *http.Request, rep *reply) (func(*reply) *failure
 		return nil, f
 	}
 	return func(rep *reply) *failure {
-		st, err := s.store.Stats()
-		if err != nil {
-			return internal("store stats: %v", err)
-		}
-		resp := StatusResponse{Store: storeStatusOf(st), Audit: AuditStatus{Entries: s.audit.Len()}}
+		resp := wire.StatusResponse{Audit: wire.AuditStatus{Entries: s.audit.Len()}}
 		if s.status != nil {
-			doc, err := s.status(r.Context())
+			// The agent reads the store for its own figures; taking them
+			// from it reads the store once and keeps the two in step.
+			agent, st, err := s.status(r.Context())
 			if err != nil {
 				return internal("agent status: %v", err)
 			}
-			resp.Agent = doc
+			resp.Agent, resp.Store = &agent, storeStatusOf(st)
+		} else {
+			st, err := s.store.Stats()
+			if err != nil {
+				return internal("store stats: %v", err)
+			}
+			resp.Store = storeStatusOf(st)
 		}
 		rep.outcome, rep.detail = audit.OutcomeAnswered, ""
 		rep.answer = func(seq uint64) any {
@@ -33,16 +39,6 @@ func (s *Server) parseStatus(r *http.Request, rep *reply) (func(*reply) *failure
 		}
 		return nil
 	}, nil
-}
-
-// AuditShowResponse answers GET /v1/audit: entries exactly as the log holds
-// them, so that a reader can recompute their hashes. The entry of this very
-// request is appended after the entries are read, so it is not among them.
-type AuditShowResponse struct {
-	AuditSeq uint64 `json:"audit_seq"`
-	// Total is the number of entries in the log before this request.
-	Total   uint64        `json:"total"`
-	Entries []audit.Entry `json:"entries"`
 }
 
 func (s *Server) parseAuditShow(r *http.Request, rep *reply) (func(*reply) *failure, *failure) {
@@ -62,11 +58,11 @@ func (s *Server) parseAuditShow(r *http.Request, rep *reply) (func(*reply) *fail
 			return nil, malformed(http.StatusBadRequest, "query parameter %q: given %d times", k, len(v))
 		}
 	}
-	limit := DefaultAuditLimit
+	limit := wire.DefaultAuditLimit
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > MaxAuditLimit {
-			return nil, malformed(http.StatusBadRequest, "limit: %q is not a number from 1 to %d", truncate(v), MaxAuditLimit)
+		if err != nil || n < 1 || n > wire.MaxAuditLimit {
+			return nil, malformed(http.StatusBadRequest, "limit: %q is not a number from 1 to %d", truncate(v), wire.MaxAuditLimit)
 		}
 		limit = n
 	}
@@ -94,55 +90,16 @@ func (s *Server) parseAuditShow(r *http.Request, rep *reply) (func(*reply) *fail
 		if err != nil {
 			return internal("audit entries from %d: %v", from, err)
 		}
-		if entries == nil {
-			entries = []audit.Entry{}
-		}
 		rep.outcome = outcomeOf(len(entries))
 		rep.detail = fmt.Sprintf("%d entries", len(entries))
 		if len(entries) == 1 {
 			rep.detail = "1 entry"
 		}
 		rep.answer = func(seq uint64) any {
-			return AuditShowResponse{AuditSeq: seq, Total: total, Entries: entries}
+			return wire.AuditShowResponse{AuditSeq: seq, Total: total, Entries: auditwire.EntriesOf(entries)}
 		}
 		return nil
 	}, nil
-}
-
-// AuditVerifyResponse answers POST /v1/audit/verify. It describes the log
-// as it was before this request's own entry was appended.
-type AuditVerifyResponse struct {
-	AuditSeq    uint64         `json:"audit_seq,omitempty"` // absent for an offline verification
-	OK          bool           `json:"ok"`
-	Entries     uint64         `json:"entries"`
-	Checkpoints int            `json:"checkpoints"`
-	Anchors     int            `json:"anchors"`
-	FirstSeq    uint64         `json:"first_seq"`
-	LastSeq     uint64         `json:"last_seq"`
-	HeadSeq     uint64         `json:"head_seq"`
-	Problems    []AuditProblem `json:"problems"`
-}
-
-// AuditProblem is one finding of a verification.
-type AuditProblem struct {
-	Seq    uint64 `json:"seq"`
-	File   string `json:"file"`
-	Line   int    `json:"line"`
-	Reason string `json:"reason"`
-}
-
-// VerifyResult converts an audit.Report to its wire form (AuditSeq 0), so
-// that an offline verification reads like one done by the agent.
-func VerifyResult(report audit.Report) AuditVerifyResponse {
-	resp := AuditVerifyResponse{
-		OK: report.OK(), Entries: report.Entries, Checkpoints: report.Checkpoints, Anchors: report.Anchors,
-		FirstSeq: report.FirstSeq, LastSeq: report.LastSeq, HeadSeq: report.HeadSeq,
-		Problems: make([]AuditProblem, 0, len(report.Problems)),
-	}
-	for _, p := range report.Problems {
-		resp.Problems = append(resp.Problems, AuditProblem{Seq: p.Seq, File: p.File, Line: p.Line, Reason: p.Reason})
-	}
-	return resp
 }
 
 func (s *Server) parseAuditVerify(r *http.Request, rep *reply) (func(*reply) *failure, *failure) {
@@ -159,7 +116,7 @@ func (s *Server) parseAuditVerify(r *http.Request, rep *reply) (func(*reply) *fa
 		if err != nil {
 			return internal("audit verify: %v", err)
 		}
-		resp := VerifyResult(report)
+		resp := auditwire.ReportOf(report)
 		// Verification ran and has an answer either way; a failed check is
 		// in the detail, where an auditor reading the log finds it.
 		rep.outcome = audit.OutcomeAnswered

@@ -14,6 +14,7 @@ import (
 
 	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/store"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // parseStatedTime reads an RFC 3339 time with a zone and returns the width
@@ -49,9 +50,9 @@ func parseStatedTime(field, v string) (time.Time, time.Duration, *failure) {
 // [from, to) or part of it.
 func coverage(start time.Time, end *time.Time, from, to time.Time) string {
 	if !start.After(from) && (end == nil || !end.Before(to)) {
-		return CoverageAll
+		return wire.CoverageAll
 	}
-	return CoveragePart
+	return wire.CoveragePart
 }
 
 // clipInterval returns the part of [start, end] (end nil: still held)
@@ -73,7 +74,7 @@ func clipInterval(start time.Time, end *time.Time, lo, hi time.Time) (time.Time,
 // resolveLeases fills c's leases: those that held its inside address
 // during [lo, hi], or [lo, hi) when open (the end of a searched interval,
 // which it does not include).
-func (s *Server) resolveLeases(c *Candidate, lo, hi time.Time, open bool) *failure {
+func (s *Server) resolveLeases(c *wire.Record, lo, hi time.Time, open bool) *failure {
 	last := hi
 	if open && hi.After(lo) {
 		last = hi.Add(-time.Nanosecond)
@@ -87,16 +88,16 @@ func (s *Server) resolveLeases(c *Candidate, lo, hi time.Time, open bool) *failu
 	return nil
 }
 
-func leaseInfos(leases []store.Lease, lo, hi time.Time) []LeaseInfo {
-	out := make([]LeaseInfo, 0, len(leases))
+func leaseInfos(leases []store.Lease, lo, hi time.Time) []wire.LeaseInfo {
+	out := make([]wire.LeaseInfo, 0, len(leases))
 	for _, l := range leases {
 		out = append(out, leaseInfoOf(l, lo, hi))
 	}
 	return out
 }
 
-func leaseInfoOf(l store.Lease, lo, hi time.Time) LeaseInfo {
-	info := LeaseInfo{
+func leaseInfoOf(l store.Lease, lo, hi time.Time) wire.LeaseInfo {
+	info := wire.LeaseInfo{
 		Inside:   l.Inside,
 		MAC:      l.MAC.String(),
 		Hostname: l.Hostname,
@@ -111,9 +112,9 @@ func leaseInfoOf(l store.Lease, lo, hi time.Time) LeaseInfo {
 		end := l.End.UTC()
 		info.End = &end
 	}
-	info.Coverage = CoveragePart
+	info.Coverage = wire.CoveragePart
 	if !info.Start.After(lo) && (info.End == nil || !info.End.Before(hi)) {
-		info.Coverage = CoverageAll
+		info.Coverage = wire.CoverageAll
 	}
 	return info
 }
@@ -162,14 +163,14 @@ func (s *Server) epochsDuring(from, to time.Time) ([]epochSpan, error) {
 
 // owners answers, for each epoch in force during [from, to), whom its
 // mapping gives ip:port to and whether a candidate shows that block active.
-func (s *Server) owners(ip netip.Addr, port uint16, from, to time.Time, cands []Candidate) ([]Owner, *failure) {
+func (s *Server) owners(ip netip.Addr, port uint16, from, to time.Time, cands []wire.Record) ([]wire.Owner, *failure) {
 	spans, err := s.epochsDuring(from, to)
 	if err != nil {
 		return nil, internal("store epochs: %v", err)
 	}
-	out := make([]Owner, 0, len(spans))
+	out := make([]wire.Owner, 0, len(spans))
 	for _, sp := range spans {
-		o := Owner{Epoch: *epochSummaryOf(sp.epoch), From: sp.from, To: sp.to}
+		o := wire.Owner{Epoch: *epochSummaryOf(sp.epoch), From: sp.from, To: sp.to}
 		blk, reason := reverseInEpoch(sp.epoch, ip, port)
 		if reason != "" {
 			o.Reason = reason
@@ -192,10 +193,10 @@ func (s *Server) owners(ip netip.Addr, port uint16, from, to time.Time, cands []
 			}
 			if before != nil {
 				end := before.End.UTC()
-				o.Before = &Nearest{Start: before.Start.UTC(), End: &end, Gap: sp.from.Sub(end).String()}
+				o.Before = &wire.Nearest{Start: before.Start.UTC(), End: &end, Gap: sp.from.Sub(end).String()}
 			}
 			if after != nil {
-				o.After = &Nearest{Start: after.Start.UTC(), End: endOf(*after), Gap: after.Start.Sub(sp.to).String()}
+				o.After = &wire.Nearest{Start: after.Start.UTC(), End: endOf(*after), Gap: after.Start.Sub(sp.to).String()}
 			}
 		}
 		out = append(out, o)
@@ -255,14 +256,14 @@ func nthInside(prefixes []netip.Prefix, i uint64) (netip.Addr, bool) {
 func subjectInside(a netip.Addr) string    { return audit.SubjectInside(a) }
 func subjectMAC(m net.HardwareAddr) string { return audit.SubjectMAC(m) }
 
-// subjectMACText spells a MAC from a LeaseInfo the way SubjectMAC does.
+// subjectMACText spells a MAC from a wire.LeaseInfo the way SubjectMAC does.
 func subjectMACText(m string) string {
 	if hw, err := net.ParseMAC(m); err == nil {
 		return audit.SubjectMAC(hw)
 	}
 	return "mac:" + m
 }
-func subjectsOf(cands []Candidate, leases []LeaseInfo) []string {
+func subjectsOf(cands []wire.Record, leases []wire.LeaseInfo) []string {
 	var out []string
 	for _, c := range cands {
 		out = append(out, subjectInside(c.Inside))
@@ -320,7 +321,7 @@ type selected struct {
 // device's leases. A device's records are those of the addresses its leases
 // held, during those leases only, so that a history by MAC names nobody who
 // held the address before or after it.
-func (s *Server) selectRecords(sel selector, from, to time.Time) ([]selected, []LeaseInfo, *failure) {
+func (s *Server) selectRecords(sel selector, from, to time.Time) ([]selected, []wire.LeaseInfo, *failure) {
 	if sel.mac == nil {
 		recs, err := s.store.History(sel.inside, from, to)
 		if err != nil {
@@ -341,7 +342,7 @@ func (s *Server) selectRecords(sel selector, from, to time.Time) ([]selected, []
 	// A record met by two leases of the device (a renewal the server
 	// reported as a new lease) is listed once, over both.
 	index := map[store.Record]int{}
-	infos := make([]LeaseInfo, 0, len(leases))
+	infos := make([]wire.LeaseInfo, 0, len(leases))
 	for _, l := range leases {
 		var end *time.Time
 		if !l.End.IsZero() {

@@ -12,8 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blocknat/blocknat/userspace/api/client"
 	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/store"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 func TestLookupAnswer(t *testing.T) {
@@ -22,7 +24,7 @@ func TestLookupAnswer(t *testing.T) {
 
 	// 13:00:01+01:00 is the same instant as 12:00:01Z; the whole second
 	// widened by ±2s reaches back into A's interval and forward into B's.
-	ans, err := h.client.Lookup(ctx, LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T13:00:01+01:00", Tolerance: "2s", Purpose: "case 1"})
+	ans, err := h.client.Lookup(ctx, wire.LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T13:00:01+01:00", Tolerance: "2s", Purpose: "case 1"})
 	if err != nil {
 		t.Fatalf("Lookup: %v", err)
 	}
@@ -48,18 +50,18 @@ func TestLookupAnswer(t *testing.T) {
 		a.EpochInForce.BlockSize != 504 || a.EpochInForce.Ratio != 128 || len(a.EpochInForce.Hash) != 64 {
 		t.Errorf("candidate A epoch %+v", a.EpochInForce)
 	}
-	if b.Subscriber != 40 || b.End != nil || b.Epoch != 2 || !slices.Equal(b.Flags, []string{FlagRecovered}) ||
+	if b.Subscriber != 40 || b.End != nil || b.Epoch != 2 || !slices.Equal(b.Flags, []string{wire.FlagRecovered}) ||
 		b.EpochInForce == nil || b.EpochInForce.ID != 2 || b.EpochInForce.BlockSize != 500 {
 		t.Errorf("candidate B %+v (epoch %+v)", b, b.EpochInForce)
 	}
 
 	// The open record is JSON null, not a zero time.
-	resp, body := h.raw("POST", PathLookup, `{"ip":"198.51.100.10","port":15300,"time":"2026-11-20T12:10:00Z","purpose":"case 1"}`)
+	resp, body := h.raw("POST", wire.PathLookup, `{"ip":"198.51.100.10","port":15300,"time":"2026-11-20T12:10:00Z","purpose":"case 1"}`)
 	if resp.StatusCode != 200 || !strings.Contains(body, `"end":null`) || !strings.Contains(body, `"flags":["recovered"]`) {
 		t.Errorf("open record answer %d %s", resp.StatusCode, body)
 	}
 	// A port outside every block at that address.
-	ans, err = h.client.Lookup(ctx, LookupRequest{IP: "198.51.100.10", Port: 2000, Time: "2026-11-20T12:10:00Z", Purpose: "case 1"})
+	ans, err = h.client.Lookup(ctx, wire.LookupRequest{IP: "198.51.100.10", Port: 2000, Time: "2026-11-20T12:10:00Z", Purpose: "case 1"})
 	if err != nil || len(ans.Candidates) != 0 || ans.Candidates == nil {
 		t.Errorf("lookup of an unused port: %+v, %v", ans, err)
 	}
@@ -73,7 +75,7 @@ func TestHistoryAnswer(t *testing.T) {
 		sub    uint32
 		open   bool
 	}{{"100.64.0.27", 27, false}, {"100.64.0.40", 40, true}} {
-		ans, err := h.client.History(ctx, HistoryRequest{Subscriber: tc.inside, From: "2026-11-20T00:00:00Z", To: "2026-11-20T23:59:59Z", Purpose: "case 2"})
+		ans, err := h.client.History(ctx, wire.HistoryRequest{Subscriber: tc.inside, From: "2026-11-20T00:00:00Z", To: "2026-11-20T23:59:59Z", Purpose: "case 2"})
 		if err != nil {
 			t.Fatalf("History %s: %v", tc.inside, err)
 		}
@@ -108,7 +110,7 @@ func TestExport(t *testing.T) {
 	t.Run("csv", func(t *testing.T) {
 		var buf bytes.Buffer
 		var calls [][2]int64
-		res, err := h.client.Export(ctx, ExportRequest{From: from, To: to, Format: FormatCSV, Purpose: "order 1"}, &buf,
+		res, err := h.client.Export(ctx, wire.ExportRequest{From: from, To: to, Format: wire.FormatCSV, Purpose: "order 1"}, &buf,
 			func(done, total int64) { calls = append(calls, [2]int64{done, total}) })
 		if err != nil {
 			t.Fatalf("Export: %v", err)
@@ -123,25 +125,25 @@ func TestExport(t *testing.T) {
 		if err != nil {
 			t.Fatalf("csv: %v", err)
 		}
-		if len(rows) != 3 || !slices.Equal(rows[0], CSVHeader) {
+		if len(rows) != 3 || !slices.Equal(rows[0], wire.CSVHeader) {
 			t.Fatalf("rows %v", rows)
 		}
 		for i, r := range want {
-			if want := csvRow(exportRecordOf(r, nil)); !slices.Equal(rows[i+1], want) {
+			if want := csvRow(recordOf(r, nil)); !slices.Equal(rows[i+1], want) {
 				t.Errorf("row %d = %v, want %v", i+1, rows[i+1], want)
 			}
 		}
-		if rows[1][6] == "" || rows[2][6] != "" || rows[2][8] != FlagRecovered {
+		if rows[1][6] == "" || rows[2][6] != "" || rows[2][8] != wire.FlagRecovered {
 			t.Errorf("end/flags columns: %v", rows[1:])
 		}
 		e := h.lastEntry()
-		if e.Action != ActionExport || e.Outcome != audit.OutcomeAnswered || e.Detail != "2 records as csv" {
+		if e.Action != wire.ActionExport || e.Outcome != audit.OutcomeAnswered || e.Detail != "2 records as csv" {
 			t.Errorf("entry %+v", e)
 		}
 	})
 	t.Run("jsonl", func(t *testing.T) {
 		var buf bytes.Buffer
-		if _, err := h.client.Export(ctx, ExportRequest{From: from, To: to, Format: FormatJSONL, Purpose: "order 1"}, &buf, nil); err != nil {
+		if _, err := h.client.Export(ctx, wire.ExportRequest{From: from, To: to, Format: wire.FormatJSONL, Purpose: "order 1"}, &buf, nil); err != nil {
 			t.Fatalf("Export: %v", err)
 		}
 		lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
@@ -149,13 +151,13 @@ func TestExport(t *testing.T) {
 			t.Fatalf("%d lines, want %d: %q", len(lines), len(want), buf.String())
 		}
 		for i, line := range lines {
-			var got ExportRecord
+			var got wire.Record
 			dec := json.NewDecoder(strings.NewReader(line))
 			dec.DisallowUnknownFields()
 			if err := dec.Decode(&got); err != nil {
 				t.Fatalf("line %d: %v", i, err)
 			}
-			w := exportRecordOf(want[i], nil)
+			w := recordOf(want[i], nil)
 			if got.Subscriber != w.Subscriber || got.Inside != w.Inside || !got.Start.Equal(w.Start) || (got.End == nil) != (w.End == nil) ||
 				got.Epoch != w.Epoch || !slices.Equal(got.Flags, w.Flags) {
 				t.Errorf("line %d = %+v, want %+v", i, got, w)
@@ -164,8 +166,8 @@ func TestExport(t *testing.T) {
 	})
 	t.Run("empty", func(t *testing.T) {
 		var buf bytes.Buffer
-		res, err := h.client.Export(ctx, ExportRequest{From: "2025-01-01T00:00:00Z", To: "2025-01-02T00:00:00Z", Format: FormatCSV, Purpose: "order 1"}, &buf, nil)
-		if err != nil || res.Records != 0 || buf.String() != strings.Join(CSVHeader, ",")+"\n" {
+		res, err := h.client.Export(ctx, wire.ExportRequest{From: "2025-01-01T00:00:00Z", To: "2025-01-02T00:00:00Z", Format: wire.FormatCSV, Purpose: "order 1"}, &buf, nil)
+		if err != nil || res.Records != 0 || buf.String() != strings.Join(wire.CSVHeader, ",")+"\n" {
 			t.Errorf("empty export: %+v %v %q", res, err, buf.String())
 		}
 		if e := h.lastEntry(); e.Outcome != audit.OutcomeEmpty {
@@ -212,7 +214,7 @@ func TestExportChangedBetweenCountAndStream(t *testing.T) {
 			h := newHarness(t, harnessOptions{roles: rootRoles(RoleInvestigator), store: shifting})
 			var buf bytes.Buffer
 			_, err := h.client.Export(context.Background(),
-				ExportRequest{From: "2026-11-19T00:00:00Z", To: "2026-11-21T00:00:00Z", Format: FormatJSONL, Purpose: "p"}, &buf, nil)
+				wire.ExportRequest{From: "2026-11-19T00:00:00Z", To: "2026-11-21T00:00:00Z", Format: wire.FormatJSONL, Purpose: "p"}, &buf, nil)
 			if err == nil {
 				t.Fatalf("export that changed by %d records succeeded: %q", delta, buf.String())
 			}
@@ -254,10 +256,10 @@ func TestParseTime(t *testing.T) {
 
 func TestClientErrorMessage(t *testing.T) {
 	h := newHarness(t, harnessOptions{roles: rootRoles(RoleInvestigator)})
-	_, err := h.client.Lookup(context.Background(), LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T12:00:01", Purpose: "p"})
-	var apiErr *Error
+	_, err := h.client.Lookup(context.Background(), wire.LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T12:00:01", Purpose: "p"})
+	var apiErr *client.Error
 	if !errors.As(err, &apiErr) {
-		t.Fatalf("error %v is not *Error", err)
+		t.Fatalf("error %v is not *client.Error", err)
 	}
 	if want := "malformed: time: \"2026-11-20T12:00:01\" has no time zone"; !strings.HasPrefix(err.Error(), want) ||
 		!strings.HasSuffix(err.Error(), "(audit entry 1)") {

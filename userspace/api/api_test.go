@@ -15,7 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blocknat/blocknat/userspace/api/client"
 	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/store"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 const lookupBody = `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","tolerance":"2s","purpose":"case 2026-4411"}`
@@ -25,11 +28,13 @@ const lookupBody = `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:
 // the criteria as given, and that the response names that entry.
 func TestEveryRequestAuditedOnce(t *testing.T) {
 	h := newHarness(t, harnessOptions{
-		roles:  rootRoles(RoleInvestigator, RoleAuditor, RoleAdmin, RoleDHCP),
-		status: func(context.Context) (any, error) { return map[string]any{"interfaces": 2}, nil },
+		roles: rootRoles(RoleInvestigator, RoleAuditor, RoleAdmin, RoleDHCP),
+		status: func(context.Context) (wire.Status, store.Stats, error) {
+			return wire.Status{Subscribers: 2}, store.Stats{}, nil
+		},
 	})
 	leaseEvent := `{"kind":"add","time":"2026-11-20T12:59:00Z","inside":"100.64.0.27","mac":"02:00:00:00:00:1b","expires":"2026-11-20T13:59:00Z","source":"dnsmasq"}`
-	big := `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"` + strings.Repeat("x", MaxBodyBytes) + `"}`
+	big := `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"` + strings.Repeat("x", wire.MaxBodyBytes) + `"}`
 	tests := []struct {
 		name, method, path, body string
 		status                   int
@@ -39,78 +44,78 @@ func TestEveryRequestAuditedOnce(t *testing.T) {
 		purpose                  string
 		inMessage                string // in the error message, or in the body of an answer
 	}{
-		{"lookup answered", "POST", PathLookup, lookupBody, 200, ActionLookup, audit.OutcomeAnswered,
+		{"lookup answered", "POST", wire.PathLookup, lookupBody, 200, wire.ActionLookup, audit.OutcomeAnswered,
 			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01Z", "tolerance": "2s"}, "case 2026-4411", `"inside":"100.64.0.27"`},
-		{"lookup empty", "POST", PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"case 1"}`, 200, ActionLookup, audit.OutcomeEmpty,
+		{"lookup empty", "POST", wire.PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"case 1"}`, 200, wire.ActionLookup, audit.OutcomeEmpty,
 			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01Z"}, "case 1", `"candidates":[]`},
-		{"lookup missing purpose", "POST", PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z"}`, 403, ActionLookup, audit.OutcomeRefused,
+		{"lookup missing purpose", "POST", wire.PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z"}`, 403, wire.ActionLookup, audit.OutcomeRefused,
 			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01Z"}, "", "purpose required"},
-		{"lookup blank purpose", "POST", PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"  "}`, 403, ActionLookup, audit.OutcomeRefused,
+		{"lookup blank purpose", "POST", wire.PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"  "}`, 403, wire.ActionLookup, audit.OutcomeRefused,
 			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01Z"}, "  ", "purpose required"},
-		{"lookup time without zone", "POST", PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01","purpose":"case 1"}`, 400, ActionLookup, audit.OutcomeMalformed,
+		{"lookup time without zone", "POST", wire.PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01","purpose":"case 1"}`, 400, wire.ActionLookup, audit.OutcomeMalformed,
 			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01"}, "case 1", "has no time zone"},
-		{"lookup unknown field", "POST", PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","destination":"203.0.113.9","purpose":"case 1"}`, 400, ActionLookup, audit.OutcomeMalformed,
+		{"lookup unknown field", "POST", wire.PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","destination":"203.0.113.9","purpose":"case 1"}`, 400, wire.ActionLookup, audit.OutcomeMalformed,
 			nil, "", `unknown field "destination"`},
-		{"lookup bad json", "POST", PathLookup, `{"ip": 198.51`, 400, ActionLookup, audit.OutcomeMalformed, nil, "", "body:"},
-		{"lookup two objects", "POST", PathLookup, lookupBody + `{}`, 400, ActionLookup, audit.OutcomeMalformed, nil, "", "data after the JSON object"},
-		{"lookup empty body", "POST", PathLookup, ``, 400, ActionLookup, audit.OutcomeMalformed, nil, "", "body: empty"},
-		{"lookup purpose too long", "POST", PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"` + strings.Repeat("x", MaxPurposeBytes+1) + `"}`, 400, ActionLookup, audit.OutcomeMalformed,
-			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01Z"}, strings.Repeat("x", MaxPurposeBytes) + "…", "at most 256 bytes"},
-		{"lookup body too large", "POST", PathLookup, big, 413, ActionLookup, audit.OutcomeMalformed, nil, "", "larger than"},
-		{"lookup negative tolerance", "POST", PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","tolerance":"-1s","purpose":"p"}`, 400, ActionLookup, audit.OutcomeMalformed,
+		{"lookup bad json", "POST", wire.PathLookup, `{"ip": 198.51`, 400, wire.ActionLookup, audit.OutcomeMalformed, nil, "", "body:"},
+		{"lookup two objects", "POST", wire.PathLookup, lookupBody + `{}`, 400, wire.ActionLookup, audit.OutcomeMalformed, nil, "", "data after the JSON object"},
+		{"lookup empty body", "POST", wire.PathLookup, ``, 400, wire.ActionLookup, audit.OutcomeMalformed, nil, "", "body: empty"},
+		{"lookup purpose too long", "POST", wire.PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"` + strings.Repeat("x", wire.MaxPurposeBytes+1) + `"}`, 400, wire.ActionLookup, audit.OutcomeMalformed,
+			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01Z"}, strings.Repeat("x", wire.MaxPurposeBytes) + "…", "at most 256 bytes"},
+		{"lookup body too large", "POST", wire.PathLookup, big, 413, wire.ActionLookup, audit.OutcomeMalformed, nil, "", "larger than"},
+		{"lookup negative tolerance", "POST", wire.PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","tolerance":"-1s","purpose":"p"}`, 400, wire.ActionLookup, audit.OutcomeMalformed,
 			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01Z", "tolerance": "-1s"}, "p", "negative"},
-		{"lookup tolerance over cap", "POST", PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","tolerance":"25h","purpose":"p"}`, 400, ActionLookup, audit.OutcomeMalformed,
+		{"lookup tolerance over cap", "POST", wire.PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","tolerance":"25h","purpose":"p"}`, 400, wire.ActionLookup, audit.OutcomeMalformed,
 			map[string]string{"ip": "198.51.100.10", "port": "15123", "time": "2026-11-20T12:00:01Z", "tolerance": "25h"}, "p", "maximum"},
-		{"lookup ipv6", "POST", PathLookup, `{"ip":"2001:db8::1","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"p"}`, 400, ActionLookup, audit.OutcomeMalformed,
+		{"lookup ipv6", "POST", wire.PathLookup, `{"ip":"2001:db8::1","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"p"}`, 400, wire.ActionLookup, audit.OutcomeMalformed,
 			map[string]string{"ip": "2001:db8::1", "port": "15123", "time": "2026-11-20T12:00:01Z"}, "p", "not an IPv4 address"},
-		{"lookup port too large", "POST", PathLookup, `{"ip":"198.51.100.10","port":70000,"time":"2026-11-20T12:00:01Z","purpose":"p"}`, 400, ActionLookup, audit.OutcomeMalformed,
+		{"lookup port too large", "POST", wire.PathLookup, `{"ip":"198.51.100.10","port":70000,"time":"2026-11-20T12:00:01Z","purpose":"p"}`, 400, wire.ActionLookup, audit.OutcomeMalformed,
 			nil, "", "body:"},
-		{"unknown path", "GET", "/v1/who?x=1", ``, 404, ActionUnknown, audit.OutcomeMalformed,
+		{"unknown path", "GET", "/v1/who?x=1", ``, 404, wire.ActionUnknown, audit.OutcomeMalformed,
 			map[string]string{"method": "GET", "path": "/v1/who", "query": "x=1"}, "", "unknown path"},
-		{"wrong method", "GET", PathLookup, ``, 405, ActionLookup, audit.OutcomeMalformed,
+		{"wrong method", "GET", wire.PathLookup, ``, 405, wire.ActionLookup, audit.OutcomeMalformed,
 			map[string]string{"method": "GET"}, "", "method not allowed"},
-		{"history answered", "POST", PathHistory, `{"subscriber":"100.64.0.27","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00+01:00","purpose":"case 7"}`, 200, ActionHistory, audit.OutcomeAnswered,
+		{"history answered", "POST", wire.PathHistory, `{"subscriber":"100.64.0.27","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00+01:00","purpose":"case 7"}`, 200, wire.ActionHistory, audit.OutcomeAnswered,
 			map[string]string{"subscriber": "100.64.0.27", "from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00+01:00"}, "case 7", `"subscriber":27`},
-		{"history empty", "POST", PathHistory, `{"subscriber":"100.64.0.99","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"case 7"}`, 200, ActionHistory, audit.OutcomeEmpty,
+		{"history empty", "POST", wire.PathHistory, `{"subscriber":"100.64.0.99","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"case 7"}`, 200, wire.ActionHistory, audit.OutcomeEmpty,
 			map[string]string{"subscriber": "100.64.0.99", "from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z"}, "case 7", `"records":[]`},
-		{"history reversed range", "POST", PathHistory, `{"subscriber":"100.64.0.27","from":"2026-11-21T00:00:00Z","to":"2026-11-20T00:00:00Z","purpose":"case 7"}`, 400, ActionHistory, audit.OutcomeMalformed,
+		{"history reversed range", "POST", wire.PathHistory, `{"subscriber":"100.64.0.27","from":"2026-11-21T00:00:00Z","to":"2026-11-20T00:00:00Z","purpose":"case 7"}`, 400, wire.ActionHistory, audit.OutcomeMalformed,
 			map[string]string{"subscriber": "100.64.0.27", "from": "2026-11-21T00:00:00Z", "to": "2026-11-20T00:00:00Z"}, "case 7", "before from"},
-		{"export answered", "POST", PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"csv","purpose":"court order 12"}`, 200, ActionExport, audit.OutcomeAnswered,
+		{"export answered", "POST", wire.PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"csv","purpose":"court order 12"}`, 200, wire.ActionExport, audit.OutcomeAnswered,
 			map[string]string{"from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z", "format": "csv"}, "court order 12", "100.64.0.40"},
-		{"export empty", "POST", PathExport, `{"from":"2026-10-20T00:00:00Z","to":"2026-10-21T00:00:00Z","format":"jsonl","purpose":"court order 12"}`, 200, ActionExport, audit.OutcomeEmpty,
+		{"export empty", "POST", wire.PathExport, `{"from":"2026-10-20T00:00:00Z","to":"2026-10-21T00:00:00Z","format":"jsonl","purpose":"court order 12"}`, 200, wire.ActionExport, audit.OutcomeEmpty,
 			map[string]string{"from": "2026-10-20T00:00:00Z", "to": "2026-10-21T00:00:00Z", "format": "jsonl"}, "court order 12", ""},
-		{"export bad format", "POST", PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"xml","purpose":"p"}`, 400, ActionExport, audit.OutcomeMalformed,
+		{"export bad format", "POST", wire.PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"xml","purpose":"p"}`, 400, wire.ActionExport, audit.OutcomeMalformed,
 			map[string]string{"from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z", "format": "xml"}, "p", "format"},
-		{"export missing purpose", "POST", PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"csv"}`, 403, ActionExport, audit.OutcomeRefused,
+		{"export missing purpose", "POST", wire.PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"csv"}`, 403, wire.ActionExport, audit.OutcomeRefused,
 			map[string]string{"from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z", "format": "csv"}, "", "purpose required"},
-		{"status", "GET", PathStatus, ``, 200, ActionStatus, audit.OutcomeAnswered, nil, "", `"interfaces":2`},
-		{"status with query", "GET", PathStatus + "?verbose=1", ``, 400, ActionStatus, audit.OutcomeMalformed,
+		{"status", "GET", wire.PathStatus, ``, 200, wire.ActionStatus, audit.OutcomeAnswered, nil, "", `"subscribers":2`},
+		{"status with query", "GET", wire.PathStatus + "?verbose=1", ``, 400, wire.ActionStatus, audit.OutcomeMalformed,
 			map[string]string{"query": "verbose=1"}, "", "takes none"},
-		{"audit show", "GET", PathAudit + "?from=1&limit=2", ``, 200, ActionAuditShow, audit.OutcomeAnswered,
+		{"audit show", "GET", wire.PathAudit + "?from=1&limit=2", ``, 200, wire.ActionAuditShow, audit.OutcomeAnswered,
 			map[string]string{"from": "1", "limit": "2"}, "", `"seq":2`},
-		{"audit show bad limit", "GET", PathAudit + "?limit=0", ``, 400, ActionAuditShow, audit.OutcomeMalformed,
+		{"audit show bad limit", "GET", wire.PathAudit + "?limit=0", ``, 400, wire.ActionAuditShow, audit.OutcomeMalformed,
 			map[string]string{"limit": "0"}, "", "limit"},
-		{"audit show unknown parameter", "GET", PathAudit + "?operator=alice", ``, 400, ActionAuditShow, audit.OutcomeMalformed,
+		{"audit show unknown parameter", "GET", wire.PathAudit + "?operator=alice", ``, 400, wire.ActionAuditShow, audit.OutcomeMalformed,
 			map[string]string{"operator": "alice"}, "", "unknown"},
-		{"audit verify", "POST", PathAuditVerify, ``, 200, ActionAuditVerify, audit.OutcomeAnswered, nil, "", `"ok":true`},
-		{"audit verify unknown field", "POST", PathAuditVerify, `{"deep":true}`, 400, ActionAuditVerify, audit.OutcomeMalformed, nil, "", "unknown field"},
-		{"history by mac", "POST", PathHistory, `{"mac":"02:00:00:00:00:99","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"case 7"}`, 200, ActionHistory, audit.OutcomeEmpty,
+		{"audit verify", "POST", wire.PathAuditVerify, ``, 200, wire.ActionAuditVerify, audit.OutcomeAnswered, nil, "", `"ok":true`},
+		{"audit verify unknown field", "POST", wire.PathAuditVerify, `{"deep":true}`, 400, wire.ActionAuditVerify, audit.OutcomeMalformed, nil, "", "unknown field"},
+		{"history by mac", "POST", wire.PathHistory, `{"mac":"02:00:00:00:00:99","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"case 7"}`, 200, wire.ActionHistory, audit.OutcomeEmpty,
 			map[string]string{"mac": "02:00:00:00:00:99", "from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z"}, "case 7", `"records":[]`},
-		{"history subscriber and mac", "POST", PathHistory, `{"subscriber":"100.64.0.27","mac":"02:00:00:00:00:99","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"case 7"}`, 400, ActionHistory, audit.OutcomeMalformed,
+		{"history subscriber and mac", "POST", wire.PathHistory, `{"subscriber":"100.64.0.27","mac":"02:00:00:00:00:99","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"case 7"}`, 400, wire.ActionHistory, audit.OutcomeMalformed,
 			map[string]string{"subscriber": "100.64.0.27", "mac": "02:00:00:00:00:99", "from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z"}, "case 7", "not both"},
-		{"history bad mac", "POST", PathHistory, `{"mac":"02:00","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"case 7"}`, 400, ActionHistory, audit.OutcomeMalformed,
+		{"history bad mac", "POST", wire.PathHistory, `{"mac":"02:00","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"case 7"}`, 400, wire.ActionHistory, audit.OutcomeMalformed,
 			map[string]string{"mac": "02:00", "from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z"}, "case 7", "hardware address"},
-		{"export by subscriber", "POST", PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"csv","subscriber":"100.64.0.40","purpose":"court order 12"}`, 200, ActionExport, audit.OutcomeAnswered,
+		{"export by subscriber", "POST", wire.PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"csv","subscriber":"100.64.0.40","purpose":"court order 12"}`, 200, wire.ActionExport, audit.OutcomeAnswered,
 			map[string]string{"from": "2026-11-20T00:00:00Z", "to": "2026-11-21T00:00:00Z", "format": "csv", "subscriber": "100.64.0.40"}, "court order 12", "100.64.0.40"},
-		{"audit subject", "POST", PathAuditSubject, `{"subscriber":"100.64.0.27","from":"2026-11-01T00:00:00Z","to":"2027-01-01T00:00:00Z"}`, 200, ActionAuditSubject, audit.OutcomeAnswered,
+		{"audit subject", "POST", wire.PathAuditSubject, `{"subscriber":"100.64.0.27","from":"2026-11-01T00:00:00Z","to":"2027-01-01T00:00:00Z"}`, 200, wire.ActionAuditSubject, audit.OutcomeAnswered,
 			map[string]string{"subscriber": "100.64.0.27", "from": "2026-11-01T00:00:00Z", "to": "2027-01-01T00:00:00Z"}, "", `"subject":"inside:100.64.0.27"`},
-		{"audit subject without subject", "POST", PathAuditSubject, `{"from":"2026-11-01T00:00:00Z","to":"2027-01-01T00:00:00Z"}`, 400, ActionAuditSubject, audit.OutcomeMalformed,
+		{"audit subject without subject", "POST", wire.PathAuditSubject, `{"from":"2026-11-01T00:00:00Z","to":"2027-01-01T00:00:00Z"}`, 400, wire.ActionAuditSubject, audit.OutcomeMalformed,
 			map[string]string{"from": "2026-11-01T00:00:00Z", "to": "2027-01-01T00:00:00Z"}, "", "subscriber or mac"},
-		{"leases answered", "POST", PathLeases, `{"events":[` + leaseEvent + `]}`, 200, ActionLeases, audit.OutcomeAnswered,
+		{"leases answered", "POST", wire.PathLeases, `{"events":[` + leaseEvent + `]}`, 200, wire.ActionLeases, audit.OutcomeAnswered,
 			map[string]string{"events": "1"}, "", `"accepted":1`},
-		{"leases empty", "POST", PathLeases, `{"events":[]}`, 400, ActionLeases, audit.OutcomeMalformed,
+		{"leases empty", "POST", wire.PathLeases, `{"events":[]}`, 400, wire.ActionLeases, audit.OutcomeMalformed,
 			map[string]string{"events": "0"}, "", "at least one"},
-		{"leases bad event", "POST", PathLeases, `{"events":[{"kind":"grab","time":"2026-11-20T12:59:00Z","inside":"100.64.0.27","mac":"02:00:00:00:00:1b","source":"dnsmasq"}]}`, 400, ActionLeases, audit.OutcomeMalformed,
+		{"leases bad event", "POST", wire.PathLeases, `{"events":[{"kind":"grab","time":"2026-11-20T12:59:00Z","inside":"100.64.0.27","mac":"02:00:00:00:00:1b","source":"dnsmasq"}]}`, 400, wire.ActionLeases, audit.OutcomeMalformed,
 			map[string]string{"events": "1"}, "", "events[0]"},
 	}
 	for _, tc := range tests {
@@ -127,8 +132,8 @@ func TestEveryRequestAuditedOnce(t *testing.T) {
 			if resp.StatusCode != tc.status {
 				t.Errorf("status %d, want %d; body %s", resp.StatusCode, tc.status, body)
 			}
-			if got := resp.Header.Get(HeaderAuditSeq); got != strconv.FormatUint(seq, 10) {
-				t.Errorf("%s = %q, want %d", HeaderAuditSeq, got, seq)
+			if got := resp.Header.Get(wire.HeaderAuditSeq); got != strconv.FormatUint(seq, 10) {
+				t.Errorf("%s = %q, want %d", wire.HeaderAuditSeq, got, seq)
 			}
 			e := h.lastEntry()
 			if e.Operator != operatorName() || e.Action != tc.action || e.Outcome != tc.outcome || e.Purpose != tc.purpose {
@@ -147,7 +152,7 @@ func TestEveryRequestAuditedOnce(t *testing.T) {
 				t.Errorf("body %q does not contain %q", body, tc.inMessage)
 			}
 			if tc.status != 200 {
-				var er ErrorResponse
+				var er wire.ErrorResponse
 				if err := json.Unmarshal([]byte(body), &er); err != nil {
 					t.Fatalf("error body %q: %v", body, err)
 				}
@@ -182,13 +187,13 @@ func TestAuditFailureWithholdsAnswer(t *testing.T) {
 	h := newHarness(t, harnessOptions{roles: rootRoles(RoleInvestigator, RoleAuditor, RoleAdmin)})
 	h.auditor.failAll.Store(true)
 	requests := []struct{ method, path, body string }{
-		{"POST", PathLookup, lookupBody},
-		{"POST", PathHistory, `{"subscriber":"100.64.0.27","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"p"}`},
-		{"POST", PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"csv","purpose":"p"}`},
-		{"GET", PathStatus, ``},
-		{"GET", PathAudit, ``},
-		{"POST", PathAuditVerify, ``},
-		{"POST", PathLookup, `{"ip":"198.51.100.10"}`}, // a failure is withheld too: it would be unrecorded
+		{"POST", wire.PathLookup, lookupBody},
+		{"POST", wire.PathHistory, `{"subscriber":"100.64.0.27","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"p"}`},
+		{"POST", wire.PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"csv","purpose":"p"}`},
+		{"GET", wire.PathStatus, ``},
+		{"GET", wire.PathAudit, ``},
+		{"POST", wire.PathAuditVerify, ``},
+		{"POST", wire.PathLookup, `{"ip":"198.51.100.10"}`}, // a failure is withheld too: it would be unrecorded
 		{"GET", "/v1/nowhere", ``},
 	}
 	for _, rq := range requests {
@@ -205,7 +210,7 @@ func TestAuditFailureWithholdsAnswer(t *testing.T) {
 				t.Errorf("%s %s: 503 body %q holds %q", rq.method, rq.path, body, leak)
 			}
 		}
-		for _, hd := range []string{HeaderAuditSeq, HeaderRecords} {
+		for _, hd := range []string{wire.HeaderAuditSeq, wire.HeaderRecords} {
 			if v := resp.Header.Get(hd); v != "" {
 				t.Errorf("%s %s: header %s = %q on 503", rq.method, rq.path, hd, v)
 			}
@@ -217,17 +222,17 @@ func TestAuditFailureWithholdsAnswer(t *testing.T) {
 	if n := h.log.Len(); n != 0 {
 		t.Errorf("log holds %d entries; Append failed every time", n)
 	}
-	_, err := h.client.Lookup(context.Background(), LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T12:00:01Z", Purpose: "p"})
-	var apiErr *Error
+	_, err := h.client.Lookup(context.Background(), wire.LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T12:00:01Z", Purpose: "p"})
+	var apiErr *client.Error
 	if !errors.As(err, &apiErr) || apiErr.Status != 503 || apiErr.AuditSeq != 0 {
-		t.Errorf("client error %v, want *Error with status 503 and no audit seq", err)
+		t.Errorf("client error %v, want *client.Error with status 503 and no audit seq", err)
 	}
 }
 
 // TestRoles checks the SO_PEERCRED identity and the role mapping.
 func TestRoles(t *testing.T) {
 	ctx := context.Background()
-	lookup := LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T12:00:01Z", Tolerance: "2s", Purpose: "case 9"}
+	lookup := wire.LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T12:00:01Z", Tolerance: "2s", Purpose: "case 9"}
 
 	t.Run("investigator", func(t *testing.T) {
 		h := newHarness(t, harnessOptions{roles: rootRoles(RoleInvestigator)})
@@ -243,11 +248,11 @@ func TestRoles(t *testing.T) {
 		}
 		// The same operator is no auditor.
 		_, err = h.client.AuditShow(ctx, 0, 0)
-		var apiErr *Error
+		var apiErr *client.Error
 		if !errors.As(err, &apiErr) || apiErr.Status != 403 || apiErr.Outcome != "refused" {
 			t.Fatalf("AuditShow as investigator: %v, want refused", err)
 		}
-		if e := h.lastEntry(); e.Action != ActionAuditShow || e.Outcome != audit.OutcomeRefused || e.Role != string(RoleAuditor) {
+		if e := h.lastEntry(); e.Action != wire.ActionAuditShow || e.Outcome != audit.OutcomeRefused || e.Role != string(RoleAuditor) {
 			t.Errorf("entry %+v", e)
 		}
 	})
@@ -261,7 +266,7 @@ func TestRoles(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t, harnessOptions{roles: roles})
 			_, err := h.client.Lookup(ctx, lookup)
-			var apiErr *Error
+			var apiErr *client.Error
 			if !errors.As(err, &apiErr) || apiErr.Status != 403 || apiErr.Outcome != "refused" {
 				t.Fatalf("Lookup: %v, want refused", err)
 			}
@@ -269,7 +274,7 @@ func TestRoles(t *testing.T) {
 				t.Errorf("error %+v", apiErr)
 			}
 			e := h.lastEntry()
-			if e.Operator != operatorName() || e.Action != ActionLookup || e.Outcome != audit.OutcomeRefused {
+			if e.Operator != operatorName() || e.Action != wire.ActionLookup || e.Outcome != audit.OutcomeRefused {
 				t.Errorf("entry %+v", e)
 			}
 			if name == "wrong role" {
@@ -295,7 +300,7 @@ func TestUnidentifiedTransport(t *testing.T) {
 	srv := NewServer(Deps{Store: openFixtureStore(t), Audit: log, Logger: quietLogger(), Roles: rootRoles(RoleInvestigator)})
 	ts := httptest.NewServer(srv.Handler())
 	defer ts.Close()
-	resp, err := http.Post(ts.URL+PathLookup, "application/json", strings.NewReader(lookupBody))
+	resp, err := http.Post(ts.URL+wire.PathLookup, "application/json", strings.NewReader(lookupBody))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +309,7 @@ func TestUnidentifiedTransport(t *testing.T) {
 		t.Fatalf("status %d, %d entries", resp.StatusCode, log.Len())
 	}
 	es, _ := log.Entries(1, 1)
-	if es[0].Operator != "unknown" || es[0].Outcome != audit.OutcomeRefused || es[0].Action != ActionLookup || len(es[0].Criteria) != 0 || es[0].Purpose != "" {
+	if es[0].Operator != "unknown" || es[0].Outcome != audit.OutcomeRefused || es[0].Action != wire.ActionLookup || len(es[0].Criteria) != 0 || es[0].Purpose != "" {
 		t.Errorf("entry %+v", es[0])
 	}
 }
@@ -314,7 +319,7 @@ func TestUnidentifiedTransport(t *testing.T) {
 func TestOptionsStarAudited(t *testing.T) {
 	h := newHarness(t, harnessOptions{roles: rootRoles(RoleInvestigator)})
 	req := &http.Request{Method: "OPTIONS", URL: &url.URL{Scheme: "http", Host: "blocknat", Opaque: "*"}, Header: http.Header{}}
-	resp, err := h.client.hc.Do(req)
+	resp, err := h.http.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,7 +327,7 @@ func TestOptionsStarAudited(t *testing.T) {
 	if resp.StatusCode != http.StatusNotFound || h.log.Len() != 1 {
 		t.Fatalf("status %d, %d entries", resp.StatusCode, h.log.Len())
 	}
-	if e := h.lastEntry(); e.Action != ActionUnknown || e.Criteria["method"] != "OPTIONS" {
+	if e := h.lastEntry(); e.Action != wire.ActionUnknown || e.Criteria["method"] != "OPTIONS" {
 		t.Errorf("entry %+v", e)
 	}
 }
@@ -332,18 +337,18 @@ func TestOptionsStarAudited(t *testing.T) {
 // holds who, when, the action of the path and the outcome, nothing more.
 func TestRolelessRefusedUnread(t *testing.T) {
 	h := newHarness(t, harnessOptions{roles: Roles{UIDs: map[uint32][]Role{4242: {RoleInvestigator}}}})
-	huge := `{"ip":"198.51.100.10","purpose":"` + strings.Repeat("<", 4*MaxBodyBytes) + `"}`
+	huge := `{"ip":"198.51.100.10","purpose":"` + strings.Repeat("<", 4*wire.MaxBodyBytes) + `"}`
 	tests := []struct{ method, path, body, action string }{
-		{"POST", PathLookup, lookupBody, ActionLookup},
-		{"POST", PathLookup, huge, ActionLookup},
-		{"POST", PathLookup, `{"ip": 198.51`, ActionLookup},
-		{"GET", PathLookup, ``, ActionLookup},
-		{"POST", PathHistory, `{"subscriber":"100.64.0.27","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"p"}`, ActionHistory},
-		{"POST", PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"csv","purpose":"p"}`, ActionExport},
-		{"GET", PathStatus + "?verbose=1", ``, ActionStatus},
-		{"GET", PathAudit + "?operator=alice", ``, ActionAuditShow},
-		{"POST", PathLeases, `{"events":[]}`, ActionLeases},
-		{"GET", "/v1/who?x=" + strings.Repeat("<", 1000), ``, ActionUnknown},
+		{"POST", wire.PathLookup, lookupBody, wire.ActionLookup},
+		{"POST", wire.PathLookup, huge, wire.ActionLookup},
+		{"POST", wire.PathLookup, `{"ip": 198.51`, wire.ActionLookup},
+		{"GET", wire.PathLookup, ``, wire.ActionLookup},
+		{"POST", wire.PathHistory, `{"subscriber":"100.64.0.27","from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","purpose":"p"}`, wire.ActionHistory},
+		{"POST", wire.PathExport, `{"from":"2026-11-20T00:00:00Z","to":"2026-11-21T00:00:00Z","format":"csv","purpose":"p"}`, wire.ActionExport},
+		{"GET", wire.PathStatus + "?verbose=1", ``, wire.ActionStatus},
+		{"GET", wire.PathAudit + "?operator=alice", ``, wire.ActionAuditShow},
+		{"POST", wire.PathLeases, `{"events":[]}`, wire.ActionLeases},
+		{"GET", "/v1/who?x=" + strings.Repeat("<", 1000), ``, wire.ActionUnknown},
 	}
 	for _, tc := range tests {
 		before := h.log.Len()
@@ -381,7 +386,7 @@ func TestRefusalFlood(t *testing.T) {
 	const requests, step = 1000, 100 * time.Millisecond
 	limited := 0
 	for i := range requests {
-		resp, body := h.raw("POST", PathLookup, lookupBody)
+		resp, body := h.raw("POST", wire.PathLookup, lookupBody)
 		switch resp.StatusCode {
 		case http.StatusForbidden:
 		case http.StatusTooManyRequests:
@@ -389,7 +394,7 @@ func TestRefusalFlood(t *testing.T) {
 			if ra, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || ra < 1 || ra > int(refusalRefill/time.Second) {
 				t.Fatalf("request %d: Retry-After %q", i, resp.Header.Get("Retry-After"))
 			}
-			if resp.Header.Get(HeaderAuditSeq) != "" {
+			if resp.Header.Get(wire.HeaderAuditSeq) != "" {
 				t.Fatalf("request %d: 429 names an audit seq", i)
 			}
 		default:
@@ -421,9 +426,9 @@ func TestRefusalFlood(t *testing.T) {
 	var total uint64
 	for _, e := range es {
 		switch e.Action {
-		case ActionLookup:
+		case wire.ActionLookup:
 			total++
-		case ActionRefusals:
+		case wire.ActionRefusals:
 			var n uint64
 			var op string
 			if _, err := fmt.Sscanf(e.Detail, "%d refused from %s", &n, &op); err != nil || op != operatorName() || n == 0 {
@@ -449,12 +454,12 @@ func TestRefusalFlood(t *testing.T) {
 func TestEscapedBodyBounded(t *testing.T) {
 	h := newHarness(t, harnessOptions{roles: rootRoles(RoleInvestigator, RoleAuditor)})
 	lt := func(n int) string { return strings.Repeat("<", n) }
-	third := MaxBodyBytes/3 - 100
+	third := wire.MaxBodyBytes/3 - 100
 	bodies := []struct{ path, body string }{
-		{PathLookup, `{"ip":"` + lt(third) + `","port":1,"time":"` + lt(third) + `","tolerance":"` + lt(third) + `","purpose":"p"}`},
-		{PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"` + lt(MaxBodyBytes-200) + `"}`},
-		{PathHistory, `{"subscriber":"` + lt(third) + `","mac":"` + lt(third) + `","from":"` + lt(third) + `","purpose":"p"}`},
-		{PathAudit + "?" + lt(4000) + "=" + lt(4000), ``},
+		{wire.PathLookup, `{"ip":"` + lt(third) + `","port":1,"time":"` + lt(third) + `","tolerance":"` + lt(third) + `","purpose":"p"}`},
+		{wire.PathLookup, `{"ip":"198.51.100.10","port":15123,"time":"2026-11-20T12:00:01Z","purpose":"` + lt(wire.MaxBodyBytes-200) + `"}`},
+		{wire.PathHistory, `{"subscriber":"` + lt(third) + `","mac":"` + lt(third) + `","from":"` + lt(third) + `","purpose":"p"}`},
+		{wire.PathAudit + "?" + lt(4000) + "=" + lt(4000), ``},
 	}
 	for i, b := range bodies {
 		method := "POST"

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // nobody is the unprivileged uid that floods the socket.
@@ -77,7 +79,7 @@ func TestConnCapsPerUID(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	lookup := LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T12:00:01Z", Purpose: "case 9"}
+	lookup := wire.LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T12:00:01Z", Purpose: "case 9"}
 
 	var held []net.Conn
 	t.Cleanup(func() {
@@ -133,7 +135,7 @@ func TestConnCapsPerUID(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	req, _ := http.NewRequest("POST", "http://blocknat"+PathLookup, strings.NewReader(lookupBody))
+	req, _ := http.NewRequest("POST", "http://blocknat"+wire.PathLookup, strings.NewReader(lookupBody))
 	if err := req.Write(conn); err != nil {
 		t.Fatal(err)
 	}

@@ -31,7 +31,7 @@ type Counters struct {
 	ConnsOverCap map[string]uint64
 	// RefusalsSummarised counts the refusals of operators without a role
 	// that were past the budget (RefusalBurst, RefusalsPerMinute): each
-	// was answered 429 and is in the count of a later ActionRefusals
+	// was answered 429 and is in the count of a later wire.ActionRefusals
 	// entry instead of an entry of its own. It grows when the 429 is
 	// sent, before the summary is written.
 	RefusalsSummarised uint64

@@ -14,21 +14,11 @@ import (
 	"unicode/utf8"
 
 	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/auditwire"
 	"github.com/blocknat/blocknat/userspace/diskspace"
 	"github.com/blocknat/blocknat/userspace/logattr"
 	"github.com/blocknat/blocknat/userspace/store"
-)
-
-// Actions as audited.
-const (
-	ActionLookup      = "lookup"
-	ActionHistory     = "history"
-	ActionExport      = "export"
-	ActionStatus      = "status"
-	ActionAuditShow   = "audit.show"
-	ActionAuditVerify = "audit.verify"
-	// ActionUnknown is a request for a path the API does not serve.
-	ActionUnknown = "unknown"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // reply is a computed answer that has not been written yet. Its first half
@@ -54,7 +44,7 @@ type reply struct {
 	answer func(seq uint64) any
 	// document is an answer that is evidence (lookup, history): its bytes
 	// are hashed into the entry (answerSHA256) and sent unchanged inside
-	// an Answered envelope with the entry's proof.
+	// a wire.Answered envelope with the entry's proof.
 	document     []byte
 	answerSHA256 string
 	// stream writes an answer that is too large to hold (an export); it
@@ -116,14 +106,14 @@ type route struct {
 }
 
 var routes = map[string]route{
-	PathLookup:       {ActionLookup, http.MethodPost, RoleInvestigator, (*Server).parseLookup},
-	PathHistory:      {ActionHistory, http.MethodPost, RoleInvestigator, (*Server).parseHistory},
-	PathExport:       {ActionExport, http.MethodPost, RoleInvestigator, (*Server).parseExport},
-	PathStatus:       {ActionStatus, http.MethodGet, RoleAdmin, (*Server).parseStatus},
-	PathAudit:        {ActionAuditShow, http.MethodGet, RoleAuditor, (*Server).parseAuditShow},
-	PathAuditVerify:  {ActionAuditVerify, http.MethodPost, RoleAuditor, (*Server).parseAuditVerify},
-	PathAuditSubject: {ActionAuditSubject, http.MethodPost, RoleAuditor, (*Server).parseAuditSubject},
-	PathLeases:       {ActionLeases, http.MethodPost, RoleDHCP, (*Server).parseLeases},
+	wire.PathLookup:       {wire.ActionLookup, http.MethodPost, RoleInvestigator, (*Server).parseLookup},
+	wire.PathHistory:      {wire.ActionHistory, http.MethodPost, RoleInvestigator, (*Server).parseHistory},
+	wire.PathExport:       {wire.ActionExport, http.MethodPost, RoleInvestigator, (*Server).parseExport},
+	wire.PathStatus:       {wire.ActionStatus, http.MethodGet, RoleAdmin, (*Server).parseStatus},
+	wire.PathAudit:        {wire.ActionAuditShow, http.MethodGet, RoleAuditor, (*Server).parseAuditShow},
+	wire.PathAuditVerify:  {wire.ActionAuditVerify, http.MethodPost, RoleAuditor, (*Server).parseAuditVerify},
+	wire.PathAuditSubject: {wire.ActionAuditSubject, http.MethodPost, RoleAuditor, (*Server).parseAuditSubject},
+	wire.PathLeases:       {wire.ActionLeases, http.MethodPost, RoleDHCP, (*Server).parseLeases},
 }
 
 // maxCriterion caps a criterion taken from the URL of a request that names
@@ -133,7 +123,7 @@ const maxCriterion = 256
 // dispatch computes the reply to r. It never writes a response; a panic in
 // a handler becomes an "error" reply so that it is audited like the rest.
 func (s *Server) dispatch(r *http.Request, id identity) (rep *reply) {
-	rep = &reply{action: ActionUnknown, criteria: map[string]string{}}
+	rep = &reply{action: wire.ActionUnknown, criteria: map[string]string{}}
 	defer func() {
 		if p := recover(); p != nil {
 			s.log.Error("api handler panic", logattr.Action, rep.action, logattr.Err, fmt.Sprint(p), "stack", string(debug.Stack()))
@@ -200,12 +190,12 @@ func refusedWithoutRole(id identity, action string, role Role) *failure {
 }
 
 // clipPurpose is the purpose as audited: a longer one than the protocol
-// allows is cut to MaxPurposeBytes (on a character boundary) and marked.
+// allows is cut to wire.MaxPurposeBytes (on a character boundary) and marked.
 func clipPurpose(p string) string {
-	if len(p) <= MaxPurposeBytes {
+	if len(p) <= wire.MaxPurposeBytes {
 		return p
 	}
-	cut := MaxPurposeBytes
+	cut := wire.MaxPurposeBytes
 	for cut > 0 && !utf8.RuneStart(p[cut]) {
 		cut--
 	}
@@ -227,18 +217,18 @@ func (r *reply) write(w http.ResponseWriter, proof audit.Proof) {
 	for k, v := range r.header {
 		h[k] = v
 	}
-	h.Set(HeaderAuditSeq, strconv.FormatUint(seq, 10))
+	h.Set(wire.HeaderAuditSeq, strconv.FormatUint(seq, 10))
 	switch {
 	case r.document != nil:
-		writeJSON(w, http.StatusOK, nil, Answered{AuditSeq: seq, Evidence: Evidence{
-			AnswerSHA256: r.answerSHA256, Answer: r.document, Proof: proof,
+		writeJSON(w, http.StatusOK, nil, wire.Answered{AuditSeq: seq, Evidence: wire.Evidence{
+			AnswerSHA256: r.answerSHA256, Answer: r.document, Proof: auditwire.ProofOf(proof),
 		}})
 	case r.stream != nil:
 		r.stream(w, seq)
 	case r.answer != nil:
 		writeJSON(w, http.StatusOK, nil, r.answer(seq))
 	default:
-		writeJSON(w, r.status, nil, ErrorResponse{Error: r.message, Outcome: string(r.outcome), AuditSeq: seq})
+		writeJSON(w, r.status, nil, wire.ErrorResponse{Error: r.message, Outcome: string(r.outcome), AuditSeq: seq})
 	}
 }
 
@@ -247,7 +237,7 @@ func writeJSON(w http.ResponseWriter, status int, header http.Header, v any) {
 	if err != nil {
 		// Only a programming error gets here; the entry is already written.
 		status = http.StatusInternalServerError
-		body, _ = json.Marshal(ErrorResponse{Error: "encode answer: " + err.Error()})
+		body, _ = json.Marshal(wire.ErrorResponse{Error: "encode answer: " + err.Error()})
 	}
 	for k, vs := range header {
 		w.Header()[k] = vs
@@ -258,13 +248,13 @@ func writeJSON(w http.ResponseWriter, status int, header http.Header, v any) {
 	w.Write(append(body, '\n'))
 }
 
-// decodeBody reads a JSON object into dst: at most MaxBodyBytes, no unknown
+// decodeBody reads a JSON object into dst: at most wire.MaxBodyBytes, no unknown
 // fields, nothing after it. An empty body is allowed only when emptyOK.
 func decodeBody(r *http.Request, dst any, emptyOK bool) *failure {
-	data, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, MaxBodyBytes))
+	data, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, wire.MaxBodyBytes))
 	if err != nil {
 		if errors.As(err, new(*http.MaxBytesError)) {
-			return malformed(http.StatusRequestEntityTooLarge, "body: larger than %d bytes", MaxBodyBytes)
+			return malformed(http.StatusRequestEntityTooLarge, "body: larger than %d bytes", wire.MaxBodyBytes)
 		}
 		return malformed(http.StatusBadRequest, "body: read: %v", err)
 	}
@@ -336,8 +326,8 @@ func parseRange(fromText, toText string) (from, to time.Time, f *failure) {
 // needPurpose refuses a request for records that names no purpose, and
 // rejects one that is too long to be a case reference.
 func needPurpose(purpose string) *failure {
-	if len(purpose) > MaxPurposeBytes {
-		return malformed(http.StatusBadRequest, "purpose: %d bytes; a purpose or case reference is at most %d bytes", len(purpose), MaxPurposeBytes)
+	if len(purpose) > wire.MaxPurposeBytes {
+		return malformed(http.StatusBadRequest, "purpose: %d bytes; a purpose or case reference is at most %d bytes", len(purpose), wire.MaxPurposeBytes)
 	}
 	if strings.TrimSpace(purpose) == "" {
 		return refused("purpose required: lookup, history and export must name a purpose or case reference")

@@ -19,8 +19,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blocknat/blocknat/userspace/api/client"
 	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/store"
+	"github.com/blocknat/blocknat/userspace/wire"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -164,13 +166,15 @@ type harness struct {
 	auditor *watchedAuditor
 	server  *Server
 	socket  string
-	client  *Client
+	client  *client.Client
+	// http sends requests as given, on the same socket.
+	http *http.Client
 }
 
 type harnessOptions struct {
 	roles  Roles
 	store  Store // nil: the fixture store
-	status func(context.Context) (any, error)
+	status func(context.Context) (wire.Status, store.Stats, error)
 	now    func() time.Time // nil: time.Now
 	// maxConnsPerUID and maxConns are the connection caps (0: defaults).
 	maxConnsPerUID, maxConns int
@@ -219,11 +223,19 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	go srv.Serve(h.server.capConns(ln))
 	t.Cleanup(func() { srv.Close() })
 
-	h.client, err = Dial(h.socket)
+	h.client, err = client.Dial(h.socket)
 	if err != nil {
 		t.Fatalf("Dial: %v", err)
 	}
 	t.Cleanup(func() { h.client.Close() })
+	h.http = &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", h.socket)
+		},
+		DisableCompression: true,
+	}}
+	t.Cleanup(h.http.CloseIdleConnections)
 	return h
 }
 
@@ -238,7 +250,7 @@ func (h *harness) raw(method, path, body string) (*http.Response, string) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	resp, err := h.client.hc.Do(req)
+	resp, err := h.http.Do(req)
 	if err != nil {
 		h.t.Fatalf("%s %s: %v", method, path, err)
 	}

@@ -13,12 +13,7 @@ import (
 	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/leasehook"
 	"github.com/blocknat/blocknat/userspace/store"
-)
-
-// Actions of the lease history and the subject-access search.
-const (
-	ActionLeases       = "leases.add"
-	ActionAuditSubject = "audit.subject"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // maxLeaseSkew bounds how far after the agent's clock a hook may date an
@@ -26,7 +21,7 @@ const (
 const maxLeaseSkew = 5 * time.Minute
 
 func (s *Server) parseLeases(r *http.Request, rep *reply) (func(*reply) *failure, *failure) {
-	var req LeasesRequest
+	var req wire.LeasesRequest
 	if f := decodeBody(r, &req, false); f != nil {
 		return nil, f
 	}
@@ -37,14 +32,14 @@ func (s *Server) parseLeases(r *http.Request, rep *reply) (func(*reply) *failure
 	if len(req.Events) == 0 {
 		return nil, malformed(http.StatusBadRequest, "events: empty; give at least one lease event")
 	}
-	if len(req.Events) > MaxLeaseEvents {
-		return nil, malformed(http.StatusBadRequest, "events: %d events; at most %d in one request", len(req.Events), MaxLeaseEvents)
+	if len(req.Events) > wire.MaxLeaseEvents {
+		return nil, malformed(http.StatusBadRequest, "events: %d events; at most %d in one request", len(req.Events), wire.MaxLeaseEvents)
 	}
 	evs := make([]store.LeaseEvent, 0, len(req.Events))
 	kinds := map[string]int{}
 	now := s.now()
 	for i, e := range req.Events {
-		ev, err := storeLeaseEvent(e, now)
+		ev, err := storeLeaseEvent(leasehook.Event(e), now)
 		if err != nil {
 			return nil, malformed(http.StatusBadRequest, "events[%d]: %v", i, err)
 		}
@@ -66,7 +61,7 @@ func (s *Server) parseLeases(r *http.Request, rep *reply) (func(*reply) *failure
 		rep.outcome = audit.OutcomeAnswered
 		rep.detail = plural(len(evs), "lease event") + " (" + strings.Join(names, ", ") + ")"
 		accepted := len(evs)
-		rep.answer = func(seq uint64) any { return LeasesResponse{AuditSeq: seq, Accepted: accepted} }
+		rep.answer = func(seq uint64) any { return wire.LeasesResponse{AuditSeq: seq, Accepted: accepted} }
 		return nil
 	}, nil
 }
@@ -116,7 +111,7 @@ func storeLeaseEvent(e leasehook.Event, now time.Time) (store.LeaseEvent, error)
 }
 
 func (s *Server) parseAuditSubject(r *http.Request, rep *reply) (func(*reply) *failure, *failure) {
-	var req AuditSubjectRequest
+	var req wire.AuditSubjectRequest
 	if f := decodeBody(r, &req, false); f != nil {
 		return nil, f
 	}
@@ -132,8 +127,8 @@ func (s *Server) parseAuditSubject(r *http.Request, rep *reply) (func(*reply) *f
 	if f != nil {
 		return nil, f
 	}
-	if to.Sub(from) > MaxSubjectWindow {
-		return nil, malformed(http.StatusBadRequest, "to: the period %s .. %s is longer than %s", req.From, req.To, MaxSubjectWindow)
+	if to.Sub(from) > wire.MaxSubjectWindow {
+		return nil, malformed(http.StatusBadRequest, "to: the period %s .. %s is longer than %s", req.From, req.To, wire.MaxSubjectWindow)
 	}
 	subject := ""
 	match := func(e audit.Entry) bool { return false }
@@ -153,7 +148,7 @@ func (s *Server) parseAuditSubject(r *http.Request, rep *reply) (func(*reply) *f
 	// The search itself names the subject, so it shows in the next one.
 	rep.subjects = []string{subject}
 	return func(rep *reply) *failure {
-		uses := []SubjectUse{}
+		uses := []wire.SubjectUse{}
 		err := s.audit.Scan(from, to, func(e audit.Entry) error {
 			var named []string
 			switch {
@@ -168,7 +163,7 @@ func (s *Server) parseAuditSubject(r *http.Request, rep *reply) (func(*reply) *f
 				named = append(named, "answer (possibly: more subjects than the entry could hold)")
 			}
 			if named != nil {
-				uses = append(uses, SubjectUse{
+				uses = append(uses, wire.SubjectUse{
 					Seq: e.Seq, Time: e.Time.UTC(), Action: e.Action, Role: e.Role,
 					Purpose: e.Purpose, Outcome: string(e.Outcome), Named: named,
 				})
@@ -180,7 +175,7 @@ func (s *Server) parseAuditSubject(r *http.Request, rep *reply) (func(*reply) *f
 		}
 		rep.outcome = outcomeOf(len(uses))
 		rep.detail = plural(len(uses), "use")
-		resp := AuditSubjectResponse{Subject: subject, From: from.UTC(), To: to.UTC(), Uses: uses}
+		resp := wire.AuditSubjectResponse{Subject: subject, From: from.UTC(), To: to.UTC(), Uses: uses}
 		rep.answer = func(seq uint64) any {
 			resp.AuditSeq = seq
 			return resp

@@ -7,15 +7,18 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/auditwire"
 	"github.com/blocknat/blocknat/userspace/leasehook"
 	"github.com/blocknat/blocknat/userspace/mapping"
 	"github.com/blocknat/blocknat/userspace/store"
+	"github.com/blocknat/blocknat/userspace/wire"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -87,7 +90,7 @@ func wifiHarness(t *testing.T, roles ...Role) *harness {
 	return h
 }
 
-func macsOf(leases []LeaseInfo) []string {
+func macsOf(leases []wire.LeaseInfo) []string {
 	var out []string
 	for _, l := range leases {
 		out = append(out, l.MAC)
@@ -122,7 +125,7 @@ func TestStatedTimePrecision(t *testing.T) {
 func TestLookupWholeSecond(t *testing.T) {
 	h := wifiHarness(t, RoleInvestigator)
 	ctx := context.Background()
-	ans, err := h.client.Lookup(ctx, LookupRequest{IP: "198.51.100.10", Port: 2600, Time: "2026-11-20T12:00:01Z", Purpose: "case 9"})
+	ans, err := h.client.Lookup(ctx, wire.LookupRequest{IP: "198.51.100.10", Port: 2600, Time: "2026-11-20T12:00:01Z", Purpose: "case 9"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +137,7 @@ func TestLookupWholeSecond(t *testing.T) {
 		t.Fatalf("candidates %+v, want the block active from 12:00:01.7", ans.Candidates)
 	}
 	c := ans.Candidates[0]
-	if c.Inside != wifiInside || c.Coverage != CoveragePart || !slices.Equal(macsOf(c.Leases), []string{macA.String()}) {
+	if c.Inside != wifiInside || c.Coverage != wire.CoveragePart || !slices.Equal(macsOf(c.Leases), []string{macA.String()}) {
 		t.Errorf("candidate %+v, want 100.64.0.3 covering part of the second, leased to phone A", c)
 	}
 	if !c.LeasesFrom.Equal(mustTime(t, "2026-11-20T12:00:01.7Z")) {
@@ -146,7 +149,7 @@ func TestLookupWholeSecond(t *testing.T) {
 
 	// A stated tenth of a second before the activation: no record, but the
 	// mapping's owner and the record 0.1 s after.
-	ans, err = h.client.Lookup(ctx, LookupRequest{IP: "198.51.100.10", Port: 2600, Time: "2026-11-20T12:00:01.5Z", Purpose: "case 9"})
+	ans, err = h.client.Lookup(ctx, wire.LookupRequest{IP: "198.51.100.10", Port: 2600, Time: "2026-11-20T12:00:01.5Z", Purpose: "case 9"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +166,7 @@ func TestLookupWholeSecond(t *testing.T) {
 func TestLookupNearestAndUnmapped(t *testing.T) {
 	h := wifiHarness(t, RoleInvestigator)
 	ctx := context.Background()
-	ans, err := h.client.Lookup(ctx, LookupRequest{IP: "198.51.100.10", Port: 3039, Time: "2026-11-20T12:01:00Z", Purpose: "case 9"})
+	ans, err := h.client.Lookup(ctx, wire.LookupRequest{IP: "198.51.100.10", Port: 3039, Time: "2026-11-20T12:01:00Z", Purpose: "case 9"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +185,7 @@ func TestLookupNearestAndUnmapped(t *testing.T) {
 		{"198.51.100.12", 2600, "not in epoch 1's pool"},
 		{"198.51.100.10", 1000, "outside epoch 1's blocks"},
 	} {
-		ans, err := h.client.Lookup(ctx, LookupRequest{IP: tc.ip, Port: tc.port, Time: "2026-11-20T12:01:00Z", Purpose: "case 9"})
+		ans, err := h.client.Lookup(ctx, wire.LookupRequest{IP: tc.ip, Port: tc.port, Time: "2026-11-20T12:01:00Z", Purpose: "case 9"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -206,11 +209,11 @@ func TestLeasesNameTheDevice(t *testing.T) {
 		{"2026-11-20T12:00:05Z", macA},
 		{"2026-11-20T12:00:15Z", macB},
 	} {
-		ans, err := h.client.Lookup(ctx, LookupRequest{IP: "198.51.100.10", Port: 2600, Time: tc.time, Purpose: "case 9"})
+		ans, err := h.client.Lookup(ctx, wire.LookupRequest{IP: "198.51.100.10", Port: 2600, Time: tc.time, Purpose: "case 9"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(ans.Candidates) != 1 || ans.Candidates[0].Coverage != CoverageAll {
+		if len(ans.Candidates) != 1 || ans.Candidates[0].Coverage != wire.CoverageAll {
 			t.Fatalf("%s: candidates %+v", tc.time, ans.Candidates)
 		}
 		if got := macsOf(ans.Candidates[0].Leases); !slices.Equal(got, []string{tc.mac.String()}) {
@@ -224,7 +227,7 @@ func TestLeasesNameTheDevice(t *testing.T) {
 		}
 	}
 
-	hist, err := h.client.History(ctx, HistoryRequest{MAC: macB.String(), From: "2026-11-20T12:00:00Z", To: "2026-11-20T12:30:00Z", Purpose: "case 9"})
+	hist, err := h.client.History(ctx, wire.HistoryRequest{MAC: macB.String(), From: "2026-11-20T12:00:00Z", To: "2026-11-20T12:30:00Z", Purpose: "case 9"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,12 +244,12 @@ func TestLeasesNameTheDevice(t *testing.T) {
 	}
 
 	var buf bytes.Buffer
-	res, err := h.client.Export(ctx, ExportRequest{From: "2026-11-20T00:00:00Z", To: "2026-11-21T00:00:00Z", Format: FormatJSONL,
+	res, err := h.client.Export(ctx, wire.ExportRequest{From: "2026-11-20T00:00:00Z", To: "2026-11-21T00:00:00Z", Format: wire.FormatJSONL,
 		MAC: macA.String(), Purpose: "case 9"}, &buf, nil)
 	if err != nil || res.Records != 1 {
 		t.Fatalf("export by MAC: %+v %v\n%s", res, err, buf.String())
 	}
-	var rec ExportRecord
+	var rec wire.Record
 	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +262,7 @@ func TestLeasesNameTheDevice(t *testing.T) {
 
 	// A full export resolves every record's leases too.
 	buf.Reset()
-	if _, err := h.client.Export(ctx, ExportRequest{From: "2026-11-20T00:00:00Z", To: "2026-11-21T00:00:00Z", Format: FormatCSV, Purpose: "case 9"}, &buf, nil); err != nil {
+	if _, err := h.client.Export(ctx, wire.ExportRequest{From: "2026-11-20T00:00:00Z", To: "2026-11-21T00:00:00Z", Format: wire.FormatCSV, Purpose: "case 9"}, &buf, nil); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
@@ -270,7 +273,7 @@ func TestLeasesNameTheDevice(t *testing.T) {
 	// Who looked phone A up: the lookup whose answer named it, the export
 	// that asked for it and the full export that held it; not the lookup
 	// of phone B's second.
-	subj, err := h.client.AuditSubject(ctx, AuditSubjectRequest{MAC: macA.String(), From: "2026-11-01T00:00:00Z", To: "2027-01-01T00:00:00Z"})
+	subj, err := h.client.AuditSubject(ctx, wire.AuditSubjectRequest{MAC: macA.String(), From: "2026-11-01T00:00:00Z", To: "2027-01-01T00:00:00Z"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,17 +288,17 @@ func TestLeasesNameTheDevice(t *testing.T) {
 		t.Errorf("uses of phone A: %v", got)
 	}
 	e := h.lastEntry()
-	if e.Action != ActionAuditSubject || !slices.Equal(e.Subjects, []string{audit.SubjectMAC(macA)}) || e.Role != string(RoleAuditor) {
+	if e.Action != wire.ActionAuditSubject || !slices.Equal(e.Subjects, []string{audit.SubjectMAC(macA)}) || e.Role != string(RoleAuditor) {
 		t.Errorf("subject search entry %+v", e)
 	}
 	// The search is itself a use, found by the next one.
-	subj, err = h.client.AuditSubject(ctx, AuditSubjectRequest{MAC: macA.String(), From: "2026-11-01T00:00:00Z", To: "2027-01-01T00:00:00Z"})
-	if err != nil || len(subj.Uses) != 4 || subj.Uses[3].Action != ActionAuditSubject {
+	subj, err = h.client.AuditSubject(ctx, wire.AuditSubjectRequest{MAC: macA.String(), From: "2026-11-01T00:00:00Z", To: "2027-01-01T00:00:00Z"})
+	if err != nil || len(subj.Uses) != 4 || subj.Uses[3].Action != wire.ActionAuditSubject {
 		t.Errorf("second search: %+v %v", subj, err)
 	}
 	// By inside address: the two lookups (answer), the history whose
 	// answer named it, and the export.
-	subj, err = h.client.AuditSubject(ctx, AuditSubjectRequest{Subscriber: wifiInside.String(), From: "2026-11-01T00:00:00Z", To: "2027-01-01T00:00:00Z"})
+	subj, err = h.client.AuditSubject(ctx, wire.AuditSubjectRequest{Subscriber: wifiInside.String(), From: "2026-11-01T00:00:00Z", To: "2027-01-01T00:00:00Z"})
 	if err != nil || len(subj.Uses) != 5 {
 		t.Errorf("uses of %s: %+v %v", wifiInside, subj, err)
 	}
@@ -305,11 +308,11 @@ func TestLeasesNameTheDevice(t *testing.T) {
 // audit key alone, and any changed byte fails the check.
 func TestEvidenceFile(t *testing.T) {
 	h := wifiHarness(t, RoleInvestigator)
-	ans, err := h.client.Lookup(context.Background(), LookupRequest{IP: "198.51.100.10", Port: 2600, Time: "2026-11-20T12:00:05Z", Purpose: "case 9"})
+	ans, err := h.client.Lookup(context.Background(), wire.LookupRequest{IP: "198.51.100.10", Port: 2600, Time: "2026-11-20T12:00:05Z", Purpose: "case 9"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	data, err := EncodeEvidenceFile(ans.Evidence)
+	data, err := wire.EncodeEvidenceFile(ans.Evidence)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,14 +320,14 @@ func TestEvidenceFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := DecodeEvidenceFile(data)
+	f, err := wire.DecodeEvidenceFile(data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := VerifyEvidence(f, pub); err != nil {
+	if err := auditwire.VerifyEvidence(f, pub); err != nil {
 		t.Fatalf("untouched evidence: %v", err)
 	}
-	var inFile LookupResponse
+	var inFile wire.LookupResponse
 	if err := json.Unmarshal(f.Answer, &inFile); err != nil || len(inFile.Candidates) != 1 || inFile.Candidates[0].Leases[0].MAC != macA.String() {
 		t.Errorf("answer in the file: %+v %v", inFile, err)
 	}
@@ -334,9 +337,9 @@ func TestEvidenceFile(t *testing.T) {
 	for i := range data {
 		changed := bytes.Clone(data)
 		changed[i] ^= 0x01
-		f, err := DecodeEvidenceFile(changed)
+		f, err := wire.DecodeEvidenceFile(changed)
 		if err == nil {
-			err = VerifyEvidence(f, pub)
+			err = auditwire.VerifyEvidence(f, pub)
 		}
 		if err == nil {
 			t.Fatalf("byte %d changed (%q -> %q) and the evidence still verifies", i, data[i], changed[i])
@@ -348,7 +351,7 @@ func TestEvidenceFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := VerifyEvidence(f, other); err == nil {
+	if err := auditwire.VerifyEvidence(f, other); err == nil {
 		t.Error("evidence verifies with another log's key")
 	}
 }
@@ -359,9 +362,9 @@ func TestLeaseRole(t *testing.T) {
 	h := wifiHarness(t, RoleDHCP)
 	ctx := context.Background()
 	exp := mustTime(t, "2026-11-20T13:29:00Z")
-	ev := leasehook.Event{Kind: "add", Time: mustTime(t, "2026-11-20T12:29:00Z"), Inside: "100.64.0.9", MAC: "02:00:00:00:00:0c",
+	ev := wire.LeaseEvent{Kind: "add", Time: mustTime(t, "2026-11-20T12:29:00Z"), Inside: "100.64.0.9", MAC: "02:00:00:00:00:0c",
 		Hostname: "laptop", Expires: &exp, Source: "kea"}
-	resp, err := h.client.Leases(ctx, LeasesRequest{Events: []leasehook.Event{ev}})
+	resp, err := h.client.Leases(ctx, wire.LeasesRequest{Events: []wire.LeaseEvent{ev}})
 	if err != nil || resp.Accepted != 1 {
 		t.Fatalf("Leases: %+v %v", resp, err)
 	}
@@ -371,23 +374,51 @@ func TestLeaseRole(t *testing.T) {
 	}
 	e := h.lastEntry()
 	line, _ := json.Marshal(e)
-	if e.Action != ActionLeases || e.Role != string(RoleDHCP) || e.Outcome != audit.OutcomeAnswered ||
+	if e.Action != wire.ActionLeases || e.Role != string(RoleDHCP) || e.Outcome != audit.OutcomeAnswered ||
 		strings.Contains(string(line), "100.64.0.9") || strings.Contains(string(line), "02:00:00:00:00:0c") || strings.Contains(string(line), "laptop") {
 		t.Errorf("lease entry %s", line)
 	}
-	if _, err := h.client.Lookup(ctx, LookupRequest{IP: "198.51.100.10", Port: 2600, Time: "2026-11-20T12:00:05Z", Purpose: "x"}); err == nil {
+	if _, err := h.client.Lookup(ctx, wire.LookupRequest{IP: "198.51.100.10", Port: 2600, Time: "2026-11-20T12:00:05Z", Purpose: "x"}); err == nil {
 		t.Error("the dhcp role may look up")
 	}
 	// A malformed event is refused whole, naming the event and field.
 	bad := ev
 	bad.MAC = "not-a-mac"
-	_, err = h.client.Leases(ctx, LeasesRequest{Events: []leasehook.Event{ev, bad}})
+	_, err = h.client.Leases(ctx, wire.LeasesRequest{Events: []wire.LeaseEvent{ev, bad}})
 	if err == nil || !strings.Contains(err.Error(), "events[1]") || !strings.Contains(err.Error(), "mac") {
 		t.Errorf("malformed event: %v", err)
 	}
 
 	inv := wifiHarness(t, RoleInvestigator)
-	if _, err := inv.client.Leases(ctx, LeasesRequest{Events: []leasehook.Event{ev}}); err == nil {
+	if _, err := inv.client.Leases(ctx, wire.LeasesRequest{Events: []wire.LeaseEvent{ev}}); err == nil {
 		t.Error("an investigator may add leases")
+	}
+}
+
+// TestLeaseEventWireForm: a hook's event (leasehook.Event, also the spool's
+// form on disk) and the API's (wire.LeaseEvent) are one form: the same
+// fields, converted without loss, the same JSON byte for byte.
+func TestLeaseEventWireForm(t *testing.T) {
+	exp := mustTime(t, "2026-11-20T13:29:00Z")
+	for _, ev := range []leasehook.Event{
+		{Kind: leasehook.KindAdd, Time: mustTime(t, "2026-11-20T12:29:00Z"), Inside: "100.64.0.9", MAC: "02:00:00:00:00:0c",
+			ClientID: "0102000000000c", Hostname: "laptop", Expires: &exp, Source: leasehook.SourceKea},
+		{Kind: leasehook.KindRelease, Time: mustTime(t, "2026-11-20T12:29:00Z"), Inside: "100.64.0.9", MAC: "02:00:00:00:00:0c", Source: leasehook.SourceDnsmasq},
+	} {
+		want, err := json.Marshal(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := json.Marshal(wire.LeaseEvent(ev))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("wire form %s, hook form %s", got, want)
+		}
+		var back leasehook.Event
+		if err := json.Unmarshal(got, &back); err != nil || !reflect.DeepEqual(back, ev) {
+			t.Errorf("hook form read back %+v %v, want %+v", back, err, ev)
+		}
 	}
 }

@@ -16,10 +16,11 @@ import (
 	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/logattr"
 	"github.com/blocknat/blocknat/userspace/store"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 func (s *Server) parseLookup(r *http.Request, rep *reply) (func(*reply) *failure, *failure) {
-	var req LookupRequest
+	var req wire.LookupRequest
 	if f := decodeBody(r, &req, false); f != nil {
 		return nil, f
 	}
@@ -51,8 +52,8 @@ func (s *Server) parseLookup(r *http.Request, rep *reply) (func(*reply) *failure
 			return nil, malformed(http.StatusBadRequest, "tolerance: %q is not a duration such as 2s or 500ms", req.Tolerance)
 		case tolerance < 0:
 			return nil, malformed(http.StatusBadRequest, "tolerance: %s is negative", req.Tolerance)
-		case tolerance > MaxTolerance:
-			return nil, malformed(http.StatusBadRequest, "tolerance: %s is more than the maximum %s", req.Tolerance, MaxTolerance)
+		case tolerance > wire.MaxTolerance:
+			return nil, malformed(http.StatusBadRequest, "tolerance: %s is more than the maximum %s", req.Tolerance, wire.MaxTolerance)
 		}
 	}
 	if f := needPurpose(req.Purpose); f != nil {
@@ -89,16 +90,16 @@ func (s *Server) parseLookup(r *http.Request, rep *reply) (func(*reply) *failure
 				rep.subjects = append(rep.subjects, subjectInside(o.Inside))
 			}
 		}
-		query := LookupQuery{
+		query := wire.LookupQuery{
 			IP: ip, Port: req.Port, Time: t.UTC(), Precision: precision.String(), Tolerance: tolerance.String(),
 			From: from.UTC(), To: to.UTC(),
 		}
-		return rep.setDocument(LookupResponse{Query: query, Candidates: cands, Owners: owners})
+		return rep.setDocument(wire.LookupResponse{Query: query, Candidates: cands, Owners: owners})
 	}, nil
 }
 
 func (s *Server) parseHistory(r *http.Request, rep *reply) (func(*reply) *failure, *failure) {
-	var req HistoryRequest
+	var req wire.HistoryRequest
 	if f := decodeBody(r, &req, false); f != nil {
 		return nil, f
 	}
@@ -140,22 +141,22 @@ func (s *Server) parseHistory(r *http.Request, rep *reply) (func(*reply) *failur
 		rep.detail = plural(len(cands), "record")
 		rep.outcome = outcomeOf(len(cands))
 		rep.subjects = subjectsOf(cands, leases)
-		query := HistoryQuery{Subscriber: sel.inside, From: from.UTC(), To: to.UTC()}
+		query := wire.HistoryQuery{Subscriber: sel.inside, From: from.UTC(), To: to.UTC()}
 		if sel.mac != nil {
 			query.MAC = sel.mac.String()
 			rep.subjects = append(rep.subjects, subjectMAC(sel.mac))
 		} else {
 			rep.subjects = append(rep.subjects, subjectInside(sel.inside))
 		}
-		return rep.setDocument(HistoryResponse{Query: query, Records: cands, Leases: leases})
+		return rep.setDocument(wire.HistoryResponse{Query: query, Records: cands, Leases: leases})
 	}, nil
 }
 
 // candidates adds to each record the epoch in force at its start.
-func (s *Server) candidates(recs []store.Record) ([]Candidate, *failure) {
-	out := make([]Candidate, 0, len(recs))
+func (s *Server) candidates(recs []store.Record) ([]wire.Record, *failure) {
+	out := make([]wire.Record, 0, len(recs))
 	for _, rec := range recs {
-		c := candidateOf(rec)
+		c := recordOf(rec, nil)
 		e, err := s.store.EpochAt(rec.Start)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
@@ -190,7 +191,7 @@ func plural(n int, noun string) string {
 var errExportChanged = errors.New("export: more records than announced")
 
 func (s *Server) parseExport(r *http.Request, rep *reply) (func(*reply) *failure, *failure) {
-	var req ExportRequest
+	var req wire.ExportRequest
 	if f := decodeBody(r, &req, false); f != nil {
 		return nil, f
 	}
@@ -205,8 +206,8 @@ func (s *Server) parseExport(r *http.Request, rep *reply) (func(*reply) *failure
 	if f != nil {
 		return nil, f
 	}
-	if req.Format != FormatCSV && req.Format != FormatJSONL {
-		return nil, malformed(http.StatusBadRequest, "format: %q is not %s or %s", req.Format, FormatCSV, FormatJSONL)
+	if req.Format != wire.FormatCSV && req.Format != wire.FormatJSONL {
+		return nil, malformed(http.StatusBadRequest, "format: %q is not %s or %s", req.Format, wire.FormatCSV, wire.FormatJSONL)
 	}
 	sel, f := parseSelector(req.Subscriber, req.MAC, false)
 	if f != nil {
@@ -241,10 +242,10 @@ func (s *Server) parseExport(r *http.Request, rep *reply) (func(*reply) *failure
 		rep.detail = fmt.Sprintf("%s as %s", plural(int(count), "record"), req.Format)
 		rep.outcome = outcomeOf(int(count))
 		rep.stream = func(w http.ResponseWriter, seq uint64) {
-			s.streamExport(w, seq, req.Format, count, func(fn func(ExportRecord) error) error {
+			s.streamExport(w, seq, req.Format, count, func(fn func(wire.Record) error) error {
 				return s.store.ExportWithLeases(from, to, func(rec store.Record, leases []store.Lease) error {
 					lo, hi := clipInterval(rec.Start, endOf(rec), from, to)
-					return fn(exportRecordOf(rec, leaseInfos(leases, lo, hi)))
+					return fn(recordOf(rec, leaseInfos(leases, lo, hi)))
 				})
 			})
 		}
@@ -259,19 +260,15 @@ func (s *Server) exportSelected(rep *reply, sel selector, from, to time.Time, fo
 	if f != nil {
 		return f
 	}
-	recs := make([]ExportRecord, 0, len(sels))
+	recs := make([]wire.Record, 0, len(sels))
 	for _, x := range sels {
 		ls, err := s.store.LeasesOf(x.rec.Inside, x.lo, x.hi)
 		if err != nil {
 			return fromStore("store leases of "+x.rec.Inside.String(), err)
 		}
-		recs = append(recs, exportRecordOf(x.rec, leaseInfos(ls, x.lo, x.hi)))
+		recs = append(recs, recordOf(x.rec, leaseInfos(ls, x.lo, x.hi)))
 	}
-	var cands []Candidate
-	for _, r := range recs {
-		cands = append(cands, Candidate{Inside: r.Inside, Leases: r.Leases})
-	}
-	rep.subjects = subjectsOf(cands, leases)
+	rep.subjects = subjectsOf(recs, leases)
 	if sel.mac != nil {
 		rep.subjects = append(rep.subjects, subjectMAC(sel.mac))
 	} else {
@@ -281,7 +278,7 @@ func (s *Server) exportSelected(rep *reply, sel selector, from, to time.Time, fo
 	rep.detail = fmt.Sprintf("%s as %s", plural(int(count), "record"), format)
 	rep.outcome = outcomeOf(int(count))
 	rep.stream = func(w http.ResponseWriter, seq uint64) {
-		s.streamExport(w, seq, format, count, func(fn func(ExportRecord) error) error {
+		s.streamExport(w, seq, format, count, func(fn func(wire.Record) error) error {
 			for _, r := range recs {
 				if err := fn(r); err != nil {
 					return err
@@ -296,16 +293,16 @@ func (s *Server) exportSelected(rep *reply, sel selector, from, to time.Time, fo
 // streamExport writes the records each yields. The store may change between
 // the count and the stream (a retention sweep, a block activated inside the
 // range); a stream that does not hold exactly the announced records is cut
-// off, and only a complete one ends with the trailer TrailerRecordsWritten.
-func (s *Server) streamExport(w http.ResponseWriter, seq uint64, format string, count int64, each func(fn func(ExportRecord) error) error) {
+// off, and only a complete one ends with the trailer wire.TrailerRecordsWritten.
+func (s *Server) streamExport(w http.ResponseWriter, seq uint64, format string, count int64, each func(fn func(wire.Record) error) error) {
 	h := w.Header()
-	if format == FormatCSV {
+	if format == wire.FormatCSV {
 		h.Set("Content-Type", "text/csv; charset=utf-8")
 	} else {
 		h.Set("Content-Type", "application/jsonl")
 	}
-	h.Set(HeaderRecords, strconv.FormatInt(count, 10))
-	h.Set("Trailer", TrailerRecordsWritten)
+	h.Set(wire.HeaderRecords, strconv.FormatInt(count, 10))
+	h.Set("Trailer", wire.TrailerRecordsWritten)
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	// The count goes out at once, so that a client can show progress
@@ -314,9 +311,9 @@ func (s *Server) streamExport(w http.ResponseWriter, seq uint64, format string, 
 	bw := bufio.NewWriterSize(w, 64<<10)
 	var csvw *csv.Writer
 	var enc *json.Encoder
-	if format == FormatCSV {
+	if format == wire.FormatCSV {
 		csvw = csv.NewWriter(bw)
-		csvw.Write(CSVHeader)
+		csvw.Write(wire.CSVHeader)
 	} else {
 		enc = json.NewEncoder(bw)
 	}
@@ -324,7 +321,7 @@ func (s *Server) streamExport(w http.ResponseWriter, seq uint64, format string, 
 	// The store holds a read view open while fn runs, so a client that
 	// stops reading must not hold it for long: each stretch of records
 	// gets exportWriteTimeout to leave.
-	err := each(func(rec ExportRecord) error {
+	err := each(func(rec wire.Record) error {
 		if written%1000 == 0 {
 			rc.SetWriteDeadline(time.Now().Add(exportWriteTimeout))
 		}
@@ -354,10 +351,10 @@ func (s *Server) streamExport(w http.ResponseWriter, seq uint64, format string, 
 		s.log.Warn("export stream incomplete; connection cut", logKeyAuditSeq, seq, logattr.Count, written, logattr.Err, err)
 		panic(http.ErrAbortHandler)
 	}
-	h.Set(TrailerRecordsWritten, strconv.FormatInt(written, 10))
+	h.Set(wire.TrailerRecordsWritten, strconv.FormatInt(written, 10))
 }
 
-func csvRow(r ExportRecord) []string {
+func csvRow(r wire.Record) []string {
 	end := ""
 	if r.End != nil {
 		end = r.End.UTC().Format(time.RFC3339Nano)

@@ -11,13 +11,14 @@ import (
 
 	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/logattr"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // The budget of audit entries for the refusals of an operator without any
 // role: a token bucket per operator of RefusalBurst entries, refilled at
 // RefusalsPerMinute. Past it a refusal is answered 429 with Retry-After,
 // counted and not appended; the count goes into one entry "N refused from
-// OPERATOR" (action ActionRefusals), written when the operator's next
+// OPERATOR" (action wire.ActionRefusals), written when the operator's next
 // refusal is allowed, by the periodic flush once a token is back, or when
 // the server stops. So no operator without a role can make the log grow by
 // more than RefusalBurst + RefusalsPerMinute × minutes entries, plus one at
@@ -25,9 +26,6 @@ import (
 const (
 	RefusalsPerMinute = 10
 	RefusalBurst      = 20
-	// ActionRefusals is the action of the entry that summarises refusals
-	// counted past the budget.
-	ActionRefusals = "refusals"
 )
 
 // refusalRefill is the time one token takes to come back.
@@ -120,7 +118,7 @@ func (l *refusalLimiter) due(now time.Time, all bool) map[string]uint64 {
 func refusalSummary(n uint64, op string) audit.Entry {
 	return audit.Entry{
 		Operator: op,
-		Action:   ActionRefusals,
+		Action:   wire.ActionRefusals,
 		Outcome:  audit.OutcomeRefused,
 		Detail: fmt.Sprintf("%d refused from %s (operator without a role, past the budget of %d entries a minute, burst %d)",
 			n, op, RefusalsPerMinute, RefusalBurst),
@@ -141,7 +139,7 @@ func (s *Server) flushRefusals(all bool) {
 // seq, since the entry that will count it does not exist yet.
 func writeRateLimited(w http.ResponseWriter, retryAfter time.Duration) {
 	secs := int(math.Ceil(retryAfter.Seconds()))
-	writeJSON(w, http.StatusTooManyRequests, http.Header{"Retry-After": {strconv.Itoa(max(secs, 1))}}, ErrorResponse{
+	writeJSON(w, http.StatusTooManyRequests, http.Header{"Retry-After": {strconv.Itoa(max(secs, 1))}}, wire.ErrorResponse{
 		Error: fmt.Sprintf("refused: the operator has no role, and past %d refusals a minute (burst %d) refusals are counted and summarised in the audit log",
 			RefusalsPerMinute, RefusalBurst),
 		Outcome: string(audit.OutcomeRefused),

@@ -18,6 +18,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/blocknat/blocknat/userspace/api/client"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // lockedBuffer is a log sink the server's goroutines may write to while
@@ -168,7 +171,7 @@ func TestRejectedBeforeHandler(t *testing.T) {
 		t.Errorf("the audit log holds %d entries for requests no handler saw", n)
 	}
 
-	ans, err := h.client.Lookup(context.Background(), LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T12:00:01Z", Purpose: "case 9"})
+	ans, err := h.client.Lookup(context.Background(), wire.LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T12:00:01Z", Purpose: "case 9"})
 	if err != nil {
 		t.Fatalf("Lookup: %v", err)
 	}
@@ -242,18 +245,18 @@ func TestTLSRejections(t *testing.T) {
 	want[RejectTLSHandshake]++
 
 	noCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.pool}}}
-	if resp, err := noCert.Get("https://" + addr + PathStatus); err == nil {
+	if resp, err := noCert.Get("https://" + addr + wire.PathStatus); err == nil {
 		resp.Body.Close()
 		t.Errorf("a client without a certificate got status %d", resp.StatusCode)
 	}
 	noCert.CloseIdleConnections()
 	want[RejectTLSHandshake]++
 
-	alice, err := DialTLS(addr, &tls.Config{RootCAs: ca.pool, Certificates: []tls.Certificate{ca.issue(t, "alice", x509.ExtKeyUsageClientAuth)}})
+	alice, err := client.DialTLS(addr, &tls.Config{RootCAs: ca.pool, Certificates: []tls.Certificate{ca.issue(t, "alice", x509.ExtKeyUsageClientAuth)}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := alice.Lookup(context.Background(), LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T12:00:01Z", Purpose: "case 9"}); err != nil {
+	if _, err := alice.Lookup(context.Background(), wire.LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T12:00:01Z", Purpose: "case 9"}); err != nil {
 		t.Fatalf("Lookup as alice: %v", err)
 	}
 	alice.Close()

@@ -1,6 +1,7 @@
 // Package api is blocknat's query API: the server the agent runs over a unix
-// socket (and optionally TLS with client certificates), and the Client the
-// CLI uses.
+// socket (and optionally TLS with client certificates). The requests and
+// answers are userspace/wire's types, which the server converts the store's
+// and the audit log's into; the client the CLI uses is userspace/api/client.
 //
 // # Protocol
 //
@@ -15,9 +16,9 @@
 //
 // Times are RFC 3339 with an explicit zone ("Z" or ±hh:mm); a time without
 // one is malformed, because a bare local time names a different instant on
-// every machine. Bodies are at most MaxBodyBytes and unknown fields are
+// every machine. Bodies are at most wire.MaxBodyBytes and unknown fields are
 // malformed, so that a misspelt field is never silently ignored. A purpose
-// (case reference) is at most MaxPurposeBytes (256) bytes; a longer one is
+// (case reference) is at most wire.MaxPurposeBytes (256) bytes; a longer one is
 // malformed (400), audited with the purpose cut to that length. Whatever a
 // request sends, its audit entry is at most audit.MaxEntryBytes (16 KiB) as
 // written, after JSON escaping.
@@ -37,7 +38,7 @@
 // hold: its refusals are rate-limited per operator (RefusalBurst entries,
 // refilled at RefusalsPerMinute). Past the budget a refusal is answered 429
 // with Retry-After, no data and no audit seq, and is counted instead of
-// appended; the count is written as one entry, action ActionRefusals and
+// appended; the count is written as one entry, action wire.ActionRefusals and
 // detail "N refused from OPERATOR …", when the operator's next refusal is
 // allowed (N then includes it), by a flush every 10 s once a token is back,
 // or when the server stops. Every refusal is thus in some entry's count,
@@ -98,6 +99,7 @@ import (
 	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/logattr"
 	"github.com/blocknat/blocknat/userspace/store"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // Store is what the API reads; *store.Store satisfies it.
@@ -132,9 +134,10 @@ type Deps struct {
 	Store Store
 	Audit Auditor
 	Roles Roles
-	// Status returns the agent's status document (JSON-marshalable); nil
-	// leaves StatusResponse.Agent null.
-	Status func(ctx context.Context) (any, error)
+	// Status returns the agent's status and the store figures it read for
+	// it, so that a status request reads the store once; nil leaves
+	// wire.StatusResponse.Agent null and the server reads the store itself.
+	Status func(ctx context.Context) (wire.Status, store.Stats, error)
 	// LeasesChanged, when set, is called after lease events are on disk,
 	// so that the agent can rebind addresses to MACs in the data plane
 	// before the new device's first packet.
@@ -159,7 +162,7 @@ type Server struct {
 	store  Store
 	audit  Auditor
 	roles  Roles
-	status func(ctx context.Context) (any, error)
+	status func(ctx context.Context) (wire.Status, store.Stats, error)
 	leased func()
 	now    func() time.Time
 	log    *slog.Logger
@@ -365,7 +368,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		s.log.Error("audit append failed; answer withheld",
 			logattr.Operator, id.operator, logattr.Action, rep.action, logattr.Outcome, string(rep.outcome), logattr.Err, err)
-		writeJSON(w, http.StatusServiceUnavailable, nil, ErrorResponse{
+		writeJSON(w, http.StatusServiceUnavailable, nil, wire.ErrorResponse{
 			Error: "audit log unavailable: the request could not be recorded, so it is not answered; the agent retries every second " +
 				"and answers again once it can write (blocknat_alarm{reason=\"audit\"} says why)",
 		})

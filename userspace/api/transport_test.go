@@ -18,7 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blocknat/blocknat/userspace/api/client"
 	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // testCA issues certificates for the TLS tests.
@@ -144,15 +146,15 @@ func TestTLS(t *testing.T) {
 	})
 	waitDial(t, "tcp", addr)
 
-	dial := func(t *testing.T, cert tls.Certificate) *Client {
-		c, err := DialTLS(addr, &tls.Config{RootCAs: ca.pool, Certificates: []tls.Certificate{cert}})
+	dial := func(t *testing.T, cert tls.Certificate) *client.Client {
+		c, err := client.DialTLS(addr, &tls.Config{RootCAs: ca.pool, Certificates: []tls.Certificate{cert}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
-	lookup := LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T12:00:01Z", Tolerance: "2s", Purpose: "case 5"}
+	lookup := wire.LookupRequest{IP: "198.51.100.10", Port: 15123, Time: "2026-11-20T12:00:01Z", Tolerance: "2s", Purpose: "case 5"}
 
 	t.Run("alice is an investigator", func(t *testing.T) {
 		c := dial(t, ca.issue(t, "alice", x509.ExtKeyUsageClientAuth))
@@ -171,7 +173,7 @@ func TestTLS(t *testing.T) {
 	t.Run("bob has no role", func(t *testing.T) {
 		c := dial(t, ca.issue(t, "bob", x509.ExtKeyUsageClientAuth))
 		_, err := c.Lookup(context.Background(), lookup)
-		var apiErr *Error
+		var apiErr *client.Error
 		if !errors.As(err, &apiErr) || apiErr.Status != http.StatusForbidden {
 			t.Fatalf("Lookup as bob: %v, want refused", err)
 		}
@@ -186,7 +188,7 @@ func TestTLS(t *testing.T) {
 		before := log.Len()
 		hc := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
 		defer hc.CloseIdleConnections()
-		resp, err := hc.Post("https://"+addr+PathLookup, "application/json", strings.NewReader(lookupBody))
+		resp, err := hc.Post("https://"+addr+wire.PathLookup, "application/json", strings.NewReader(lookupBody))
 		if err == nil {
 			resp.Body.Close()
 			t.Fatalf("request got status %d, want a failed handshake", resp.StatusCode)
@@ -201,7 +203,7 @@ func TestTLS(t *testing.T) {
 	}
 	t.Run("no client certificate", func(t *testing.T) {
 		handshakeFails(t, &tls.Config{RootCAs: ca.pool})
-		if _, err := DialTLS(addr, &tls.Config{RootCAs: ca.pool}); err == nil {
+		if _, err := client.DialTLS(addr, &tls.Config{RootCAs: ca.pool}); err == nil {
 			t.Error("DialTLS accepted a config without a client certificate")
 		}
 	})
@@ -245,7 +247,7 @@ func TestServeUnix(t *testing.T) {
 	if fi.Mode().Perm() != 0o666 {
 		t.Errorf("socket mode %v, want 0666", fi.Mode().Perm())
 	}
-	c, err := Dial(path)
+	c, err := client.Dial(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,10 +285,10 @@ func TestServeUnix(t *testing.T) {
 	if data, _ := os.ReadFile(file); string(data) != "keep me" {
 		t.Errorf("regular file changed to %q", data)
 	}
-	if _, err := Dial(file); err == nil {
+	if _, err := client.Dial(file); err == nil {
 		t.Error("Dial accepted a regular file")
 	}
-	if _, err := Dial(filepath.Join(t.TempDir(), "missing.sock")); err == nil || !strings.Contains(err.Error(), "is blocknatd running") {
+	if _, err := client.Dial(filepath.Join(t.TempDir(), "missing.sock")); err == nil || !strings.Contains(err.Error(), "is blocknatd running") {
 		t.Errorf("Dial of a missing socket: %v", err)
 	}
 }

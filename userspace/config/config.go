@@ -23,7 +23,6 @@ import (
 	"github.com/goccy/go-yaml/ast"
 	"github.com/goccy/go-yaml/parser"
 
-	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/mapping"
 )
 
@@ -40,7 +39,7 @@ const (
 	DefaultStateDir  = "/var/lib/blocknat"
 	DefaultBPFFSDir  = "/sys/fs/bpf/blocknat"
 	// DefaultMaxFlows, 0, sizes the flow tables from the mapping:
-	// subscribers × block size × protocols (loader.FlowsNeeded), so no
+	// subscribers × block size × protocols (Mapping.FlowsNeeded), so no
 	// subscriber can take another's capacity.
 	DefaultMaxFlows = 0
 )
@@ -172,7 +171,7 @@ func Parse(data []byte) (*Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("invalid config: %w", err)
 		}
-		c.MaxFlows = uint32(loader.FlowsNeeded(m))
+		c.MaxFlows = uint32(m.FlowsNeeded())
 	}
 	return c, nil
 }
@@ -306,15 +305,15 @@ func (c *Config) Validate() error {
 // checkMaxFlows refuses flow tables the mapping's subscribers could fill:
 // then a few busy subscribers would leave the others no new flow.
 func (c *Config) checkMaxFlows(m *mapping.Mapping) error {
-	need := loader.FlowsNeeded(m)
+	need := m.FlowsNeeded()
 	switch {
 	case need > MaxFlows:
 		return fmt.Errorf("max_flows: the mapping needs %s flows, more than %d; use fewer subscribers per address or smaller blocks",
-			loader.FlowsExplained(m), MaxFlows)
+			m.FlowsExplained(), MaxFlows)
 	case c.MaxFlows > MaxFlows:
 		return fmt.Errorf("max_flows: %d is more than %d", c.MaxFlows, MaxFlows)
 	case c.MaxFlows != 0 && uint64(c.MaxFlows) < need:
-		return fmt.Errorf("max_flows: %d cannot hold %s; leave it out to size the tables from the mapping", c.MaxFlows, loader.FlowsExplained(m))
+		return fmt.Errorf("max_flows: %d cannot hold %s; leave it out to size the tables from the mapping", c.MaxFlows, m.FlowsExplained())
 	}
 	return nil
 }

@@ -275,3 +275,23 @@ func uintToAddr(v uint32) netip.Addr {
 	binary.BigEndian.PutUint32(b[:], v)
 	return netip.AddrFrom4(b)
 }
+
+// FlowProtocols is how many protocols share each flow table of the data
+// plane: TCP and UDP keyed by port, ICMP echo by identifier, all three
+// mapped onto the ports of the subscriber's one block.
+const FlowProtocols = 3
+
+// FlowsNeeded is the flow-table size at which no subscriber can take
+// another's capacity: every subscriber holds a mapping on every port of its
+// block in each protocol, and the reverse table can hold no more, since its
+// keys are those ports. Tables this size never fill. It lives here, with
+// the mapping it is computed from, so that the configuration can check
+// max_flows without the loader.
+func (m *Mapping) FlowsNeeded() uint64 {
+	return uint64(m.Subscribers) * uint64(m.BlockSize) * FlowProtocols
+}
+
+// FlowsExplained spells FlowsNeeded out for an error message.
+func (m *Mapping) FlowsExplained() string {
+	return fmt.Sprintf("%d subscribers × %d ports × %d protocols = %d", m.Subscribers, m.BlockSize, FlowProtocols, m.FlowsNeeded())
+}

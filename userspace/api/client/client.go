@@ -1,4 +1,7 @@
-package api
+// Package client talks to blocknat's query API (userspace/api) over its unix
+// socket or over TLS. It speaks only the wire package's types, so that the
+// CLI that links it links nothing of the agent's.
+package client
 
 import (
 	"bytes"
@@ -14,6 +17,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // Client talks to the API. Its methods are safe for concurrent use.
@@ -97,9 +102,9 @@ func (c *Client) Close() error {
 
 // Lookup asks which subscriber held req.IP:req.Port at req.Time. The
 // answer carries its Evidence: the bytes as audited and their proof.
-func (c *Client) Lookup(ctx context.Context, req LookupRequest) (*LookupResponse, error) {
-	var out LookupResponse
-	ev, err := c.callAnswered(ctx, PathLookup, req, &out)
+func (c *Client) Lookup(ctx context.Context, req wire.LookupRequest) (*wire.LookupResponse, error) {
+	var out wire.LookupResponse
+	ev, err := c.callAnswered(ctx, wire.PathLookup, req, &out)
 	if err != nil {
 		return nil, err
 	}
@@ -108,9 +113,9 @@ func (c *Client) Lookup(ctx context.Context, req LookupRequest) (*LookupResponse
 }
 
 // History lists the records of one subscriber or one device.
-func (c *Client) History(ctx context.Context, req HistoryRequest) (*HistoryResponse, error) {
-	var out HistoryResponse
-	ev, err := c.callAnswered(ctx, PathHistory, req, &out)
+func (c *Client) History(ctx context.Context, req wire.HistoryRequest) (*wire.HistoryResponse, error) {
+	var out wire.HistoryResponse
+	ev, err := c.callAnswered(ctx, wire.PathHistory, req, &out)
 	if err != nil {
 		return nil, err
 	}
@@ -118,15 +123,15 @@ func (c *Client) History(ctx context.Context, req HistoryRequest) (*HistoryRespo
 	return &out, nil
 }
 
-// callAnswered posts body and decodes an Answered envelope: the answer
+// callAnswered posts body and decodes a wire.Answered envelope: the answer
 // into out, after checking that its bytes are the ones the audit entry
 // names.
-func (c *Client) callAnswered(ctx context.Context, path string, body, out any) (*Evidence, error) {
-	var env Answered
+func (c *Client) callAnswered(ctx context.Context, path string, body, out any) (*wire.Evidence, error) {
+	var env wire.Answered
 	if err := c.call(ctx, http.MethodPost, path, body, &env); err != nil {
 		return nil, err
 	}
-	if err := env.Evidence.check(); err != nil {
+	if err := env.Evidence.CheckAnswer(); err != nil {
 		return nil, fmt.Errorf("POST %s from %s: %w", path, c.where, err)
 	}
 	if err := json.Unmarshal(env.Answer, out); err != nil {
@@ -136,27 +141,27 @@ func (c *Client) callAnswered(ctx context.Context, path string, body, out any) (
 }
 
 // Leases delivers lease events (role dhcp).
-func (c *Client) Leases(ctx context.Context, req LeasesRequest) (*LeasesResponse, error) {
-	var out LeasesResponse
-	if err := c.call(ctx, http.MethodPost, PathLeases, req, &out); err != nil {
+func (c *Client) Leases(ctx context.Context, req wire.LeasesRequest) (*wire.LeasesResponse, error) {
+	var out wire.LeasesResponse
+	if err := c.call(ctx, http.MethodPost, wire.PathLeases, req, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
 }
 
 // AuditSubject lists the requests that named a subscriber or device.
-func (c *Client) AuditSubject(ctx context.Context, req AuditSubjectRequest) (*AuditSubjectResponse, error) {
-	var out AuditSubjectResponse
-	if err := c.call(ctx, http.MethodPost, PathAuditSubject, req, &out); err != nil {
+func (c *Client) AuditSubject(ctx context.Context, req wire.AuditSubjectRequest) (*wire.AuditSubjectResponse, error) {
+	var out wire.AuditSubjectResponse
+	if err := c.call(ctx, http.MethodPost, wire.PathAuditSubject, req, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
 }
 
 // Status returns the agent's status.
-func (c *Client) Status(ctx context.Context) (*StatusResponse, error) {
-	var out StatusResponse
-	if err := c.call(ctx, http.MethodGet, PathStatus, nil, &out); err != nil {
+func (c *Client) Status(ctx context.Context) (*wire.StatusResponse, error) {
+	var out wire.StatusResponse
+	if err := c.call(ctx, http.MethodGet, wire.PathStatus, nil, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -165,7 +170,7 @@ func (c *Client) Status(ctx context.Context) (*StatusResponse, error) {
 // AuditShow returns up to limit audit entries from seq from on (seqs start
 // at 1). from 0 asks for the newest limit entries; limit 0 means the
 // server's default.
-func (c *Client) AuditShow(ctx context.Context, from uint64, limit int) (*AuditShowResponse, error) {
+func (c *Client) AuditShow(ctx context.Context, from uint64, limit int) (*wire.AuditShowResponse, error) {
 	q := url.Values{}
 	if from > 0 {
 		q.Set("from", strconv.FormatUint(from, 10))
@@ -173,11 +178,11 @@ func (c *Client) AuditShow(ctx context.Context, from uint64, limit int) (*AuditS
 	if limit > 0 {
 		q.Set("limit", strconv.Itoa(limit))
 	}
-	path := PathAudit
+	path := wire.PathAudit
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
-	var out AuditShowResponse
+	var out wire.AuditShowResponse
 	if err := c.call(ctx, http.MethodGet, path, nil, &out); err != nil {
 		return nil, err
 	}
@@ -185,9 +190,9 @@ func (c *Client) AuditShow(ctx context.Context, from uint64, limit int) (*AuditS
 }
 
 // AuditVerify has the agent verify its audit log.
-func (c *Client) AuditVerify(ctx context.Context) (*AuditVerifyResponse, error) {
-	var out AuditVerifyResponse
-	if err := c.call(ctx, http.MethodPost, PathAuditVerify, struct{}{}, &out); err != nil {
+func (c *Client) AuditVerify(ctx context.Context) (*wire.AuditVerifyResponse, error) {
+	var out wire.AuditVerifyResponse
+	if err := c.call(ctx, http.MethodPost, wire.PathAuditVerify, struct{}{}, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -205,8 +210,8 @@ type ExportResult struct {
 // the server announced. It returns an error unless the stream ended with
 // exactly the announced records; w may then hold a partial export, which
 // the caller must discard.
-func (c *Client) Export(ctx context.Context, req ExportRequest, w io.Writer, progress func(done, total int64)) (*ExportResult, error) {
-	resp, err := c.send(ctx, http.MethodPost, PathExport, req)
+func (c *Client) Export(ctx context.Context, req wire.ExportRequest, w io.Writer, progress func(done, total int64)) (*ExportResult, error) {
+	resp, err := c.send(ctx, http.MethodPost, wire.PathExport, req)
 	if err != nil {
 		return nil, err
 	}
@@ -215,15 +220,15 @@ func (c *Client) Export(ctx context.Context, req ExportRequest, w io.Writer, pro
 		return nil, c.errorOf(resp)
 	}
 	res := &ExportResult{}
-	res.AuditSeq, _ = strconv.ParseUint(resp.Header.Get(HeaderAuditSeq), 10, 64)
-	total, err := strconv.ParseInt(resp.Header.Get(HeaderRecords), 10, 64)
+	res.AuditSeq, _ = strconv.ParseUint(resp.Header.Get(wire.HeaderAuditSeq), 10, 64)
+	total, err := strconv.ParseInt(resp.Header.Get(wire.HeaderRecords), 10, 64)
 	if err != nil || total < 0 {
-		return nil, fmt.Errorf("export from %s: header %s: %q is not a count", c.where, HeaderRecords, resp.Header.Get(HeaderRecords))
+		return nil, fmt.Errorf("export from %s: header %s: %q is not a count", c.where, wire.HeaderRecords, resp.Header.Get(wire.HeaderRecords))
 	}
 	// Records are lines: no field of either format holds a newline. A CSV
 	// export starts with its header line.
 	lines := int64(0)
-	if req.Format == FormatCSV {
+	if req.Format == wire.FormatCSV {
 		lines = -1
 	}
 	if progress != nil {
@@ -249,7 +254,7 @@ func (c *Client) Export(ctx context.Context, req ExportRequest, w io.Writer, pro
 			return nil, fmt.Errorf("export from %s: stream broke off after %d of %d records: %w", c.where, max(lines, 0), total, rerr)
 		}
 	}
-	written := resp.Trailer.Get(TrailerRecordsWritten)
+	written := resp.Trailer.Get(wire.TrailerRecordsWritten)
 	if written != strconv.FormatInt(total, 10) {
 		return nil, fmt.Errorf("export from %s: incomplete: %d records announced, server confirmed %q", c.where, total, written)
 	}
@@ -298,11 +303,11 @@ func (c *Client) send(ctx context.Context, method, path string, body any) (*http
 	return resp, nil
 }
 
-// errorOf reads the ErrorResponse of a non-200 answer.
+// errorOf reads the wire.ErrorResponse of a non-200 answer.
 func (c *Client) errorOf(resp *http.Response) error {
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	e := &Error{Status: resp.StatusCode}
-	var er ErrorResponse
+	var er wire.ErrorResponse
 	if err := json.Unmarshal(data, &er); err == nil && er.Error != "" {
 		e.Message, e.Outcome, e.AuditSeq = er.Error, er.Outcome, er.AuditSeq
 	} else {
