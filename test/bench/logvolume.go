@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/blocknat/blocknat/internal/testutil"
 	"github.com/blocknat/blocknat/userspace/store"
 )
 
@@ -113,24 +114,6 @@ func (c *eventCounter) probes() (created, destroyed int) {
 	return c.probeCreated, c.probeDestroyed
 }
 
-// lockedBuffer is a bytes.Buffer a process writes while we read it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // waitFor polls cond until it holds or timeout passes.
 func waitFor(ctx context.Context, timeout time.Duration, what string, cond func() (bool, error)) error {
 	deadline := time.Now().Add(timeout)
@@ -223,7 +206,7 @@ func conntrackLog(ctx context.Context, bed *Bed, lv *LogVolume, probe *Generator
 	defer func() { err = errors.Join(err, restore()) }()
 
 	events := &eventCounter{}
-	stderr := &lockedBuffer{}
+	stderr := &testutil.Buffer{}
 	cmd := bed.Router.Command(context.WithoutCancel(ctx), "conntrack", "-E", "-e", "NEW,DESTROY", "-o", "timestamp")
 	cmd.Stdout, cmd.Stderr = events, stderr
 	if err := cmd.Start(); err != nil {

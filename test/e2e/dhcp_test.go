@@ -1,17 +1,16 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/blocknat/blocknat/internal/testutil"
 	"github.com/blocknat/blocknat/test/netns"
 )
 
@@ -103,7 +102,7 @@ func runDhclient(t *testing.T, sub *netns.Subscriber, dir, leases string, timeou
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), timeout)
 	defer cancel()
-	log := &lockedBuffer{}
+	log := &testutil.Buffer{}
 	// -d: stay in the foreground once bound, so the test owns the only
 	// process and ends it; -1: give up rather than retry for ever.
 	cmd := sub.NS.Command(ctx, "dhclient", "-4", "-1", "-d", "-v", "-cf", "/dev/null", "-sf", "/bin/true",
@@ -139,22 +138,4 @@ func runDhclient(t *testing.T, sub *netns.Subscriber, dir, leases string, timeou
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-// lockedBuffer collects a child's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blocknat/blocknat/internal/testutil"
 	"github.com/blocknat/blocknat/test/netns"
 	"github.com/blocknat/blocknat/userspace/wire"
 )
@@ -203,7 +204,7 @@ func keaRunScript(t *testing.T) string {
 // ends, and waits for ready in its output.
 func startDaemonLogged(t *testing.T, e *env, name string, env []string, ready string, argv ...string) {
 	t.Helper()
-	log := &lockedBuffer{}
+	log := &testutil.Buffer{}
 	cmd := e.topo.Router.Command(context.WithoutCancel(t.Context()), argv...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = log, log

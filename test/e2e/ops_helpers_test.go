@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blocknat/blocknat/internal/testutil"
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/test/harness"
 	"github.com/blocknat/blocknat/test/netns"
@@ -67,24 +68,13 @@ func prepareEnv(t *testing.T, prefix, extra string) *env {
 
 // daemon is a blocknatd started with arguments of the test's choosing.
 type daemon struct {
-	mu   sync.Mutex
-	out  strings.Builder
+	out  testutil.Buffer // its stdout and stderr
 	proc *os.Process
 	done chan struct{}
 	err  error
 }
 
-func (d *daemon) Write(p []byte) (int, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.out.Write(p)
-}
-
-func (d *daemon) Log() string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.out.String()
-}
+func (d *daemon) Log() string { return d.out.String() }
 
 // startDaemon runs argv in the router namespace and waits until it
 // translates on every interface.
@@ -92,7 +82,7 @@ func (e *env) startDaemon(t *testing.T, argv ...string) *daemon {
 	t.Helper()
 	d := &daemon{done: make(chan struct{})}
 	cmd := e.topo.Router.Command(context.WithoutCancel(t.Context()), argv...)
-	cmd.Stdout, cmd.Stderr = d, d
+	cmd.Stdout, cmd.Stderr = &d.out, &d.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -14,12 +14,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/blocknat/blocknat/internal/testutil"
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/test/netns"
 )
@@ -162,7 +162,7 @@ func SocketPath(stateDir string) string { return filepath.Join(filepath.Dir(stat
 // Agent is a blocknatd process in a namespace.
 type Agent struct {
 	cmd    *exec.Cmd
-	log    *syncBuffer
+	log    *testutil.Buffer
 	done   chan struct{}
 	err    error
 	PinDir string
@@ -173,7 +173,7 @@ type Agent struct {
 // watches the interfaces rather than the pins, because an agent whose
 // bpffs lives in its private mount namespace pins where no one else sees.
 func StartAgent(ctx context.Context, ns *netns.NS, bin, configPath, pinDir string, ifaces []string, timeout time.Duration) (*Agent, error) {
-	a := &Agent{log: &syncBuffer{}, done: make(chan struct{}), PinDir: pinDir}
+	a := &Agent{log: &testutil.Buffer{}, done: make(chan struct{}), PinDir: pinDir}
 	a.cmd = ns.Command(context.WithoutCancel(ctx), bin, "--config", configPath)
 	a.cmd.Stdout, a.cmd.Stderr = a.log, a.log
 	if err := a.cmd.Start(); err != nil {
@@ -264,21 +264,4 @@ func (a *Agent) signalAndWait(sig syscall.Signal) error {
 		<-a.done
 		return fmt.Errorf("blocknatd ignored %v for 15s", sig)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

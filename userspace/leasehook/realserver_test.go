@@ -1,7 +1,6 @@
 package leasehook_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,10 +12,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/blocknat/blocknat/internal/testutil"
 	"github.com/blocknat/blocknat/test/netns"
 	"github.com/blocknat/blocknat/userspace/leasehook"
 )
@@ -32,7 +31,6 @@ const (
 	// within the test.
 	labRenewAfter = 4 * time.Second
 	labWait       = 45 * time.Second
-	labPoll       = 50 * time.Millisecond
 )
 
 // lab is a server namespace and a client namespace on one veth pair.
@@ -190,24 +188,6 @@ func readCalls(t *testing.T, dir string) []call {
 	return calls
 }
 
-// lockedBuffer collects a server's output for the failure message.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // start runs a long-lived process in ns and kills it in t.Cleanup; its output
 // is logged if the test fails. The channel closes when the process has exited.
 func start(t *testing.T, ns *netns.NS, name string, env []string, argv ...string) <-chan struct{} {
@@ -215,7 +195,7 @@ func start(t *testing.T, ns *netns.NS, name string, env []string, argv ...string
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := ns.Command(ctx, argv...)
 	cmd.Env = append(os.Environ(), env...)
-	out := &lockedBuffer{}
+	out := &testutil.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
@@ -238,12 +218,8 @@ func start(t *testing.T, ns *netns.NS, name string, env []string, argv ...string
 // the state on failure.
 func eventually(t *testing.T, what string, cond func() bool, describe func() string) {
 	t.Helper()
-	deadline := time.Now().Add(labWait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v still waiting for %s; %s", labWait, what, describe())
-		}
-		time.Sleep(labPoll)
+	if !testutil.Poll(labWait, cond) {
+		t.Fatalf("after %v still waiting for %s; %s", labWait, what, describe())
 	}
 }
 

@@ -23,6 +23,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/blocknat/blocknat/internal/testutil"
 )
 
 // Field is a template's field specifier.
@@ -237,7 +239,7 @@ func Local(ctx context.Context, argv ...string) *exec.Cmd {
 type Nfcapd struct {
 	Dir  string
 	cmd  *exec.Cmd
-	log  lockedBuffer
+	log  testutil.Buffer
 	done chan error
 }
 
@@ -444,22 +446,4 @@ func ReadOctetCounted(r *bufio.Reader) (string, error) {
 		return "", err
 	}
 	return string(buf), nil
-}
-
-// lockedBuffer is written by exec's copying goroutine and read by tests.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
