@@ -35,7 +35,7 @@ func TestSelfCheckAndMetrics(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(2500 * time.Millisecond) // the check at start and two more
+	e.waitMetric(t, metricsListen, metrics.SelfCheckChecksTotal, 2, 5*time.Second) // the check at start and the next
 
 	text := e.metricsText(t, metricsListen)
 	dp := e.stats(t)
@@ -162,7 +162,7 @@ func TestAgentRunsWithUnitCapabilities(t *testing.T) {
 	if got := srv.Remotes()[0].Addr(); !e.topo.Pool.Contains(got) {
 		t.Errorf("the server saw %s, want a pool address", got)
 	}
-	time.Sleep(1500 * time.Millisecond)
+	e.waitMetric(t, metricsListen, metrics.SelfCheckChecksTotal, 1, 5*time.Second)
 	text := e.metricsText(t, metricsListen)
 	if v := metricValue(t, text, metrics.SelfCheckChecksTotal); v < 1 {
 		t.Errorf("no self-check ran:\n%s", d.Log())

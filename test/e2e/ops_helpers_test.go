@@ -142,17 +142,37 @@ func (e *env) metricsText(t *testing.T, listen string) string {
 // and labels as exposed), or fails.
 func metricValue(t *testing.T, text, sample string) float64 {
 	t.Helper()
+	f, found, err := findSample(text, sample)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !found {
+		t.Fatalf("no sample %s in:\n%s", sample, text)
+	}
+	return f
+}
+
+func findSample(text, sample string) (value float64, found bool, err error) {
 	for _, line := range strings.Split(text, "\n") {
 		if v, ok := strings.CutPrefix(line, sample+" "); ok {
-			var f float64
-			if _, err := fmt.Sscan(v, &f); err != nil {
-				t.Fatalf("%s: %q: %v", sample, v, err)
+			if _, err := fmt.Sscan(v, &value); err != nil {
+				return 0, true, fmt.Errorf("%s: %q: %v", sample, v, err)
 			}
-			return f
+			return value, true, nil
 		}
 	}
-	t.Fatalf("no sample %s in:\n%s", sample, text)
-	return 0
+	return 0, false, nil
+}
+
+// waitMetric polls the agent's /metrics at listen until sample is at
+// least min, where a test would otherwise sleep for the agent to get
+// there (a commit, a self-check).
+func (e *env) waitMetric(t *testing.T, listen, sample string, min float64, within time.Duration) {
+	t.Helper()
+	testutil.Eventually(t, within, func() bool {
+		v, found, err := findSample(e.metricsText(t, listen), sample)
+		return err == nil && found && v >= min
+	}, "%s >= %v", sample, min)
 }
 
 // tcpEcho echoes every byte back, in a namespace.

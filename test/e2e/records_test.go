@@ -16,6 +16,7 @@ import (
 
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/test/netns"
+	"github.com/blocknat/blocknat/userspace/metrics"
 	"github.com/blocknat/blocknat/userspace/store"
 )
 
@@ -72,7 +73,7 @@ func TestRecordsOfTraffic(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(200 * time.Millisecond) // the recorder commits every 50 ms
+	e.waitMetric(t, metricsListen, metrics.StoreOpenRecords, float64(len(e.topo.Subscribers)), 5*time.Second)
 	if err := e.agent.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +250,7 @@ func TestIdleBlockReleased(t *testing.T) {
 	if _, err := netns.UDPRoundTrip(sub.NS, 0, srv.Addr, []byte("y"), 3*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
+	e.waitMetric(t, metricsListen, metrics.StoreOpenRecords, 1, 5*time.Second) // the new block's record
 	if err := e.agent.Stop(); err != nil {
 		t.Fatal(err)
 	}

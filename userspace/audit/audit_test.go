@@ -18,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/blocknat/blocknat/internal/testutil"
 )
 
 func TestAppendVerifyReopen(t *testing.T) {
@@ -591,13 +593,8 @@ func TestRunCheckpointsOnItsOwn(t *testing.T) {
 	if _, err := l.Append(entryFor(1)); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !slices.Contains(checkpointSeqs(t, dir), 1) {
-		if time.Now().After(deadline) {
-			t.Fatal("Run wrote no checkpoint within 5s at a 40ms interval")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, 5*time.Second, func() bool { return slices.Contains(checkpointSeqs(t, dir), 1) },
+		"Run to write a checkpoint at a 40ms interval")
 	cancel()
 	<-done
 }

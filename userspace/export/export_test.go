@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blocknat/blocknat/internal/testutil"
 	"github.com/blocknat/blocknat/test/netns"
 	"github.com/blocknat/blocknat/userspace/export/exporttest"
 	"github.com/blocknat/blocknat/userspace/store"
@@ -148,20 +149,19 @@ func checkRecord(t *testing.T, r exporttest.Record, w Event) {
 
 func waitMessages(t *testing.T, col *exporttest.Collector, n int) []exporttest.Message {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		msgs, errs := col.Messages()
+	var msgs []exporttest.Message
+	arrived := testutil.Poll(5*time.Second, func() bool {
+		var errs []error
+		msgs, errs = col.Messages()
 		if len(errs) > 0 {
 			t.Fatalf("decode: %v", errs)
 		}
-		if len(msgs) >= n {
-			return msgs
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d messages, want %d", len(msgs), n)
-		}
-		time.Sleep(10 * time.Millisecond)
+		return len(msgs) >= n
+	})
+	if !arrived {
+		t.Fatalf("%d messages, want %d", len(msgs), n)
 	}
+	return msgs
 }
 
 // TestIPFIXSplitsAndRefreshes: a large batch is split into messages that
@@ -222,10 +222,7 @@ func TestSyslogUDP(t *testing.T) {
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for len(l.Lines()) < len(want) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Poll(5*time.Second, func() bool { return len(l.Lines()) >= len(want) }) // checkSyslog says what is missing
 	checkSyslog(t, l.Lines(), want, "rtr1", "blocknat")
 }
 
