@@ -82,7 +82,7 @@ func TestAttachPinRestartDetach(t *testing.T) {
 	}
 	// A mapping made now must survive the restart below.
 	key := FlowKey{Addr: 0x01020304, Port: 7, Proto: ProtoUDP}
-	if err := nat.FlowsFwd().Put(&key, &FlowFwd{NatPort: 9}); err != nil {
+	if err := nat.objs.FlowsFwd.Put(&key, &FlowFwd{NatPort: 9}); err != nil {
 		t.Fatal(err)
 	}
 	if err := nat.Close(); err != nil {
@@ -99,7 +99,7 @@ func TestAttachPinRestartDetach(t *testing.T) {
 		t.Errorf("restart: program on in0 is %q, was %q; want the new program in the old link", secondIn, firstIn)
 	}
 	var v FlowFwd
-	if err := nat.FlowsFwd().Lookup(&key, &v); err != nil || v.NatPort != 9 {
+	if err := nat.objs.FlowsFwd.Lookup(&key, &v); err != nil || v.NatPort != 9 {
 		t.Errorf("restart lost the pinned flow table: %v %+v", err, v)
 	}
 	linksAfter, _ := filepath.Glob(filepath.Join(pinDir, "links", "*"))

@@ -45,7 +45,7 @@ func TestCanaryReachesNATRingBuffer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	rd, err := ringbuf.NewReader(nat.Events())
+	rd, err := ringbuf.NewReader(nat.objs.BlockEvents)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,46 +31,37 @@ func (p Params) filterTableSize() uint32 {
 	return p.flowTableSize()
 }
 
-// Filters is the filter table: the remote endpoints each mapping sent to,
-// which address-and-port-dependent filtering admits replies from.
-func (n *NAT) Filters() *ebpf.Map { return n.objs.Filters }
-
 // PruneFilters deletes the remote endpoints whose mapping is gone, so the
 // table names a destination only while its mapping lives. An entry goes
 // when its mapping is in expired (keyed by public side, with the mapping's
 // last use) and the entry was last noted no later than that use, so that a
 // new mapping already made on the same public port keeps its own; and an
-// entry goes when no mapping holds its public side at all (flowsRev), which
-// clears what an earlier agent, a reload or a crash left. It returns how
-// many entries it deleted.
-func PruneFilters(filters, flowsRev *ebpf.Map, expired map[MappingEnd]uint64) (int, error) {
+// entry goes when no mapping holds its public side at all (flows_rev),
+// which clears what an earlier agent, a reload or a crash left. It returns
+// how many entries it deleted.
+func (n *NAT) PruneFilters(expired map[MappingEnd]uint64) (int, error) {
 	var gone []FilterKey
-	var key FilterKey
-	var seen uint64
-	var rev FlowRev
-	it := filters.Iterate()
-	for it.Next(&key, &seen) {
+	err := eachFilter(n.objs.Filters, func(key FilterKey, seen uint64) error {
 		end := MappingEnd{Addr: key.NatAddr, Port: key.NatPort, Proto: key.Proto}
 		if last, ok := expired[end]; ok && seen <= last {
 			gone = append(gone, key)
-			continue
+			return nil
 		}
 		// The data plane writes the reverse entry before it notes a
 		// remote, and the sweeper deletes it after the forward one, so
 		// a live mapping is never mistaken for a gone one here.
-		rkey := FlowKey{Addr: key.NatAddr, Port: key.NatPort, Proto: key.Proto}
-		if err := flowsRev.Lookup(&rkey, &rev); errors.Is(err, ebpf.ErrKeyNotExist) {
+		_, held, err := n.LookupReverse(FlowKey{Addr: key.NatAddr, Port: key.NatPort, Proto: key.Proto})
+		if !held && err == nil {
 			gone = append(gone, key)
-		} else if err != nil {
-			return 0, fmt.Errorf("read flows_rev: %w", err)
 		}
-	}
-	if err := it.Err(); err != nil {
+		return err
+	})
+	if err != nil {
 		return 0, fmt.Errorf("scan filters: %w", err)
 	}
 	deleted := 0
 	for i := range gone {
-		if err := filters.Delete(&gone[i]); err == nil {
+		if err := n.objs.Filters.Delete(&gone[i]); err == nil {
 			deleted++
 		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return deleted, fmt.Errorf("delete from filters: %w", err)

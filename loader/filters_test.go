@@ -27,10 +27,10 @@ func TestFilterTableOnlyWithAPDF(t *testing.T) {
 		if err != nil {
 			t.Fatalf("load with apdf=%v over the pins of the other mode: %v", c.apdf, err)
 		}
-		if got := nat.Filters().MaxEntries(); got != c.want {
+		if got := nat.objs.Filters.MaxEntries(); got != c.want {
 			t.Errorf("apdf=%v: filters holds %d entries, want %d", c.apdf, got, c.want)
 		}
-		if got := nat.FlowsFwd().MaxEntries(); got != full {
+		if got := nat.objs.FlowsFwd.MaxEntries(); got != full {
 			t.Errorf("apdf=%v: flows_fwd holds %d entries, want %d", c.apdf, got, full)
 		}
 		nat.Close()

@@ -516,20 +516,6 @@ func removeIfExists(p string) error {
 // Params returns the parameters the data plane was loaded with.
 func (n *NAT) Params() Params { return n.params }
 
-// Events is the ring buffer of block events.
-func (n *NAT) Events() *ebpf.Map { return n.objs.BlockEvents }
-
-// SubscribersMap is indexed by subscriber number (struct subscriber_state).
-func (n *NAT) SubscribersMap() *ebpf.Map { return n.objs.Subscribers }
-
-// FlowsFwd and FlowsRev are the two sides of every mapping.
-func (n *NAT) FlowsFwd() *ebpf.Map { return n.objs.FlowsFwd }
-func (n *NAT) FlowsRev() *ebpf.Map { return n.objs.FlowsRev }
-
-// InsideProgram and OutsideProgram are the loaded XDP programs.
-func (n *NAT) InsideProgram() *ebpf.Program  { return n.objs.XdpInside }
-func (n *NAT) OutsideProgram() *ebpf.Program { return n.objs.XdpOutside }
-
 func be32(a netip.Addr) uint32 {
 	b := a.As4()
 	// The program compares raw packet bytes; the map must hold them in

@@ -484,7 +484,7 @@ func TestPortChoiceUnpredictable(t *testing.T) {
 // naming its block and nothing else; later flows send none.
 func TestBlockEvents(t *testing.T) {
 	f := defaultFixture(t)
-	rd, err := ringbuf.NewReader(f.nat.Events())
+	rd, err := ringbuf.NewReader(f.nat.objs.BlockEvents)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,17 +35,13 @@ func (p *Pinned) Stats() (Stats, error) { return readStats(p.stats) }
 // ActiveSubscribers lists the subscribers whose block the kernel shows
 // as active.
 func (p *Pinned) ActiveSubscribers() ([]uint32, error) {
-	var out []uint32
-	var idx uint32
-	var st SubscriberState
-	it := p.subscribers.Iterate()
-	for it.Next(&idx, &st) {
-		if st.Active != 0 {
-			out = append(out, idx)
-		}
+	blocks, err := activeBlocks(p.subscribers)
+	if err != nil {
+		return nil, err
 	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read subscribers: %w", err)
+	out := make([]uint32, len(blocks))
+	for i, b := range blocks {
+		out[i] = b.Subscriber
 	}
 	return out, nil
 }
@@ -69,15 +65,11 @@ type Flow struct {
 // Flows lists the mappings in the pinned forward table.
 func (p *Pinned) Flows() ([]Flow, error) {
 	var out []Flow
-	var f Flow
-	it := p.flows.Iterate()
-	for it.Next(&f.Key, &f.Value) {
-		out = append(out, f)
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read flows_fwd: %w", err)
-	}
-	return out, nil
+	err := eachFlow(p.flows, func(key FlowKey, val FlowFwd) error {
+		out = append(out, Flow{Key: key, Value: val})
+		return nil
+	})
+	return out, err
 }
 
 // FlowTableSize is the size of the pinned flow tables: what Params.MaxFlows

@@ -106,41 +106,29 @@ func (n *NAT) Reload(p Params) (*NAT, ReloadStats, error) {
 // state of every subscriber whose block is unchanged.
 func copyValid(from, to *NAT, m *mapping.Mapping) (ReloadStats, error) {
 	var st ReloadStats
-	var key FlowKey
-	var fwd FlowFwd
 	active := map[uint32]bool{}
-	it := from.objs.FlowsFwd.Iterate()
-	for it.Next(&key, &fwd) {
+	err := from.Flows(func(key FlowKey, fwd FlowFwd) error {
 		sub, ok := m.SubscriberOf(AddrFromBE32(key.Addr))
 		if !ok {
 			st.Dropped++
-			continue
+			return nil
 		}
 		block, err := m.Block(sub)
 		port := PortFromBE16(fwd.NatPort)
 		if err != nil || AddrFromBE32(fwd.NatAddr) != block.Public || port < block.PortLo || port > block.PortHi {
 			st.Dropped++
-			continue
+			return nil
 		}
 		fwd.Subscriber = sub
-		rkey := FlowKey{Addr: fwd.NatAddr, Port: fwd.NatPort, Proto: key.Proto}
-		rev := FlowRev{Addr: key.Addr, Port: key.Port, Subscriber: sub}
-		if key.Proto == ProtoTCP && fwd.State == FlowStateTCPClosing {
-			// The outside program counts the peer's ACKs towards
-			// reopening only where the reverse entry says closing.
-			rev.Closing = 1
-		}
-		if err := to.objs.FlowsRev.Update(&rkey, &rev, ebpf.UpdateNoExist); err != nil {
-			return st, fmt.Errorf("reload: copy reverse mapping: %w", err)
-		}
-		if err := to.objs.FlowsFwd.Update(&key, &fwd, ebpf.UpdateNoExist); err != nil {
-			return st, fmt.Errorf("reload: copy mapping: %w", err)
+		if err := to.AddMapping(key, fwd); err != nil {
+			return fmt.Errorf("reload: copy mapping: %w", err)
 		}
 		active[sub] = true
 		st.Kept++
-	}
-	if err := it.Err(); err != nil {
-		return st, fmt.Errorf("reload: read flows_fwd: %w", err)
+		return nil
+	})
+	if err != nil {
+		return st, err
 	}
 	if err := copyFilters(from, to); err != nil {
 		return st, err
@@ -154,13 +142,12 @@ func copyValid(from, to *NAT, m *mapping.Mapping) (ReloadStats, error) {
 		nb, _ := m.Block(sub)
 		if oldSub, ok := oldMapping.SubscriberOf(nb.Inside); ok {
 			ob, _ := oldMapping.Block(oldSub)
-			var prev SubscriberState
-			if ob == nb && from.objs.Subscribers.Lookup(&oldSub, &prev) == nil {
+			if prev, err := from.Subscriber(oldSub); ob == nb && err == nil {
 				state = prev
 			}
 		}
-		if err := to.objs.Subscribers.Update(&sub, &state, ebpf.UpdateAny); err != nil {
-			return st, fmt.Errorf("reload: write subscriber %d: %w", sub, err)
+		if err := to.SetSubscriber(sub, state); err != nil {
+			return st, fmt.Errorf("reload: %w", err)
 		}
 	}
 	return st, nil
@@ -174,21 +161,15 @@ func copyFilters(from, to *NAT) error {
 	if !to.params.FilterAPDF || !from.params.FilterAPDF {
 		return nil
 	}
-	var key FilterKey
-	var seen uint64
-	var rev FlowRev
-	it := from.objs.Filters.Iterate()
-	for it.Next(&key, &seen) {
-		rkey := FlowKey{Addr: key.NatAddr, Port: key.NatPort, Proto: key.Proto}
-		if to.objs.FlowsRev.Lookup(&rkey, &rev) != nil {
-			continue
+	err := eachFilter(from.objs.Filters, func(key FilterKey, seen uint64) error {
+		_, held, err := to.LookupReverse(FlowKey{Addr: key.NatAddr, Port: key.NatPort, Proto: key.Proto})
+		if err != nil || !held {
+			return nil
 		}
-		if err := to.objs.Filters.Update(&key, &seen, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("reload: copy filter entry: %w", err)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("reload: read filters: %w", err)
+		return to.NoteRemote(key, seen)
+	})
+	if err != nil {
+		return fmt.Errorf("reload: copy filter entry: %w", err)
 	}
 	return nil
 }

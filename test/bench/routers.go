@@ -127,9 +127,13 @@ func (r *blocknatRouter) Check(_ context.Context, _ *Bed, w Workload) error {
 			return fmt.Errorf("blocknat: counter %s = %d: some frames were not translated (%v)", name, v, st)
 		}
 	}
-	n, err := countEntries(r.nat.FlowsFwd())
+	perSub, err := r.nat.FlowsPerSubscriber()
 	if err != nil {
 		return fmt.Errorf("blocknat: %w", err)
+	}
+	n := 0
+	for _, c := range perSub {
+		n += c
 	}
 	if n != w.Flows || st["new_flows"] != uint64(w.Flows) {
 		return fmt.Errorf("blocknat: %d mappings, %d created; the workload has %d flows", n, st["new_flows"], w.Flows)
@@ -150,20 +154,6 @@ func (r *blocknatRouter) Stop(context.Context, *Bed) error {
 		return fmt.Errorf("blocknat: close: %w", err)
 	}
 	return nil
-}
-
-func countEntries(m *ebpf.Map) (int, error) {
-	keys := make([]byte, m.KeySize())
-	vals := make([]byte, m.ValueSize())
-	n := 0
-	it := m.Iterate()
-	for it.Next(&keys, &vals) {
-		n++
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("count map entries: %w", err)
-	}
-	return n, nil
 }
 
 // xdpForwardRouter is bpf/baseline.c: the NAT's forwarding without the NAT

@@ -205,7 +205,7 @@ func (e *env) flowState(t *testing.T, port uint16) (uint8, bool) {
 		t.Fatal(err)
 	}
 	for _, f := range flows {
-		if f.Key.Proto == 6 && loader.AddrFromBE32(f.Key.Addr) == e.topo.Subscribers[0].Addr && loader.PortFromBE16(f.Key.Port) == port {
+		if f.Key.Proto == loader.ProtoTCP && loader.AddrFromBE32(f.Key.Addr) == e.topo.Subscribers[0].Addr && loader.PortFromBE16(f.Key.Port) == port {
 			return f.Value.State, true
 		}
 	}

@@ -18,8 +18,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cilium/ebpf/ringbuf"
-
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/api"
 	"github.com/blocknat/blocknat/userspace/audit"
@@ -35,31 +33,20 @@ import (
 	"github.com/blocknat/blocknat/userspace/sweeper"
 )
 
-// Interfaces lists the configuration's interfaces with their roles, inside
-// first, in the order written.
-func Interfaces(cfg *config.Config) []loader.Interface {
-	var out []loader.Interface
-	for _, name := range cfg.Inside.Interfaces {
-		out = append(out, loader.Interface{Name: name, Role: loader.RoleInside})
-	}
-	for _, name := range cfg.Outside.Interfaces {
-		out = append(out, loader.Interface{Name: name, Role: loader.RoleOutside})
-	}
-	return out
-}
-
-// StorePath is where the record store lives under state_dir.
-func StorePath(cfg *config.Config) string { return filepath.Join(cfg.StateDir, "records") }
-
-// Agent is a running blocknatd.
+// Agent is a running blocknatd. Its parts are built and started by
+// components (wiring.go), in the order ARCHITECTURE.md gives, and stopped
+// in reverse.
 type Agent struct {
-	cfg       *config.Config
+	// plane is the configuration in force and the data plane serving it.
+	// A reload replaces it whole, holding natMu; its fields read as the
+	// Agent's own (a.cfg, a.nat).
+	*plane
+
 	log       *slog.Logger
-	mapping   *mapping.Mapping
+	owner     *loader.Owner
 	store     *store.Store
-	epoch     store.Epoch
-	nat       *loader.NAT
 	recorder  *events.Recorder
+	exp       *export.Exporter
 	sweeper   *sweeper.Sweeper
 	recon     *reconcile.Reconciler
 	audit     *audit.Log
@@ -76,18 +63,36 @@ type Agent struct {
 	configPath string
 	reloads    <-chan struct{}
 	// natMu is held for reading while the API or the metrics read the
-	// kernel tables, and for writing while a reload replaces them.
+	// kernel tables, and for writing while a reload replaces the plane.
 	natMu sync.RWMutex
 	// binder keeps the data plane's source bindings in step with leases.
 	binder *binder
 
-	// mu guards what reload swaps (nat, mapping, epoch, cfg) against the
-	// API's and the metrics' readers, and the last results below.
+	// mu guards the last results below against the API's and the
+	// metrics' readers.
 	mu            sync.Mutex
 	lastSweep     sweeper.Result
 	lastReconcile reconcile.Result
 	lastRetention store.SweepStats
 	retentionAt   time.Time
+}
+
+// plane is what a reload changes, as one: the configuration, its mapping
+// and epoch, and the data plane loaded for them.
+type plane struct {
+	cfg     *config.Config
+	mapping *mapping.Mapping
+	epoch   store.Epoch
+	nat     *loader.NAT
+}
+
+// current is the plane in force. The sweeper and the reconciler read it
+// through this at the start of each pass; they run on the goroutine that
+// reloads, so the tables they hold are never closed under them.
+func (a *Agent) current() *plane {
+	a.natMu.RLock()
+	defer a.natMu.RUnlock()
+	return a.plane
 }
 
 // Run starts everything and blocks until ctx ends. On return the pinned
@@ -97,135 +102,14 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	return RunWith(ctx, cfg, log, Options{})
 }
 
-// RunWith is Run with the operator's one-off choices.
-func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options) (err error) {
-	a := &Agent{cfg: cfg, log: log, clock: &events.SystemClock{}, started: time.Now()}
-	if a.mapping, err = cfg.Mapping(); err != nil {
-		return err
-	}
-	mode, err := loader.ParseMode(cfg.XDPMode)
+// RunWith is Run with the operator's one-off choices: it builds the
+// agent's components and runs them until ctx ends.
+func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options) error {
+	a, err := newAgent(cfg, log, opts)
 	if err != nil {
 		return err
 	}
-	owner, err := a.claimDataPlane(opts.ConfigPath) // before anything touches the data plane or the guard
-	if err != nil {
-		return err
-	}
-	defer owner.Release()
-	if err := a.keepPrivate(); err != nil { // before anything is written under state_dir
-		return err
-	}
-	if err := a.startDisk(); err != nil {
-		return err
-	}
-	if a.store, err = store.Open(StorePath(cfg), store.Options{Logger: log, Writable: a.disk.Writable}); err != nil {
-		return fmt.Errorf("open record store: %w%s", err, a.diskHint())
-	}
-	defer func() { err = errors.Join(err, a.store.Close()) }()
-	if a.audit, err = openAudit(cfg, a); err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, a.audit.Close()) }()
-	a.configPath, a.reloads = opts.ConfigPath, opts.Reloads
-
-	// Fail closed: the nftables guard goes in before XDP attaches and stays
-	// when the agent stops or fails, so no inside address ever leaves an
-	// outside interface untranslated (see userspace/guard).
-	if err := a.installGuard(); err != nil {
-		return err
-	}
-	if err := a.startDataPlane(mode, opts.ReplaceXDP); err != nil {
-		return err
-	}
-	defer func() { a.nat.Close() }()
-	if err := a.startSources(); err != nil {
-		return err
-	}
-	for _, ifc := range Interfaces(cfg) {
-		log.Info("xdp attached", logattr.Interface, ifc.Name, logattr.Role, ifc.Role.String(), logattr.Mode, cfg.XDPMode)
-	}
-
-	// Deferred before the Recorder's stop, so it runs after it: the last
-	// batch the Recorder flushes is exported too.
-	exp, err := export.New(export.FromConfig(cfg.Export, log))
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, exp.Close()) }()
-	rd, err := ringbuf.NewReader(a.nat.Events())
-	if err != nil {
-		return fmt.Errorf("open block event ring buffer: %w", err)
-	}
-	a.writes = metrics.NewWrites(a.store)
-	a.recorder = events.NewRecorder(a.writes, events.Options{Clock: a.clock, Logger: log, Observers: exp.Observers()})
-	a.sweeper = &sweeper.Sweeper{
-		Maps: sweeper.Maps{FlowsFwd: a.nat.FlowsFwd(), FlowsRev: a.nat.FlowsRev(), Subscribers: a.nat.SubscribersMap(),
-			Filters: a.nat.Filters()},
-		Mapping: a.mapping, Clock: a.clock, Records: a.recorder, Logger: log,
-		Timeouts: sweeperTimeouts(cfg),
-	}
-	a.recon = &reconcile.Reconciler{Subscribers: a.nat.SubscribersMap(), Mapping: a.mapping, Epoch: a.epoch.ID,
-		Store: a.store, Records: a.recorder, Clock: a.clock}
-
-	var wg sync.WaitGroup
-	recCtx, stopRecorder := context.WithCancel(context.WithoutCancel(ctx))
-	recErr := make(chan error, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		recErr <- a.recorder.Run(recCtx, rd)
-	}()
-	defer func() {
-		// Shutdown order: stop the reader, which flushes what it read
-		// into the store; the deferred store.Close runs after.
-		stopRecorder()
-		wg.Wait()
-		err = errors.Join(err, <-recErr)
-	}()
-
-	apiCtx, stopAPI := context.WithCancel(ctx)
-	a.api = api.NewServer(api.Deps{Store: a.store, Audit: a.audit, Roles: Roles(cfg), Status: a.status,
-		LeasesChanged: a.binder.sync, Now: time.Now, Logger: log})
-	apiDone := a.serveAPI(apiCtx, a.api)
-	defer func() {
-		// The API goes first: no answer may be given from a store that
-		// is being closed.
-		stopAPI()
-		if apiErr := <-apiDone; apiErr != nil && !errors.Is(apiErr, context.Canceled) {
-			err = errors.Join(err, apiErr)
-		}
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		a.audit.Run(recCtx)
-	}()
-
-	stopMonitoring, err := a.startMonitoring(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		// Before the Recorder stops (deferred above): a canary in flight
-		// must not be lost to the shutdown and raise a false alarm.
-		err = errors.Join(err, stopMonitoring())
-	}()
-
-	log.Info("translating", "subscribers", a.mapping.Subscribers, "pool_addresses", len(a.mapping.Pool),
-		"block_size", a.mapping.BlockSize, "ratio", a.mapping.Ratio, logattr.Epoch, a.epoch.ID, logattr.PinDir, cfg.BPFFSDir)
-
-	a.reconcileOnce(ctx)
-	a.deliverLeaseSpool()
-	a.retention(time.Now())
-	a.maintain(ctx)
-	log.Info("stopping; the data plane keeps translating", logattr.PinDir, cfg.BPFFSDir)
-	return nil
-}
-
-// params are the data plane's parameters for cfg under epoch.
-func params(cfg *config.Config, m *mapping.Mapping, epoch uint32) loader.Params {
-	return loader.Params{Mapping: m, Epoch: epoch, MaxFlows: cfg.MaxFlows,
-		FilterAPDF: cfg.Filtering == config.FilteringAddressPort, UDPInboundRefresh: cfg.Timeouts.UDPInboundRefresh}
+	return run(ctx, a.components(opts))
 }
 
 // startDataPlane loads, attaches and records the epoch. When the pinned
@@ -341,18 +225,13 @@ func (a *Agent) reload(ctx context.Context) {
 		// pins are missing, so a restart may start from empty tables.
 		a.log.Error("reload: pinning the new tables failed", logattr.Err, err.Error())
 	}
-	a.mu.Lock()
-	a.nat, a.mapping, a.epoch, a.cfg = next, m, epoch, cfg
-	a.mu.Unlock()
+	// One swap: the sweeper, the reconciler, the API and the metrics
+	// see the old plane or the new one, never a mixture.
+	a.plane = &plane{cfg: cfg, mapping: m, epoch: epoch, nat: next}
 	a.natMu.Unlock()
 	if err := a.putEpoch(epoch, now); err != nil {
 		a.log.Error("reload: record epoch failed", logattr.Err, err.Error())
 	}
-	a.sweeper.Maps = sweeper.Maps{FlowsFwd: next.FlowsFwd(), FlowsRev: next.FlowsRev(), Subscribers: next.SubscribersMap(),
-		Filters: next.Filters()}
-	a.sweeper.Mapping = m
-	a.sweeper.Timeouts = sweeperTimeouts(cfg)
-	a.recon.Subscribers, a.recon.Mapping, a.recon.Epoch = next.SubscribersMap(), m, epoch.ID
 	if err := a.reloadSources(cfg); err != nil {
 		a.log.Error("reload: source validation not applied", logattr.Err, err.Error())
 	}
@@ -378,14 +257,6 @@ func restartOnly(old, cfg *config.Config) string {
 		return "api.socket"
 	}
 	return ""
-}
-
-func sweeperTimeouts(cfg *config.Config) sweeper.Timeouts {
-	return sweeper.Timeouts{
-		UDP: time.Duration(cfg.Timeouts.UDP), TCPEstablished: time.Duration(cfg.Timeouts.TCPEstablished),
-		TCPTransitory: time.Duration(cfg.Timeouts.TCPTransitory), ICMP: time.Duration(cfg.Timeouts.ICMP),
-		BlockIdle: time.Duration(cfg.Timeouts.BlockIdle),
-	}
 }
 
 // maintain runs the periodic work from one goroutine, so the sweeper's and

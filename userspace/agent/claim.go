@@ -8,6 +8,12 @@ import (
 	"github.com/blocknat/blocknat/userspace/logattr"
 )
 
+// claim takes the data plane for this agent (claimDataPlane).
+func (a *Agent) claim(configPath string) (err error) {
+	a.owner, err = a.claimDataPlane(configPath)
+	return err
+}
+
 // claimDataPlane makes bpffs_dir usable on a bpffs that outlives the
 // agent, says what that took, and takes the data plane for this agent. A
 // bpffs that would vanish with the agent, or a data plane another agent

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/blocknat/blocknat/userspace/config"
 	"github.com/blocknat/blocknat/userspace/diskspace"
 	"github.com/blocknat/blocknat/userspace/logattr"
 	"github.com/blocknat/blocknat/userspace/store"
@@ -15,8 +14,13 @@ import (
 // ends on time and the reserve is made again once there is room.
 const diskCheckInterval = 2 * time.Second
 
-func diskLimits(cfg *config.Config) diskspace.Limits {
-	return diskspace.Limits{MinFree: uint64(cfg.Disk.MinFree), Reserve: uint64(cfg.Disk.Reserve)}
+// prepareStateDir makes state_dir private and reads its free space, before
+// anything is written under it.
+func (a *Agent) prepareStateDir() error {
+	if err := a.keepPrivate(); err != nil {
+		return err
+	}
+	return a.startDisk()
 }
 
 // startDisk reads state_dir's free space before the store opens. On a

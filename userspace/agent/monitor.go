@@ -11,20 +11,6 @@ import (
 	"github.com/blocknat/blocknat/userspace/metrics"
 )
 
-// Options are the agent's run-time choices that are not configuration: an
-// operator makes them for one start, not for every start.
-type Options struct {
-	// ReplaceXDP removes XDP programs that blocknat did not attach from the
-	// configured interfaces (blocknatd --replace). Without it such a
-	// program stops the start, naming the interface and the program id.
-	ReplaceXDP bool
-	// ConfigPath is the file a reload reads again.
-	ConfigPath string
-	// Reloads asks for a reload (SIGHUP): a changed mapping starts a new
-	// epoch, keeping the mappings it still allows.
-	Reloads <-chan struct{}
-}
-
 // claimInterfaces refuses interfaces that run someone else's XDP program,
 // or, when the operator asked for it, removes those programs.
 func (a *Agent) claimInterfaces(replace bool) error {
@@ -106,7 +92,7 @@ func (a *Agent) snapshot() metrics.Snapshot {
 	} else {
 		s.DataPlane = dp
 	}
-	if u, err := metrics.ScanBlocks(a.nat.FlowsFwd(), a.nat.SubscribersMap(), a.mapping.BlockSize); err != nil {
+	if u, err := metrics.ScanBlocks(a.nat, a.mapping.BlockSize); err != nil {
 		s.Errors = append(s.Errors, metrics.ErrPart("kernel tables", err))
 	} else {
 		s.Blocks = &u

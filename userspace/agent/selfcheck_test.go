@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -29,13 +28,14 @@ type ring struct {
 	once   sync.Once
 }
 
-func (r *ring) ReadInto(rec *ringbuf.Record) error {
+func (r *ring) Read() (loader.BlockEvent, error) {
+	var e loader.BlockEvent
 	select {
 	case b := <-r.ch:
-		rec.RawSample = b
-		return nil
+		_, err := binary.Decode(b, binary.NativeEndian, &e)
+		return e, err
 	case <-r.closed:
-		return ringbuf.ErrClosed
+		return e, loader.ErrEventsClosed
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 
-	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/config"
 )
 
@@ -57,15 +56,4 @@ func (a *Agent) reloadSources(cfg *config.Config) error {
 	a.binder.mu.Unlock()
 	a.binder.sync()
 	return nil
-}
-
-func interfacePolicies(cfg *config.Config, rules config.SourceRules) map[string]loader.InterfacePolicy {
-	out := map[string]loader.InterfacePolicy{}
-	for _, name := range cfg.Inside.Interfaces {
-		p := loader.InterfacePolicy{Prefixes: rules.InterfacePrefixes[name], RequireBinding: rules.RequireBinding[name]}
-		if len(p.Prefixes) > 0 || p.RequireBinding {
-			out[name] = p
-		}
-	}
-	return out
 }

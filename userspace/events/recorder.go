@@ -13,16 +13,12 @@ package events
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/logattr"
@@ -122,10 +118,10 @@ func Canary(e loader.BlockEvent, clock Clock) store.Canary {
 	return store.Canary{Seq: e.Subscriber, Time: clock.Wall(e.TimeNs), Epoch: e.Epoch}
 }
 
-// Source is the ring buffer reader (*ringbuf.Reader); Close must make a
-// blocked ReadInto return ringbuf.ErrClosed.
+// Source is the ring buffer reader (*loader.EventReader); Close must make
+// a blocked Read return loader.ErrEventsClosed.
 type Source interface {
-	ReadInto(*ringbuf.Record) error
+	Read() (loader.BlockEvent, error)
 	Close() error
 }
 
@@ -210,18 +206,16 @@ func (r *Recorder) Run(ctx context.Context, rd Source) error {
 }
 
 func (r *Recorder) read(rd Source, out chan<- loader.BlockEvent) error {
-	var rec ringbuf.Record
 	for {
-		if err := rd.ReadInto(&rec); err != nil {
-			if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("read block events: %w", err)
-		}
-		var e loader.BlockEvent
-		if _, err := binary.Decode(rec.RawSample, binary.NativeEndian, &e); err != nil {
+		e, err := rd.Read()
+		switch {
+		case errors.Is(err, loader.ErrEventsClosed):
+			return nil
+		case errors.Is(err, loader.ErrMalformedEvent):
 			r.log.Error("malformed block event skipped", logattr.Err, err.Error())
 			continue
+		case err != nil:
+			return fmt.Errorf("read block events: %w", err)
 		}
 		out <- e
 	}

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/blocknat/blocknat/internal/testutil"
@@ -30,13 +29,14 @@ func newFakeRing() *fakeRing {
 	return &fakeRing{ch: make(chan []byte, 64), closed: make(chan struct{})}
 }
 
-func (f *fakeRing) ReadInto(r *ringbuf.Record) error {
+func (f *fakeRing) Read() (loader.BlockEvent, error) {
+	var e loader.BlockEvent
 	select {
 	case b := <-f.ch:
-		r.RawSample = b
-		return nil
+		_, err := binary.Decode(b, binary.NativeEndian, &e)
+		return e, err
 	case <-f.closed:
-		return ringbuf.ErrClosed
+		return e, loader.ErrEventsClosed
 	}
 }
 

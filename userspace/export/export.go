@@ -66,7 +66,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/blocknat/blocknat/userspace/config"
 	"github.com/blocknat/blocknat/userspace/logattr"
 	"github.com/blocknat/blocknat/userspace/store"
 )
@@ -127,20 +126,6 @@ type SyslogOptions struct {
 	AppName string // default "blocknat"
 	// Hostname is the HOSTNAME field (default os.Hostname, "-" when unknown).
 	Hostname string
-}
-
-// FromConfig turns the configuration's export section into Options. The
-// configuration has been validated, so the addresses parse.
-func FromConfig(c config.Export, log *slog.Logger) Options {
-	o := Options{Logger: log}
-	if x := c.IPFIX; x != nil {
-		o.IPFIX = &IPFIXOptions{Collector: netip.MustParseAddrPort(x.Collector),
-			TemplateRefresh: time.Duration(x.TemplateRefresh), ObservationDomain: x.ObservationDomain}
-	}
-	if x := c.Syslog; x != nil {
-		o.Syslog = &SyslogOptions{Address: netip.MustParseAddrPort(x.Address), Network: x.Network, AppName: x.AppName}
-	}
-	return o
 }
 
 // sender is one transport.

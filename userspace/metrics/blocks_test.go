@@ -1,13 +1,12 @@
 package metrics
 
 import (
-	"encoding/binary"
+	"net/netip"
 	"os"
 	"testing"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/blocknat/blocknat/loader"
+	"github.com/blocknat/blocknat/userspace/mapping"
 )
 
 func requireRoot(t *testing.T) {
@@ -21,25 +20,23 @@ func requireRoot(t *testing.T) {
 	t.Skip("needs root to create BPF maps")
 }
 
-// TestScanBlocks: real kernel tables shaped like the NAT's: utilisation is
-// the share of a block's ports held by forward mappings, only active
-// blocks are counted, and a table larger than one batch is read whole.
+// TestScanBlocks: the NAT's real kernel tables (nothing attached):
+// utilisation is the share of a block's ports held by forward mappings,
+// only active blocks are counted, and a table larger than one batch is
+// read whole (loader's TestFlowsPerSubscriber proves the batches).
 func TestScanBlocks(t *testing.T) {
 	requireRoot(t)
 	const blockSize = 4
 	const subs = 3000
-	flows, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: uint32(binary.Size(loader.FlowKey{})),
-		ValueSize: uint32(binary.Size(loader.FlowFwd{})), MaxEntries: 16384})
+	m, err := mapping.New([]netip.Prefix{netip.MustParsePrefix("100.64.0.0/20")}, []netip.Prefix{netip.MustParsePrefix("198.51.100.10/32")}, 1024, 65535, blockSize)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer flows.Close()
-	subscribers, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4,
-		ValueSize: uint32(binary.Size(loader.SubscriberState{})), MaxEntries: subs})
+	nat, err := loader.Load(loader.Params{Mapping: m, Epoch: 1}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer subscribers.Close()
+	defer nat.Close()
 
 	// Subscriber i holds i%5 mappings (0..4 of 4 ports; more than the
 	// block cannot happen, 4 is full). Every third subscriber is idle,
@@ -51,9 +48,9 @@ func TestScanBlocks(t *testing.T) {
 		n := int(i % 5)
 		for range n {
 			port++
-			key := loader.FlowKey{Addr: i, Port: port, Proto: 17}
+			key := loader.FlowKey{Addr: i, Port: port, Proto: loader.ProtoUDP}
 			val := loader.FlowFwd{Subscriber: i, NatPort: port}
-			if err := flows.Put(&key, &val); err != nil {
+			if err := nat.AddMapping(key, val); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -73,15 +70,11 @@ func TestScanBlocks(t *testing.T) {
 				}
 			}
 		}
-		if err := subscribers.Put(&i, &st); err != nil {
+		if err := nat.SetSubscriber(i, st); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if want.Flows <= flowBatch {
-		t.Fatalf("the table holds %d mappings: not more than one batch of %d", want.Flows, flowBatch)
-	}
-
-	got, err := ScanBlocks(flows, subscribers, blockSize)
+	got, err := ScanBlocks(nat, blockSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +87,7 @@ func TestScanBlocks(t *testing.T) {
 			t.Errorf("bucket le=%v: %d blocks, want %d", UtilisationBuckets[b], got.Counts[b], want.Counts[b])
 		}
 	}
-	if _, err := ScanBlocks(flows, subscribers, 0); err == nil {
+	if _, err := ScanBlocks(nat, 0); err == nil {
 		t.Error("block size 0 accepted")
 	}
 }

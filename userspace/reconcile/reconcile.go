@@ -10,8 +10,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/events"
 	"github.com/blocknat/blocknat/userspace/mapping"
@@ -28,14 +26,26 @@ type Submitter interface {
 	Submit(ctx context.Context, ops []store.Op) error
 }
 
+// Tables lists the blocks the kernel shows as active (*loader.NAT).
+type Tables interface {
+	ActiveBlocks() ([]loader.ActiveBlock, error)
+}
+
+// Plane is the data plane in force: its tables, the mapping they serve and
+// its epoch. A reload replaces it whole.
+type Plane struct {
+	Tables  Tables
+	Mapping *mapping.Mapping
+	Epoch   uint32
+}
+
 // Reconciler compares the kernel's subscriber table with the open records.
 type Reconciler struct {
-	Subscribers *ebpf.Map
-	Mapping     *mapping.Mapping
-	Epoch       uint32
-	Store       OpenLister
-	Records     Submitter
-	Clock       events.Clock
+	// Plane returns the data plane in force; a pass reads it once.
+	Plane   func() Plane
+	Store   OpenLister
+	Records Submitter
+	Clock   events.Clock
 	// Grace skips blocks activated this recently, whose ring buffer event
 	// is probably still on its way. The agent uses 0: a recovered record
 	// starts at the time the kernel noted, so it is exact either way, and
@@ -65,6 +75,7 @@ func idOf(sub uint32, b mapping.Block) blockID {
 // Once runs one pass.
 func (r *Reconciler) Once(ctx context.Context) (Result, error) {
 	var res Result
+	p := r.Plane()
 	nowMono := r.Clock.MonoNow()
 	now := r.Clock.Wall(nowMono)
 
@@ -77,41 +88,36 @@ func (r *Reconciler) Once(ctx context.Context) (Result, error) {
 		openByID[blockID{rec.Subscriber, rec.Public.As4(), rec.PortLo}] = rec
 	}
 
+	blocks, err := p.Tables.ActiveBlocks()
+	if err != nil {
+		return res, fmt.Errorf("scan subscribers: %w", err)
+	}
 	var ops []store.Op
 	active := map[blockID]bool{}
-	var idx uint32
-	var st loader.SubscriberState
-	it := r.Subscribers.Iterate()
-	for it.Next(&idx, &st) {
-		if st.Active == 0 {
-			continue
-		}
+	for _, b := range blocks {
 		res.Active++
-		block, err := r.Mapping.Block(idx)
+		block, err := p.Mapping.Block(b.Subscriber)
 		if err != nil {
-			return res, fmt.Errorf("subscriber %d is active in the kernel but not in the mapping: %w", idx, err)
+			return res, fmt.Errorf("subscriber %d is active in the kernel but not in the mapping: %w", b.Subscriber, err)
 		}
-		id := idOf(idx, block)
+		id := idOf(b.Subscriber, block)
 		active[id] = true
 		if _, ok := openByID[id]; ok {
 			continue
 		}
 		start := now
-		if st.ActiveSinceNs != 0 {
-			if nowMono-st.ActiveSinceNs < uint64(r.Grace) {
+		if b.ActiveSinceNs != 0 {
+			if nowMono-b.ActiveSinceNs < uint64(r.Grace) {
 				continue
 			}
 			// The data plane noted when the block became active, so a
 			// recovered record starts when the block really did.
-			start = r.Clock.Wall(st.ActiveSinceNs)
+			start = r.Clock.Wall(b.ActiveSinceNs)
 		}
 		ops = append(ops, store.Op{Kind: store.OpActivate, Record: store.Record{
-			Subscriber: idx, Inside: block.Inside, Public: block.Public, PortLo: block.PortLo, PortHi: block.PortHi,
-			Start: start, Epoch: r.Epoch, Flags: store.FlagRecovered}})
+			Subscriber: b.Subscriber, Inside: block.Inside, Public: block.Public, PortLo: block.PortLo, PortHi: block.PortHi,
+			Start: start, Epoch: p.Epoch, Flags: store.FlagRecovered}})
 		res.Recovered++
-	}
-	if err := it.Err(); err != nil {
-		return res, fmt.Errorf("scan subscribers: %w", err)
 	}
 	for id, rec := range openByID {
 		if active[id] {

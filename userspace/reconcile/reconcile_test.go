@@ -50,7 +50,7 @@ func TestReconcile(t *testing.T) {
 	since := map[uint32]uint64{2: now - uint64(time.Hour), 3: now - uint64(2*time.Hour), 4: 0}
 	for sub, s := range since {
 		state := loader.SubscriberState{Active: 1, ActiveSinceNs: s, LastActiveNs: now}
-		if err := nat.SubscribersMap().Put(&sub, &state); err != nil {
+		if err := nat.SetSubscriber(sub, state); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -64,7 +64,8 @@ func TestReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r := &Reconciler{Subscribers: nat.SubscribersMap(), Mapping: m, Epoch: 4, Store: st, Records: direct{st}, Clock: clock, Grace: time.Second}
+	plane := func() Plane { return Plane{Tables: nat, Mapping: m, Epoch: 4} }
+	r := &Reconciler{Plane: plane, Store: st, Records: direct{st}, Clock: clock, Grace: time.Second}
 	res, err := r.Once(context.Background())
 	if err != nil {
 		t.Fatal(err)

@@ -9,12 +9,9 @@ package sweeper
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
-
-	"github.com/cilium/ebpf"
 
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/events"
@@ -30,10 +27,23 @@ type Timeouts struct {
 	BlockIdle time.Duration
 }
 
-// Maps are the kernel tables the sweeper works on. Filters, the remote
-// endpoints each mapping sent to, may be nil (nothing to prune).
-type Maps struct {
-	FlowsFwd, FlowsRev, Subscribers, Filters *ebpf.Map
+// Tables are the kernel tables a sweep works on (*loader.NAT).
+type Tables interface {
+	Flows(func(loader.FlowKey, loader.FlowFwd) error) error
+	ExpireFlow(loader.FlowKey, func(loader.FlowFwd) bool) (loader.FlowFwd, bool, error)
+	PruneFilters(expired map[loader.MappingEnd]uint64) (int, error)
+	ActiveBlocks() ([]loader.ActiveBlock, error)
+	ReleaseBlock(subscriber uint32) error
+	KeepBlock(subscriber uint32) error
+	BlockActive(subscriber uint32) (bool, error)
+}
+
+// Plane is what a sweep works on: the data plane's tables, the mapping
+// they serve and the timeouts in force. A reload replaces it whole.
+type Plane struct {
+	Tables   Tables
+	Mapping  *mapping.Mapping
+	Timeouts Timeouts
 }
 
 // Submitter writes record changes in order with the ring buffer's events
@@ -44,12 +54,12 @@ type Submitter interface {
 
 // Sweeper runs one sweep at a time.
 type Sweeper struct {
-	Maps     Maps
-	Timeouts Timeouts
-	Mapping  *mapping.Mapping
-	Clock    events.Clock
-	Records  Submitter
-	Logger   *slog.Logger
+	// Plane returns the data plane in force; a sweep reads it once, at
+	// its start.
+	Plane   func() Plane
+	Clock   events.Clock
+	Records Submitter
+	Logger  *slog.Logger
 }
 
 // Result counts what one sweep did.
@@ -61,31 +71,39 @@ type Result struct {
 	Released     int // blocks released
 }
 
-func (s *Sweeper) timeout(key loader.FlowKey, v loader.FlowFwd) time.Duration {
+func (t Timeouts) of(key loader.FlowKey, v loader.FlowFwd) time.Duration {
 	switch loader.TimeoutClassOf(key, v) {
 	case loader.TimeoutTCPEstablished:
-		return s.Timeouts.TCPEstablished
+		return t.TCPEstablished
 	case loader.TimeoutTCPTransitory:
 		// Closing only after a FIN or RST from or to the peer, so a
 		// stranger's RST cannot put a mapping on this short clock.
-		return s.Timeouts.TCPTransitory
+		return t.TCPTransitory
 	case loader.TimeoutICMP:
-		return s.Timeouts.ICMP
+		return t.ICMP
 	}
-	return s.Timeouts.UDP
+	return t.UDP
+}
+
+// idle says whether the mapping key, v has outlived its timeout at now.
+func (t Timeouts) idle(now uint64, key loader.FlowKey, v loader.FlowFwd) bool {
+	return age(now, v.LastSeenNs) > t.of(key, v)
 }
 
 // Sweep expires idle mappings, then releases idle blocks.
 func (s *Sweeper) Sweep(ctx context.Context) (Result, error) {
 	var res Result
+	p := s.Plane()
 	now := s.Clock.MonoNow()
-	flows, expired, err := s.scanFlows(now)
+	flows, expired, err := scanFlows(p, now)
 	if err != nil {
 		return res, err
 	}
 	gone := map[loader.MappingEnd]uint64{}
 	for _, fl := range expired {
-		removed, val, err := s.expire(fl.key, now)
+		// Idle when looked at again: a packet may have refreshed it
+		// since the scan.
+		val, removed, err := p.Tables.ExpireFlow(fl.key, func(v loader.FlowFwd) bool { return p.Timeouts.idle(now, fl.key, v) })
 		if err != nil {
 			return res, err
 		}
@@ -96,18 +114,16 @@ func (s *Sweeper) Sweep(ctx context.Context) (Result, error) {
 			flows[fl.subscriber]++ // refreshed while we looked
 		}
 	}
-	if s.Maps.Filters != nil {
-		// The remote endpoints a mapping sent to go with it: the filter
-		// table names a destination only while its mapping lives.
-		if res.Forgotten, err = loader.PruneFilters(s.Maps.Filters, s.Maps.FlowsRev, gone); err != nil {
-			return res, err
-		}
+	// The remote endpoints a mapping sent to go with it: the filter
+	// table names a destination only while its mapping lives.
+	if res.Forgotten, err = p.Tables.PruneFilters(gone); err != nil {
+		return res, err
 	}
 	for _, n := range flows {
 		res.Flows += n
 	}
 
-	released, active, err := s.releaseIdle(ctx, flows, now)
+	released, active, err := s.releaseIdle(ctx, p, flows, now)
 	res.Released, res.ActiveBlocks = released, active
 	return res, err
 }
@@ -118,21 +134,19 @@ type flowRef struct {
 }
 
 // scanFlows counts live mappings per subscriber and lists expired ones.
-func (s *Sweeper) scanFlows(now uint64) (map[uint32]int, []flowRef, error) {
+func scanFlows(p Plane, now uint64) (map[uint32]int, []flowRef, error) {
 	live := map[uint32]int{}
 	var expired []flowRef
-	var key loader.FlowKey
-	var val loader.FlowFwd
-	it := s.Maps.FlowsFwd.Iterate()
-	for it.Next(&key, &val) {
-		if age(now, val.LastSeenNs) > s.timeout(key, val) {
+	err := p.Tables.Flows(func(key loader.FlowKey, val loader.FlowFwd) error {
+		if p.Timeouts.idle(now, key, val) {
 			expired = append(expired, flowRef{key, val.Subscriber})
-			continue
+		} else {
+			live[val.Subscriber]++
 		}
-		live[val.Subscriber]++
-	}
-	if err := it.Err(); err != nil {
-		return nil, nil, fmt.Errorf("scan flows_fwd: %w", err)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("scan flows: %w", err)
 	}
 	return live, expired, nil
 }
@@ -144,65 +158,32 @@ func age(now, then uint64) time.Duration {
 	return time.Duration(now - then)
 }
 
-// expire removes one mapping if it is still idle, and returns it. The
-// forward entry goes first: an outbound packet arriving meanwhile then
-// makes a fresh mapping instead of refreshing one that is about to lose its
-// reverse side.
-func (s *Sweeper) expire(key loader.FlowKey, now uint64) (bool, loader.FlowFwd, error) {
-	var val loader.FlowFwd
-	if err := s.Maps.FlowsFwd.Lookup(&key, &val); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return false, val, nil
-		}
-		return false, val, fmt.Errorf("read flows_fwd: %w", err)
-	}
-	if age(now, val.LastSeenNs) <= s.timeout(key, val) {
-		return false, val, nil
-	}
-	if err := s.Maps.FlowsFwd.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return false, val, fmt.Errorf("delete from flows_fwd: %w", err)
-	}
-	rkey := loader.FlowKey{Addr: val.NatAddr, Port: val.NatPort, Proto: key.Proto}
-	var rev loader.FlowRev
-	if err := s.Maps.FlowsRev.Lookup(&rkey, &rev); err == nil && rev.Addr == key.Addr && rev.Port == key.Port {
-		if err := s.Maps.FlowsRev.Delete(&rkey); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return true, val, fmt.Errorf("delete from flows_rev: %w", err)
-		}
-	}
-	return true, val, nil
-}
-
 // releaseIdle releases blocks with no mapping for BlockIdle. A block is
 // marked idle in the kernel first and its mappings counted again; only a
 // block still idle and still unused after that is released. A flow the
 // data plane makes after the mark re-activates the block through the ring
 // buffer, and the Recorder orders that activation after this release.
-func (s *Sweeper) releaseIdle(ctx context.Context, flows map[uint32]int, now uint64) (released, active int, err error) {
-	var candidates []uint32
-	var idx uint32
-	var st loader.SubscriberState
-	it := s.Maps.Subscribers.Iterate()
-	for it.Next(&idx, &st) {
-		if st.Active == 0 {
-			continue
-		}
-		active++
-		if flows[idx] == 0 && age(now, st.LastActiveNs) > s.Timeouts.BlockIdle {
-			candidates = append(candidates, idx)
-		}
+func (s *Sweeper) releaseIdle(ctx context.Context, p Plane, flows map[uint32]int, now uint64) (released, active int, err error) {
+	blocks, err := p.Tables.ActiveBlocks()
+	if err != nil {
+		return 0, 0, fmt.Errorf("scan subscribers: %w", err)
 	}
-	if err := it.Err(); err != nil {
-		return 0, active, fmt.Errorf("scan subscribers: %w", err)
+	active = len(blocks)
+	var candidates []uint32
+	for _, b := range blocks {
+		if flows[b.Subscriber] == 0 && age(now, b.LastActiveNs) > p.Timeouts.BlockIdle {
+			candidates = append(candidates, b.Subscriber)
+		}
 	}
 	if len(candidates) == 0 {
 		return 0, active, nil
 	}
 	for _, sub := range candidates {
-		if err := s.setActive(sub, 0); err != nil {
+		if err := p.Tables.ReleaseBlock(sub); err != nil {
 			return 0, active, err
 		}
 	}
-	again, _, err := s.scanFlows(s.Clock.MonoNow())
+	again, _, err := scanFlows(p, s.Clock.MonoNow())
 	if err != nil {
 		return 0, active, err
 	}
@@ -212,18 +193,17 @@ func (s *Sweeper) releaseIdle(ctx context.Context, flows map[uint32]int, now uin
 		if again[sub] > 0 {
 			// Used again in between: the block stays active and its
 			// record open.
-			if err := s.setActive(sub, 1); err != nil {
+			if err := p.Tables.KeepBlock(sub); err != nil {
 				return 0, active, err
 			}
 			continue
 		}
-		if err := s.Maps.Subscribers.Lookup(&sub, &st); err != nil {
-			return 0, active, fmt.Errorf("read subscribers[%d]: %w", sub, err)
-		}
-		if st.Active != 0 {
+		if reactivated, err := p.Tables.BlockActive(sub); err != nil {
+			return 0, active, err
+		} else if reactivated {
 			continue // re-activated by the data plane: a new event is on its way
 		}
-		block, err := s.Mapping.Block(sub)
+		block, err := p.Mapping.Block(sub)
 		if err != nil {
 			return 0, active, err
 		}
@@ -240,16 +220,4 @@ func (s *Sweeper) releaseIdle(ctx context.Context, flows map[uint32]int, now uin
 		s.Logger.Debug("released idle blocks", logattr.Count, len(ops))
 	}
 	return len(ops), active - len(ops), nil
-}
-
-func (s *Sweeper) setActive(sub uint32, active uint32) error {
-	var st loader.SubscriberState
-	if err := s.Maps.Subscribers.Lookup(&sub, &st); err != nil {
-		return fmt.Errorf("read subscribers[%d]: %w", sub, err)
-	}
-	st.Active = active
-	if err := s.Maps.Subscribers.Update(&sub, &st, ebpf.UpdateExist); err != nil {
-		return fmt.Errorf("write subscribers[%d]: %w", sub, err)
-	}
-	return nil
 }

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/internal/testclock"
 	"github.com/blocknat/blocknat/userspace/mapping"
@@ -53,13 +51,18 @@ func fixture(t *testing.T) (*Sweeper, *loader.NAT, *testclock.Clock, *recordedOp
 	t.Cleanup(func() { nat.Close() })
 	clock := testclock.New(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), time.Hour)
 	rec := &recordedOps{}
-	s := &Sweeper{
-		Maps:    Maps{FlowsFwd: nat.FlowsFwd(), FlowsRev: nat.FlowsRev(), Subscribers: nat.SubscribersMap()},
-		Mapping: m, Clock: clock, Records: rec,
-		Timeouts: Timeouts{UDP: 300 * time.Second, TCPEstablished: 7440 * time.Second, TCPTransitory: 240 * time.Second,
-			ICMP: 60 * time.Second, BlockIdle: 300 * time.Second},
-	}
+	s := &Sweeper{Plane: planeOf(nat, m), Clock: clock, Records: rec}
 	return s, nat, clock, rec
+}
+
+// planeOf is the data plane as the agent hands it to the sweeper, with
+// the RFC timeouts.
+func planeOf(nat *loader.NAT, m *mapping.Mapping) func() Plane {
+	return func() Plane {
+		return Plane{Tables: nat, Mapping: m,
+			Timeouts: Timeouts{UDP: 300 * time.Second, TCPEstablished: 7440 * time.Second, TCPTransitory: 240 * time.Second,
+				ICMP: 60 * time.Second, BlockIdle: 300 * time.Second}}
+	}
 }
 
 func be32(a string) uint32 {
@@ -74,20 +77,20 @@ func addFlow(t *testing.T, nat *loader.NAT, sub uint32, inside string, port uint
 	t.Helper()
 	key := loader.FlowKey{Addr: be32(inside), Port: be16(port), Proto: proto}
 	fwd := loader.FlowFwd{LastSeenNs: lastSeen, NatAddr: be32("198.51.100.10"), NatPort: be16(natPort), State: state, Subscriber: sub}
-	rkey := loader.FlowKey{Addr: fwd.NatAddr, Port: fwd.NatPort, Proto: proto}
-	rev := loader.FlowRev{Addr: key.Addr, Port: key.Port, Subscriber: sub}
-	if err := nat.FlowsFwd().Put(&key, &fwd); err != nil {
-		t.Fatal(err)
-	}
-	if err := nat.FlowsRev().Put(&rkey, &rev); err != nil {
+	if err := nat.AddMapping(key, fwd); err != nil {
 		t.Fatal(err)
 	}
 	return key
 }
 
-func exists(m *ebpf.Map, key loader.FlowKey) bool {
-	var v []byte
-	return m.Lookup(&key, &v) == nil
+func hasForward(nat *loader.NAT, key loader.FlowKey) bool {
+	_, ok, _ := nat.LookupFlow(key)
+	return ok
+}
+
+func hasReverse(nat *loader.NAT, key loader.FlowKey) bool {
+	_, ok, _ := nat.LookupReverse(key)
+	return ok
 }
 
 // TestTimeoutsByKind: after 250 s idle, TCP transitory and ICMP mappings
@@ -95,10 +98,10 @@ func exists(m *ebpf.Map, key loader.FlowKey) bool {
 func TestTimeoutsByKind(t *testing.T) {
 	s, nat, clock, _ := fixture(t)
 	now := clock.MonoNow()
-	udp := addFlow(t, nat, 2, "100.64.0.2", 40000, 17, loader.FlowStateOther, 2100, now)
-	est := addFlow(t, nat, 2, "100.64.0.2", 40001, 6, loader.FlowStateTCPEst, 2101, now)
-	syn := addFlow(t, nat, 2, "100.64.0.2", 40002, 6, loader.FlowStateTCPTrans, 2102, now)
-	ping := addFlow(t, nat, 2, "100.64.0.2", 7, 1, loader.FlowStateOther, 2103, now)
+	udp := addFlow(t, nat, 2, "100.64.0.2", 40000, loader.ProtoUDP, loader.FlowStateOther, 2100, now)
+	est := addFlow(t, nat, 2, "100.64.0.2", 40001, loader.ProtoTCP, loader.FlowStateTCPEst, 2101, now)
+	syn := addFlow(t, nat, 2, "100.64.0.2", 40002, loader.ProtoTCP, loader.FlowStateTCPTrans, 2102, now)
+	ping := addFlow(t, nat, 2, "100.64.0.2", 7, loader.ProtoICMP, loader.FlowStateOther, 2103, now)
 	clock.Advance(250 * time.Second)
 	res, err := s.Sweep(context.Background())
 	if err != nil {
@@ -113,8 +116,8 @@ func TestTimeoutsByKind(t *testing.T) {
 		want bool
 	}{"udp": {udp, 2100, true}, "tcp established": {est, 2101, true}, "tcp transitory": {syn, 2102, false}, "icmp": {ping, 2103, false}} {
 		rkey := loader.FlowKey{Addr: be32("198.51.100.10"), Port: be16(c.port), Proto: c.key.Proto}
-		if exists(nat.FlowsFwd(), c.key) != c.want || exists(nat.FlowsRev(), rkey) != c.want {
-			t.Errorf("%s: forward %v reverse %v, want both %v", name, exists(nat.FlowsFwd(), c.key), exists(nat.FlowsRev(), rkey), c.want)
+		if hasForward(nat, c.key) != c.want || hasReverse(nat, rkey) != c.want {
+			t.Errorf("%s: forward %v reverse %v, want both %v", name, hasForward(nat, c.key), hasReverse(nat, rkey), c.want)
 		}
 	}
 	// UDP's 300 s and the established 7440 s pass later.
@@ -135,12 +138,12 @@ func TestReleaseIdleBlock(t *testing.T) {
 	now := clock.MonoNow()
 	for _, sub := range []uint32{2, 3} {
 		st := loader.SubscriberState{Active: 1, LastActiveNs: now, ActiveSinceNs: now}
-		if err := nat.SubscribersMap().Put(&sub, &st); err != nil {
+		if err := nat.SetSubscriber(sub, st); err != nil {
 			t.Fatal(err)
 		}
 	}
 	clock.Advance(200 * time.Second)
-	addFlow(t, nat, 3, "100.64.0.3", 40000, 17, loader.FlowStateOther, 2600, clock.MonoNow())
+	addFlow(t, nat, 3, "100.64.0.3", 40000, loader.ProtoUDP, loader.FlowStateOther, 2600, clock.MonoNow())
 	if res, _ := s.Sweep(context.Background()); res.Released != 0 {
 		t.Fatalf("released %d blocks before block_idle", res.Released)
 	}
@@ -158,8 +161,8 @@ func TestReleaseIdleBlock(t *testing.T) {
 		t.Errorf("ops %+v, want one release of subscriber 2's block at %v", rec.ops, clock.Now())
 	}
 	for sub, want := range map[uint32]uint32{2: 0, 3: 1} {
-		var st loader.SubscriberState
-		if err := nat.SubscribersMap().Lookup(&sub, &st); err != nil {
+		st, err := nat.Subscriber(sub)
+		if err != nil {
 			t.Fatal(err)
 		}
 		if st.Active != want {
@@ -185,24 +188,19 @@ func TestFiltersGoWithTheirMapping(t *testing.T) {
 	}
 	t.Cleanup(func() { nat.Close() })
 	clock := testclock.New(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), time.Hour)
-	s := &Sweeper{
-		Maps:    Maps{FlowsFwd: nat.FlowsFwd(), FlowsRev: nat.FlowsRev(), Subscribers: nat.SubscribersMap(), Filters: nat.Filters()},
-		Mapping: m, Clock: clock, Records: &recordedOps{},
-		Timeouts: Timeouts{UDP: 300 * time.Second, TCPEstablished: 7440 * time.Second, TCPTransitory: 240 * time.Second,
-			ICMP: 60 * time.Second, BlockIdle: 300 * time.Second},
-	}
+	s := &Sweeper{Plane: planeOf(nat, m), Clock: clock, Records: &recordedOps{}}
 	note := func(natPort uint16, remote string, seen uint64) loader.FilterKey {
-		k := loader.FilterKey{NatAddr: be32("198.51.100.10"), RemoteAddr: be32(remote), NatPort: be16(natPort), RemotePort: be16(53), Proto: 17}
-		if err := nat.Filters().Put(&k, &seen); err != nil {
+		k := loader.FilterKey{NatAddr: be32("198.51.100.10"), RemoteAddr: be32(remote), NatPort: be16(natPort), RemotePort: be16(53), Proto: loader.ProtoUDP}
+		if err := nat.NoteRemote(k, seen); err != nil {
 			t.Fatal(err)
 		}
 		return k
 	}
 	start := clock.MonoNow()
-	addFlow(t, nat, 2, "100.64.0.2", 40000, 17, loader.FlowStateOther, 2100, start)
+	addFlow(t, nat, 2, "100.64.0.2", 40000, loader.ProtoUDP, loader.FlowStateOther, 2100, start)
 	expiring := note(2100, "192.0.2.1", start)
 	clock.Advance(200 * time.Second)
-	addFlow(t, nat, 2, "100.64.0.2", 40001, 17, loader.FlowStateOther, 2101, clock.MonoNow())
+	addFlow(t, nat, 2, "100.64.0.2", 40001, loader.ProtoUDP, loader.FlowStateOther, 2101, clock.MonoNow())
 	live := note(2101, "192.0.2.2", clock.MonoNow())
 	orphan := note(2102, "192.0.2.3", start) // no mapping holds 2102
 	clock.Advance(150 * time.Second)
@@ -213,12 +211,11 @@ func TestFiltersGoWithTheirMapping(t *testing.T) {
 	if res.Expired != 1 || res.Forgotten != 2 {
 		t.Errorf("result %+v, want 1 mapping expired and 2 remote endpoints forgotten", res)
 	}
-	var seen uint64
 	for name, c := range map[string]struct {
 		key  loader.FilterKey
 		want bool
 	}{"expired mapping's": {expiring, false}, "live mapping's": {live, true}, "orphan": {orphan, false}} {
-		if got := nat.Filters().Lookup(&c.key, &seen) == nil; got != c.want {
+		if got, _ := nat.RemoteNoted(c.key); got != c.want {
 			t.Errorf("%s endpoint present %v, want %v", name, got, c.want)
 		}
 	}
@@ -226,13 +223,13 @@ func TestFiltersGoWithTheirMapping(t *testing.T) {
 	// A mapping made on port 2100 since, sending to a new remote, between
 	// the sweep's scan and its pruning: its endpoint is newer than the
 	// expired mapping's last use and stays.
-	gone := map[loader.MappingEnd]uint64{{Addr: be32("198.51.100.10"), Port: be16(2100), Proto: 17}: start}
-	addFlow(t, nat, 2, "100.64.0.2", 40002, 17, loader.FlowStateOther, 2100, clock.MonoNow())
+	gone := map[loader.MappingEnd]uint64{{Addr: be32("198.51.100.10"), Port: be16(2100), Proto: loader.ProtoUDP}: start}
+	addFlow(t, nat, 2, "100.64.0.2", 40002, loader.ProtoUDP, loader.FlowStateOther, 2100, clock.MonoNow())
 	fresh := note(2100, "192.0.2.4", clock.MonoNow())
-	if _, err := loader.PruneFilters(nat.Filters(), nat.FlowsRev(), gone); err != nil {
+	if _, err := nat.PruneFilters(gone); err != nil {
 		t.Fatal(err)
 	}
-	if nat.Filters().Lookup(&fresh, &seen) != nil {
+	if noted, _ := nat.RemoteNoted(fresh); !noted {
 		t.Error("the new mapping's endpoint was pruned with the old mapping's")
 	}
 }
