@@ -1,9 +1,11 @@
-// Package agent is blocknatd's body. Run opens the record store, records
-// the mapping's epoch, loads and attaches the data plane, and then keeps
-// four things going until its context ends: the ring-buffer reader that
-// writes block records, the sweeper that expires mappings and releases idle
-// blocks, the reconciler that repairs records from the kernel's view, and
-// the daily retention sweep.
+// Package agent is blocknatd's body. RunWith claims the data plane, opens
+// the record store and the audit log, installs the guard, loads and
+// attaches the data plane, and then keeps things going until its context
+// ends: the ring-buffer reader that writes block records, the API, the
+// self-check and metrics, and the maintenance loop (the sweeper that
+// expires mappings and releases idle blocks, the reconciler that repairs
+// records from the kernel's view, retention, reloads). wiring.go lists
+// these components in the order they start; they stop in reverse.
 package agent
 
 import (
@@ -95,15 +97,10 @@ func (a *Agent) current() *plane {
 	return a.plane
 }
 
-// Run starts everything and blocks until ctx ends. On return the pinned
-// links keep translating: stopping the agent must not cut subscribers off.
+// RunWith builds the agent's components for cfg and the operator's
+// one-off choices, and runs them until ctx ends. On return the pinned links
+// keep translating: stopping the agent must not cut subscribers off.
 // loader.Detach removes the data plane.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	return RunWith(ctx, cfg, log, Options{})
-}
-
-// RunWith is Run with the operator's one-off choices: it builds the
-// agent's components and runs them until ctx ends.
 func RunWith(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options) error {
 	a, err := newAgent(cfg, log, opts)
 	if err != nil {
@@ -150,7 +147,7 @@ func (a *Agent) startDataPlane(mode loader.Mode, replace bool) error {
 	if err := a.claimInterfaces(replace); err != nil {
 		return err
 	}
-	if err := a.nat.AttachAll(Interfaces(cfg), mode); err != nil {
+	if err := a.nat.AttachAll(interfaces(cfg), mode); err != nil {
 		return err
 	}
 	if changed {

@@ -14,7 +14,7 @@ import (
 // claimInterfaces refuses interfaces that run someone else's XDP program,
 // or, when the operator asked for it, removes those programs.
 func (a *Agent) claimInterfaces(replace bool) error {
-	removed, err := loader.CheckForeignXDP(Interfaces(a.cfg), a.cfg.BPFFSDir, replace)
+	removed, err := loader.CheckForeignXDP(interfaces(a.cfg), a.cfg.BPFFSDir, replace)
 	for _, p := range removed {
 		a.log.Warn("replaced an XDP program blocknat did not attach", logattr.Interface, p.Interface,
 			logattr.ProgramID, uint32(p.ID), logattr.ProgramName, p.Name, logattr.Mode, p.Mode)

@@ -92,7 +92,7 @@ func (a *Agent) components(opts Options) []component {
 // openStore opens the record store, which asks the disk guard before
 // every write.
 func (a *Agent) openStore() (err error) {
-	if a.store, err = store.Open(StorePath(a.cfg), store.Options{Logger: a.log, Writable: a.disk.Writable}); err != nil {
+	if a.store, err = store.Open(storePath(a.cfg), store.Options{Logger: a.log, Writable: a.disk.Writable}); err != nil {
 		return fmt.Errorf("open record store: %w%s", err, a.diskHint())
 	}
 	return nil
@@ -136,7 +136,7 @@ func (a *Agent) startNAT(replace bool) error {
 	if err := a.startSources(); err != nil {
 		return err
 	}
-	for _, ifc := range Interfaces(a.cfg) {
+	for _, ifc := range interfaces(a.cfg) {
 		a.log.Info("xdp attached", logattr.Interface, ifc.Name, logattr.Role, ifc.Role.String(), logattr.Mode, a.cfg.XDPMode)
 	}
 	return nil
@@ -251,9 +251,9 @@ func (a *Agent) reconcilePlane() reconcile.Plane {
 
 // The configuration's translation into what each part takes.
 
-// Interfaces lists the configuration's interfaces with their roles, inside
+// interfaces lists the configuration's interfaces with their roles, inside
 // first, in the order written.
-func Interfaces(cfg *config.Config) []loader.Interface {
+func interfaces(cfg *config.Config) []loader.Interface {
 	var out []loader.Interface
 	for _, name := range cfg.Inside.Interfaces {
 		out = append(out, loader.Interface{Name: name, Role: loader.RoleInside})
@@ -264,8 +264,8 @@ func Interfaces(cfg *config.Config) []loader.Interface {
 	return out
 }
 
-// StorePath is where the record store lives under state_dir.
-func StorePath(cfg *config.Config) string { return filepath.Join(cfg.StateDir, "records") }
+// storePath is where the record store lives under state_dir.
+func storePath(cfg *config.Config) string { return filepath.Join(cfg.StateDir, "records") }
 
 // params are the data plane's parameters for cfg under epoch.
 func params(cfg *config.Config, m *mapping.Mapping, epoch uint32) loader.Params {
