@@ -609,45 +609,23 @@ func (s *Store) ExportLeases(from, to time.Time, fn func(Lease) error) error {
 		if err != nil {
 			return err
 		}
-		slices.SortFunc(held, compareLeases)
 		dFrom, dTo, ok := v.days(lo, hi)
-		// As in Export: a lease is emitted from the first scanned partition
-		// holding it, so sorting each day's group keeps global order.
-		emitDay := func(l *Lease) uint32 { return max(dayOf(l.Start.UnixNano()), dFrom) }
-		var group []Lease
-		flush := func(day uint32) error {
-			for len(held) > 0 && emitDay(&held[0]) <= day {
-				group = append(group, held[0])
-				held = held[1:]
-			}
-			slices.SortFunc(group, compareLeases)
-			for _, l := range group {
-				if err := fn(l); err != nil {
-					return err
-				}
-			}
-			group = group[:0]
-			return nil
-		}
+		m := newDayMerge(held, dFrom, func(l *Lease) time.Time { return l.Start }, compareLeases, fn)
 		if ok {
-			cur, have := uint32(0), false
 			err := v.scan(dayPrefix(prefixLease, dFrom), dayPrefix(prefixLease, min(dTo, maxDay)+1), func(k, val []byte) error {
 				day, id, err := parseLeaseKey(k)
 				if err != nil {
 					return err
 				}
-				if have && day != cur {
-					if err := flush(cur); err != nil {
-						return err
-					}
+				if err := m.enter(day); err != nil {
+					return err
 				}
-				cur, have = day, true
 				l, err := decodeLease(val, id)
 				if err != nil {
 					return err
 				}
-				if leaseMeets(&l, lo, hi) && emitDay(&l) == day {
-					group = append(group, l)
+				if leaseMeets(&l, lo, hi) {
+					m.keep(day, l)
 				}
 				return nil
 			})
@@ -655,7 +633,7 @@ func (s *Store) ExportLeases(from, to time.Time, fn func(Lease) error) error {
 				return err
 			}
 		}
-		return flush(math.MaxUint32)
+		return m.end()
 	})
 	if err != nil {
 		return fmt.Errorf("export leases: %w", err)

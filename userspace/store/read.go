@@ -354,47 +354,23 @@ func (v *view) export(lo, hi int64, fn func(Record) error) error {
 	if err != nil {
 		return err
 	}
-	slices.SortFunc(open, compareRecords)
 	dFrom, dTo, ok := v.days(lo, hi)
-	// A record is emitted from the first scanned partition it is in:
-	// its start day, or the first day of the scan if it began earlier.
-	// All records emitted from one day start before any emitted from a
-	// later day, so sorting each day's group keeps global start order.
-	emitDay := func(r *Record) uint32 { return max(dayOf(r.Start.UnixNano()), dFrom) }
-	var group []Record
-	flush := func(day uint32) error {
-		for len(open) > 0 && emitDay(&open[0]) <= day {
-			group = append(group, open[0])
-			open = open[1:]
-		}
-		slices.SortFunc(group, compareRecords)
-		for _, r := range group {
-			if err := fn(r); err != nil {
-				return err
-			}
-		}
-		group = group[:0]
-		return nil
-	}
+	m := newDayMerge(open, dFrom, func(r *Record) time.Time { return r.Start }, compareRecords, fn)
 	if ok {
-		cur, have := uint32(0), false
 		err := v.scan(dayPrefix(prefixRecord, dFrom), dayPrefix(prefixRecord, min(dTo, maxDay)+1), func(k, val []byte) error {
 			day, id, err := parseRecordKey(k)
 			if err != nil {
 				return err
 			}
-			if have && day != cur {
-				if err := flush(cur); err != nil {
-					return err
-				}
+			if err := m.enter(day); err != nil {
+				return err
 			}
-			cur, have = day, true
 			rec, err := decodeValue(val, id, true)
 			if err != nil {
 				return err
 			}
-			if overlaps(&rec, lo, hi, v.now) && emitDay(&rec) == day {
-				group = append(group, rec)
+			if overlaps(&rec, lo, hi, v.now) {
+				m.keep(day, rec)
 			}
 			return nil
 		})
@@ -402,8 +378,72 @@ func (v *view) export(lo, hi int64, fn func(Record) error) error {
 			return err
 		}
 	}
-	return flush(math.MaxUint32)
+	return m.end()
 }
+
+// dayMerge hands an export's items to fn in order of start: the current
+// ones (open records, held leases), which sit in no day partition, merged
+// with those a scan of the day partitions finds, where an item has a copy
+// in every day it touched. An item is emitted from the first scanned
+// partition it is in: its start day, or the first day of the scan if it
+// began earlier. All items emitted from one day start before any emitted
+// from a later day, so sorting each day's group keeps global start order.
+type dayMerge[T any] struct {
+	current []T // not yet emitted, sorted
+	from    uint32
+	start   func(*T) time.Time
+	compare func(a, b T) int
+	fn      func(T) error
+	group   []T
+	day     uint32 // the partition being scanned, once have
+	have    bool
+}
+
+func newDayMerge[T any](current []T, from uint32, start func(*T) time.Time, compare func(a, b T) int, fn func(T) error) *dayMerge[T] {
+	slices.SortFunc(current, compare)
+	return &dayMerge[T]{current: current, from: from, start: start, compare: compare, fn: fn}
+}
+
+func (m *dayMerge[T]) emitDay(x *T) uint32 { return max(dayOf(m.start(x).UnixNano()), m.from) }
+
+// enter is called for each key of the scan, before its value is read: a
+// new day emits the previous day's group.
+func (m *dayMerge[T]) enter(day uint32) error {
+	if m.have && day != m.day {
+		if err := m.flush(m.day); err != nil {
+			return err
+		}
+	}
+	m.day, m.have = day, true
+	return nil
+}
+
+// keep takes x, found in day's partition and meeting the export's
+// interval, unless it is emitted from an earlier day.
+func (m *dayMerge[T]) keep(day uint32, x T) {
+	if m.emitDay(&x) == day {
+		m.group = append(m.group, x)
+	}
+}
+
+// flush emits day's group with the current items that belong before it.
+func (m *dayMerge[T]) flush(day uint32) error {
+	for len(m.current) > 0 && m.emitDay(&m.current[0]) <= day {
+		m.group = append(m.group, m.current[0])
+		m.current = m.current[1:]
+	}
+	slices.SortFunc(m.group, m.compare)
+	for _, x := range m.group {
+		if err := m.fn(x); err != nil {
+			return err
+		}
+	}
+	m.group = m.group[:0]
+	return nil
+}
+
+// end emits what is left once the scan is done.
+func (m *dayMerge[T]) end() error { return m.flush(math.MaxUint32) }
 
 // OpenRecords returns every open record, ordered by public address and port.
 func (s *Store) OpenRecords() ([]Record, error) {
