@@ -89,57 +89,9 @@ func (s *Store) sweepData(cutoffNS int64, st *SweepStats) error {
 
 	b := db.NewBatch()
 	defer b.Close()
-	referenced := make(map[uint32]bool)
-	for _, r := range s.open {
-		if r.Start.UnixNano() < cutoffNS {
-			referenced[r.Epoch] = true
-		}
-	}
-	// Walk the partitions about to go, and the one that stays but holds
-	// records that ended before the cutoff.
-	it, err := db.NewIter(&pebble.IterOptions{
-		LowerBound: dayPrefix(prefixRecord, oldSwept),
-		UpperBound: dayPrefix(prefixRecord, newSwept+1),
-	})
+	referenced, err := sweepRecords(db, b, s.open, oldSwept, newSwept, cutoffNS, st)
 	if err != nil {
-		return fmt.Errorf("sweep: iterate partitions: %w", err)
-	}
-	lastDay, haveDay := uint32(0), false
-	for ok := it.First(); ok; ok = it.Next() {
-		day, id, err := parseRecordKey(it.Key())
-		if err != nil {
-			return errors.Join(fmt.Errorf("sweep: %w", err), it.Close())
-		}
-		if day < newSwept && (!haveDay || day != lastDay) {
-			st.Partitions++
-		}
-		lastDay, haveDay = day, true
-		val, err := it.ValueAndErr()
-		if err != nil {
-			return errors.Join(fmt.Errorf("sweep: read %x: %w", it.Key(), err), it.Close())
-		}
-		rec, err := decodeValue(val, id, true)
-		if err != nil {
-			return errors.Join(fmt.Errorf("sweep: %w", err), it.Close())
-		}
-		endNS := rec.End.UnixNano()
-		switch {
-		case endNS < cutoffNS:
-			if dayOf(endNS) == day {
-				st.ExpiredRecords++ // a record's last copy is in its end day
-			}
-			if day == newSwept {
-				inside := rec.Inside.As4()
-				if err := errors.Join(b.Delete(recordKey(day, id), nil), b.Delete(insideKey(day, inside, id), nil)); err != nil {
-					return errors.Join(fmt.Errorf("sweep: batch delete: %w", err), it.Close())
-				}
-			}
-		case day == newSwept && id.start < cutoffNS:
-			referenced[rec.Epoch] = true
-		}
-	}
-	if err := errors.Join(it.Error(), it.Close()); err != nil {
-		return fmt.Errorf("sweep: iterate partitions: %w", err)
+		return err
 	}
 	if err := sweepLeases(db, b, oldSwept, newSwept, cutoffNS, st); err != nil {
 		return err
@@ -155,8 +107,86 @@ func (s *Store) sweepData(cutoffNS int64, st *SweepStats) error {
 		}
 	}
 
-	// Epochs: keep the one in force at the cutoff (records after it may name
-	// it), every later one, and every one a kept record names.
+	if err := sweepEpochs(db, b, cutoffNS, referenced, st); err != nil {
+		return err
+	}
+
+	if err := b.Set(metaSwept, binary.BigEndian.AppendUint32(nil, newSwept), nil); err != nil {
+		return fmt.Errorf("sweep: batch set swept: %w", err)
+	}
+	s.swept.Store(newSwept)
+	if err := b.Commit(pebble.Sync); err != nil {
+		s.swept.Store(oldSwept)
+		return fmt.Errorf("sweep: commit: %w", err)
+	}
+
+	return compactSwept(db, newSwept)
+}
+
+// sweepRecords walks the record partitions about to go and the one that
+// stays, counts the expired records and point-deletes those of the staying
+// day that ended before the cutoff. It returns the epochs that records kept
+// past the cutoff name, open ones included.
+func sweepRecords(db *pebble.DB, b *pebble.Batch, open map[openID]Record, oldSwept, newSwept uint32, cutoffNS int64, st *SweepStats) (map[uint32]bool, error) {
+	referenced := make(map[uint32]bool)
+	for _, r := range open {
+		if r.Start.UnixNano() < cutoffNS {
+			referenced[r.Epoch] = true
+		}
+	}
+	// Walk the partitions about to go, and the one that stays but holds
+	// records that ended before the cutoff.
+	it, err := db.NewIter(&pebble.IterOptions{
+		LowerBound: dayPrefix(prefixRecord, oldSwept),
+		UpperBound: dayPrefix(prefixRecord, newSwept+1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sweep: iterate partitions: %w", err)
+	}
+	lastDay, haveDay := uint32(0), false
+	for ok := it.First(); ok; ok = it.Next() {
+		day, id, err := parseRecordKey(it.Key())
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("sweep: %w", err), it.Close())
+		}
+		if day < newSwept && (!haveDay || day != lastDay) {
+			st.Partitions++
+		}
+		lastDay, haveDay = day, true
+		val, err := it.ValueAndErr()
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("sweep: read %x: %w", it.Key(), err), it.Close())
+		}
+		rec, err := decodeValue(val, id, true)
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("sweep: %w", err), it.Close())
+		}
+		endNS := rec.End.UnixNano()
+		switch {
+		case endNS < cutoffNS:
+			if dayOf(endNS) == day {
+				st.ExpiredRecords++ // a record's last copy is in its end day
+			}
+			if day == newSwept {
+				inside := rec.Inside.As4()
+				if err := errors.Join(b.Delete(recordKey(day, id), nil), b.Delete(insideKey(day, inside, id), nil)); err != nil {
+					return nil, errors.Join(fmt.Errorf("sweep: batch delete: %w", err), it.Close())
+				}
+			}
+		case day == newSwept && id.start < cutoffNS:
+			referenced[rec.Epoch] = true
+		}
+	}
+	if err := errors.Join(it.Error(), it.Close()); err != nil {
+		return nil, fmt.Errorf("sweep: iterate partitions: %w", err)
+	}
+	return referenced, nil
+}
+
+// sweepEpochs deletes the epochs no kept record can name: it keeps the one
+// in force at the cutoff (records after it may name it), every later one,
+// and every one a kept record names.
+func sweepEpochs(db *pebble.DB, b *pebble.Batch, cutoffNS int64, referenced map[uint32]bool, st *SweepStats) error {
 	ev, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixEpoch}, UpperBound: []byte{prefixEpoch + 1}})
 	if err != nil {
 		return fmt.Errorf("sweep: iterate epochs: %w", err)
@@ -182,16 +212,11 @@ func (s *Store) sweepData(cutoffNS int64, st *SweepStats) error {
 		}
 		st.ExpiredEpochs++
 	}
+	return nil
+}
 
-	if err := b.Set(metaSwept, binary.BigEndian.AppendUint32(nil, newSwept), nil); err != nil {
-		return fmt.Errorf("sweep: batch set swept: %w", err)
-	}
-	s.swept.Store(newSwept)
-	if err := b.Commit(pebble.Sync); err != nil {
-		s.swept.Store(oldSwept)
-		return fmt.Errorf("sweep: commit: %w", err)
-	}
-
+// compactSwept flushes and compacts the keyspaces a sweep deleted from.
+func compactSwept(db *pebble.DB, newSwept uint32) error {
 	// Flushing makes the WAL that held the deleted records obsolete; the
 	// compactions rewrite every SSTable holding them (or the tombstones,
 	// whose keys name inside addresses) down to the bottom level, where
@@ -220,7 +245,7 @@ func (s *Store) sweepData(cutoffNS int64, st *SweepStats) error {
 
 // sweepLeases walks the lease partitions about to go and the one that
 // stays, counts the expired leases and point-deletes those of the staying
-// day that ended before the cutoff, as sweepData does for records.
+// day that ended before the cutoff, as sweepRecords does for records.
 func sweepLeases(db *pebble.DB, b *pebble.Batch, oldSwept, newSwept uint32, cutoffNS int64, st *SweepStats) error {
 	it, err := db.NewIter(&pebble.IterOptions{
 		LowerBound: dayPrefix(prefixLease, oldSwept),
