@@ -379,7 +379,8 @@ func tail(log string, n int) string {
 }
 
 // removeStale deletes what an earlier soak that was killed left behind:
-// namespaces and mounts named after a process that no longer runs.
+// namespaces, mounts and temporary directories named after a process that
+// no longer runs.
 func removeStale() {
 	entries, _ := os.ReadDir("/var/run/netns")
 	for _, ent := range entries {
@@ -411,6 +412,26 @@ func removeStale() {
 		}
 		_ = unix.Unmount(stale[i], unix.MNT_DETACH)
 	}
+	dirs, _ := os.ReadDir(os.TempDir())
+	for _, d := range dirs {
+		path := filepath.Join(os.TempDir(), d.Name())
+		if _, ok := stalePID(d.Name()); ok && d.IsDir() && !mountedUnder(path) {
+			logf("removing %s of a soak that is gone", path)
+			_ = os.RemoveAll(path)
+		}
+	}
+}
+
+// mountedUnder reports whether anything is still mounted at or below dir,
+// so that removing dir would reach into a filesystem it does not own.
+func mountedUnder(dir string) bool {
+	mounts, _ := os.ReadFile("/proc/self/mounts")
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && (f[1] == dir || strings.HasPrefix(f[1], dir+"/")) {
+			return true
+		}
+	}
+	return false
 }
 
 // stalePID parses "bn-soak-<pid in base 36>-..." and reports whether that
