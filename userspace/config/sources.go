@@ -119,4 +119,3 @@ func (c *Config) parseSources() (SourceRules, []error) {
 	}
 	return rules, errs
 }
-
