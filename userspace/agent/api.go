@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/blocknat/blocknat/userspace/api"
@@ -114,10 +115,12 @@ func (a *Agent) status(context.Context) (wire.Status, store.Stats, error) {
 		PoolAddresses: len(a.mapping.Pool), BlockSize: a.mapping.BlockSize}
 	snap := a.snapshot()
 	statusOfSnapshot(&st, snap)
-	ss, err := a.store.Stats()
-	if err != nil {
-		return wire.Status{}, store.Stats{}, fmt.Errorf("store stats: %w", err)
+	if snap.Store == nil {
+		// The snapshot names the error in Unreadable; the store's part
+		// of the answer cannot be given without it.
+		return wire.Status{}, store.Stats{}, fmt.Errorf("store stats: %s", strings.Join(st.Unreadable, "; "))
 	}
+	ss := *snap.Store
 	h := snap.Records
 	st.Records = wire.RecordStatus{Writing: !h.Failing, LastError: h.LastError, LastWrite: h.LastWrite, EventsRead: h.EventsRead,
 		Written: h.RecordsWritten, Dropped: h.Dropped, OpenRecords: ss.OpenRecords, DiskBytes: ss.DiskBytes, OldestRetained: ss.OldestRetained}

@@ -103,7 +103,7 @@ func (a *Agent) snapshot() metrics.Snapshot {
 	if st, err := a.store.Stats(); err != nil {
 		s.Errors = append(s.Errors, metrics.ErrPart("record store", err))
 	} else {
-		s.Store = &metrics.StoreFigures{OpenRecords: st.OpenRecords, DiskBytes: st.DiskBytes}
+		s.Store = &st
 	}
 	a.mu.Lock()
 	s.RetentionSweep = a.retentionAt

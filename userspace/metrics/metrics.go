@@ -26,6 +26,7 @@ import (
 	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/diskspace"
 	"github.com/blocknat/blocknat/userspace/events"
+	"github.com/blocknat/blocknat/userspace/store"
 )
 
 // Metric names. docs/grafana/blocknat.json uses exactly these; a test keeps
@@ -115,8 +116,9 @@ type Snapshot struct {
 	Records events.Health
 	// Writes are the record store's commit timings.
 	Writes WriteStats
-	// Store is what the store reports about itself; nil when unread.
-	Store *StoreFigures
+	// Store is what the store reports about itself, read once per
+	// snapshot (status shows all of it); nil when unread.
+	Store *store.Stats
 	// RetentionSweep is when the last retention sweep finished; zero
 	// before the first.
 	RetentionSweep time.Time
@@ -139,11 +141,6 @@ type Snapshot struct {
 	Errors []error
 }
 
-// StoreFigures are the record store's own counts.
-type StoreFigures struct {
-	OpenRecords int
-	DiskBytes   uint64
-}
 
 // SelfCheckState is the state of the self-check canary.
 type SelfCheckState struct {

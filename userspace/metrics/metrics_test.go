@@ -87,7 +87,7 @@ func fullSnapshot() Snapshot {
 		Blocks:         &BlockUsage{ActiveBlocks: 3, Flows: 7, BlockSize: 4, Counts: []uint64{1, 1, 1, 2, 2, 2, 2, 3}, Sum: 1.75, Full: 1},
 		Records:        events.Health{EventsRead: 11, RecordsWritten: 12, Dropped: 1},
 		Writes:         WriteStats{Count: 5, Errors: 2},
-		Store:          &StoreFigures{OpenRecords: 3, DiskBytes: 4096},
+		Store:          &store.Stats{OpenRecords: 3, DiskBytes: 4096},
 		RetentionSweep: time.Unix(1_800_000_000, 0),
 		AuditEntries:   42,
 		Epoch:          2,
