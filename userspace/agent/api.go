@@ -2,60 +2,19 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/blocknat/blocknat/userspace/api"
-	"github.com/blocknat/blocknat/userspace/audit"
-	"github.com/blocknat/blocknat/userspace/config"
 	"github.com/blocknat/blocknat/userspace/leasehook"
 	"github.com/blocknat/blocknat/userspace/logattr"
 	"github.com/blocknat/blocknat/userspace/metrics"
 	"github.com/blocknat/blocknat/userspace/store"
 	"github.com/blocknat/blocknat/userspace/wire"
 )
-
-// AuditDir is where the audit log lives under state_dir.
-func AuditDir(cfg *config.Config) string { return filepath.Join(cfg.StateDir, "audit") }
-
-func openAudit(cfg *config.Config, a *Agent) (*audit.Log, error) {
-	log, err := audit.Open(AuditDir(cfg), audit.Options{
-		KeyPath:            cfg.AuditKeyPath(),
-		CheckpointEvery:    cfg.Audit.CheckpointEvery,
-		CheckpointInterval: time.Duration(cfg.Audit.CheckpointInterval),
-		Retention:          time.Duration(cfg.Retention.Audit),
-		Logger:             a.log,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("open audit log: %w", err)
-	}
-	return log, nil
-}
-
-// Roles turns the configuration's role lists into the API's lookup tables.
-func Roles(cfg *config.Config) api.Roles {
-	r := api.Roles{UIDs: map[uint32][]api.Role{}, CertNames: map[string][]api.Role{}}
-	for role, m := range map[api.Role]config.Members{
-		api.RoleInvestigator: cfg.Roles.Investigator,
-		api.RoleAuditor:      cfg.Roles.Auditor,
-		api.RoleAdmin:        cfg.Roles.Admin,
-		api.RoleDHCP:         cfg.Roles.DHCP,
-	} {
-		for _, uid := range m.UIDs {
-			r.UIDs[uid] = append(r.UIDs[uid], role)
-		}
-		for _, name := range m.CertNames {
-			r.CertNames[name] = append(r.CertNames[name], role)
-		}
-	}
-	return r
-}
 
 // serveAPI runs the unix socket (always) and the TLS listener (when
 // configured) until ctx ends.
@@ -83,27 +42,6 @@ func (a *Agent) serveAPI(ctx context.Context, srv *api.Server) <-chan error {
 		done <- errors.Join(all...)
 	}()
 	return done
-}
-
-func tlsConfig(t *config.TLS) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
-	if err != nil {
-		return nil, fmt.Errorf("api.tls.cert/key: %w", err)
-	}
-	pem, err := os.ReadFile(t.ClientCA)
-	if err != nil {
-		return nil, fmt.Errorf("api.tls.client_ca: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("api.tls.client_ca %s: no PEM certificate in it", t.ClientCA)
-	}
-	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		ClientCAs:    pool,
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		MinVersion:   tls.VersionTLS12,
-	}, nil
 }
 
 // status is the admin's view of the agent, from the snapshot the metrics

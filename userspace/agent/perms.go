@@ -30,7 +30,7 @@ var ErrNotPrivate = errors.New("readable or writable by group or others")
 func (a *Agent) keepPrivate() error {
 	syscall.Umask(privateUmask)
 	cfg := a.cfg
-	if err := checkPrivate(cfg.StateDir, storePath(cfg), AuditDir(cfg), cfg.AuditKeyPath()); err != nil {
+	if err := checkPrivate(cfg.StateDir, storePath(cfg), auditDir(cfg), cfg.AuditKeyPath()); err != nil {
 		return err
 	}
 	if err := mkdirAllMode(cfg.StateDir, 0o700); err != nil {

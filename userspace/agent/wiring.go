@@ -2,15 +2,19 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/config"
 	"github.com/blocknat/blocknat/userspace/diskspace"
 	"github.com/blocknat/blocknat/userspace/events"
@@ -178,7 +182,7 @@ func (a *Agent) apiComponent() component {
 	var done <-chan error
 	return component{name: "api",
 		start: func(ctx context.Context) error {
-			a.api = api.NewServer(api.Deps{Store: a.store, Audit: a.audit, Roles: Roles(a.cfg), Status: a.status,
+			a.api = api.NewServer(api.Deps{Store: a.store, Audit: a.audit, Roles: roles(a.cfg), Status: a.status,
 				LeasesChanged: a.binder.sync, Now: time.Now, Logger: a.log})
 			ctx, stop = context.WithCancel(ctx)
 			done = a.serveAPI(ctx, a.api)
@@ -308,4 +312,63 @@ func exportOptions(c config.Export, log *slog.Logger) export.Options {
 		o.Syslog = &export.SyslogOptions{Address: netip.MustParseAddrPort(x.Address), Network: x.Network, AppName: x.AppName}
 	}
 	return o
+}
+
+// auditDir is where the audit log lives under state_dir.
+func auditDir(cfg *config.Config) string { return filepath.Join(cfg.StateDir, "audit") }
+
+func openAudit(cfg *config.Config, a *Agent) (*audit.Log, error) {
+	log, err := audit.Open(auditDir(cfg), audit.Options{
+		KeyPath:            cfg.AuditKeyPath(),
+		CheckpointEvery:    cfg.Audit.CheckpointEvery,
+		CheckpointInterval: time.Duration(cfg.Audit.CheckpointInterval),
+		Retention:          time.Duration(cfg.Retention.Audit),
+		Logger:             a.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open audit log: %w", err)
+	}
+	return log, nil
+}
+
+// roles turns the configuration's role lists into the API's lookup tables.
+func roles(cfg *config.Config) api.Roles {
+	r := api.Roles{UIDs: map[uint32][]api.Role{}, CertNames: map[string][]api.Role{}}
+	for role, m := range map[api.Role]config.Members{
+		api.RoleInvestigator: cfg.Roles.Investigator,
+		api.RoleAuditor:      cfg.Roles.Auditor,
+		api.RoleAdmin:        cfg.Roles.Admin,
+		api.RoleDHCP:         cfg.Roles.DHCP,
+	} {
+		for _, uid := range m.UIDs {
+			r.UIDs[uid] = append(r.UIDs[uid], role)
+		}
+		for _, name := range m.CertNames {
+			r.CertNames[name] = append(r.CertNames[name], role)
+		}
+	}
+	return r
+}
+
+// tlsConfig is the TLS listener's configuration: client certificates
+// required, since the certificate names the operator.
+func tlsConfig(t *config.TLS) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
+	if err != nil {
+		return nil, fmt.Errorf("api.tls.cert/key: %w", err)
+	}
+	pem, err := os.ReadFile(t.ClientCA)
+	if err != nil {
+		return nil, fmt.Errorf("api.tls.client_ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("api.tls.client_ca %s: no PEM certificate in it", t.ClientCA)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion:   tls.VersionTLS12,
+	}, nil
 }
