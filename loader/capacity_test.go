@@ -20,7 +20,7 @@ func TestQuietSubscriberKeepsItsCapacity(t *testing.T) {
 	if f.m.Subscribers != 8 || f.m.BlockSize != 8 {
 		t.Fatalf("fixture: %d subscribers, %d ports a block; want 8 and 8", f.m.Subscribers, f.m.BlockSize)
 	}
-	need := FlowsNeeded(f.m)
+	need := f.m.FlowsNeeded()
 	if got := f.nat.objs.FlowsFwd.MaxEntries(); uint64(got) != need || need != 8*8*3 {
 		t.Fatalf("flows_fwd holds %d, want %d (8 subscribers × 8 ports × 3 protocols)", got, need)
 	}

@@ -18,7 +18,7 @@ func TestFilterTableOnlyWithAPDF(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	full := uint32(FlowsNeeded(m))
+	full := uint32(m.FlowsNeeded())
 	for _, c := range []struct {
 		apdf bool
 		want uint32

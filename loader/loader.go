@@ -121,25 +121,12 @@ func ParseMode(s string) (Mode, error) {
 	return 0, fmt.Errorf("xdp_mode %q: want native or generic", s)
 }
 
-// FlowProtocols is how many protocols share each flow table: TCP and UDP
-// keyed by port, ICMP echo by identifier, all three mapped onto the ports
-// of the subscriber's one block.
-const FlowProtocols = 3
-
-// FlowsNeeded is the flow-table size at which no subscriber can take
-// another's capacity: every subscriber holds a mapping on every port of its
-// block in each protocol, and the reverse table can hold no more, since
-// its keys are those ports. Tables this size never fill.
-func FlowsNeeded(m *mapping.Mapping) uint64 {
-	return uint64(m.Subscribers) * uint64(m.BlockSize) * FlowProtocols
-}
-
 // Params is everything the data plane needs to know about a configuration.
 type Params struct {
 	Mapping *mapping.Mapping
 	Epoch   uint32
 	// MaxFlows is the capacity of each flow table; 0 sizes them from the
-	// mapping (FlowsNeeded). A smaller value is refused: with it, busy
+	// mapping (Mapping.FlowsNeeded). A smaller value is refused: with it, busy
 	// subscribers could fill the tables and leave a quiet one none.
 	MaxFlows uint32
 	// FilterAPDF admits inbound packets only from endpoints the mapping
@@ -164,17 +151,12 @@ func (p Params) check() error {
 		return errors.New("ports.block_size: 0 ports per block")
 	case uint64(m.PortLo)+uint64(m.Ratio)*uint64(m.BlockSize)-1 > 65535:
 		return errors.New("ports.range: blocks run past port 65535")
-	case FlowsNeeded(m) > math.MaxUint32:
-		return fmt.Errorf("max_flows: %s is more than a kernel table holds", FlowsExplained(m))
-	case p.MaxFlows != 0 && uint64(p.MaxFlows) < FlowsNeeded(m):
-		return fmt.Errorf("max_flows: %d cannot hold %s", p.MaxFlows, FlowsExplained(m))
+	case m.FlowsNeeded() > math.MaxUint32:
+		return fmt.Errorf("max_flows: %s is more than a kernel table holds", m.FlowsExplained())
+	case p.MaxFlows != 0 && uint64(p.MaxFlows) < m.FlowsNeeded():
+		return fmt.Errorf("max_flows: %d cannot hold %s", p.MaxFlows, m.FlowsExplained())
 	}
 	return nil
-}
-
-// FlowsExplained spells out FlowsNeeded, for error messages.
-func FlowsExplained(m *mapping.Mapping) string {
-	return fmt.Sprintf("%d subscribers × %d ports × %d protocols = %d", m.Subscribers, m.BlockSize, FlowProtocols, FlowsNeeded(m))
 }
 
 // flowTableSize is the size of each flow table for p.
@@ -182,7 +164,7 @@ func (p Params) flowTableSize() uint32 {
 	if p.MaxFlows != 0 {
 		return p.MaxFlows
 	}
-	return uint32(FlowsNeeded(p.Mapping))
+	return uint32(p.Mapping.FlowsNeeded())
 }
 
 // Directory layout under the pin directory.

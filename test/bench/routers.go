@@ -73,7 +73,7 @@ var BenchMaxFlows = func() uint32 {
 	if err != nil {
 		panic(fmt.Sprintf("bench bed mapping: %v", err))
 	}
-	return uint32(loader.FlowsNeeded(m))
+	return uint32(m.FlowsNeeded())
 }()
 
 // blocknatRouter is blocknat's data plane, loaded and attached as
