@@ -17,7 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/blocknat/blocknat/internal/testutil"
+	"github.com/blocknat/blocknat/test/testutil"
 	"github.com/blocknat/blocknat/userspace/store"
 )
 

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/blocknat/blocknat/internal/testutil"
 	"github.com/blocknat/blocknat/test/netns"
+	"github.com/blocknat/blocknat/test/testutil"
 )
 
 // The DHCP server's range: inside the inside prefix and clear of the

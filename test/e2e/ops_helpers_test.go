@@ -17,10 +17,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/blocknat/blocknat/internal/testutil"
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/test/harness"
 	"github.com/blocknat/blocknat/test/netns"
+	"github.com/blocknat/blocknat/test/testutil"
 )
 
 // prepareEnv builds what startEnvWith builds, without starting blocknatd,

@@ -19,9 +19,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/blocknat/blocknat/internal/testutil"
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/test/netns"
+	"github.com/blocknat/blocknat/test/testutil"
 )
 
 // ModuleRoot finds the repository root through the go tool, so tests and

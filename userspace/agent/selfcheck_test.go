@@ -1,10 +1,10 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
+	"github.com/blocknat/blocknat/test/testutil"
 	"log/slog"
 	"strings"
 	"sync"
@@ -83,23 +83,6 @@ func (b *brokenStore) set(broken bool) {
 	b.mu.Unlock()
 }
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func alarmGauge(t *testing.T, snap metrics.Snapshot) float64 {
 	t.Helper()
 	reg := prometheus.NewRegistry()
@@ -129,7 +112,7 @@ func TestSelfCheckBrokenStore(t *testing.T) {
 	}
 	sink := &brokenStore{st: st}
 	clock := &events.SystemClock{}
-	logs := &syncBuf{}
+	logs := &testutil.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	rec := events.NewRecorder(sink, events.Options{Clock: clock, Logger: log, FlushInterval: 5 * time.Millisecond})
 	rb := &ring{ch: make(chan []byte, 16), closed: make(chan struct{})}
@@ -182,7 +165,7 @@ func TestSelfCheckBrokenStore(t *testing.T) {
 	if s := check.State(); s.Failing || s.Checks != 3 || s.Failures != 1 {
 		t.Errorf("state after recovery: %+v", s)
 	}
-	waitUntil(t, "the Recorder to write again", func() bool { return !rec.Health().Failing })
+	testutil.Eventually(t, 5*time.Second, func() bool { return !rec.Health().Failing }, "the Recorder to write again")
 	if got := alarmGauge(t, snapshot()); got != 0 {
 		t.Errorf("alarm %v after the store recovered, want 0 (%q)", got, snapshot().Alarms())
 	}
@@ -240,15 +223,5 @@ func TestSelfCheckDisabledRaisesAlarm(t *testing.T) {
 	var none *selfCheck
 	if s := none.State(); s.Enabled || s.Failing {
 		t.Errorf("self-check turned off: %+v", s)
-	}
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

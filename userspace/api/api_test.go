@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/blocknat/blocknat/test/testutil"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -381,7 +382,7 @@ func TestRolelessRefusedUnread(t *testing.T) {
 // with Retry-After and no data, and the counts in the entries add up to
 // 1000.
 func TestRefusalFlood(t *testing.T) {
-	c := &clock{t: mustTime(t, "2026-11-20T13:00:00Z")}
+	c := testutil.NewClock(mustTime(t, "2026-11-20T13:00:00Z"), 0)
 	h := newHarness(t, harnessOptions{roles: Roles{UIDs: map[uint32][]Role{4242: {RoleInvestigator}}}, now: c.Now})
 	const requests, step = 1000, 100 * time.Millisecond
 	limited := 0
@@ -403,9 +404,7 @@ func TestRefusalFlood(t *testing.T) {
 		if strings.Contains(body, "100.64.0") || strings.Contains(body, "candidates") {
 			t.Fatalf("request %d: refusal holds data: %s", i, body)
 		}
-		c.mu.Lock()
-		c.t = c.t.Add(step)
-		c.mu.Unlock()
+		c.Advance(step)
 	}
 	h.auditor.written.Store(false) // the flush answers no request
 	h.server.flushRefusals(true)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"github.com/blocknat/blocknat/test/testutil"
 	"io"
 	"log/slog"
 	"net"
@@ -14,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,18 +25,6 @@ import (
 	"github.com/blocknat/blocknat/userspace/wire"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
-
-// clock is a settable time source for the store.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
@@ -67,7 +55,7 @@ var (
 
 func openFixtureStore(t *testing.T) *store.Store {
 	t.Helper()
-	c := &clock{t: mustTime(t, "2026-11-20T13:00:00Z")}
+	c := testutil.NewClock(mustTime(t, "2026-11-20T13:00:00Z"), 0)
 	st, err := store.Open("db", store.Options{FS: vfs.NewMem(), Now: c.Now, Logger: quietLogger()})
 	if err != nil {
 		t.Fatalf("store.Open: %v", err)

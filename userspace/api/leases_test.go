@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/blocknat/blocknat/test/testutil"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -38,7 +39,7 @@ var (
 
 func openWiFiStore(t *testing.T) *store.Store {
 	t.Helper()
-	c := &clock{t: mustTime(t, "2026-11-20T12:30:00Z")}
+	c := testutil.NewClock(mustTime(t, "2026-11-20T12:30:00Z"), 0)
 	st, err := store.Open("db", store.Options{FS: vfs.NewMem(), Now: c.Now, Logger: quietLogger()})
 	if err != nil {
 		t.Fatalf("store.Open: %v", err)

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"github.com/blocknat/blocknat/test/testutil"
 	"io"
 	"log/slog"
 	"maps"
@@ -15,7 +16,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,27 +23,7 @@ import (
 	"github.com/blocknat/blocknat/userspace/wire"
 )
 
-// lockedBuffer is a log sink the server's goroutines may write to while
-// the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// logLines decodes the JSON lines written to b.
-func logLines(t *testing.T, b *lockedBuffer) []map[string]any {
+func logLines(t *testing.T, b *testutil.Buffer) []map[string]any {
 	t.Helper()
 	var out []map[string]any
 	for line := range strings.SplitSeq(strings.TrimSpace(b.String()), "\n") {
@@ -63,7 +43,7 @@ const rejectLogMsg = "api requests rejected before any handler"
 
 // checkRejectLog checks that the log holds no more rejection lines than
 // the rate limit allows over elapsed, and none of what the peers sent.
-func checkRejectLog(t *testing.T, b *lockedBuffer, elapsed time.Duration, sent ...string) []map[string]any {
+func checkRejectLog(t *testing.T, b *testutil.Buffer, elapsed time.Duration, sent ...string) []map[string]any {
 	t.Helper()
 	var lines []map[string]any
 	for _, l := range logLines(t, b) {
@@ -85,18 +65,6 @@ func checkRejectLog(t *testing.T, b *lockedBuffer, elapsed time.Duration, sent .
 
 func noRejections() map[string]uint64 {
 	return map[string]uint64{RejectBadRequest: 0, RejectHeadersTooLarge: 0, RejectBadVersion: 0, RejectTLSHandshake: 0, RejectOther: 0}
-}
-
-// eventually polls cond until it holds, for at most 5 s.
-func eventually(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("never: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // sendRaw writes req on a new connection to addr and reads the response
@@ -127,7 +95,7 @@ func sendRaw(t *testing.T, network, addr, req string) (resp *http.Response, body
 // exactly its counter, is neither audited nor logged with what it sent,
 // and a real lookup bumps nothing.
 func TestRejectedBeforeHandler(t *testing.T) {
-	var logs lockedBuffer
+	var logs testutil.Buffer
 	h := newHarness(t, harnessOptions{roles: rootRoles(RoleInvestigator), logger: slog.New(slog.NewJSONHandler(&logs, nil))})
 	start := time.Now()
 	// 21 KiB of header lines: past MaxHeaderBytes and the 4 KiB net/http
@@ -202,7 +170,7 @@ func TestRejectedBeforeHandler(t *testing.T) {
 func TestTLSRejections(t *testing.T) {
 	ca := newTestCA(t, "blocknat test CA")
 	serverCert := ca.issue(t, "blocknat-api", x509.ExtKeyUsageServerAuth, net.IPv4(127, 0, 0, 1))
-	var logs lockedBuffer
+	var logs testutil.Buffer
 	auditLog, _ := openAuditLog(t)
 	srv := NewServer(Deps{Store: openFixtureStore(t), Audit: auditLog, Logger: slog.New(slog.NewJSONHandler(&logs, nil)),
 		Roles: Roles{CertNames: map[string][]Role{"alice": {RoleInvestigator}}}})
@@ -222,9 +190,9 @@ func TestTLSRejections(t *testing.T) {
 	waitDial(t, "tcp", addr)
 	want := noRejections()
 	want[RejectTLSHandshake] = 1
-	eventually(t, "the hang-up of waitDial counted as tls_handshake", func() bool {
+	testutil.Eventually(t, 5*time.Second, func() bool {
 		return maps.Equal(srv.Counters().Rejected, want)
-	})
+	}, "the hang-up of waitDial counted as tls_handshake")
 
 	// net/http closes at once here, whatever is unread: the body may end
 	// in a reset, which is net/http's to fix.

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/blocknat/blocknat/internal/testutil"
+	"github.com/blocknat/blocknat/test/testutil"
 )
 
 func TestAppendVerifyReopen(t *testing.T) {

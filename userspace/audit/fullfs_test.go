@@ -8,7 +8,7 @@ import (
 
 	"github.com/blocknat/blocknat/test/harness"
 
-	"github.com/blocknat/blocknat/internal/testutil"
+	"github.com/blocknat/blocknat/test/testutil"
 )
 
 // TestRecoversFromAFullFilesystem: on a real 4 MiB tmpfs filled to the

@@ -9,8 +9,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
-	"github.com/blocknat/blocknat/internal/testutil"
 	"github.com/blocknat/blocknat/loader"
+	"github.com/blocknat/blocknat/test/testutil"
 	"github.com/blocknat/blocknat/userspace/store"
 )
 

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/blocknat/blocknat/internal/testutil"
 	"github.com/blocknat/blocknat/test/netns"
+	"github.com/blocknat/blocknat/test/testutil"
 	"github.com/blocknat/blocknat/userspace/leasehook"
 )
 

@@ -141,7 +141,6 @@ type Snapshot struct {
 	Errors []error
 }
 
-
 // SelfCheckState is the state of the self-check canary.
 type SelfCheckState struct {
 	Enabled     bool

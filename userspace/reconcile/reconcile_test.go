@@ -10,7 +10,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/blocknat/blocknat/loader"
-	"github.com/blocknat/blocknat/userspace/internal/testclock"
+	"github.com/blocknat/blocknat/test/testutil"
 	"github.com/blocknat/blocknat/userspace/mapping"
 	"github.com/blocknat/blocknat/userspace/store"
 )
@@ -39,7 +39,7 @@ func TestReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nat.Close()
-	clock := testclock.New(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), 10*time.Hour)
+	clock := testutil.NewClock(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), 10*time.Hour)
 	st, err := store.Open("records", store.Options{FS: vfs.NewMem(), Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)

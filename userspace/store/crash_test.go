@@ -12,7 +12,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
-	"github.com/blocknat/blocknat/internal/testutil"
+	"github.com/blocknat/blocknat/test/testutil"
 )
 
 // crashWorkload makes batches of activations and releases over a fixed set of

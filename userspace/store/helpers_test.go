@@ -13,7 +13,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
-	"github.com/blocknat/blocknat/internal/testutil"
+	"github.com/blocknat/blocknat/test/testutil"
 )
 
 // newClock is a settable clock at t, for Options.Now.

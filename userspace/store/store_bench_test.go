@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/blocknat/blocknat/internal/testutil"
+	"github.com/blocknat/blocknat/test/testutil"
 )
 
 func TestMain(m *testing.M) {

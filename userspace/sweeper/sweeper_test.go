@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/blocknat/blocknat/loader"
-	"github.com/blocknat/blocknat/userspace/internal/testclock"
+	"github.com/blocknat/blocknat/test/testutil"
 	"github.com/blocknat/blocknat/userspace/mapping"
 	"github.com/blocknat/blocknat/userspace/store"
 )
@@ -37,7 +37,7 @@ func (r *recordedOps) Submit(_ context.Context, ops []store.Op) error {
 }
 
 // fixture loads the real maps (nothing attached) for 100.64.0.0/24.
-func fixture(t *testing.T) (*Sweeper, *loader.NAT, *testclock.Clock, *recordedOps) {
+func fixture(t *testing.T) (*Sweeper, *loader.NAT, *testutil.Clock, *recordedOps) {
 	t.Helper()
 	requireRoot(t)
 	m, err := mapping.New([]netip.Prefix{netip.MustParsePrefix("100.64.0.0/24")}, []netip.Prefix{netip.MustParsePrefix("198.51.100.10/31")}, 1024, 65535, 0)
@@ -49,7 +49,7 @@ func fixture(t *testing.T) (*Sweeper, *loader.NAT, *testclock.Clock, *recordedOp
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nat.Close() })
-	clock := testclock.New(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), time.Hour)
+	clock := testutil.NewClock(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), time.Hour)
 	rec := &recordedOps{}
 	s := &Sweeper{Plane: planeOf(nat, m), Clock: clock, Records: rec}
 	return s, nat, clock, rec
@@ -187,7 +187,7 @@ func TestFiltersGoWithTheirMapping(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nat.Close() })
-	clock := testclock.New(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), time.Hour)
+	clock := testutil.NewClock(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), time.Hour)
 	s := &Sweeper{Plane: planeOf(nat, m), Clock: clock, Records: &recordedOps{}}
 	note := func(natPort uint16, remote string, seen uint64) loader.FilterKey {
 		k := loader.FilterKey{NatAddr: be32("198.51.100.10"), RemoteAddr: be32(remote), NatPort: be16(natPort), RemotePort: be16(53), Proto: loader.ProtoUDP}

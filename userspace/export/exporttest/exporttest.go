@@ -24,7 +24,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/blocknat/blocknat/internal/testutil"
+	"github.com/blocknat/blocknat/test/testutil"
 )
 
 // Field is a template's field specifier.
