@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -234,89 +232,30 @@ func (s *tcpEcho) remotes() []netip.AddrPort {
 	return append([]netip.AddrPort(nil), s.seen...)
 }
 
-// stream is one long-lived TCP connection that sends a numbered message
-// every interval and checks that the same number comes back. Any error
-// (a reset, a lost echo, a wrong number) ends it and is kept.
-type stream struct {
-	conn   net.Conn
-	echoed atomic.Uint64
-	stopc  chan struct{}
-	done   chan struct{}
-	err    error
-}
+// stream is a netns.Stream the test stops at cleanup.
+type stream struct{ *netns.Stream }
 
 func startStream(t *testing.T, ns *netns.NS, to netip.AddrPort, interval time.Duration) *stream {
 	t.Helper()
-	s := &stream{stopc: make(chan struct{}), done: make(chan struct{})}
-	if err := ns.Do(func() (err error) {
-		s.conn, err = net.DialTimeout("tcp4", to.String(), 5*time.Second)
-		return err
-	}); err != nil {
-		t.Fatalf("dial %s from %s: %v", to, ns.Name, err)
+	s, err := netns.StartStream(ns, netip.Addr{}, to, interval, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
 	}
-	go func() {
-		defer close(s.done)
-		defer s.conn.Close()
-		out, in := make([]byte, 8), make([]byte, 8)
-		for n := uint64(1); ; n++ {
-			select {
-			case <-s.stopc:
-				return
-			case <-time.After(interval):
-			}
-			binary.BigEndian.PutUint64(out, n)
-			s.conn.SetDeadline(time.Now().Add(3 * time.Second))
-			if _, err := s.conn.Write(out); err != nil {
-				s.err = fmt.Errorf("message %d: write: %w", n, err)
-				return
-			}
-			if _, err := io.ReadFull(s.conn, in); err != nil {
-				s.err = fmt.Errorf("message %d: read echo: %w", n, err)
-				return
-			}
-			if got := binary.BigEndian.Uint64(in); got != n {
-				s.err = fmt.Errorf("message %d: echo %d", n, got)
-				return
-			}
-			s.echoed.Store(n)
-		}
-	}()
-	t.Cleanup(func() { s.stop() })
-	return s
-}
-
-// stop ends the stream and returns its error, if any.
-func (s *stream) stop() error {
-	select {
-	case <-s.stopc:
-	default:
-		close(s.stopc)
-	}
-	<-s.done
-	return s.err
-}
-
-// ended reports whether the stream stopped on its own, with its error.
-func (s *stream) ended() (bool, error) {
-	select {
-	case <-s.done:
-		return true, s.err
-	default:
-		return false, nil
-	}
+	t.Cleanup(func() { s.Stop() })
+	return &stream{s}
 }
 
 // waitEchoes waits until the stream has had n more echoes than now.
 func (s *stream) waitEchoes(t *testing.T, n uint64, within time.Duration) {
 	t.Helper()
-	target := s.echoed.Load() + n
+	target := s.Echoed() + n
 	deadline := time.Now().Add(within)
-	for s.echoed.Load() < target {
-		if ended, err := s.ended(); ended {
-			t.Fatalf("the TCP stream ended after %d echoes: %v", s.echoed.Load(), err)
+	for s.Echoed() < target {
+		if ended, err := s.Ended(); ended {
+			t.Fatalf("the TCP stream ended after %d echoes: %v", s.Echoed(), err)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the TCP stream made %d echoes in %s, wanted %d more", s.echoed.Load(), within, n)
+			t.Fatalf("the TCP stream made %d echoes in %s, wanted %d more", s.Echoed(), within, n)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

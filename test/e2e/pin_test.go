@@ -123,7 +123,7 @@ func TestPinsOutliveAgentUnderNetnsExec(t *testing.T) {
 	if got := lastPort(t, udpSrv); got != udpPort {
 		t.Errorf("UDP mapping after the restart: server sees %s, before %s", got, udpPort)
 	}
-	if err := tcp.stop(); err != nil {
+	if err := tcp.Stop(); err != nil {
 		t.Errorf("the TCP connection broke across kill -9 and restart: %v", err)
 	}
 	if r := tcpSrv.remotes(); len(r) != 1 {

@@ -91,7 +91,7 @@ func TestKill9KeepsTrafficAndRecords(t *testing.T) {
 	if got := lastPort(t, udpSrv); got != udpPort {
 		t.Errorf("UDP mapping after the restart: server sees %s, before %s", got, udpPort)
 	}
-	if err := tcp.stop(); err != nil {
+	if err := tcp.Stop(); err != nil {
 		t.Errorf("the TCP connection broke across the restart: %v", err)
 	}
 	if r := tcpSrv.remotes(); len(r) != 1 {
@@ -178,7 +178,7 @@ func TestCleanStopKeepsDataPlaneDetachRemovesIt(t *testing.T) {
 	// addresses, which the internet has no route back to.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if ended, err := tcp.ended(); ended {
+		if ended, err := tcp.Ended(); ended {
 			if err == nil {
 				t.Error("the TCP stream ended without an error")
 			}

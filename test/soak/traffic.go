@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/blocknat/blocknat/test/netns"
@@ -229,76 +227,19 @@ func (s *tcpEcho) close() error {
 	return err
 }
 
-// stream is one long-lived TCP connection through the NAT that sends a
-// numbered message every interval and checks that the same number comes
-// back; any error ends it and is kept.
+// stream is one long-lived TCP connection through the NAT (a
+// netns.Stream) and the subscriber address it is from.
 type stream struct {
 	inside netip.Addr
-	conn   net.Conn
-	echoed atomic.Uint64
-	stopc  chan struct{}
-	done   chan struct{}
-	err    error
+	*netns.Stream
 }
 
 func dialStream(ns *netns.NS, inside netip.Addr, to netip.AddrPort, interval time.Duration) (*stream, error) {
-	s := &stream{inside: inside, stopc: make(chan struct{}), done: make(chan struct{})}
-	if err := ns.Do(func() (err error) {
-		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(inside, 0)), Timeout: 5 * time.Second}
-		s.conn, err = d.Dial("tcp4", to.String())
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("dial %s from %s: %w", to, inside, err)
+	s, err := netns.StartStream(ns, inside, to, interval, 5*time.Second)
+	if err != nil {
+		return nil, err
 	}
-	go func() {
-		defer close(s.done)
-		defer s.conn.Close()
-		out, in := make([]byte, 8), make([]byte, 8)
-		tick := time.NewTicker(interval)
-		defer tick.Stop()
-		for n := uint64(1); ; n++ {
-			select {
-			case <-s.stopc:
-				return
-			case <-tick.C:
-			}
-			binary.BigEndian.PutUint64(out, n)
-			s.conn.SetDeadline(time.Now().Add(5 * time.Second))
-			if _, err := s.conn.Write(out); err != nil {
-				s.err = fmt.Errorf("message %d: write: %w", n, err)
-				return
-			}
-			if _, err := io.ReadFull(s.conn, in); err != nil {
-				s.err = fmt.Errorf("message %d: read echo: %w", n, err)
-				return
-			}
-			if got := binary.BigEndian.Uint64(in); got != n {
-				s.err = fmt.Errorf("message %d: echo %d", n, got)
-				return
-			}
-			s.echoed.Store(n)
-		}
-	}()
-	return s, nil
-}
-
-func (s *stream) ended() bool {
-	select {
-	case <-s.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (s *stream) stop() error {
-	select {
-	case <-s.stopc:
-	default:
-		close(s.stopc)
-	}
-	<-s.done
-	return s.err
+	return &stream{inside: inside, Stream: s}, nil
 }
 
 // streams keeps a number of long-lived connections open: one that breaks
@@ -339,7 +280,7 @@ func (ss *streams) check(f *fresh, acts *activations, phase string) int {
 	ss.mu.Lock()
 	var keep, broken []*stream
 	for _, s := range ss.live {
-		if s.ended() {
+		if ended, _ := s.Ended(); ended {
 			broken = append(broken, s)
 		} else {
 			keep = append(keep, s)
@@ -347,7 +288,8 @@ func (ss *streams) check(f *fresh, acts *activations, phase string) int {
 	}
 	ss.live = keep
 	for _, s := range broken {
-		ss.resets = append(ss.resets, fmt.Sprintf("%s: connection from %s after %d echoes: %v", phase, s.inside, s.echoed.Load(), s.err))
+		_, err := s.Ended()
+		ss.resets = append(ss.resets, fmt.Sprintf("%s: connection from %s after %d echoes: %v", phase, s.inside, s.Echoed(), err))
 	}
 	ss.mu.Unlock()
 	for range broken {
@@ -364,7 +306,7 @@ func (ss *streams) progress() map[*stream]uint64 {
 	defer ss.mu.Unlock()
 	out := map[*stream]uint64{}
 	for _, s := range ss.live {
-		out[s] = s.echoed.Load()
+		out[s] = s.Echoed()
 	}
 	return out
 }
@@ -376,7 +318,7 @@ func (ss *streams) waitTalked(ctx context.Context, since map[*stream]uint64, n u
 	for {
 		slow := 0
 		for s, was := range since {
-			if !s.ended() && s.echoed.Load() < was+n {
+			if ended, _ := s.Ended(); !ended && s.Echoed() < was+n {
 				slow++
 			}
 		}
@@ -406,6 +348,6 @@ func (ss *streams) closeAll() {
 	ss.live = nil
 	ss.mu.Unlock()
 	for _, s := range live {
-		s.stop()
+		s.Stop()
 	}
 }
