@@ -61,6 +61,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } stats SEC(".maps");
 
+/* The pass reasons are one run of the enum: what finish() passes to the
+ * kernel rather than drops. */
+_Static_assert(STAT_PASS_NOT_NAT - STAT_PASS_NOT_IPV4 == 7, "pass reasons are contiguous");
+
+static __always_inline int stat_is_pass(int idx)
+{
+	return idx >= STAT_PASS_NOT_IPV4 && idx <= STAT_PASS_NOT_NAT;
+}
+
 static __always_inline void stat_add(__u32 idx, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &idx);

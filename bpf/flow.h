@@ -1,0 +1,293 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/*
+ * The flow step: endpoint-independent mappings (RFC 4787 REQ-1) in the
+ * subscriber's deterministic block (RFC 7422), the TCP state that picks a
+ * mapping's timeout, and block activation, the only thing ever reported.
+ */
+#ifndef BLOCKNAT_FLOW_H
+#define BLOCKNAT_FLOW_H
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "config.h"
+#include "icmp.h"
+#include "maps.h"
+#include "pkt.h"
+#include "stats.h"
+#include "types.h"
+
+#define EEXIST 17
+
+/* At most one "host unreachable" per subscriber in this interval. */
+#define BLOCK_FULL_ICMP_INTERVAL_NS (100ULL * 1000000ULL)
+
+/* Bound on ports tried for a new mapping. Blocks up to this size are
+ * searched completely; larger ones are nearly empty when this runs out. */
+#define MAX_PORT_PROBES 64
+
+/*
+ * TCP state picks a mapping's timeout (RFC 5382, RFC 7857 2.2): a SYN starts
+ * a handshake, an ACK establishes it, and a FIN or RST either way marks it
+ * closing, which holds it for the transitory timeout instead of removing
+ * it. Only the peer moves the state: the remote endpoint the mapping's
+ * connection runs to, set when the mapping is made and by each outbound SYN
+ * (a new connection from the same inside port). A stranger's RST or FIN to
+ * a public port changes nothing, nor does the subscriber's answer to it (its
+ * RST to a forged FIN goes to the stranger, not to the peer).
+ *
+ * Closing reverts to established when both sides go on exchanging plain
+ * ACKs (no SYN, FIN or RST) after the last FIN or RST: CLOSE_ACKS_REVERT
+ * each way. An orderly close, or a simultaneous one, sends at most one ACK
+ * each way after the last FIN, so it stays closing; a connection that keeps
+ * carrying data after a forged RST from the peer's address, which the
+ * subscriber's stack refused (RFC 5961), is established again.
+ */
+#define CLOSE_ACKS_REVERT 2
+#define CLOSE_ACKS_OUT_SHIFT 0
+#define CLOSE_ACKS_IN_SHIFT 2
+
+/* tcp_initial_state is the state of a mapping made by this packet. */
+static __always_inline __u8 tcp_initial_state(__u8 flags)
+{
+	if (flags & (TF_FIN | TF_RST))
+		return FLOW_STATE_TCP_CLOSING;
+	if (flags & TF_SYN)
+		return FLOW_STATE_TCP_TRANS;
+	return FLOW_STATE_TCP_EST;
+}
+
+/*
+ * tcp_set_state moves a mapping to state, writing only on a change, and
+ * keeps the reverse entry's closing copy in step (rev may be NULL: it is
+ * then looked up, which happens only on a change of closing).
+ */
+static __always_inline void tcp_set_state(struct flow_fwd *fwd, struct flow_rev *rev, __u8 state)
+{
+	__u8 closing = state == FLOW_STATE_TCP_CLOSING;
+
+	if (fwd->close_acks)
+		fwd->close_acks = 0;
+	if (fwd->state == state)
+		return;
+	if ((fwd->state == FLOW_STATE_TCP_CLOSING) != closing && !rev) {
+		struct flow_key rkey = { .addr = fwd->nat_addr, .port = fwd->nat_port, .proto = IPPROTO_TCP };
+
+		rev = bpf_map_lookup_elem(&flows_rev, &rkey);
+	}
+	fwd->state = state;
+	if (rev && rev->closing != closing)
+		rev->closing = closing;
+}
+
+/* tcp_track moves the state for a packet from or to the peer; outbound
+ * says which direction's ACKs it counts while closing. */
+static __always_inline void tcp_track(struct flow_fwd *fwd, struct flow_rev *rev, __u8 flags, int outbound)
+{
+	__u8 shift = outbound ? CLOSE_ACKS_OUT_SHIFT : CLOSE_ACKS_IN_SHIFT;
+	__u8 acks, mine;
+
+	if (flags & (TF_FIN | TF_RST)) {
+		tcp_set_state(fwd, rev, FLOW_STATE_TCP_CLOSING);
+		return;
+	}
+	if (flags & TF_SYN) {
+		if (outbound)
+			tcp_set_state(fwd, rev, FLOW_STATE_TCP_TRANS);
+		return;
+	}
+	if (fwd->state != FLOW_STATE_TCP_CLOSING) {
+		/* Inbound packets never establish: only the subscriber's
+		 * ACK says its side of the handshake is done. */
+		if (outbound && fwd->state != FLOW_STATE_TCP_EST)
+			tcp_set_state(fwd, rev, FLOW_STATE_TCP_EST);
+		return;
+	}
+	if (!(flags & TF_ACK))
+		return;
+	acks = fwd->close_acks;
+	mine = (acks >> shift) & 3;
+	if (mine >= CLOSE_ACKS_REVERT)
+		return;
+	acks += 1 << shift;
+	if (((acks >> CLOSE_ACKS_OUT_SHIFT) & 3) >= CLOSE_ACKS_REVERT &&
+	    ((acks >> CLOSE_ACKS_IN_SHIFT) & 3) >= CLOSE_ACKS_REVERT) {
+		tcp_set_state(fwd, rev, FLOW_STATE_TCP_EST);
+		return;
+	}
+	fwd->close_acks = acks;
+}
+
+/* tcp_track_out follows an outbound TCP packet to (daddr, dport). */
+static __always_inline void tcp_track_out(struct flow_fwd *fwd, __be32 daddr, __be16 dport, __u8 flags)
+{
+	if ((flags & TF_SYN) && !(flags & (TF_FIN | TF_RST))) {
+		/* A new connection on this mapping: its remote is the peer. */
+		if (fwd->peer_addr != daddr)
+			fwd->peer_addr = daddr;
+		if (fwd->peer_port != dport)
+			fwd->peer_port = dport;
+	} else if (fwd->peer_addr != daddr || fwd->peer_port != dport) {
+		return;
+	}
+	tcp_track(fwd, 0, flags, 1);
+}
+
+/*
+ * subscriber_of maps an inside address to its subscriber number, or returns
+ * -1 if the address is in no inside prefix (a spoofed or stray source).
+ */
+static __always_inline __s64 subscriber_of(__be32 addr)
+{
+	struct lpm_v4_key key = { .prefixlen = 32, .addr = addr };
+	struct inside_prefix *p = bpf_map_lookup_elem(&inside_prefixes, &key);
+	__u32 sub;
+
+	if (!p)
+		return -1;
+	sub = p->first_subscriber + (bpf_ntohl(addr) - p->network);
+	if (sub >= subscriber_count)
+		return -1;
+	return sub;
+}
+
+/*
+ * block_activate marks a subscriber's block active and, for the first flow
+ * of an idle block only, reports it. The compare-and-swap makes exactly one
+ * CPU report a block that several CPUs touch at once.
+ */
+static __always_inline void block_activate(__u32 sub, __be32 inside, __be32 public, __u16 base, __u64 now)
+{
+	struct subscriber_state *s = bpf_map_lookup_elem(&subscribers, &sub);
+	struct block_event *e;
+	__u64 since;
+
+	if (!s)
+		return;
+	if (s->last_active_ns != now)
+		s->last_active_ns = now;
+	if (s->active)
+		return;
+	if (__sync_val_compare_and_swap(&s->active, 0, 1) != 0)
+		return;
+	since = bpf_ktime_get_ns();
+	s->active_since_ns = since;
+	stat_inc(STAT_BLOCK_ACTIVATIONS);
+	e = bpf_ringbuf_reserve(&block_events, sizeof(*e), 0);
+	if (!e) {
+		/* The reconciler still finds the block, and when it began:
+		 * both are in the subscriber's state above. */
+		stat_inc(STAT_RINGBUF_FULL);
+		return;
+	}
+	e->time_ns = since;
+	e->subscriber = sub;
+	e->inside_addr = inside;
+	e->public_addr = public;
+	e->port_lo = base;
+	e->port_hi = base + block_size - 1;
+	e->epoch = epoch;
+	e->kind = BLOCK_EVENT_ACTIVATE;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void count_block_full(__u32 sub)
+{
+	struct subscriber_state *s = bpf_map_lookup_elem(&subscribers, &sub);
+
+	if (s)
+		__sync_fetch_and_add(&s->block_full_drops, 1);
+}
+
+/*
+ * flow_create maps (inside addr, port, proto) to a free port of the
+ * subscriber's block. The reverse entry is claimed first with BPF_NOEXIST,
+ * which is what makes a port ours; the forward entry follows, and the
+ * reverse one is rolled back if that fails. Returns the forward entry, or
+ * NULL with *drop_reason set.
+ */
+static __always_inline struct flow_fwd *flow_create(struct flow_key *fkey, __u32 sub, __u8 state, __be32 peer_addr,
+						   __be16 peer_port, __u64 now, __u32 *drop_reason)
+{
+	__u32 pool_slot = sub / sharing_ratio;
+	__u16 base = port_lo + (sub % sharing_ratio) * block_size;
+	__u32 start = bpf_get_prandom_u32() % block_size;
+	struct flow_rev rev = { .addr = fkey->addr, .port = fkey->port, .subscriber = sub,
+				.closing = state == FLOW_STATE_TCP_CLOSING };
+	struct flow_key rkey = { .proto = fkey->proto };
+	struct flow_fwd fwd = {};
+	struct flow_fwd *found;
+	__be32 *public;
+	__u32 i;
+	long err;
+
+	public = bpf_map_lookup_elem(&pool_addrs, &pool_slot);
+	if (!public) {
+		*drop_reason = STAT_DROP_FLOW_TABLE;
+		return 0;
+	}
+	rkey.addr = *public;
+
+	for (i = 0; i < MAX_PORT_PROBES; i++) {
+		__u32 off;
+
+		if (i >= block_size)
+			break;
+		off = start + i;
+		if (off >= block_size)
+			off -= block_size;
+		rkey.port = bpf_htons(base + off);
+		err = bpf_map_update_elem(&flows_rev, &rkey, &rev, BPF_NOEXIST);
+		if (!err)
+			goto claimed;
+		if (err != -EEXIST) {
+			*drop_reason = STAT_DROP_FLOW_TABLE;
+			return 0;
+		}
+	}
+	count_block_full(sub);
+	*drop_reason = STAT_DROP_BLOCK_FULL;
+	return 0;
+
+claimed:
+	fwd.last_seen_ns = now;
+	fwd.nat_addr = rkey.addr;
+	fwd.nat_port = rkey.port;
+	fwd.state = state;
+	fwd.subscriber = sub;
+	fwd.peer_addr = peer_addr;
+	fwd.peer_port = peer_port;
+	err = bpf_map_update_elem(&flows_fwd, fkey, &fwd, BPF_NOEXIST);
+	if (err) {
+		bpf_map_delete_elem(&flows_rev, &rkey);
+		/* Another CPU mapped the same flow first: use its port. */
+		found = bpf_map_lookup_elem(&flows_fwd, fkey);
+		if (!found)
+			*drop_reason = STAT_DROP_FLOW_TABLE;
+		return found;
+	}
+	stat_inc(STAT_NEW_FLOWS);
+	block_activate(sub, fkey->addr, rkey.addr, base, now);
+	return bpf_map_lookup_elem(&flows_fwd, fkey);
+}
+
+/* block_full_icmp answers a refused new flow with "host unreachable",
+ * at most once per interval per subscriber (RFC 6888 REQ-11). */
+static __always_inline int block_full_icmp(struct xdp_md *ctx, __u32 sub, __u64 now)
+{
+	struct subscriber_state *s = bpf_map_lookup_elem(&subscribers, &sub);
+
+	if (!s || now - s->last_icmp_ns < BLOCK_FULL_ICMP_INTERVAL_NS)
+		return XDP_DROP;
+	s->last_icmp_ns = now;
+	if (icmp_host_unreachable(ctx) < 0)
+		return XDP_DROP;
+	stat_inc(STAT_ICMP_BLOCK_FULL);
+	/* Back out of the interface it came in on, through the devmap like
+	 * every forwarded frame: on veth, XDP_TX of this frame never reached
+	 * the peer in testing, while the redirect does. */
+	return bpf_redirect_map(&tx_ports, ctx->ingress_ifindex, XDP_DROP);
+}
+
+#endif
