@@ -49,7 +49,7 @@ func main() {
 	flag.BoolVar(&opts.quick, "quick", false, "one short repetition of everything, with small workloads (CI smoke test)")
 	flag.IntVar(&opts.reps, "reps", 5, "repetitions of each throughput measurement")
 	flag.DurationVar(&opts.duration, "duration", 3*time.Second, "length of one throughput measurement")
-	flag.StringVar(&sections, "sections", "throughput,logvolume,memory", "bed sections to run (comma-separated; empty for none)")
+	flag.StringVar(&sections, "sections", "throughput,newflows,logvolume,memory", "bed sections to run (comma-separated; empty for none)")
 	flag.StringVar(&gotest, "gotest", "", "comma-separated `go test -bench` output files to summarise")
 	flag.StringVar(&opts.out, "out", "", "also write the report to this file")
 	flag.StringVar(&routers, "routers", strings.Join(bench.RouterNames, ","), "throughput: routers to measure, in this order")
@@ -190,6 +190,20 @@ func runBed(ctx context.Context, w io.Writer, bed *bench.Bed, opts options, bloc
 		}
 		fmt.Fprintf(w, "## Throughput through a router namespace\n\n(%s in all)\n\n", time.Since(began).Round(time.Second))
 		targets = append(targets, bench.WriteThroughput(w, cfg, samples)...)
+	}
+	if opts.sections["newflows"] {
+		cfg := bench.NewFlowsConfig{Routers: []string{bench.RouterBlocknat, bench.RouterNftMasquerade, bench.RouterNftPortBlock},
+			Flows: 100_000, Subscribers: 1000, Destinations: 200, Reps: opts.reps}
+		if opts.quick {
+			cfg.Flows = 10_000
+		}
+		began := time.Now()
+		samples, err := bench.RunNewFlows(ctx, bed, cfg, log)
+		if err != nil {
+			return targets, fmt.Errorf("new flows: %w", err)
+		}
+		fmt.Fprintf(w, "## Connection establishment rate (RFC 9693)\n\n(%s in all)\n\n", time.Since(began).Round(time.Second))
+		targets = append(targets, bench.WriteNewFlows(w, cfg, samples)...)
 	}
 	if opts.sections["logvolume"] {
 		cfg := bench.LogVolumeConfig{Subscribers: 1000, ConnsPerSubscriber: 200, Destinations: 200, PacketsPerConn: 2}
