@@ -96,10 +96,10 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } filters SEC(".maps");
 
-/* iface_roles: key u32 ifindex, value u32 enum iface_role. */
+/* iface_roles: key u32 ifindex, value u32 enum iface_role (0: none). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, IFACE_INDEX_LIMIT);
 	__type(key, __u32);
 	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);

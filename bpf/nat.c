@@ -53,6 +53,7 @@ const enum block_event_kind *unused_block_event_kind __attribute__((unused));
 const enum flow_proto *unused_flow_proto __attribute__((unused));
 const enum flow_state *unused_flow_state __attribute__((unused));
 const enum iface_role *unused_iface_role __attribute__((unused));
+const enum iface_limits *unused_iface_limits __attribute__((unused));
 
 /* How long the translation of a datagram's first fragment serves its
  * later fragments. */

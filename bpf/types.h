@@ -180,6 +180,13 @@ enum iface_policy_flags {
 	IFACE_REQUIRE_BINDING = 2, /* only bound addresses */
 };
 
+/* The per-interface tables (iface_roles, iface_policy) are arrays indexed
+ * by ifindex: a lookup the verifier inlines, no hash. The loader refuses an
+ * interface whose ifindex is not below this. */
+enum iface_limits {
+	IFACE_INDEX_LIMIT = 4096,
+};
+
 /* Interface roles, the value of the iface_roles map. */
 enum iface_role {
 	IFACE_INSIDE = 1,

@@ -37,10 +37,10 @@ struct {
 } src_bindings SEC(".maps");
 
 /* iface_policy: key u32 ifindex, value u32 IFACE_CHECK_PREFIXES |
- * IFACE_REQUIRE_BINDING. */
+ * IFACE_REQUIRE_BINDING (0: no policy). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, IFACE_INDEX_LIMIT);
 	__type(key, __u32);
 	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -73,7 +73,7 @@ static __always_inline int source_bound(struct xdp_md *ctx, struct ethhdr *eth, 
 	if (bound && !mac_equal(bound->mac, eth->h_source))
 		return 0;
 	policy = bpf_map_lookup_elem(&iface_policy, &ifindex);
-	if (!policy)
+	if (!policy || !*policy)
 		return 1;
 	if ((*policy & IFACE_REQUIRE_BINDING) && !bound)
 		return 0;

@@ -189,3 +189,23 @@ func TestParamsErrorsNameTheField(t *testing.T) {
 		t.Errorf("ParseMode(turbo) = %v", err)
 	}
 }
+
+// TestAttachRefusesLargeIfindex: the per-interface tables are arrays
+// indexed by ifindex, so an interface beyond them is refused by name
+// rather than left without a role.
+func TestAttachRefusesLargeIfindex(t *testing.T) {
+	f := defaultFixture(t)
+	if out, err := exec.Command("ip", "-n", f.ns.name, "link", "add", "big0", "index", "5000", "type", "veth", "peer", "name", "big0p").CombinedOutput(); err != nil {
+		t.Fatalf("ip link add big0: %v: %s", err, out)
+	}
+	f.ns.do(t, func() {
+		err := f.nat.Attach("big0", RoleInside, ModeGeneric)
+		if err == nil || !strings.Contains(err.Error(), "big0") || !strings.Contains(err.Error(), "ifindex 5000") {
+			t.Fatalf("attach to ifindex 5000: %v, want a refusal naming big0 and its ifindex", err)
+		}
+		err = f.nat.SetInterfacePolicies(map[string]InterfacePolicy{"big0": {RequireBinding: true}})
+		if err == nil || !strings.Contains(err.Error(), "big0") {
+			t.Fatalf("policy for ifindex 5000: %v, want a refusal naming big0", err)
+		}
+	})
+}

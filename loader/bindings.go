@@ -96,7 +96,9 @@ func (n *NAT) SetInterfacePolicies(policies map[string]InterfacePolicy) error {
 	var old []uint32
 	it := n.objs.IfacePolicy.Iterate()
 	for it.Next(&ifindex, &flags) {
-		old = append(old, ifindex)
+		if flags != 0 {
+			old = append(old, ifindex)
+		}
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("iface_policy: iterate: %w", err)
@@ -118,6 +120,9 @@ func (n *NAT) SetInterfacePolicies(policies map[string]InterfacePolicy) error {
 	for name, p := range policies {
 		ifc, err := net.InterfaceByName(name)
 		if err != nil {
+			return fmt.Errorf("inside.interface_prefixes: interface %s: %w", name, err)
+		}
+		if err := checkIfindex(ifc.Index); err != nil {
 			return fmt.Errorf("inside.interface_prefixes: interface %s: %w", name, err)
 		}
 		idx := uint32(ifc.Index)
@@ -151,8 +156,9 @@ func (n *NAT) SetInterfacePolicies(policies map[string]InterfacePolicy) error {
 	}
 	for _, idx := range old {
 		if _, keep := want[idx]; !keep {
-			if err := n.objs.IfacePolicy.Delete(idx); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("iface_policy: delete: %w", err)
+			// An array entry cannot be deleted: 0 is no policy.
+			if err := n.objs.IfacePolicy.Put(idx, uint32(0)); err != nil {
+				return fmt.Errorf("iface_policy: clear: %w", err)
 			}
 		}
 	}

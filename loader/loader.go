@@ -214,6 +214,9 @@ func Load(p Params, pinDir string) (*NAT, error) {
 		if err := dropResizedFilters(spec, opts.Maps.PinPath); err != nil {
 			return nil, err
 		}
+		if err := dropRetypedIfaceTables(spec, opts.Maps.PinPath); err != nil {
+			return nil, err
+		}
 	} else {
 		// Unpinned (tests, benchmarks): private maps nobody else can see.
 		for _, ms := range spec.Maps {
@@ -246,6 +249,34 @@ func Load(p Params, pinDir string) (*NAT, error) {
 		}
 	}
 	return n, nil
+}
+
+// dropRetypedIfaceTables removes the pins of the per-interface tables when
+// they are not of the type and size spec asks for (an upgrade from the
+// hash tables of earlier releases), so that loading makes new ones rather
+// than refusing the pinned maps. Their contents are rewritten at every
+// start: Attach registers every interface's role, and the agent sets the
+// interface policies.
+func dropRetypedIfaceTables(spec *ebpf.CollectionSpec, pinPath string) error {
+	for _, name := range []string{"iface_roles", "iface_policy"} {
+		path := filepath.Join(pinPath, name)
+		m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("open pinned map %s: %w", path, err)
+		}
+		same := m.Type() == spec.Maps[name].Type && m.MaxEntries() == spec.Maps[name].MaxEntries
+		m.Close()
+		if same {
+			continue
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("unpin retyped table %s: %w", path, err)
+		}
+	}
+	return nil
 }
 
 // prepareSpec reads the object and sets the mapping's constants and the
@@ -439,12 +470,26 @@ func modeName(m Mode) string {
 // register tells the programs an interface's role and makes it a redirect
 // target, so packets routed out of it can leave straight from XDP.
 func (n *NAT) register(ifindex int, role Role) error {
+	if err := checkIfindex(ifindex); err != nil {
+		return err
+	}
 	idx, r := uint32(ifindex), uint32(role)
 	if err := n.objs.IfaceRoles.Update(&idx, &r, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write iface_roles: %w", err)
 	}
 	if err := n.objs.TxPorts.Update(&idx, &idx, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write tx_ports: %w", err)
+	}
+	return nil
+}
+
+// ifaceIndexLimit bounds the ifindex of every interface the NAT knows: its
+// per-interface tables are arrays of this size (enum iface_limits).
+const ifaceIndexLimit = int(natIfaceLimitsIFACE_INDEX_LIMIT)
+
+func checkIfindex(ifindex int) error {
+	if ifindex <= 0 || ifindex >= ifaceIndexLimit {
+		return fmt.Errorf("ifindex %d: blocknat handles interfaces with an ifindex below %d only", ifindex, ifaceIndexLimit)
 	}
 	return nil
 }

@@ -106,6 +106,12 @@ type natFragVal struct {
 	Pad    uint32
 }
 
+type natIfaceLimits uint32
+
+const (
+	natIfaceLimitsIFACE_INDEX_LIMIT natIfaceLimits = 4096
+)
+
 type natIfacePolicyFlags uint32
 
 const (
@@ -229,6 +235,7 @@ const (
 	natVarUnusedBlockEventKind   = "unused_block_event_kind"
 	natVarUnusedFlowProto        = "unused_flow_proto"
 	natVarUnusedFlowState        = "unused_flow_state"
+	natVarUnusedIfaceLimits      = "unused_iface_limits"
 	natVarUnusedIfacePolicyFlags = "unused_iface_policy_flags"
 	natVarUnusedIfaceRole        = "unused_iface_role"
 	natVarUnusedStatIndex        = "unused_stat_index"
@@ -320,6 +327,7 @@ type natVariableSpecs struct {
 	UnusedBlockEventKind   *ebpf.VariableSpec `ebpf:"unused_block_event_kind"`
 	UnusedFlowProto        *ebpf.VariableSpec `ebpf:"unused_flow_proto"`
 	UnusedFlowState        *ebpf.VariableSpec `ebpf:"unused_flow_state"`
+	UnusedIfaceLimits      *ebpf.VariableSpec `ebpf:"unused_iface_limits"`
 	UnusedIfacePolicyFlags *ebpf.VariableSpec `ebpf:"unused_iface_policy_flags"`
 	UnusedIfaceRole        *ebpf.VariableSpec `ebpf:"unused_iface_role"`
 	UnusedStatIndex        *ebpf.VariableSpec `ebpf:"unused_stat_index"`
@@ -401,6 +409,7 @@ type natVariables struct {
 	UnusedBlockEventKind   *ebpf.Variable `ebpf:"unused_block_event_kind"`
 	UnusedFlowProto        *ebpf.Variable `ebpf:"unused_flow_proto"`
 	UnusedFlowState        *ebpf.Variable `ebpf:"unused_flow_state"`
+	UnusedIfaceLimits      *ebpf.Variable `ebpf:"unused_iface_limits"`
 	UnusedIfacePolicyFlags *ebpf.Variable `ebpf:"unused_iface_policy_flags"`
 	UnusedIfaceRole        *ebpf.Variable `ebpf:"unused_iface_role"`
 	UnusedStatIndex        *ebpf.Variable `ebpf:"unused_stat_index"`
