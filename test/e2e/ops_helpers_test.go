@@ -295,3 +295,32 @@ func (c *udpClient) roundTrip(payload string) error {
 	}
 	return nil
 }
+
+// heldTraffic is what the restart tests keep going through the NAT while
+// the agent stops, dies or starts: a TCP stream from the first subscriber
+// and a UDP mapping of the second, with the public address and port the
+// UDP server saw it from.
+type heldTraffic struct {
+	tcpSrv  *tcpEcho
+	udpSrv  *netns.UDPEcho
+	tcp     *stream
+	udp     *udpClient
+	udpPort netip.AddrPort
+}
+
+func holdTraffic(t *testing.T, e *env) *heldTraffic {
+	t.Helper()
+	h := &heldTraffic{tcpSrv: startTCPEcho(t, e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[0], 7001))}
+	var err error
+	if h.udpSrv, err = netns.StartUDPEcho(e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[1], 9000)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.udpSrv.Close() })
+	h.tcp = startStream(t, e.topo.Subscribers[0].NS, h.tcpSrv.Addr, 20*time.Millisecond)
+	h.udp = newUDPClient(t, e.topo.Subscribers[1].NS, h.udpSrv.Addr)
+	if err := h.udp.roundTrip("before"); err != nil {
+		t.Fatalf("UDP before: %v", err)
+	}
+	h.udpPort = lastPort(t, h.udpSrv)
+	return h
+}

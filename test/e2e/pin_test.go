@@ -79,18 +79,8 @@ func TestPinsOutliveAgentUnderNetnsExec(t *testing.T) {
 		t.Fatalf("the host sees links %v under %s, want one per interface %v", links, e.pinDir, e.ifaces)
 	}
 
-	tcpSrv := startTCPEcho(t, e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[0], 7001))
-	udpSrv, err := netns.StartUDPEcho(e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[1], 9000))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udpSrv.Close()
-	tcp := startStream(t, e.topo.Subscribers[0].NS, tcpSrv.Addr, 20*time.Millisecond)
-	udp := newUDPClient(t, e.topo.Subscribers[1].NS, udpSrv.Addr)
-	if err := udp.roundTrip("before"); err != nil {
-		t.Fatalf("UDP before the kill: %v", err)
-	}
-	udpPort := lastPort(t, udpSrv)
+	held := holdTraffic(t, e)
+	tcpSrv, udpSrv, tcp, udp, udpPort := held.tcpSrv, held.udpSrv, held.tcp, held.udp, held.udpPort
 	if !e.topo.Pool.Contains(udpPort.Addr()) {
 		t.Fatalf("the UDP server sees %s, want a pool address", udpPort)
 	}

@@ -47,19 +47,8 @@ func lastPort(t *testing.T, srv *netns.UDPEcho) netip.AddrPort {
 // duplicated, none demoted to "recovered".
 func TestKill9KeepsTrafficAndRecords(t *testing.T) {
 	e := startEnv(t, "bn-e2ekill")
-	tcpSrv := startTCPEcho(t, e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[0], 7001))
-	udpSrv, err := netns.StartUDPEcho(e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[1], 9000))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udpSrv.Close()
-
-	tcp := startStream(t, e.topo.Subscribers[0].NS, tcpSrv.Addr, 20*time.Millisecond)
-	udp := newUDPClient(t, e.topo.Subscribers[1].NS, udpSrv.Addr)
-	if err := udp.roundTrip("before"); err != nil {
-		t.Fatalf("UDP before the restart: %v", err)
-	}
-	udpPort := lastPort(t, udpSrv)
+	held := holdTraffic(t, e)
+	tcpSrv, udpSrv, tcp, udp, udpPort := held.tcpSrv, held.udpSrv, held.tcp, held.udp, held.udpPort
 	tcp.waitEchoes(t, 10, 5*time.Second)
 	time.Sleep(200 * time.Millisecond) // both activations are committed within 50 ms
 	before := map[netip.Addr][]wire.Record{}
@@ -131,18 +120,8 @@ func TestKill9KeepsTrafficAndRecords(t *testing.T) {
 // and with them the translation, but not the guard.
 func TestCleanStopKeepsDataPlaneDetachRemovesIt(t *testing.T) {
 	e := startEnv(t, "bn-e2estop")
-	tcpSrv := startTCPEcho(t, e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[0], 7001))
-	udpSrv, err := netns.StartUDPEcho(e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[1], 9000))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udpSrv.Close()
-	tcp := startStream(t, e.topo.Subscribers[0].NS, tcpSrv.Addr, 20*time.Millisecond)
-	udp := newUDPClient(t, e.topo.Subscribers[1].NS, udpSrv.Addr)
-	if err := udp.roundTrip("before"); err != nil {
-		t.Fatal(err)
-	}
-	udpPort := lastPort(t, udpSrv)
+	held := holdTraffic(t, e)
+	udpSrv, tcp, udp, udpPort := held.udpSrv, held.tcp, held.udp, held.udpPort
 	tcp.waitEchoes(t, 5, 5*time.Second)
 
 	if err := e.agent.Stop(); err != nil {
