@@ -48,6 +48,15 @@
 #define CLOSE_ACKS_OUT_SHIFT 0
 #define CLOSE_ACKS_IN_SHIFT 2
 
+/* flow_touch refreshes a mapping's clock when it has moved by the
+ * resolution the sweeper allows for (enum flow_clock): most packets of a
+ * busy mapping then leave its entry unwritten. */
+static __always_inline void flow_touch(struct flow_fwd *fwd, __u64 now)
+{
+	if (now - fwd->last_seen_ns >= FLOW_LAST_SEEN_RESOLUTION_NS)
+		fwd->last_seen_ns = now;
+}
+
 /* tcp_initial_state is the state of a mapping made by this packet. */
 static __always_inline __u8 tcp_initial_state(__u8 flags)
 {

@@ -54,6 +54,7 @@ const enum flow_proto *unused_flow_proto __attribute__((unused));
 const enum flow_state *unused_flow_state __attribute__((unused));
 const enum iface_role *unused_iface_role __attribute__((unused));
 const enum iface_limits *unused_iface_limits __attribute__((unused));
+const enum flow_clock *unused_flow_clock __attribute__((unused));
 
 /* How long the translation of a datagram's first fragment serves its
  * later fragments. */
@@ -217,10 +218,9 @@ static __always_inline int inside_flow(struct pkt *p)
 		/* A forward entry exists only for a source that passed the
 		 * prefix check when it was created, so the established path
 		 * skips the LPM lookup. Fields are written only when they
-		 * change: the coarse clock ticks per jiffy, so most packets
-		 * leave the cache line clean. */
-		if (p->fwd->last_seen_ns != p->now)
-			p->fwd->last_seen_ns = p->now;
+		 * change (the clock by its resolution, the TCP state when it
+		 * moves), so most packets leave the cache line clean. */
+		flow_touch(p->fwd, p->now);
 		if (l4->proto == IPPROTO_TCP)
 			tcp_track_out(p->fwd, iph->daddr, remote_port_of(l4, 1), l4->tcp_flags);
 		p->translated = 1;
@@ -451,7 +451,7 @@ static __always_inline int outside_track(struct pkt *p)
 	if (!fwd)
 		return VERDICT_NEXT;
 	if (l4->proto != IPPROTO_TCP)
-		fwd->last_seen_ns = bpf_ktime_get_coarse_ns();
+		flow_touch(fwd, bpf_ktime_get_coarse_ns());
 	else if (fwd->peer_addr == p->iph->saddr && fwd->peer_port == remote_port_of(l4, 0))
 		tcp_track(fwd, rev, l4->tcp_flags, 0);
 	return VERDICT_NEXT;

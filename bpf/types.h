@@ -86,6 +86,15 @@ struct flow_rev {
 };
 _Static_assert(sizeof(struct flow_rev) == 12, "flow_rev layout");
 
+/* How finely a mapping's last_seen_ns follows its packets: the data plane
+ * writes it only when it has moved by this much, so that a busy mapping's
+ * entry stays clean in the cache instead of being written once per jiffy.
+ * The sweeper, which looks every intervals.sweep (10 s by default), adds it
+ * to every timeout, so no mapping expires earlier than it did. */
+enum flow_clock {
+	FLOW_LAST_SEEN_RESOLUTION_NS = 1000000000,
+};
+
 enum flow_state {
 	FLOW_STATE_OTHER = 0,       /* UDP and ICMP: one timeout each */
 	FLOW_STATE_TCP_TRANS = 1,   /* handshake: SYN seen, not yet an ACK */

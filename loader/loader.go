@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -48,6 +49,11 @@ const (
 	// reverts to established when both sides go on exchanging plain ACKs.
 	FlowStateTCPClosing = uint8(natFlowStateFLOW_STATE_TCP_CLOSING)
 )
+
+// LastSeenResolution is how finely FlowFwd.LastSeenNs follows a mapping's
+// packets (enum flow_clock): the data plane writes it only when it has
+// moved by this much, so it may lag the last packet by up to this.
+const LastSeenResolution = time.Duration(natFlowClockFLOW_LAST_SEEN_RESOLUTION_NS)
 
 // Protocol numbers of the flow key's Proto (enum flow_proto): the three
 // protocols that share the flow tables.

@@ -42,6 +42,12 @@ type natFilterKey struct {
 	Pad        [3]uint8
 }
 
+type natFlowClock uint32
+
+const (
+	natFlowClockFLOW_LAST_SEEN_RESOLUTION_NS natFlowClock = 1000000000
+)
+
 type natFlowFwd struct {
 	_          structs.HostLayout
 	LastSeenNs uint64
@@ -233,6 +239,7 @@ const (
 	natVarUdpInboundRefresh      = "udp_inbound_refresh"
 	natVarUnusedBlockEvent       = "unused_block_event"
 	natVarUnusedBlockEventKind   = "unused_block_event_kind"
+	natVarUnusedFlowClock        = "unused_flow_clock"
 	natVarUnusedFlowProto        = "unused_flow_proto"
 	natVarUnusedFlowState        = "unused_flow_state"
 	natVarUnusedIfaceLimits      = "unused_iface_limits"
@@ -325,6 +332,7 @@ type natVariableSpecs struct {
 	UdpInboundRefresh      *ebpf.VariableSpec `ebpf:"udp_inbound_refresh"`
 	UnusedBlockEvent       *ebpf.VariableSpec `ebpf:"unused_block_event"`
 	UnusedBlockEventKind   *ebpf.VariableSpec `ebpf:"unused_block_event_kind"`
+	UnusedFlowClock        *ebpf.VariableSpec `ebpf:"unused_flow_clock"`
 	UnusedFlowProto        *ebpf.VariableSpec `ebpf:"unused_flow_proto"`
 	UnusedFlowState        *ebpf.VariableSpec `ebpf:"unused_flow_state"`
 	UnusedIfaceLimits      *ebpf.VariableSpec `ebpf:"unused_iface_limits"`
@@ -407,6 +415,7 @@ type natVariables struct {
 	UdpInboundRefresh      *ebpf.Variable `ebpf:"udp_inbound_refresh"`
 	UnusedBlockEvent       *ebpf.Variable `ebpf:"unused_block_event"`
 	UnusedBlockEventKind   *ebpf.Variable `ebpf:"unused_block_event_kind"`
+	UnusedFlowClock        *ebpf.Variable `ebpf:"unused_flow_clock"`
 	UnusedFlowProto        *ebpf.Variable `ebpf:"unused_flow_proto"`
 	UnusedFlowState        *ebpf.Variable `ebpf:"unused_flow_state"`
 	UnusedIfaceLimits      *ebpf.Variable `ebpf:"unused_iface_limits"`

@@ -86,8 +86,10 @@ func (t Timeouts) of(key loader.FlowKey, v loader.FlowFwd) time.Duration {
 }
 
 // idle says whether the mapping key, v has outlived its timeout at now.
+// The kernel's last-seen time may lag the last packet by its resolution;
+// adding that keeps a mapping at least its full timeout.
 func (t Timeouts) idle(now uint64, key loader.FlowKey, v loader.FlowFwd) bool {
-	return age(now, v.LastSeenNs) > t.of(key, v)
+	return age(now, v.LastSeenNs) > t.of(key, v)+loader.LastSeenResolution
 }
 
 // Sweep expires idle mappings, then releases idle blocks.
