@@ -69,6 +69,9 @@ func (s *Store) Apply(ops []Op) error {
 			return err
 		}
 	}
+	if err := w.writeOpen(); err != nil {
+		return fmt.Errorf("apply: open records: %w", err)
+	}
 	if err := w.raiseWidth(); err != nil {
 		return fmt.Errorf("apply: batch set width: %w", err)
 	}
@@ -116,7 +119,7 @@ func (w *recordBatch) apply(i int, op *Op) error {
 
 // activate adds an OpActivate; see OpActivate for the rules.
 func (w *recordBatch) activate(i int, r Record) error {
-	rec, id, inside, err := checkActivate(r, w.now)
+	rec, id, _, err := checkActivate(r, w.now)
 	if err != nil {
 		return fmt.Errorf("apply op %d (activate subscriber %d): %w", i, r.Subscriber, err)
 	}
@@ -132,17 +135,9 @@ func (w *recordBatch) activate(i int, r Record) error {
 		// start, or the ring buffer's event for exactly the
 		// activation the reconciler recovered confirms it, and the
 		// record is no longer marked recovered.
-		curID, curInside := idOf(&cur)
-		if err := errors.Join(w.b.Delete(openKey(curID), nil), w.b.Delete(openInsideKey(curInside, curID), nil)); err != nil {
-			return fmt.Errorf("apply op %d: batch delete: %w", i, err)
-		}
 	}
-	if err := errors.Join(
-		w.b.Set(openKey(id), encodeValue(nil, &rec, inside, false), nil),
-		w.b.Set(openInsideKey(inside, id), nil, nil),
-	); err != nil {
-		return fmt.Errorf("apply op %d: batch set: %w", i, err)
-	}
+	// The open keys are written by writeOpen once the batch is read
+	// whole, so that a block released in the same batch never has any.
 	w.pending[oid] = &rec
 	w.width = max(w.width, uint32(rec.PortHi-rec.PortLo)+1)
 	return nil
@@ -169,18 +164,54 @@ func (w *recordBatch) release(i int, r Record) error {
 	closed := cur
 	closed.End = time.Unix(0, endNS).UTC()
 	closed.Flags |= r.Flags
-	if err := errors.Join(w.b.Delete(openKey(id), nil), w.b.Delete(openInsideKey(inside, id), nil)); err != nil {
-		return fmt.Errorf("apply op %d: batch delete: %w", i, err)
-	}
 	// The lazy carry: one copy per day the interval touched, from
-	// the oldest retained day on.
-	v := encodeValue(nil, &closed, inside, true)
+	// the oldest retained day on, and in each of those days the
+	// inside address's index entry for the block (written again by
+	// every record of the block that day; Pebble keeps one).
+	v := encodeClosedValue(nil, &closed, inside)
 	for day := max(dayOf(id.start), w.swept); day <= dayOf(endNS); day++ {
-		if err := errors.Join(w.b.Set(recordKey(day, id), v, nil), w.b.Set(insideKey(day, inside, id), nil, nil)); err != nil {
+		if err := errors.Join(w.b.Set(recordKey(day, id), v, nil), w.b.Set(insideKey(day, inside, id.insideEntry()), nil, nil)); err != nil {
 			return fmt.Errorf("apply op %d: batch set: %w", i, err)
 		}
 	}
 	w.pending[oid] = nil
+	return nil
+}
+
+// writeOpen brings the o and p keys from the store's open records to the
+// batch's: it deletes those of a record the batch released or replaced and
+// writes those of a record it opened or changed. A block activated and
+// released in the same batch costs no open keys at all.
+func (w *recordBatch) writeOpen() error {
+	for oid, rec := range w.pending {
+		was, had := w.s.open[oid]
+		var newID recordID
+		var newInside [4]byte
+		if rec != nil {
+			newID, newInside = idOf(rec)
+		}
+		sameKeys := false
+		if had {
+			wasID, wasInside := idOf(&was)
+			sameKeys = rec != nil && newID == wasID && newInside == wasInside
+			if !sameKeys {
+				if err := errors.Join(w.b.Delete(openKey(wasID), nil), w.b.Delete(openInsideKey(wasInside, wasID), nil)); err != nil {
+					return fmt.Errorf("batch delete: %w", err)
+				}
+			}
+		}
+		if rec == nil {
+			continue
+		}
+		if err := w.b.Set(openKey(newID), encodeOpenValue(nil, rec, newInside), nil); err != nil {
+			return fmt.Errorf("batch set: %w", err)
+		}
+		if !sameKeys {
+			if err := w.b.Set(openInsideKey(newInside, newID), nil, nil); err != nil {
+				return fmt.Errorf("batch set: %w", err)
+			}
+		}
+	}
 	return nil
 }
 

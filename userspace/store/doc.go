@@ -16,8 +16,8 @@
 // All integers are big-endian so that byte order is numeric order. A day is
 // the UTC day number (Unix time / 86400 s); times are Unix nanoseconds.
 //
-//	r <day u32> <public 4B> <port_lo u16> <start u64> <subscriber u32>   = value
-//	s <day u32> <inside 4B> <start u64> <public 4B> <port_lo u16> <subscriber u32>
+//	r <day u32> <public 4B> <port_lo u16> <subscriber u32> <start u64>   = value
+//	s <day u32> <inside 4B> <public 4B> <port_lo u16> <subscriber u32>
 //	o <public 4B> <port_lo u16> <start u64> <subscriber u32>              = value
 //	p <inside 4B> <start u64> <public 4B> <port_lo u16> <subscriber u32>
 //	e <start u64> <epoch id u32>                                         = epoch
@@ -31,10 +31,22 @@
 // "r" is the record partition: a closed record is stored in every day
 // partition its interval touches, so a lookup for T seeks once in T's day
 // (once per day a tolerance spans) and never needs to look back in time.
-// "s" is the same per day, ordered by inside address, for History. "o" and
-// "p" hold the open records, by block and by inside address. The value of r
-// and o is a version byte, the inside address, port_hi, then uvarints for
-// End-Start (r only), the epoch and the flags: about 15 bytes.
+// Within a block a subscriber's records are in order of start, which is the
+// order NearestRecords walks. "s" indexes each day partition by inside
+// address for History, but holds no copy of a record: one key per
+// subscriber's block and day, naming the r prefix <day> <public> <port_lo>
+// <subscriber> to scan (the block's records that day, a handful), written
+// again by every record of that block and day (Pebble keeps one). A
+// subscriber who activates a block five times a day has five r keys and
+// one s key that day. "o" and "p" hold the open records, by block and by
+// inside address. The value of o is a version byte (1), the inside
+// address, port_hi, then uvarints for the epoch and the flags; the value of
+// r is a version byte (2), the inside address, port_hi, the epoch, the
+// flags, then End-Start as a uvarint, so that the part a subscriber's
+// records of a block share sits together for block compression: about 15
+// bytes. Times stay Unix nanoseconds: the kernel's clock gives them, and
+// the API echoes a record's Start and End in its answers, so a coarser
+// time would change answers.
 //
 // "c" holds the agent's self-check canaries: events the kernel wrote into the
 // block event ring buffer that name no subscriber. They travel the records'
@@ -78,7 +90,10 @@
 // writes a copy into every day partition from its start day (or the oldest
 // retained day) to its end day. The copies are therefore final and never need
 // rewriting, a store with no writes for days still answers for today, and an
-// open record older than the retention period survives every sweep.
+// open record older than the retention period survives every sweep. Apply
+// writes the open keys only once it has read its whole batch, so a block
+// activated and released in the same batch (the usual case when the agent
+// catches up) goes straight to its closed copies and never has open keys.
 //
 // # Lookup bound
 //
@@ -101,8 +116,9 @@
 //
 // Sweep(retention) computes cutoff = now - retention and its day C. In one
 // Sync batch it range-deletes the r and s partitions of every day before C,
-// point-deletes the records of day C that ended before the cutoff, deletes
-// epochs no retained record needs, and records C as the oldest retained day.
+// point-deletes the records of day C that ended before the cutoff and the s
+// entries of day C that no kept record needs, deletes epochs no retained
+// record needs, and records C as the oldest retained day.
 // The L and M lease partitions are deleted with the same rule in the same
 // batch.
 // A record that ended after the cutoff was copied into day C when it was
@@ -125,6 +141,17 @@
 // Unlinking frees the blocks but does not overwrite them on the device; where
 // erasure at the media level is required, put the store on an encrypted
 // volume.
+//
+// # Upgrades
+//
+// Meta "m layout" names the layout of r and s. A store without it was
+// written before layout 2, when r held the record keyed by start before
+// subscriber (value version 1, End-Start before the epoch) and s held a
+// second key per record, s <day> <inside> <start> <public> <port_lo>
+// <subscriber>. Open rewrites such a store in place, one day partition
+// per Sync batch, logging its progress, so that a crash leaves each day
+// whole in one layout and the next Open carries on (upgrade.go). The other
+// keyspaces are the same in both layouts.
 //
 // # Concurrency
 //

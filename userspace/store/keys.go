@@ -37,7 +37,7 @@ const nsPerDay = int64(24 * time.Hour)
 
 const (
 	recordKeyLen     = 1 + 4 + 4 + 2 + 8 + 4
-	insideKeyLen     = 1 + 4 + 4 + 8 + 4 + 2 + 4
+	insideKeyLen     = 1 + 4 + 4 + 4 + 2 + 4
 	openKeyLen       = 1 + 4 + 2 + 8 + 4
 	openInsideKeyLen = 1 + 4 + 8 + 4 + 2 + 4
 	epochKeyLen      = 1 + 8 + 4
@@ -46,7 +46,8 @@ const (
 
 // Value format versions, so that a later layout can be read beside this one.
 const (
-	valueVersionRecord = 1
+	valueVersionRecord = 1 // an open record (o); and a closed one (r) of layout 1
+	valueVersionClosed = 2 // a closed record (r) of layout 2
 	valueVersionEpoch  = 1
 	valueVersionCanary = 1
 	valueVersionLease  = 1
@@ -96,14 +97,14 @@ func blockPrefix(day uint32, public [4]byte, portLo uint16) []byte {
 	return binary.BigEndian.AppendUint16(k, portLo)
 }
 
+// subscriberBlockPrefix is r<day><public><portLo><subscriber>: the records
+// one subscriber held of one block on one day, in order of start.
+func subscriberBlockPrefix(day uint32, public [4]byte, portLo uint16, sub uint32) []byte {
+	return binary.BigEndian.AppendUint32(blockPrefix(day, public, portLo), sub)
+}
+
 func recordKey(day uint32, id recordID) []byte {
-	k := make([]byte, 0, recordKeyLen)
-	k = append(k, prefixRecord)
-	k = binary.BigEndian.AppendUint32(k, day)
-	k = append(k, id.public[:]...)
-	k = binary.BigEndian.AppendUint16(k, id.portLo)
-	k = binary.BigEndian.AppendUint64(k, uint64(id.start))
-	return binary.BigEndian.AppendUint32(k, id.sub)
+	return binary.BigEndian.AppendUint64(subscriberBlockPrefix(day, id.public, id.portLo, id.sub), uint64(id.start))
 }
 
 func parseRecordKey(k []byte) (day uint32, id recordID, err error) {
@@ -113,20 +114,31 @@ func parseRecordKey(k []byte) (day uint32, id recordID, err error) {
 	day = binary.BigEndian.Uint32(k[1:])
 	copy(id.public[:], k[5:9])
 	id.portLo = binary.BigEndian.Uint16(k[9:])
-	id.start = int64(binary.BigEndian.Uint64(k[11:]))
-	id.sub = binary.BigEndian.Uint32(k[19:])
+	id.sub = binary.BigEndian.Uint32(k[11:])
+	id.start = int64(binary.BigEndian.Uint64(k[15:]))
 	return day, id, nil
 }
 
-func insideKey(day uint32, inside [4]byte, id recordID) []byte {
+// insideEntry is what an s key names: the subscriber and block whose
+// records of that day partition hold the inside address.
+type insideEntry struct {
+	public [4]byte
+	portLo uint16
+	sub    uint32
+}
+
+func insideKey(day uint32, inside [4]byte, e insideEntry) []byte {
 	k := make([]byte, 0, insideKeyLen)
 	k = append(k, prefixInside)
 	k = binary.BigEndian.AppendUint32(k, day)
 	k = append(k, inside[:]...)
-	k = binary.BigEndian.AppendUint64(k, uint64(id.start))
-	k = append(k, id.public[:]...)
-	k = binary.BigEndian.AppendUint16(k, id.portLo)
-	return binary.BigEndian.AppendUint32(k, id.sub)
+	k = append(k, e.public[:]...)
+	k = binary.BigEndian.AppendUint16(k, e.portLo)
+	return binary.BigEndian.AppendUint32(k, e.sub)
+}
+
+func (id recordID) insideEntry() insideEntry {
+	return insideEntry{public: id.public, portLo: id.portLo, sub: id.sub}
 }
 
 // insidePrefix is s<day><inside>.
@@ -135,16 +147,15 @@ func insidePrefix(day uint32, inside [4]byte) []byte {
 	return append(k, inside[:]...)
 }
 
-func parseInsideKey(k []byte) (day uint32, id recordID, err error) {
+func parseInsideKey(k []byte) (day uint32, e insideEntry, err error) {
 	if len(k) != insideKeyLen || k[0] != prefixInside {
-		return 0, id, fmt.Errorf("inside key %x: bad length or prefix: %w", k, ErrCorrupt)
+		return 0, e, fmt.Errorf("inside key %x: bad length or prefix: %w", k, ErrCorrupt)
 	}
 	day = binary.BigEndian.Uint32(k[1:])
-	id.start = int64(binary.BigEndian.Uint64(k[9:]))
-	copy(id.public[:], k[17:21])
-	id.portLo = binary.BigEndian.Uint16(k[21:])
-	id.sub = binary.BigEndian.Uint32(k[23:])
-	return day, id, nil
+	copy(e.public[:], k[9:13])
+	e.portLo = binary.BigEndian.Uint16(k[13:])
+	e.sub = binary.BigEndian.Uint32(k[15:])
+	return day, e, nil
 }
 
 func openKey(id recordID) []byte {
@@ -216,20 +227,33 @@ func keyAfter(p []byte) []byte {
 	return nil // p is all 0xff: no upper bound
 }
 
-// encodeValue writes the part of a record that is not in its key. closed
-// selects the r layout, which carries End as a duration since Start.
-func encodeValue(dst []byte, r *Record, inside [4]byte, closed bool) []byte {
+// encodeOpenValue writes the part of an open record that is not in its
+// key: the version, the inside address, port_hi, then uvarints for the
+// epoch and the flags.
+func encodeOpenValue(dst []byte, r *Record, inside [4]byte) []byte {
 	dst = append(dst, valueVersionRecord)
 	dst = append(dst, inside[:]...)
 	dst = binary.BigEndian.AppendUint16(dst, r.PortHi)
-	if closed {
-		dst = binary.AppendUvarint(dst, uint64(r.End.UnixNano()-r.Start.UnixNano()))
-	}
 	dst = binary.AppendUvarint(dst, uint64(r.Epoch))
 	return binary.AppendUvarint(dst, uint64(r.Flags))
 }
 
-// decodeValue rebuilds a record from its identity and its value.
+// encodeClosedValue writes the part of a closed record that is not in its
+// key. The fields a subscriber's records of a block share (inside address,
+// port_hi, epoch, flags) come first and End, as a duration since Start,
+// last, so that block compression finds the shared run between
+// neighbouring records whole.
+func encodeClosedValue(dst []byte, r *Record, inside [4]byte) []byte {
+	dst = append(dst, valueVersionClosed)
+	dst = append(dst, inside[:]...)
+	dst = binary.BigEndian.AppendUint16(dst, r.PortHi)
+	dst = binary.AppendUvarint(dst, uint64(r.Epoch))
+	dst = binary.AppendUvarint(dst, uint64(r.Flags))
+	return binary.AppendUvarint(dst, uint64(r.End.UnixNano()-r.Start.UnixNano()))
+}
+
+// decodeValue rebuilds a record from its identity and its value: an open
+// record's (o) when closed is false, a closed record's (r) when it is true.
 func decodeValue(v []byte, id recordID, closed bool) (Record, error) {
 	r := Record{
 		Subscriber: id.sub,
@@ -240,33 +264,47 @@ func decodeValue(v []byte, id recordID, closed bool) (Record, error) {
 	bad := func(what string) (Record, error) {
 		return Record{}, fmt.Errorf("record value %x: %s: %w", v, what, ErrCorrupt)
 	}
+	version := byte(valueVersionRecord)
+	if closed {
+		version = valueVersionClosed
+	}
 	if len(v) < 7 {
 		return bad("short")
 	}
-	if v[0] != valueVersionRecord {
+	if v[0] != version {
 		return bad("unknown version")
 	}
 	r.Inside = addrFrom4([4]byte(v[1:5]))
 	r.PortHi = binary.BigEndian.Uint16(v[5:])
 	rest := v[7:]
+	var fields [3]uint64 // epoch, flags, and for a closed record End-Start
+	n := 2
 	if closed {
-		d, n := binary.Uvarint(rest)
-		if n <= 0 {
-			return bad("end")
-		}
-		r.End = time.Unix(0, id.start+int64(d)).UTC()
-		rest = rest[n:]
+		n = 3
 	}
-	epoch, n := binary.Uvarint(rest)
-	if n <= 0 || epoch > 0xffffffff {
+	for i := range n {
+		x, m := binary.Uvarint(rest)
+		if m <= 0 {
+			return bad([3]string{"epoch", "flags", "end"}[i])
+		}
+		fields[i], rest = x, rest[m:]
+	}
+	if fields[0] > 0xffffffff {
 		return bad("epoch")
 	}
-	rest = rest[n:]
-	flags, n := binary.Uvarint(rest)
-	if n <= 0 || flags > 0xffffffff || n != len(rest) {
+	if fields[1] > 0xffffffff {
 		return bad("flags")
 	}
-	r.Epoch = uint32(epoch)
-	r.Flags = Flags(flags)
+	if len(rest) != 0 {
+		return bad("trailing bytes")
+	}
+	r.Epoch = uint32(fields[0])
+	r.Flags = Flags(fields[1])
+	if closed {
+		if fields[2] > math.MaxInt64-uint64(id.start) {
+			return bad("end")
+		}
+		r.End = time.Unix(0, id.start+int64(fields[2])).UTC()
+	}
 	return r, nil
 }

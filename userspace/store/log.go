@@ -24,6 +24,8 @@ const (
 	logKeyInside     = "inside"
 	logKeyTime       = "time"
 	logKeyLeases     = "leases"
+	logKeyLayout     = "layout"
+	logKeyDone       = "partitions_done"
 )
 
 // pebbleLogger sends Pebble's messages to slog.

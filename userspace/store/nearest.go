@@ -68,7 +68,7 @@ func (s *Store) NearestRecords(sub uint32, public netip.Addr, portLo uint16, fro
 		}
 		if lo > 0 && dayOf(lo) >= v.swept {
 			err := v.forEachDayBack(prefixRecord, v.swept, dayOf(lo), func(day uint32) error {
-				p := blockPrefix(day, pub, portLo)
+				p := subscriberBlockPrefix(day, pub, portLo, sub)
 				// Only starts before from can have ended before it.
 				err := v.scan(p, startBound(p, lo-1), func(k, val []byte) error {
 					rec, ok, err := decode(k, val)
@@ -90,8 +90,8 @@ func (s *Store) NearestRecords(sub uint32, public netip.Addr, portLo uint16, fro
 			return nil // nothing starts after the end of time
 		}
 		err := v.forEachDay(prefixRecord, max(dayOf(hi), v.swept), maxDay, func(day uint32) error {
-			p := blockPrefix(day, pub, portLo)
-			// Keys are ordered by start, so the first of the subscriber's
+			p := subscriberBlockPrefix(day, pub, portLo, sub)
+			// A subscriber's keys are ordered by start, so the first
 			// after to is the earliest in this partition.
 			err := v.scan(startBound(p, hi), keyAfter(p), func(k, val []byte) error {
 				if after != nil {

@@ -247,24 +247,19 @@ func (s *Store) History(inside netip.Addr, from, to time.Time) ([]Record, error)
 	var out []Record
 	err = s.read("history", func(v *view) error {
 		type hit struct {
-			day uint32
-			id  recordID
+			day   uint32
+			entry insideEntry
 		}
 		var hits []hit
-		seen := make(map[recordID]struct{})
 		if dFrom, dTo, ok := v.days(lo, hi); ok {
 			err := v.forEachDay(prefixInside, dFrom, dTo, func(day uint32) error {
 				p := insidePrefix(day, in)
 				return v.scan(p, keyAfter(p), func(k, _ []byte) error {
-					_, id, err := parseInsideKey(k)
-					if err != nil {
-						return err
+					_, e, err := parseInsideKey(k)
+					if err == nil {
+						hits = append(hits, hit{day, e})
 					}
-					if _, dup := seen[id]; !dup && id.start <= hi {
-						seen[id] = struct{}{}
-						hits = append(hits, hit{day, id})
-					}
-					return nil
+					return err
 				})
 			})
 			if err != nil {
@@ -283,9 +278,39 @@ func (s *Store) History(inside netip.Addr, from, to time.Time) ([]Record, error)
 		if err != nil {
 			return err
 		}
-		// The index only names the records; their values are in r and o,
-		// read through the same view so both sides agree.
-		fetch := func(key []byte, id recordID, closed bool) error {
+		// An index entry names a subscriber's block of one day; its
+		// records are in r, read through the same view so both sides
+		// agree. A record copied into several days is taken once.
+		seen := make(map[recordID]struct{})
+		for _, h := range hits {
+			p := subscriberBlockPrefix(h.day, h.entry.public, h.entry.portLo, h.entry.sub)
+			found := false
+			err := v.scan(p, keyAfter(p), func(k, val []byte) error {
+				_, id, err := parseRecordKey(k)
+				if err != nil {
+					return err
+				}
+				rec, err := decodeValue(val, id, true)
+				if err != nil || rec.Inside.As4() != in {
+					return err
+				}
+				found = true
+				if _, dup := seen[id]; dup || !overlaps(&rec, lo, hi, v.now) {
+					return nil
+				}
+				seen[id] = struct{}{}
+				out = append(out, rec)
+				return nil
+			})
+			if err == nil && !found {
+				err = fmt.Errorf("index entry without record %x: %w", insideKey(h.day, in, h.entry), ErrCorrupt)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		for _, id := range open {
+			key := openKey(id)
 			val, ok, err := v.get(key)
 			if err != nil || !ok {
 				if err == nil {
@@ -293,23 +318,12 @@ func (s *Store) History(inside netip.Addr, from, to time.Time) ([]Record, error)
 				}
 				return err
 			}
-			rec, err := decodeValue(val, id, closed)
+			rec, err := decodeValue(val, id, false)
 			if err != nil {
 				return err
 			}
 			if overlaps(&rec, lo, hi, v.now) {
 				out = append(out, rec)
-			}
-			return nil
-		}
-		for _, h := range hits {
-			if err := fetch(recordKey(h.day, h.id), h.id, true); err != nil {
-				return err
-			}
-		}
-		for _, id := range open {
-			if err := fetch(openKey(id), id, false); err != nil {
-				return err
 			}
 		}
 		return nil

@@ -144,6 +144,9 @@ func sweepRecords(db *pebble.DB, b *pebble.Batch, open map[openID]Record, oldSwe
 		return nil, fmt.Errorf("sweep: iterate partitions: %w", err)
 	}
 	lastDay, haveDay := uint32(0), false
+	// The staying day's index entries: true once a kept record needs one.
+	// An entry goes only with the last record of its block it names.
+	index := make(map[string]bool)
 	for ok := it.First(); ok; ok = it.Next() {
 		day, id, err := parseRecordKey(it.Key())
 		if err != nil {
@@ -168,17 +171,30 @@ func sweepRecords(db *pebble.DB, b *pebble.Batch, open map[openID]Record, oldSwe
 				st.ExpiredRecords++ // a record's last copy is in its end day
 			}
 			if day == newSwept {
-				inside := rec.Inside.As4()
-				if err := errors.Join(b.Delete(recordKey(day, id), nil), b.Delete(insideKey(day, inside, id), nil)); err != nil {
+				if err := b.Delete(recordKey(day, id), nil); err != nil {
 					return nil, errors.Join(fmt.Errorf("sweep: batch delete: %w", err), it.Close())
 				}
+				k := string(insideKey(day, rec.Inside.As4(), id.insideEntry()))
+				if _, ok := index[k]; !ok {
+					index[k] = false
+				}
 			}
-		case day == newSwept && id.start < cutoffNS:
-			referenced[rec.Epoch] = true
+		case day == newSwept:
+			index[string(insideKey(day, rec.Inside.As4(), id.insideEntry()))] = true
+			if id.start < cutoffNS {
+				referenced[rec.Epoch] = true
+			}
 		}
 	}
 	if err := errors.Join(it.Error(), it.Close()); err != nil {
 		return nil, fmt.Errorf("sweep: iterate partitions: %w", err)
+	}
+	for k, kept := range index {
+		if !kept {
+			if err := b.Delete([]byte(k), nil); err != nil {
+				return nil, fmt.Errorf("sweep: batch delete: %w", err)
+			}
+		}
 	}
 	return referenced, nil
 }

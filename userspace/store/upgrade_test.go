@@ -1,0 +1,301 @@
+package store
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/blocknat/blocknat/test/testutil"
+)
+
+// The upgrade fixture: testdata/layout1 is a store directory written by the
+// code before the single-copy layout (commit 66d1c6a, layout 1: a closed
+// record in r and again in s), by writeUpgradeWorkload below, and
+// testdata/layout1.answers is what that code answered to upgradeQueries on
+// it. Both were made with
+//
+//	BLOCKNAT_WRITE_UPGRADE_FIXTURE=$PWD/testdata go test -run TestWriteUpgradeFixture ./userspace/store/
+//
+// run on that commit with this file added to it.
+
+var upgradeBegin = time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
+
+// upgradeNow is the clock of the fixture once written, and of every read of it.
+var upgradeNow = upgradeBegin.Add(12*24*time.Hour + 5*time.Hour)
+
+// writeUpgradeWorkload writes twelve days of records (one-day and
+// multi-day, released in the batch of their activation and in later
+// batches, recovered and confirmed, open at the end), three epochs, a few
+// leases and a retention sweep that leaves day 3 the oldest retained.
+func writeUpgradeWorkload(t testing.TB, dir string) {
+	t.Helper()
+	c := newClock(upgradeBegin)
+	s, err := Open(dir, Options{Now: c.Now, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	day := 24 * time.Hour
+	at := func(d int, off time.Duration) time.Time { return upgradeBegin.Add(time.Duration(d)*day + off) }
+	pubs := []string{"198.51.100.7", "198.51.100.8"}
+	for e := range 3 {
+		c.Set(at(4*e, 0))
+		if err := s.PutEpoch(Epoch{ID: uint32(e + 1), Start: at(4*e, 0), PortLo: 1024, PortHi: 65535, BlockSize: 1008, Ratio: 64}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for d := range 12 {
+		var ops []Op
+		for i := range 12 {
+			pub := pubs[i%2]
+			lo := uint16(1024 + (i/2)*1008)
+			in := fmt.Sprintf("100.64.0.%d", i+1)
+			sub := uint32(i + 1)
+			epoch := uint32(d/4 + 1)
+			for k := range 3 {
+				start := at(d, time.Duration(k)*7*time.Hour+time.Duration(i)*time.Minute+time.Duration(d*1000+i*10+k)*time.Nanosecond+123456789)
+				end := start.Add(time.Duration(k+1)*time.Hour + time.Duration(i)*time.Second + 987654321)
+				ops = append(ops, activate(sub, in, pub, lo, lo+1007, start, epoch), release(sub, pub, lo, end))
+			}
+		}
+		c.Set(at(d, 23*time.Hour))
+		mustApply(t, s, ops...)
+	}
+	// Multi-day records, one released in a later batch, one still open,
+	// one recovered by the reconciler and confirmed by the ring buffer.
+	c.Set(at(2, 0))
+	recovered := activate(20, "100.64.1.20", pubs[0], 50000, 51007, at(2, 3*time.Hour+17), 1)
+	recovered.Record.Flags = FlagRecovered
+	mustApply(t, s,
+		activate(21, "100.64.1.21", pubs[1], 50000, 51007, at(2, 90*time.Minute+3), 1),
+		recovered,
+		activate(22, "100.64.1.22", pubs[0], 60000, 61007, at(1, 22*time.Hour+11), 1))
+	c.Set(at(6, 0))
+	mustApply(t, s,
+		release(21, pubs[1], 50000, at(6, 5*time.Hour+999)),
+		activate(20, "100.64.1.20", pubs[0], 50000, 51007, at(2, 3*time.Hour+17), 1))
+	c.Set(at(9, 0))
+	mustApply(t, s, release(20, pubs[0], 50000, at(8, 20*time.Hour+5)))
+	c.Set(at(10, 0))
+	mustApply(t, s, activate(23, "100.64.1.23", pubs[1], 60000, 61007, at(9, 10*time.Hour+7), 2))
+	c.Set(at(11, 0))
+	if err := s.ApplyLeases([]LeaseEvent{{
+		Kind: LeaseAdd, Inside: netip.MustParseAddr("100.64.0.1"), MAC: []byte{2, 0, 0, 0, 0, 1},
+		Time: at(10, time.Hour), Expires: at(10, 13*time.Hour), Source: "dnsmasq",
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	c.Set(upgradeNow)
+	if _, err := s.Sweep(9*day + 5*time.Hour + 30*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// upgradeQueries asks s every kind of read a record answers: an export,
+// the open records, histories, lookups with and without tolerance,
+// nearest records, epochs and the counts of Stats that do not depend on
+// the layout. One line per answer.
+func upgradeQueries(t testing.TB, s *Store) []string {
+	t.Helper()
+	var out []string
+	add := func(what string, rs []Record, err error) {
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		out = append(out, what+":")
+		for _, r := range rs {
+			out = append(out, "  "+recString(r))
+		}
+	}
+	day := 24 * time.Hour
+	at := func(d int, off time.Duration) time.Time { return upgradeBegin.Add(time.Duration(d)*day + off) }
+	var all []Record
+	err := s.Export(upgradeBegin, upgradeNow, func(r Record) error { all = append(all, r); return nil })
+	add("export", all, err)
+	var part []Record
+	err = s.Export(at(5, 6*time.Hour), at(7, 2*time.Hour), func(r Record) error { part = append(part, r); return nil })
+	add("export days 5-7", part, err)
+	open, err := s.OpenRecords()
+	add("open", open, err)
+	for _, in := range []string{"100.64.0.1", "100.64.0.6", "100.64.0.12", "100.64.1.20", "100.64.1.21", "100.64.1.22", "100.64.1.23"} {
+		h, err := s.History(netip.MustParseAddr(in), upgradeBegin, upgradeNow)
+		add("history "+in, h, err)
+		h, err = s.History(netip.MustParseAddr(in), at(7, 7*time.Hour), at(8, 8*time.Hour))
+		add("history days 7-8 "+in, h, err)
+	}
+	for _, pub := range []string{"198.51.100.7", "198.51.100.8"} {
+		for _, port := range []uint16{1024, 2031, 3000, 50500, 60000} {
+			for d := 0; d < 13; d += 2 {
+				for _, off := range []time.Duration{0, 7*time.Hour + 5*time.Minute + 123456789, 15 * time.Hour} {
+					q := at(d, off)
+					got, err := s.Lookup(netip.MustParseAddr(pub), port, q, 0)
+					add(fmt.Sprintf("lookup %s:%d at %s", pub, port, q.Format(time.RFC3339Nano)), got, err)
+					got, err = s.Lookup(netip.MustParseAddr(pub), port, q, 90*time.Minute)
+					add(fmt.Sprintf("lookup %s:%d at %s ±90m", pub, port, q.Format(time.RFC3339Nano)), got, err)
+				}
+			}
+			got, err := s.LookupInterval(netip.MustParseAddr(pub), port, at(6, 0), at(8, 0))
+			add(fmt.Sprintf("lookup interval %s:%d days 6-8", pub, port), got, err)
+		}
+	}
+	for _, q := range []struct {
+		sub  uint32
+		pub  string
+		lo   uint16
+		d    int
+		span time.Duration
+	}{{1, "198.51.100.7", 1024, 5, time.Hour}, {2, "198.51.100.8", 1024, 8, 10 * time.Hour}, {12, "198.51.100.8", 6064, 3, time.Minute},
+		{21, "198.51.100.8", 50000, 4, time.Hour}, {21, "198.51.100.8", 50000, 7, time.Hour}, {22, "198.51.100.7", 60000, 2, time.Hour},
+		{23, "198.51.100.8", 60000, 8, time.Hour}, {20, "198.51.100.7", 50000, 10, time.Hour}} {
+		before, after, err := s.NearestRecords(q.sub, netip.MustParseAddr(q.pub), q.lo, at(q.d, 12*time.Hour), at(q.d, 12*time.Hour+q.span))
+		var rs []Record
+		for _, r := range []*Record{before, after} {
+			if r == nil {
+				rs = append(rs, Record{})
+			} else {
+				rs = append(rs, *r)
+			}
+		}
+		add(fmt.Sprintf("nearest %d %s:%d day %d", q.sub, q.pub, q.lo, q.d), rs, err)
+	}
+	eps, err := s.Epochs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range eps {
+		out = append(out, fmt.Sprintf("epoch %d from %s", e.ID, e.Start.Format(time.RFC3339Nano)))
+	}
+	st, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out = append(out, fmt.Sprintf("stats open=%d epochs=%d partitions=%d oldest-partition=%s oldest-retained=%s lease-open=%d",
+		st.OpenRecords, st.Epochs, st.Partitions, st.OldestPartition.Format(time.RFC3339), st.OldestRetained.Format(time.RFC3339), st.LeaseOpen))
+	return out
+}
+
+// TestWriteUpgradeFixture writes the fixture into the directory the
+// environment names; see the top of this file.
+func TestWriteUpgradeFixture(t *testing.T) {
+	dst := os.Getenv("BLOCKNAT_WRITE_UPGRADE_FIXTURE")
+	if dst == "" {
+		t.Skip("BLOCKNAT_WRITE_UPGRADE_FIXTURE not set")
+	}
+	dir := filepath.Join(dst, "layout1")
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	writeUpgradeWorkload(t, dir)
+	s, err := Open(dir, Options{Now: func() time.Time { return upgradeNow }, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	answers := upgradeQueries(t, s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dst, "layout1.answers"), []byte(strings.Join(answers, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// openUpgradeCopy copies the layout 1 fixture to a fresh directory, so that
+// the upgrade never writes to testdata.
+func openUpgradeCopy(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.CopyFS(dir, os.DirFS(filepath.Join("testdata", "layout1"))); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func wantUpgradeAnswers(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "layout1.answers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+}
+
+// TestUpgradeWorkloadAnswersAsLayout1 writes the fixture's workload with
+// this code: every answer is the one the layout 1 code gave.
+func TestUpgradeWorkloadAnswersAsLayout1(t *testing.T) {
+	dir := t.TempDir()
+	writeUpgradeWorkload(t, dir)
+	s, err := Open(dir, Options{Now: func() time.Time { return upgradeNow }, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if d := diffLists(upgradeQueries(t, s), wantUpgradeAnswers(t)); d != "" {
+		t.Fatalf("answers differ from layout 1's:\n%s", d)
+	}
+}
+
+// TestUpgradeLayout1 opens a store written by the layout 1 code: Open
+// upgrades it, every answer is the one that code gave, and a second Open
+// finds nothing to upgrade.
+func TestUpgradeLayout1(t *testing.T) {
+	dir := openUpgradeCopy(t)
+	var logs testutil.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	for round := 1; round <= 2; round++ {
+		s, err := Open(dir, Options{Now: func() time.Time { return upgradeNow }, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := diffLists(upgradeQueries(t, s), wantUpgradeAnswers(t)); d != "" {
+			t.Fatalf("open %d: answers differ from layout 1's:\n%s", round, d)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(logs.String(), "msg=\"store layout upgraded\""); n != 1 {
+			t.Fatalf("open %d: %d upgrades logged, want 1:\n%s", round, n, logs.String())
+		}
+	}
+}
+
+// TestUpgradeResumesAfterCrash upgrades one day partition of the layout 1
+// fixture, as an upgrade interrupted after its first batch would leave it,
+// and opens the store: the rest is upgraded and every answer is layout 1's.
+func TestUpgradeResumesAfterCrash(t *testing.T) {
+	dir := openUpgradeCopy(t)
+	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{log: quietLogger()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := &Store{db: db, log: quietLogger()}
+	days, err := half.upgradeDays()
+	if err != nil || len(days) < 2 {
+		t.Fatalf("layout 1 partitions %v, %v: want at least 2", days, err)
+	}
+	if _, err := half.upgradeDay(days[1]); err != nil {
+		t.Fatal(err)
+	}
+	if left, err := half.upgradeDays(); err != nil || len(left) != len(days)-1 {
+		t.Fatalf("after upgrading day %d: layout 1 partitions %v, %v", days[1], left, err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(dir, Options{Now: func() time.Time { return upgradeNow }, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if d := diffLists(upgradeQueries(t, s), wantUpgradeAnswers(t)); d != "" {
+		t.Fatalf("answers differ from layout 1's:\n%s", d)
+	}
+}
