@@ -18,10 +18,10 @@
 
 /* filter_note remembers that a mapping sent to a remote endpoint; only
  * address-and-port-dependent filtering needs it. */
-static __always_inline void filter_note(struct flow_fwd *fwd, struct iphdr *iph, struct l4 *l4, __be16 remote_port,
-					__u64 now)
+static __always_inline void filter_note(__be32 nat_addr, __be16 nat_port, struct iphdr *iph, struct l4 *l4,
+					__be16 remote_port, __u64 now)
 {
-	struct filter_key k = { .nat_addr = fwd->nat_addr, .remote_addr = iph->daddr, .nat_port = fwd->nat_port,
+	struct filter_key k = { .nat_addr = nat_addr, .remote_addr = iph->daddr, .nat_port = nat_port,
 				.remote_port = remote_port, .proto = l4->proto };
 	__u64 *seen = bpf_map_lookup_elem(&filters, &k);
 

@@ -213,29 +213,30 @@ static __always_inline void count_block_full(__u32 sub)
  * flow_create maps (inside addr, port, proto) to a free port of the
  * subscriber's block. The reverse entry is claimed first with BPF_NOEXIST,
  * which is what makes a port ours; the forward entry follows, and the
- * reverse one is rolled back if that fails. Returns the forward entry, or
- * NULL with *drop_reason set.
+ * reverse one is rolled back if that fails. Returns VERDICT_NEXT with the
+ * mapping's public address and port in p, from the value just written
+ * (looking the new entry up again would cost a bucket walk), or from
+ * another CPU's entry when it mapped the flow first; else the drop reason.
  */
-static __always_inline struct flow_fwd *flow_create(struct flow_key *fkey, __u32 sub, __u8 state, __be32 peer_addr,
-						   __be16 peer_port, __u64 now, __u32 *drop_reason)
+static __always_inline int flow_create(struct pkt *p, struct flow_key *fkey, __u32 sub, __u8 state,
+				       __be32 peer_addr, __be16 peer_port)
 {
+	__u64 now = p->now;
 	__u32 pool_slot = sub / sharing_ratio;
 	__u16 base = port_lo + (sub % sharing_ratio) * block_size;
 	__u32 start = bpf_get_prandom_u32() % block_size;
 	struct flow_rev rev = { .addr = fkey->addr, .port = fkey->port, .subscriber = sub,
 				.closing = state == FLOW_STATE_TCP_CLOSING };
 	struct flow_key rkey = { .proto = fkey->proto };
-	struct flow_fwd fwd = {};
+	struct flow_fwd made = {};
 	struct flow_fwd *found;
 	__be32 *public;
 	__u32 i;
 	long err;
 
 	public = bpf_map_lookup_elem(&pool_addrs, &pool_slot);
-	if (!public) {
-		*drop_reason = STAT_DROP_FLOW_TABLE;
-		return 0;
-	}
+	if (!public)
+		return STAT_DROP_FLOW_TABLE;
 	rkey.addr = *public;
 
 	for (i = 0; i < MAX_PORT_PROBES; i++) {
@@ -250,35 +251,36 @@ static __always_inline struct flow_fwd *flow_create(struct flow_key *fkey, __u32
 		err = bpf_map_update_elem(&flows_rev, &rkey, &rev, BPF_NOEXIST);
 		if (!err)
 			goto claimed;
-		if (err != -EEXIST) {
-			*drop_reason = STAT_DROP_FLOW_TABLE;
-			return 0;
-		}
+		if (err != -EEXIST)
+			return STAT_DROP_FLOW_TABLE;
 	}
 	count_block_full(sub);
-	*drop_reason = STAT_DROP_BLOCK_FULL;
-	return 0;
+	return STAT_DROP_BLOCK_FULL;
 
 claimed:
-	fwd.last_seen_ns = now;
-	fwd.nat_addr = rkey.addr;
-	fwd.nat_port = rkey.port;
-	fwd.state = state;
-	fwd.subscriber = sub;
-	fwd.peer_addr = peer_addr;
-	fwd.peer_port = peer_port;
-	err = bpf_map_update_elem(&flows_fwd, fkey, &fwd, BPF_NOEXIST);
+	made.last_seen_ns = now;
+	made.nat_addr = rkey.addr;
+	made.nat_port = rkey.port;
+	made.state = state;
+	made.subscriber = sub;
+	made.peer_addr = peer_addr;
+	made.peer_port = peer_port;
+	err = bpf_map_update_elem(&flows_fwd, fkey, &made, BPF_NOEXIST);
 	if (err) {
 		bpf_map_delete_elem(&flows_rev, &rkey);
 		/* Another CPU mapped the same flow first: use its port. */
 		found = bpf_map_lookup_elem(&flows_fwd, fkey);
 		if (!found)
-			*drop_reason = STAT_DROP_FLOW_TABLE;
-		return found;
+			return STAT_DROP_FLOW_TABLE;
+		p->nat_addr = found->nat_addr;
+		p->nat_port = found->nat_port;
+		return VERDICT_NEXT;
 	}
 	stat_inc(STAT_NEW_FLOWS);
 	block_activate(sub, fkey->addr, rkey.addr, base, now);
-	return bpf_map_lookup_elem(&flows_fwd, fkey);
+	p->nat_addr = rkey.addr;
+	p->nat_port = rkey.port;
+	return VERDICT_NEXT;
 }
 
 /* block_full_icmp answers a refused new flow with "host unreachable",

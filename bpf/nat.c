@@ -200,29 +200,31 @@ static __always_inline int inside_fragments(struct pkt *p)
 }
 
 /* inside_flow finds the source's mapping, or makes one in the subscriber's
- * block. */
+ * block; the rest of the path needs only its public address and port. */
 static __always_inline int inside_flow(struct pkt *p)
 {
 	struct iphdr *iph = p->iph;
 	struct l4 *l4 = &p->l4;
 	struct flow_key fkey = { .addr = iph->saddr, .port = *l4->port, .proto = l4->proto };
+	struct flow_fwd *fwd;
 	__be32 peer_addr = 0;
 	__be16 peer_port = 0;
-	__u32 drop_reason;
 	__u8 state;
 	__s64 sub;
 
 	p->now = bpf_ktime_get_coarse_ns();
-	p->fwd = bpf_map_lookup_elem(&flows_fwd, &fkey);
-	if (p->fwd) {
+	fwd = bpf_map_lookup_elem(&flows_fwd, &fkey);
+	if (fwd) {
 		/* A forward entry exists only for a source that passed the
 		 * prefix check when it was created, so the established path
 		 * skips the LPM lookup. Fields are written only when they
 		 * change (the clock by its resolution, the TCP state when it
 		 * moves), so most packets leave the cache line clean. */
-		flow_touch(p->fwd, p->now);
+		flow_touch(fwd, p->now);
 		if (l4->proto == IPPROTO_TCP)
-			tcp_track_out(p->fwd, iph->daddr, remote_port_of(l4, 1), l4->tcp_flags);
+			tcp_track_out(fwd, iph->daddr, remote_port_of(l4, 1), l4->tcp_flags);
+		p->nat_addr = fwd->nat_addr;
+		p->nat_port = fwd->nat_port;
 		p->translated = 1;
 		return VERDICT_NEXT;
 	}
@@ -235,11 +237,8 @@ static __always_inline int inside_flow(struct pkt *p)
 		peer_addr = iph->daddr;
 		peer_port = remote_port_of(l4, 1);
 	}
-	p->fwd = flow_create(&fkey, sub, state, peer_addr, peer_port, p->now, &drop_reason);
-	if (!p->fwd) {
-		p->sub = sub;
-		return drop_reason;
-	}
+	p->sub = sub;
+	STEP(flow_create(p, &fkey, sub, state, peer_addr, peer_port));
 	p->translated = 1;
 	return VERDICT_NEXT;
 }
@@ -249,7 +248,7 @@ static __always_inline int inside_flow(struct pkt *p)
 static __always_inline int inside_filter(struct pkt *p)
 {
 	if (filter_apdf)
-		filter_note(p->fwd, p->iph, &p->l4, remote_port_of(&p->l4, 1), p->now);
+		filter_note(p->nat_addr, p->nat_port, p->iph, &p->l4, remote_port_of(&p->l4, 1), p->now);
 	return VERDICT_NEXT;
 }
 
@@ -263,11 +262,9 @@ static __always_inline int hairpin(struct pkt *p)
 {
 	struct iphdr *iph = p->iph;
 	struct l4 *l4 = &p->l4;
-	struct flow_fwd *fwd = p->fwd;
 	struct flow_key rkey = { .addr = iph->daddr, .proto = l4->proto };
 	struct l4 in = *l4;
 	struct flow_rev *rev;
-	__be16 src_port_new = fwd->nat_port;
 
 	if (l4->proto == IPPROTO_ICMP)
 		/* An echo to a pool address has no mapping on the far side. */
@@ -278,9 +275,9 @@ static __always_inline int hairpin(struct pkt *p)
 	rev = bpf_map_lookup_elem(&flows_rev, &rkey);
 	if (!rev)
 		return STAT_DROP_NO_MAPPING;
-	if (!filter_allows(fwd->nat_addr, src_port_new, iph->daddr, rkey.port, l4->proto))
+	if (!filter_allows(p->nat_addr, p->nat_port, iph->daddr, rkey.port, l4->proto))
 		return STAT_DROP_FILTERED;
-	rewrite(iph, &iph->saddr, l4, fwd->nat_addr, src_port_new);
+	rewrite(iph, &iph->saddr, l4, p->nat_addr, p->nat_port);
 	rewrite(iph, &iph->daddr, &in, rev->addr, rev->port);
 	return STAT_HAIRPIN;
 }
@@ -289,7 +286,7 @@ static __always_inline int inside_rewrite(struct pkt *p)
 {
 	if (p->to_pool)
 		return hairpin(p);
-	rewrite(p->iph, &p->iph->saddr, &p->l4, p->fwd->nat_addr, p->fwd->nat_port);
+	rewrite(p->iph, &p->iph->saddr, &p->l4, p->nat_addr, p->nat_port);
 	return VERDICT_FORWARD;
 }
 

@@ -54,13 +54,14 @@ struct pkt {
 	struct ethhdr *eth;
 	struct iphdr *iph;
 	struct l4 l4;
-	struct flow_fwd *fwd;    /* xdp_inside: the mapping of the source */
 	struct flow_rev *rev;    /* xdp_outside: the mapping of the destination */
 	struct bpf_fib_lookup fib;
 	struct frag_key frk;     /* xdp_outside: the datagram, for its fragments */
 	__u64 now;               /* coarse clock, read by the flow step */
 	__u32 bytes;             /* counted with a translated packet; 0: none */
 	__u32 sub;               /* xdp_inside: the subscriber of a new flow */
+	__be32 nat_addr;         /* xdp_inside: the source's mapping, from the flow step */
+	__be16 nat_port;
 	int fib_rc;              /* bpf_fib_lookup's answer, or FIB_NOT_ASKED */
 	__u8 proto;              /* the IP header's protocol */
 	__u8 outbound;           /* xdp_inside */
