@@ -136,13 +136,14 @@ func (s *Store) pebbleOptions() *pebble.Options {
 		//  - MaxManifestFileSize (128 MiB): Sweep rotates the MANIFEST itself.
 		//  - WALBytesPerSync (0) and BytesPerSync (512 KiB): every commit syncs.
 	}
-	// Levels[*].Compression: default Snappy on every level. The bottom
-	// two levels, which hold nearly every record once compacted, use zstd
-	// instead (level 1 in L5, level 3 in L6; Snappy above): a record's
-	// nanosecond times are most of its bytes, and zstd's entropy coding
-	// takes a quarter off what Snappy leaves (TestBytesPerRecord). Reads
-	// pay one zstd decompression per block a lookup misses in the cache.
-	o.ApplyCompressionSettings(func() pebble.DBCompressionSettings { return pebble.DBCompressionGood })
+	// Levels[*].Compression: default Snappy on every level. Pebble's
+	// fastest profile instead: MinLZ at its fastest level on amd64, whose
+	// decompression is as quick as Snappy's and which takes a tenth off
+	// what Snappy leaves of a record (TestBytesPerRecord: 31.0 -> 27.6 B);
+	// Snappy on arm64, where MinLZ has no assembly. zstd (DBCompressionGood)
+	// would take off another fifth but costs every lookup that misses the
+	// block cache about 15 us of decompression.
+	o.ApplyCompressionSettings(func() pebble.DBCompressionSettings { return pebble.DBCompressionFastest })
 	return o
 }
 
