@@ -114,6 +114,25 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tx_ports SEC(".maps");
 
+/* nexthops: key nexthop_key (what the fib was asked), value nexthop (its
+ * answer). LRU: an evicted entry only costs a fib lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct nexthop_key);
+	__type(value, struct nexthop);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nexthops SEC(".maps");
+
+/* route_gen: key u32 0, value route_state, written by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct route_state);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} route_gen SEC(".maps");
+
 /* block_events: ring buffer of struct block_event, nothing else. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -119,7 +119,7 @@ static __always_inline int inside_route(struct pkt *p)
 
 	if (p->to_pool)
 		return VERDICT_NEXT; /* routed after the rewrite, by its new destination */
-	rc = fib_lookup(p->ctx, iph, bpf_ntohs(iph->tot_len), &p->fib);
+	rc = route(p, iph, bpf_ntohs(iph->tot_len));
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
 		if (iph->frag_off & bpf_htons(IP_DF))
 			/* The kernel answers "fragmentation needed" to the

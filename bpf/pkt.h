@@ -63,6 +63,11 @@ struct pkt {
 	__be32 nat_addr;         /* xdp_inside: the source's mapping, from the flow step */
 	__be16 nat_port;
 	int fib_rc;              /* bpf_fib_lookup's answer, or FIB_NOT_ASKED */
+	struct nexthop_key nhk;  /* the fib's question, when its answer is to be cached */
+	__u64 nh_gen;            /* the route generation read before the fib was asked */
+	__u64 nh_now;            /* coarse clock, read with the route generation */
+	__u16 nh_len;            /* the length the fib checked */
+	__u8 nh_fill;            /* cache the fib's answer if the packet is forwarded */
 	__u8 proto;              /* the IP header's protocol */
 	__u8 outbound;           /* xdp_inside */
 	__u8 to_pool;            /* xdp_inside: to a pool address (hairpin) */
@@ -79,6 +84,7 @@ static __always_inline void pkt_init(struct pkt *p, struct xdp_md *ctx, int outb
 	p->c.pos = data;
 	p->bytes = p->data_end - data;
 	p->fib_rc = FIB_NOT_ASKED;
+	p->nh_fill = 0;
 	p->outbound = outbound;
 	p->to_pool = 0;
 	p->first_frag = 0;

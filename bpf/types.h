@@ -202,4 +202,44 @@ enum iface_role {
 	IFACE_OUTSIDE = 2,
 };
 
+/* nexthop_key is everything bpf_fib_lookup is asked (bpf/route.h): the
+ * cached answer is the fib's own for the same question. */
+struct nexthop_key {
+	__be32 saddr;
+	__be32 daddr;
+	__u32 ifindex; /* ingress */
+	__u8 tos;
+	__u8 proto;
+	__u8 pad[2];
+};
+_Static_assert(sizeof(struct nexthop_key) == 16, "nexthop_key layout");
+
+/* nexthop is a successful fib answer: where to send, under which route
+ * generation, and the longest packet the fib let through (the MTU check is
+ * the fib's, so a longer one asks again). The key names a destination, so
+ * the entry keeps when it was last used (coarse ns, written when it moved
+ * by a second) and the agent deletes it once it is idle longer than any
+ * mapping that used it can live: the cache holds no destination that no
+ * mapping does. */
+struct nexthop {
+	__u64 gen;
+	__u64 used_ns;
+	__u32 ifindex; /* egress */
+	__u16 max_len;
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u8 pad[6];
+};
+_Static_assert(sizeof(struct nexthop) == 40, "nexthop layout");
+
+/* route_state is what the agent says of the next-hop cache: the generation
+ * it bumps on every route, neighbour or link change it sees, and until
+ * when (CLOCK_MONOTONIC ns) it vouches for watching. Past that time (the
+ * agent stopped or died) the cache is not used. */
+struct route_state {
+	__u64 gen;
+	__u64 valid_until_ns;
+};
+_Static_assert(sizeof(struct route_state) == 16, "route_state layout");
+
 #endif

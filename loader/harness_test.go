@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/google/gopacket"
@@ -157,6 +158,11 @@ func newFixture(t testing.TB, prefixes, pool []string, lo, hi, blockSize uint16)
 			}
 		}
 	})
+	// The next-hop cache is on, as under a running agent, so every case
+	// runs the path production runs; reset empties it.
+	if err := nat.VouchRoutes(1, MonotonicNow()+24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
 	return &natFixture{t: t, ns: ns, nat: nat, m: m}
 }
 
@@ -226,6 +232,12 @@ func (f *natFixture) reset() {
 			if err := m.Delete(&k); err != nil {
 				f.t.Fatal(err)
 			}
+		}
+	}
+	var nk natNexthopKey
+	for f.nat.objs.Nexthops.NextKey(nil, &nk) == nil {
+		if err := f.nat.objs.Nexthops.Delete(&nk); err != nil {
+			f.t.Fatal(err)
 		}
 	}
 	for i := uint32(0); i < f.m.Subscribers; i++ {

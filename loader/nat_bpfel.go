@@ -151,6 +151,33 @@ type natLpmV4Key struct {
 	Addr      uint32
 }
 
+type natNexthop struct {
+	_       structs.HostLayout
+	Gen     uint64
+	UsedNs  uint64
+	Ifindex uint32
+	MaxLen  uint16
+	Dmac    [6]uint8
+	Smac    [6]uint8
+	Pad     [6]uint8
+}
+
+type natNexthopKey struct {
+	_       structs.HostLayout
+	Saddr   uint32
+	Daddr   uint32
+	Ifindex uint32
+	Tos     uint8
+	Proto   uint8
+	Pad     [2]uint8
+}
+
+type natRouteState struct {
+	_            structs.HostLayout
+	Gen          uint64
+	ValidUntilNs uint64
+}
+
 type natSrcBinding struct {
 	_   structs.HostLayout
 	Mac [6]uint8
@@ -218,8 +245,10 @@ const (
 	natMapIfaceRoles             = "iface_roles"
 	natMapIfaceSources           = "iface_sources"
 	natMapInsidePrefixes         = "inside_prefixes"
+	natMapNexthops               = "nexthops"
 	natMapPoolAddrs              = "pool_addrs"
 	natMapPoolIndex              = "pool_index"
+	natMapRouteGen               = "route_gen"
 	natMapSrcBindings            = "src_bindings"
 	natMapStats                  = "stats"
 	natMapSubscribers            = "subscribers"
@@ -307,8 +336,10 @@ type natMapSpecs struct {
 	IfaceRoles     *ebpf.MapSpec `ebpf:"iface_roles"`
 	IfaceSources   *ebpf.MapSpec `ebpf:"iface_sources"`
 	InsidePrefixes *ebpf.MapSpec `ebpf:"inside_prefixes"`
+	Nexthops       *ebpf.MapSpec `ebpf:"nexthops"`
 	PoolAddrs      *ebpf.MapSpec `ebpf:"pool_addrs"`
 	PoolIndex      *ebpf.MapSpec `ebpf:"pool_index"`
+	RouteGen       *ebpf.MapSpec `ebpf:"route_gen"`
 	SrcBindings    *ebpf.MapSpec `ebpf:"src_bindings"`
 	Stats          *ebpf.MapSpec `ebpf:"stats"`
 	Subscribers    *ebpf.MapSpec `ebpf:"subscribers"`
@@ -370,8 +401,10 @@ type natMaps struct {
 	IfaceRoles     *ebpf.Map `ebpf:"iface_roles"`
 	IfaceSources   *ebpf.Map `ebpf:"iface_sources"`
 	InsidePrefixes *ebpf.Map `ebpf:"inside_prefixes"`
+	Nexthops       *ebpf.Map `ebpf:"nexthops"`
 	PoolAddrs      *ebpf.Map `ebpf:"pool_addrs"`
 	PoolIndex      *ebpf.Map `ebpf:"pool_index"`
+	RouteGen       *ebpf.Map `ebpf:"route_gen"`
 	SrcBindings    *ebpf.Map `ebpf:"src_bindings"`
 	Stats          *ebpf.Map `ebpf:"stats"`
 	Subscribers    *ebpf.Map `ebpf:"subscribers"`
@@ -389,8 +422,10 @@ func (m *natMaps) Close() error {
 		m.IfaceRoles,
 		m.IfaceSources,
 		m.InsidePrefixes,
+		m.Nexthops,
 		m.PoolAddrs,
 		m.PoolIndex,
+		m.RouteGen,
 		m.SrcBindings,
 		m.Stats,
 		m.Subscribers,

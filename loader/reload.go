@@ -19,9 +19,10 @@ type ReloadStats struct {
 }
 
 // shared are the maps a reload carries over as they are: the ring buffer
-// (the agent's reader is attached to it), the counters, and the interface
-// tables, whose contents do not depend on the mapping.
-var shared = []string{"block_events", "stats", "iface_roles", "tx_ports", "frags", "iface_policy", "iface_sources"}
+// (the agent's reader is attached to it), the counters, the interface
+// tables, whose contents do not depend on the mapping, and the next-hop
+// cache with its generation, which the agent's route watch keeps writing.
+var shared = []string{"block_events", "stats", "iface_roles", "tx_ports", "frags", "iface_policy", "iface_sources", "nexthops", "route_gen"}
 
 // Reload moves the data plane onto a new configuration without detaching:
 // it loads programs and tables for p, copies every mapping still valid
@@ -45,7 +46,8 @@ func (n *NAT) Reload(p Params) (*NAT, ReloadStats, error) {
 	}
 	old := map[string]*ebpf.Map{"block_events": n.objs.BlockEvents, "stats": n.objs.Stats,
 		"iface_roles": n.objs.IfaceRoles, "tx_ports": n.objs.TxPorts, "frags": n.objs.Frags,
-		"iface_policy": n.objs.IfacePolicy, "iface_sources": n.objs.IfaceSources}
+		"iface_policy": n.objs.IfacePolicy, "iface_sources": n.objs.IfaceSources,
+		"nexthops": n.objs.Nexthops, "route_gen": n.objs.RouteGen}
 	repl := map[string]*ebpf.Map{}
 	for _, name := range shared {
 		c, err := old[name].Clone()

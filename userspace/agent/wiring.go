@@ -77,6 +77,10 @@ func (a *Agent) components(opts Options) []component {
 		// Closing leaves the pinned links: translation continues.
 		{name: "data plane", start: func(context.Context) error { return a.startNAT(opts.ReplaceXDP) },
 			stop: func() error { a.nat.Close(); return nil }},
+		// Watches routes, neighbours and links for the data plane's
+		// next-hop cache; stopping turns the cache off before the data
+		// plane's handles close, so no agent-less cache outlives it.
+		a.routesComponent(),
 		// Closed after the Recorder stops: its last batch is exported too.
 		{name: "exports", start: func(context.Context) error { return a.openExports() },
 			stop: func() error { return a.exp.Close() }},
