@@ -155,19 +155,24 @@ func WriteThroughput(w io.Writer, cfg ThroughputConfig, samples []Sample) []Targ
 	var rows []ratioRow
 	for _, flows := range cfg.FlowCounts {
 		for _, other := range []string{RouterNftMasquerade, RouterXDPForward, RouterNftPortBlock, RouterLinux} {
+			// Issue 13's targets: 5 × masquerade at every flow count;
+			// 1.0 × forward-only at 1 flow, 0.85 × at more.
 			limit, isTarget := 0.0, false
 			switch other {
 			case RouterNftMasquerade:
-				limit, isTarget = 4.5, true
+				limit, isTarget = 5, true
 			case RouterXDPForward:
-				limit, isTarget = 0.8, true
+				limit, isTarget = 0.85, true
+				if flows == 1 {
+					limit = 1
+				}
 			}
 			rows = append(rows, ratioRow{fmt.Sprintf("blocknat / %s, %d flows", other, flows), RouterBlocknat, other, flows, flows, limit, isTarget})
 		}
 	}
 	if len(cfg.FlowCounts) > 1 {
 		lo, hi := cfg.FlowCounts[0], cfg.FlowCounts[len(cfg.FlowCounts)-1]
-		rows = append(rows, ratioRow{fmt.Sprintf("blocknat %d flows / 1 flow", hi), RouterBlocknat, RouterBlocknat, hi, lo, 0.75, lo == 1})
+		rows = append(rows, ratioRow{fmt.Sprintf("blocknat %d flows / 1 flow", hi), RouterBlocknat, RouterBlocknat, hi, lo, 0.85, lo == 1})
 		rows = append(rows, ratioRow{fmt.Sprintf("xdp-forward %d flows / 1 flow", hi), RouterXDPForward, RouterXDPForward, hi, lo, 0, false})
 	}
 	fmt.Fprintln(w, "#### Ratios of rates, per repetition")
@@ -281,8 +286,17 @@ func WritePerPacket(w io.Writer, r *GoBenchResults) []Target {
 			fmt.Fprintf(w, "| %s | %s |\n", b.Unit, SpreadOf(b.Values).Format("%.2f"))
 		}
 		fmt.Fprintln(w)
-		targets = append(targets, Target{Name: "per packet: worst established path / XDP_PASS (side by side)",
-			Got: r.Get("BenchmarkXDP/side-by-side", "worst-established/pass"), Limit: 2.5, Unit: "×"})
+		// Issue 13's targets, with the earlier 2.5 × XDP_PASS kept beside
+		// its 4.5: a target is not lowered by a later one.
+		worst := r.Get("BenchmarkXDP/side-by-side", "worst-established/pass")
+		targets = append(targets,
+			Target{Name: "per packet: worst established path / XDP_PASS (side by side)", Got: worst, Limit: 2.5, Unit: "×"},
+			Target{Name: "per packet: worst established path / XDP_PASS (side by side; issue 13)", Got: worst, Limit: 4.5, Unit: "×"},
+			Target{Name: "per packet: worst established path / forward-only (side by side): cheaper than forwarding",
+				Got: r.Get("BenchmarkXDP/side-by-side", "worst-established/fwd"), Limit: 1, Unit: "×"})
+	}
+	if nf := r.Get("BenchmarkXDP/new-flow-out", "ns/pkt"); nf.N > 0 {
+		targets = append(targets, Target{Name: "per packet: new-flow path (prog.Run)", Got: nf, Limit: 550, Unit: " ns"})
 	}
 	return targets
 }
@@ -337,7 +351,8 @@ func WriteStore(w io.Writer, r *GoBenchResults) []Target {
 		targets = append(targets,
 			Target{Name: "store: ingest while writing the year (events/s)", Got: single(get("events/s")), AtLeast: true, Limit: 100_000},
 			Target{Name: "store: ingest while writing the year, complete records/s (activation + release)", Got: single(get("records/s")), AtLeast: true, Limit: 100_000},
-			Target{Name: "store: bytes per subscriber-day at 5 activations a day (the year)", Got: single(get("bytes/subscriber-day")), Limit: 100, Unit: " B"})
+			Target{Name: "store: bytes per subscriber-day at 5 activations a day (the year)", Got: single(get("bytes/subscriber-day")), Limit: 100, Unit: " B"},
+			Target{Name: "store: bytes per subscriber-day at 5 activations a day (the year; issue 13)", Got: single(get("bytes/subscriber-day")), Limit: 125, Unit: " B"})
 	}
 	if s := r.Get("BenchmarkYear/ingest-day", "records/s"); s.N > 0 {
 		targets = append(targets, Target{Name: "store: one more day at a year's scale, complete records/s", Got: s, AtLeast: true, Limit: 100_000})
