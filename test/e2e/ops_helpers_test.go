@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -173,63 +171,15 @@ func (e *env) waitMetric(t *testing.T, listen, sample string, min float64, withi
 	}, "%s >= %v", sample, min)
 }
 
-// tcpEcho echoes every byte back, in a namespace.
-type tcpEcho struct {
-	Addr  netip.AddrPort
-	ln    net.Listener
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	seen  []netip.AddrPort
-	conns []net.Conn
-}
-
-func startTCPEcho(t *testing.T, ns *netns.NS, addr netip.AddrPort) *tcpEcho {
+// startTCPEcho starts a netns.TCPEcho the test closes at cleanup.
+func startTCPEcho(t *testing.T, ns *netns.NS, addr netip.AddrPort) *netns.TCPEcho {
 	t.Helper()
-	s := &tcpEcho{Addr: addr}
-	if err := ns.Do(func() (err error) {
-		s.ln, err = net.Listen("tcp4", addr.String())
-		return err
-	}); err != nil {
+	s, err := netns.StartTCPEcho(ns, addr)
+	if err != nil {
 		t.Fatal(err)
 	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			c, err := s.ln.Accept()
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			s.seen = append(s.seen, c.RemoteAddr().(*net.TCPAddr).AddrPort())
-			s.conns = append(s.conns, c)
-			s.mu.Unlock()
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		// Close the connections too: one whose client vanished (after a
-		// detach, its FIN never arrives) would block the echo forever.
-		s.ln.Close()
-		s.mu.Lock()
-		for _, c := range s.conns {
-			c.Close()
-		}
-		s.mu.Unlock()
-		s.wg.Wait()
-	})
+	t.Cleanup(func() { s.Close() })
 	return s
-}
-
-func (s *tcpEcho) remotes() []netip.AddrPort {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]netip.AddrPort(nil), s.seen...)
 }
 
 // stream is a netns.Stream the test stops at cleanup.
@@ -301,7 +251,7 @@ func (c *udpClient) roundTrip(payload string) error {
 // and a UDP mapping of the second, with the public address and port the
 // UDP server saw it from.
 type heldTraffic struct {
-	tcpSrv  *tcpEcho
+	tcpSrv  *netns.TCPEcho
 	udpSrv  *netns.UDPEcho
 	tcp     *stream
 	udp     *udpClient

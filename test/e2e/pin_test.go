@@ -116,7 +116,7 @@ func TestPinsOutliveAgentUnderNetnsExec(t *testing.T) {
 	if err := tcp.Stop(); err != nil {
 		t.Errorf("the TCP connection broke across kill -9 and restart: %v", err)
 	}
-	if r := tcpSrv.remotes(); len(r) != 1 {
+	if r := tcpSrv.Remotes(); len(r) != 1 {
 		t.Errorf("the TCP server saw %d connections (%v), want the one that lived through the restart", len(r), r)
 	}
 

@@ -83,7 +83,7 @@ func TestKill9KeepsTrafficAndRecords(t *testing.T) {
 	if err := tcp.Stop(); err != nil {
 		t.Errorf("the TCP connection broke across the restart: %v", err)
 	}
-	if r := tcpSrv.remotes(); len(r) != 1 {
+	if r := tcpSrv.Remotes(); len(r) != 1 {
 		t.Errorf("the TCP server saw %d connections (%v), want the one that lived through the restart", len(r), r)
 	}
 

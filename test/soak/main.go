@@ -129,7 +129,7 @@ type soak struct {
 	fresh    *fresh
 	acts     *activations
 	streams  *streams
-	tcp      *tcpEcho
+	tcp      *netns.TCPEcho
 	echo     *netns.UDPEcho
 	up       *link
 	began    time.Time
@@ -281,10 +281,10 @@ func (s *soak) setup(ctx context.Context) error {
 		return err
 	}
 	e.onClose("close the UDP echo", s.echo.Close)
-	if s.tcp, err = startTCPEcho(e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[1], 7001)); err != nil {
+	if s.tcp, err = netns.StartTCPEcho(e.topo.Internet, netip.AddrPortFrom(e.topo.ServerAddrs[1], 7001)); err != nil {
 		return err
 	}
-	e.onClose("close the TCP echo", s.tcp.close)
+	e.onClose("close the TCP echo", s.tcp.Close)
 	if s.up, err = openLink(e.topo.Internet, e.topo.InternetIface, insidePrefix); err != nil {
 		return err
 	}
@@ -311,7 +311,7 @@ func (s *soak) setup(ctx context.Context) error {
 	}
 
 	logf("activating %d subscribers and opening %d TCP connections", s.o.subscribers, s.o.connections)
-	s.streams = &streams{to: s.tcp.addr, interval: s.o.connectionsInterval}
+	s.streams = &streams{to: s.tcp.Addr, interval: s.o.connectionsInterval}
 	for i := 0; i < s.o.connections; i++ {
 		if err := s.streams.open(s.fresh, s.acts, "setup"); err != nil {
 			return err
@@ -565,7 +565,7 @@ func (s *soak) hostilePhase(ctx context.Context, p *phaseResult) {
 	s.acts.add(activation{Inside: h.subAddr, Phase: phase, Sent: sent, Answered: time.Now()})
 	remotes := s.echo.Remotes()
 	h.public = remotes[len(remotes)-1]
-	h.tcpEnds = s.tcp.publicEnds()
+	h.tcpEnds = s.tcp.Live()
 
 	if err := fragmentedEcho(e.topo.Subscribers[0].NS, s.echo.Addr); err != nil {
 		p.fail("fragmented echo before the hostile traffic: %v", err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -159,72 +158,6 @@ func startActivator(f *fresh, acts *activations, echo netip.AddrPort, phase stri
 func (a *activator) halt() {
 	a.stopOnce.Do(func() { close(a.stop) })
 	<-a.done
-}
-
-// tcpEcho echoes every byte back, in the internet namespace, and knows
-// the public endpoint of every connection it holds.
-type tcpEcho struct {
-	addr  netip.AddrPort
-	ln    net.Listener
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]bool
-}
-
-func startTCPEcho(ns *netns.NS, addr netip.AddrPort) (*tcpEcho, error) {
-	s := &tcpEcho{addr: addr, conns: map[net.Conn]bool{}}
-	if err := ns.Do(func() (err error) {
-		s.ln, err = net.Listen("tcp4", addr.String())
-		return err
-	}); err != nil {
-		return nil, err
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			c, err := s.ln.Accept()
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			s.conns[c] = true
-			s.mu.Unlock()
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				io.Copy(c, c)
-				c.Close()
-				s.mu.Lock()
-				delete(s.conns, c)
-				s.mu.Unlock()
-			}()
-		}
-	}()
-	return s, nil
-}
-
-// publicEnds are the translated sources of the live connections.
-func (s *tcpEcho) publicEnds() []netip.AddrPort {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []netip.AddrPort
-	for c := range s.conns {
-		out = append(out, c.RemoteAddr().(*net.TCPAddr).AddrPort())
-	}
-	return out
-}
-
-func (s *tcpEcho) close() error {
-	err := s.ln.Close()
-	// A connection whose client vanished would hold io.Copy forever.
-	s.mu.Lock()
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
-	return err
 }
 
 // stream is one long-lived TCP connection through the NAT (a
