@@ -250,68 +250,35 @@ func within(d time.Duration, cond func() bool) bool {
 // namespace, below routing and every firewall: a capture sees a frame
 // that arrived even when the namespace's kernel would drop it.
 type linkSocket struct {
-	fd      int
-	ifindex int
-	mac     net.HardwareAddr
+	*netns.PacketSocket
 
 	mu     sync.Mutex
 	frames [][]byte
-	done   chan struct{}
 }
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 func openLink(t *testing.T, ns *netns.NS, iface string) *linkSocket {
 	t.Helper()
-	l := &linkSocket{fd: -1, done: make(chan struct{})}
-	err := ns.Do(func() error {
-		ifc, err := net.InterfaceByName(iface)
-		if err != nil {
-			return err
+	l := &linkSocket{}
+	var err error
+	l.PacketSocket, err = netns.OpenPacketSocket(ns, iface, func(frame []byte, outgoing bool) {
+		if outgoing {
+			return // what this namespace sent itself
 		}
-		l.ifindex, l.mac = ifc.Index, ifc.HardwareAddr
-		if l.fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL))); err != nil {
-			return err
-		}
-		return unix.Bind(l.fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: l.ifindex})
+		l.mu.Lock()
+		l.frames = append(l.frames, bytes.Clone(frame))
+		l.mu.Unlock()
 	})
 	if err != nil {
-		t.Fatalf("packet socket on %s in %s: %v", iface, ns.Name, err)
-	}
-	tv := unix.Timeval{Usec: 100000}
-	if err := unix.SetsockoptTimeval(l.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		t.Fatal(err)
 	}
-	stop := make(chan struct{})
-	go func() {
-		defer close(l.done)
-		buf := make([]byte, 65536)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			n, from, err := unix.Recvfrom(l.fd, buf, 0)
-			if err != nil {
-				continue
-			}
-			if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
-				continue // what this namespace sent itself
-			}
-			l.mu.Lock()
-			l.frames = append(l.frames, bytes.Clone(buf[:n]))
-			l.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() { close(stop); <-l.done; unix.Close(l.fd) })
+	t.Cleanup(l.Close)
 	return l
 }
 
 // sendUDP sends one IPv4/UDP frame from this interface to dstMAC.
 func (l *linkSocket) sendUDP(t *testing.T, dstMAC net.HardwareAddr, src, dst netip.AddrPort, payload []byte) {
 	t.Helper()
-	eth := &layers.Ethernet{SrcMAC: l.mac, DstMAC: dstMAC, EthernetType: layers.EthernetTypeIPv4}
+	eth := &layers.Ethernet{SrcMAC: l.MAC, DstMAC: dstMAC, EthernetType: layers.EthernetTypeIPv4}
 	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
 	udp := &layers.UDP{SrcPort: layers.UDPPort(src.Port()), DstPort: layers.UDPPort(dst.Port())}
 	udp.SetNetworkLayerForChecksum(ip)
@@ -320,7 +287,7 @@ func (l *linkSocket) sendUDP(t *testing.T, dstMAC net.HardwareAddr, src, dst net
 		eth, ip, udp, gopacket.Payload(payload)); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Sendto(l.fd, buf.Bytes(), 0, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: l.ifindex}); err != nil {
+	if err := l.SendIPv4(buf.Bytes()); err != nil {
 		t.Fatalf("send %s -> %s: %v", src, dst, err)
 	}
 }

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/blocknat/blocknat/test/harness"
 	"github.com/blocknat/blocknat/test/netns"
@@ -35,51 +34,22 @@ type nexthopCapture struct {
 
 func (c *nexthopCapture) listen(t *testing.T, ns *netns.NS, iface string) {
 	t.Helper()
-	var fd int
-	err := ns.Do(func() error {
-		ifc, err := net.InterfaceByName(iface)
-		if err != nil {
-			return err
+	p, err := netns.OpenPacketSocket(ns, iface, func(frame []byte, _ bool) {
+		at := time.Now()
+		i := bytes.Index(frame, nexthopMarker)
+		if i < 0 || i+len(nexthopMarker)+8 > len(frame) {
+			return
 		}
-		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL))); err != nil {
-			return err
-		}
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifc.Index})
+		a := arrival{seq: binary.BigEndian.Uint64(frame[i+len(nexthopMarker):]), iface: iface,
+			dmac: net.HardwareAddr(frame[:6]).String(), at: at}
+		c.mu.Lock()
+		c.arrivals = append(c.arrivals, a)
+		c.mu.Unlock()
 	})
 	if err != nil {
-		t.Fatalf("packet socket on %s: %v", iface, err)
-	}
-	tv := unix.Timeval{Usec: 50000}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		t.Fatal(err)
 	}
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 65536)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			n, _, err := unix.Recvfrom(fd, buf, 0)
-			if err != nil {
-				continue
-			}
-			at := time.Now()
-			i := bytes.Index(buf[:n], nexthopMarker)
-			if i < 0 || i+len(nexthopMarker)+8 > n {
-				continue
-			}
-			a := arrival{seq: binary.BigEndian.Uint64(buf[i+len(nexthopMarker):]), iface: iface,
-				dmac: net.HardwareAddr(buf[:6]).String(), at: at}
-			c.mu.Lock()
-			c.arrivals = append(c.arrivals, a)
-			c.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() { close(stop); <-done; unix.Close(fd) })
+	t.Cleanup(p.Close)
 }
 
 func (c *nexthopCapture) snapshot() []arrival {

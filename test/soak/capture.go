@@ -9,7 +9,6 @@ import (
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
-	"golang.org/x/sys/unix"
 
 	"github.com/blocknat/blocknat/test/netns"
 )
@@ -19,87 +18,45 @@ import (
 // that arrived even when that namespace's kernel would drop it, and can
 // put on the wire what no socket would send.
 type link struct {
-	fd      int
-	ifindex int
-	mac     net.HardwareAddr
-	inside  netip.Prefix
+	*netns.PacketSocket
+	inside netip.Prefix
 
 	mu      sync.Mutex
 	frames  uint64
 	leaks   uint64
 	samples []string
 	markers map[string]int
-
-	stop chan struct{}
-	done chan struct{}
 }
-
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // openLink captures every frame that arrives on iface in ns, counting
 // those that carry an inside address (see leak).
 func openLink(ns *netns.NS, iface string, inside netip.Prefix) (*link, error) {
-	l := &link{fd: -1, inside: inside, markers: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
-	err := ns.Do(func() error {
-		ifc, err := net.InterfaceByName(iface)
-		if err != nil {
-			return err
-		}
-		l.ifindex, l.mac = ifc.Index, ifc.HardwareAddr
-		if l.fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL))); err != nil {
-			return err
-		}
-		return unix.Bind(l.fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: l.ifindex})
-	})
-	if err != nil {
-		if l.fd >= 0 {
-			unix.Close(l.fd)
-		}
-		return nil, fmt.Errorf("packet socket on %s in %s: %w", iface, ns.Name, err)
-	}
-	// A large receive buffer: the capture must not miss a leak in a burst.
-	_ = unix.SetsockoptInt(l.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20)
-	tv := unix.Timeval{Usec: 100000}
-	if err := unix.SetsockoptTimeval(l.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		unix.Close(l.fd)
+	l := &link{inside: inside, markers: map[string]int{}}
+	var err error
+	if l.PacketSocket, err = netns.OpenPacketSocket(ns, iface, l.count); err != nil {
 		return nil, err
 	}
-	go l.read()
 	return l, nil
 }
 
-func (l *link) read() {
-	defer close(l.done)
-	buf := make([]byte, 65536)
-	for {
-		select {
-		case <-l.stop:
-			return
-		default:
+func (l *link) count(frame []byte, outgoing bool) {
+	if outgoing {
+		return // what this namespace sent itself
+	}
+	what := leak(frame, l.inside)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.frames++
+	if what != "" {
+		l.leaks++
+		if len(l.samples) < 10 {
+			l.samples = append(l.samples, what)
 		}
-		n, from, err := unix.Recvfrom(l.fd, buf, 0)
-		if err != nil {
-			continue
+	}
+	for m := range l.markers {
+		if bytes.Contains(frame, []byte(m)) {
+			l.markers[m]++
 		}
-		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
-			continue // what this namespace sent itself
-		}
-		frame := buf[:n]
-		what := leak(frame, l.inside)
-		l.mu.Lock()
-		l.frames++
-		if what != "" {
-			l.leaks++
-			if len(l.samples) < 10 {
-				l.samples = append(l.samples, what)
-			}
-		}
-		for m := range l.markers {
-			if bytes.Contains(frame, []byte(m)) {
-				l.markers[m]++
-			}
-		}
-		l.mu.Unlock()
 	}
 }
 
@@ -151,7 +108,7 @@ func (l *link) sendOpts(dstMAC net.HardwareAddr, opts gopacket.SerializeOptions,
 			r.SetNetworkLayerForChecksum(ip)
 		}
 	}
-	eth := &layers.Ethernet{SrcMAC: l.mac, DstMAC: dstMAC, EthernetType: layers.EthernetTypeIPv4}
+	eth := &layers.Ethernet{SrcMAC: l.MAC, DstMAC: dstMAC, EthernetType: layers.EthernetTypeIPv4}
 	buf := gopacket.NewSerializeBuffer()
 	if err := gopacket.SerializeLayers(buf, opts, append([]gopacket.SerializableLayer{eth, ip}, rest...)...); err != nil {
 		return fmt.Errorf("serialize: %w", err)
@@ -159,15 +116,9 @@ func (l *link) sendOpts(dstMAC net.HardwareAddr, opts gopacket.SerializeOptions,
 	return l.sendRaw(buf.Bytes())
 }
 
-func (l *link) sendRaw(frame []byte) error {
-	return unix.Sendto(l.fd, frame, 0, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: l.ifindex})
-}
+func (l *link) sendRaw(frame []byte) error { return l.SendIPv4(frame) }
 
-func (l *link) close() {
-	close(l.stop)
-	<-l.done
-	unix.Close(l.fd)
-}
+func (l *link) close() { l.Close() }
 
 func ifaceMAC(ns *netns.NS, iface string) (net.HardwareAddr, error) {
 	var mac net.HardwareAddr

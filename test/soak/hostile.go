@@ -229,7 +229,7 @@ func (h *hostileEnv) malformed(rounds int) error {
 		ip.Version, ip.IHL, ip.TTL = 4, 5, 64
 		udp.SetNetworkLayerForChecksum(ip)
 		buf := gopacket.NewSerializeBuffer()
-		eth := &layers.Ethernet{SrcMAC: l.mac, DstMAC: mac, EthernetType: layers.EthernetTypeIPv4}
+		eth := &layers.Ethernet{SrcMAC: l.MAC, DstMAC: mac, EthernetType: layers.EthernetTypeIPv4}
 		err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, udp, p)
 		return buf.Bytes(), err
 	}
