@@ -45,9 +45,13 @@ func MonotonicNow() time.Duration {
 
 // PruneNexthops deletes the cache entries not used since before cutoff
 // (MonotonicNow's clock), and returns how many it deleted; a zero cutoff
-// deletes every entry. An entry's key names a destination, so none may
-// outlive the mappings that used it.
+// deletes every entry, and a negative one (a time before boot, as "an hour
+// ago" is on a router up for less) none. An entry's key names a
+// destination, so none may outlive the mappings that used it.
 func (n *NAT) PruneNexthops(cutoff time.Duration) (int, error) {
+	if cutoff < 0 {
+		return 0, nil
+	}
 	var (
 		key     natNexthopKey
 		val     natNexthop
