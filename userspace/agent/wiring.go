@@ -146,6 +146,7 @@ func (a *Agent) startNAT(replace bool) error {
 	}
 	for _, ifc := range interfaces(a.cfg) {
 		a.log.Info("xdp attached", logattr.Interface, ifc.Name, logattr.Role, ifc.Role.String(), logattr.Mode, a.cfg.XDPMode)
+		warnVethPeer(a.log, ifc.Name)
 	}
 	return nil
 }

@@ -31,4 +31,9 @@ const (
 	// HostPID is the process whose mount namespace the agent took for the
 	// host's when it shared the host's bpffs.
 	HostPID = "host_pid"
+	// Peer, Netns and Fix describe a veth's far end: its name, its
+	// namespace, and the command that fixes what is wrong with it.
+	Peer  = "peer"
+	Netns = "netns"
+	Fix   = "fix"
 )
