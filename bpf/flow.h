@@ -48,13 +48,15 @@
 #define CLOSE_ACKS_OUT_SHIFT 0
 #define CLOSE_ACKS_IN_SHIFT 2
 
-/* flow_touch refreshes a mapping's clock when it has moved by the
- * resolution the sweeper allows for (enum flow_clock): most packets of a
+/* flow_touch refreshes a mapping's clock when its unit (enum flow_clock)
+ * has changed, the resolution the sweeper allows for: most packets of a
  * busy mapping then leave its entry unwritten. */
 static __always_inline void flow_touch(struct flow_fwd *fwd, __u64 now)
 {
-	if (now - fwd->last_seen_ns >= FLOW_LAST_SEEN_RESOLUTION_NS)
-		fwd->last_seen_ns = now;
+	__u32 unit = now >> FLOW_LAST_SEEN_SHIFT;
+
+	if (fwd->last_seen != unit)
+		fwd->last_seen = unit;
 }
 
 /* tcp_initial_state is the state of a mapping made by this packet. */
@@ -258,7 +260,7 @@ static __always_inline int flow_create(struct pkt *p, struct flow_key *fkey, __u
 	return STAT_DROP_BLOCK_FULL;
 
 claimed:
-	made.last_seen_ns = now;
+	made.last_seen = now >> FLOW_LAST_SEEN_SHIFT;
 	made.nat_addr = rkey.addr;
 	made.nat_port = rkey.port;
 	made.state = state;

@@ -59,7 +59,10 @@ _Static_assert(sizeof(struct flow_key) == 8, "flow_key layout");
  * mapping carries: only packets from and to the peer move the TCP state, so
  * a stranger's RST or FIN cannot shorten the mapping's life. */
 struct flow_fwd {
-	__u64 last_seen_ns; /* CLOCK_MONOTONIC_COARSE of the last outbound packet */
+	__u32 last_seen;    /* CLOCK_MONOTONIC_COARSE of the last outbound packet,
+			       in units of 1 << FLOW_LAST_SEEN_SHIFT ns: 32 bits
+			       of them last 146 years of uptime, and the 4 bytes
+			       saved make the entry 24 bytes */
 	__be32 nat_addr;
 	__be16 nat_port;
 	__u8 state;         /* enum flow_state, for the sweeper's timeouts */
@@ -70,9 +73,8 @@ struct flow_fwd {
 			       outbound SYN; 0 for UDP and ICMP */
 	__be16 peer_port;
 	__u16 pad;
-	__u32 pad2;
 };
-_Static_assert(sizeof(struct flow_fwd) == 32, "flow_fwd layout");
+_Static_assert(sizeof(struct flow_fwd) == 24, "flow_fwd layout");
 
 /* flow_rev is the reverse entry written with the forward one, all or nothing. */
 struct flow_rev {
@@ -86,13 +88,14 @@ struct flow_rev {
 };
 _Static_assert(sizeof(struct flow_rev) == 12, "flow_rev layout");
 
-/* How finely a mapping's last_seen_ns follows its packets: the data plane
- * writes it only when it has moved by this much, so that a busy mapping's
- * entry stays clean in the cache instead of being written once per jiffy.
- * The sweeper, which looks every intervals.sweep (10 s by default), adds it
- * to every timeout, so no mapping expires earlier than it did. */
+/* How finely a mapping's last_seen follows its packets: it holds the clock
+ * in units of 2^30 ns (about 1.07 s), and the data plane writes it only
+ * when that unit changes, so that a busy mapping's entry stays clean in the
+ * cache instead of being written once per jiffy. The sweeper, which looks
+ * every intervals.sweep (10 s by default), adds one unit to every timeout,
+ * so no mapping expires earlier than its timeout. */
 enum flow_clock {
-	FLOW_LAST_SEEN_RESOLUTION_NS = 1000000000,
+	FLOW_LAST_SEEN_SHIFT = 30,
 };
 
 enum flow_state {

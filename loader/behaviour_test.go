@@ -325,7 +325,7 @@ func inboundRefreshesUDP(t *testing.T, f *natFixture) bool {
 	if err := f.nat.objs.FlowsFwd.Lookup(&key, &v); err != nil {
 		t.Fatal(err)
 	}
-	v.LastSeenNs = 1
+	v.LastSeen = 1
 	if err := f.nat.objs.FlowsFwd.Put(&key, &v); err != nil {
 		t.Fatal(err)
 	}
@@ -335,7 +335,7 @@ func inboundRefreshesUDP(t *testing.T, f *natFixture) bool {
 	if err := f.nat.objs.FlowsFwd.Lookup(&key, &v); err != nil {
 		t.Fatal(err)
 	}
-	return v.LastSeenNs > 1
+	return v.LastSeen > 1
 }
 
 // TestFragmentStateBoundedAndExpiring: the fragment table holds at most

@@ -150,6 +150,13 @@ func newFixture(t testing.TB, prefixes, pool []string, lo, hi, blockSize uint16)
 		t.Fatalf("load: %v", err)
 	}
 	t.Cleanup(func() { nat.Close() })
+	return fixtureOn(t, ns, nat, m)
+}
+
+// fixtureOn makes a fixture of a NAT already loaded for m: it registers
+// the test namespace's interfaces and vouches for the routes.
+func fixtureOn(t testing.TB, ns *testNS, nat *NAT, m *mapping.Mapping) *natFixture {
+	t.Helper()
 	// Devmap entries resolve their ifindex in the writer's namespace.
 	ns.do(t, func() {
 		for ifn, role := range map[string]Role{"in0": RoleInside, "out0": RoleOutside, "lan0": RoleInside} {

@@ -50,10 +50,19 @@ const (
 	FlowStateTCPClosing = uint8(natFlowStateFLOW_STATE_TCP_CLOSING)
 )
 
-// LastSeenResolution is how finely FlowFwd.LastSeenNs follows a mapping's
-// packets (enum flow_clock): the data plane writes it only when it has
-// moved by this much, so it may lag the last packet by up to this.
-const LastSeenResolution = time.Duration(natFlowClockFLOW_LAST_SEEN_RESOLUTION_NS)
+// LastSeenResolution is how finely FlowFwd.LastSeen follows a mapping's
+// packets (enum flow_clock): it counts units of this many nanoseconds, so
+// it may lag the last packet by up to this.
+const LastSeenResolution = time.Duration(1) << natFlowClockFLOW_LAST_SEEN_SHIFT
+
+// LastSeenNs is the monotonic time, in nanoseconds, at the start of the
+// unit in which the mapping last carried an outbound packet.
+func (v natFlowFwd) LastSeenNs() uint64 {
+	return uint64(v.LastSeen) << natFlowClockFLOW_LAST_SEEN_SHIFT
+}
+
+// LastSeenUnit is the FlowFwd.LastSeen value for the monotonic time ns.
+func LastSeenUnit(ns uint64) uint32 { return uint32(ns >> natFlowClockFLOW_LAST_SEEN_SHIFT) }
 
 // Protocol numbers of the flow key's Proto (enum flow_proto): the three
 // protocols that share the flow tables.
@@ -187,7 +196,14 @@ type NAT struct {
 	params Params
 	links  map[string]link.Link
 	roles  map[string]Role
+	// migrated counts the mappings Load carried over from a pinned flow
+	// table of an earlier release's layout (migrateFlowLayout).
+	migrated int
 }
+
+// MigratedFlows is how many live mappings Load carried over from a pinned
+// flow table of an earlier release's entry layout; 0 when there was none.
+func (n *NAT) MigratedFlows() int { return n.migrated }
 
 // ErrConfigChanged reports pinned maps left by a configuration whose table
 // sizes differ from this one. Reusing them would misread their contents.
@@ -207,6 +223,7 @@ func Load(p Params, pinDir string) (*NAT, error) {
 	}
 
 	opts := &ebpf.CollectionOptions{}
+	migrated := 0
 	if pinDir != "" {
 		if err := EnsureBPFFS(pinDir); err != nil {
 			return nil, err
@@ -223,6 +240,9 @@ func Load(p Params, pinDir string) (*NAT, error) {
 		if err := dropRetypedIfaceTables(spec, opts.Maps.PinPath); err != nil {
 			return nil, err
 		}
+		if migrated, err = migrateFlowLayout(spec, opts.Maps.PinPath); err != nil {
+			return nil, err
+		}
 	} else {
 		// Unpinned (tests, benchmarks): private maps nobody else can see.
 		for _, ms := range spec.Maps {
@@ -230,7 +250,7 @@ func Load(p Params, pinDir string) (*NAT, error) {
 		}
 	}
 
-	n := &NAT{pinDir: pinDir, params: p, links: map[string]link.Link{}, roles: map[string]Role{}}
+	n := &NAT{pinDir: pinDir, params: p, links: map[string]link.Link{}, roles: map[string]Role{}, migrated: migrated}
 	if err := spec.LoadAndAssign(&n.objs, opts); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {

@@ -45,12 +45,12 @@ type natFilterKey struct {
 type natFlowClock uint32
 
 const (
-	natFlowClockFLOW_LAST_SEEN_RESOLUTION_NS natFlowClock = 1000000000
+	natFlowClockFLOW_LAST_SEEN_SHIFT natFlowClock = 30
 )
 
 type natFlowFwd struct {
 	_          structs.HostLayout
-	LastSeenNs uint64
+	LastSeen   uint32
 	NatAddr    uint32
 	NatPort    uint16
 	State      uint8
@@ -59,7 +59,6 @@ type natFlowFwd struct {
 	PeerAddr   uint32
 	PeerPort   uint16
 	Pad        uint16
-	Pad2       uint32
 }
 
 type natFlowKey struct {

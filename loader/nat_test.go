@@ -387,7 +387,7 @@ func TestTCPState(t *testing.T) {
 		if v.State != step.want {
 			t.Errorf("after %s: state %d, want %d", step.flags, v.State, step.want)
 		}
-		if v.LastSeenNs == 0 {
+		if v.LastSeen == 0 {
 			t.Errorf("after %s: last_seen not set", step.flags)
 		}
 	}

@@ -144,6 +144,9 @@ func (a *Agent) startDataPlane(mode loader.Mode, replace bool) error {
 	if a.nat, err = loader.Load(p, cfg.BPFFSDir); err != nil {
 		return fmt.Errorf("load data plane: %w", err)
 	}
+	if n := a.nat.MigratedFlows(); n > 0 {
+		a.log.Info("carried the live mappings over to this release's flow-table layout", "mappings", n)
+	}
 	if err := a.claimInterfaces(replace); err != nil {
 		return err
 	}

@@ -89,7 +89,7 @@ func (t Timeouts) of(key loader.FlowKey, v loader.FlowFwd) time.Duration {
 // The kernel's last-seen time may lag the last packet by its resolution;
 // adding that keeps a mapping at least its full timeout.
 func (t Timeouts) idle(now uint64, key loader.FlowKey, v loader.FlowFwd) bool {
-	return age(now, v.LastSeenNs) > t.of(key, v)+loader.LastSeenResolution
+	return age(now, v.LastSeenNs()) > t.of(key, v)+loader.LastSeenResolution
 }
 
 // Sweep expires idle mappings, then releases idle blocks.
@@ -111,7 +111,7 @@ func (s *Sweeper) Sweep(ctx context.Context) (Result, error) {
 		}
 		if removed {
 			res.Expired++
-			gone[loader.MappingEnd{Addr: val.NatAddr, Port: val.NatPort, Proto: fl.key.Proto}] = val.LastSeenNs
+			gone[loader.MappingEnd{Addr: val.NatAddr, Port: val.NatPort, Proto: fl.key.Proto}] = val.LastSeenNs()
 		} else {
 			flows[fl.subscriber]++ // refreshed while we looked
 		}

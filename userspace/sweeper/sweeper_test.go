@@ -76,7 +76,7 @@ func be16(p uint16) uint16 { return p>>8 | p<<8 }
 func addFlow(t *testing.T, nat *loader.NAT, sub uint32, inside string, port uint16, proto uint8, state uint8, natPort uint16, lastSeen uint64) loader.FlowKey {
 	t.Helper()
 	key := loader.FlowKey{Addr: be32(inside), Port: be16(port), Proto: proto}
-	fwd := loader.FlowFwd{LastSeenNs: lastSeen, NatAddr: be32("198.51.100.10"), NatPort: be16(natPort), State: state, Subscriber: sub}
+	fwd := loader.FlowFwd{LastSeen: loader.LastSeenUnit(lastSeen), NatAddr: be32("198.51.100.10"), NatPort: be16(natPort), State: state, Subscriber: sub}
 	if err := nat.AddMapping(key, fwd); err != nil {
 		t.Fatal(err)
 	}
