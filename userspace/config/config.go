@@ -204,11 +204,19 @@ func describeYAMLError(err error, body ast.Node) string {
 		return err.Error()
 	}
 	pos := yerr.GetToken().Position
-	msg := fmt.Sprintf("%s (line %d, column %d)", yerr.GetMessage(), pos.Line, pos.Column)
+	field := ""
 	if body != nil {
-		if field := fieldAt(body, pos.Line, pos.Column); field != "" {
-			msg = field + ": " + msg
-		}
+		field = fieldAt(body, pos.Line, pos.Column)
+	}
+	text := yerr.GetMessage()
+	if r, ok := integerRangeOf(text, field); ok {
+		// The decoder names a Go type ("uint16 ( overflow )"); the
+		// operator needs the numbers the field takes.
+		text = fmt.Sprintf("%s is not a whole number from %s", yerr.GetToken().Value, r)
+	}
+	msg := fmt.Sprintf("%s (line %d, column %d)", text, pos.Line, pos.Column)
+	if field != "" {
+		msg = field + ": " + msg
 	}
 	return msg
 }
