@@ -99,6 +99,14 @@ func Open(dir string, opts Options) (*Store, error) {
 	return s, nil
 }
 
+const (
+	blockCacheBytes = 8 << 20
+	// memTableReserve is what Pebble's memtables hold of the block
+	// cache at most: MemTableStopWritesThreshold (2) memtables of
+	// MemTableSize (4 MiB), the defaults.
+	memTableReserve = 2 * 4 << 20
+)
+
 // pebbleOptions returns a fresh set of options on every call because Pebble
 // keeps state in some of them (the event listener, the cache reference).
 func (s *Store) pebbleOptions() *pebble.Options {
@@ -126,13 +134,22 @@ func (s *Store) pebbleOptions() *pebble.Options {
 		// retention relies on obsolete SSTables leaving the disk as soon as a
 		// compaction releases them, not at a throttled rate.
 		TargetByteDeletionRate: 0,
+		// CacheSize: default 8 MiB. Pebble reserves every memtable's
+		// full size in the block cache (it counts them against the
+		// cache rather than beside it), so with the default a writing
+		// store, with a 4 MiB memtable filling and another flushing,
+		// has no room left for blocks: every lookup read and
+		// decompressed its index and data blocks again (the cache held
+		// nothing, hits 0). The blocks get the 8 MiB the default meant,
+		// beside the memtables it reserves.
+		CacheSize: blockCacheBytes + memTableReserve,
 		// Left at their defaults, on purpose:
 		//  - Cleaner (DeleteCleaner): obsolete files are unlinked. WAL
 		//    recycling stays on; Sweep's reopen removes recycled WALs.
 		//  - MemTableSize (4 MiB), MemTableStopWritesThreshold (2),
 		//    L0CompactionThreshold (4), L0StopWritesThreshold (12),
 		//    LBaseMaxBytes (64 MiB): a day's records are a few MB.
-		//  - Cache (8 MiB), MaxOpenFiles (1000).
+		//  - MaxOpenFiles (1000).
 		//  - MaxManifestFileSize (128 MiB): Sweep rotates the MANIFEST itself.
 		//  - WALBytesPerSync (0) and BytesPerSync (512 KiB): every commit syncs.
 	}
