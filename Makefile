@@ -6,7 +6,7 @@ GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 GOTEST_FLAGS ?= -count=1 -timeout 30m
 BENCH_COUNT ?= 11
 
-.PHONY: all deps generate check-generate check-tidy build test bench bench-quick soak demo clean
+.PHONY: all deps generate check-generate check-tidy build test bench bench-quick soak demo lab lab-down clean
 
 all: build
 
@@ -68,6 +68,17 @@ soak: deps
 
 demo: deps build
 	$(GO) run ./test/demo
+
+# The demo's topology with blocknatd running on its router, left up to
+# explore (it prints how); lab-down removes all of it, and does nothing
+# when nothing is up. LAB names it: namespaces LAB-*, /run/LAB,
+# /var/lib/LAB and /sys/fs/bpf/LAB, so two labs never meet.
+LAB ?= bnlab
+lab: deps build
+	@$(GO) run ./test/lab up -name $(LAB) -bin bin
+
+lab-down:
+	@$(GO) run ./test/lab down -name $(LAB)
 
 clean:
 	rm -rf bin bench.out

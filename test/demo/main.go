@@ -22,7 +22,6 @@ import (
 
 	"github.com/blocknat/blocknat/test/harness"
 	"github.com/blocknat/blocknat/test/netns"
-	"github.com/blocknat/blocknat/userspace/config"
 )
 
 func main() {
@@ -52,10 +51,6 @@ func run(ctx context.Context, w io.Writer) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("run as root (sudo make demo): it creates network namespaces and loads XDP")
 	}
-	cfg, err := config.Parse(config.Default)
-	if err != nil {
-		return fmt.Errorf("embedded default config: %w", err)
-	}
 	s := &step{w: w}
 	work, err := os.MkdirTemp("", "blocknat-demo")
 	if err != nil {
@@ -70,44 +65,48 @@ func run(ctx context.Context, w io.Writer) (err error) {
 	}
 
 	s.say("Creating the topology: two subscribers -> router -> internet")
-	prefix := fmt.Sprintf("bn-demo-%d", os.Getpid()%100000)
-	topo, err := netns.NewTopology(ctx, netns.TopologyOptions{Prefix: prefix})
+	// make lab's, run through and removed again: the same namespaces,
+	// configuration and agent, named for this run alone.
+	lab := harness.NewLab(fmt.Sprintf("bn-demo-%d", os.Getpid()%100000))
+	defer func() {
+		fmt.Fprintf(w, "\n[cleanup] removing namespaces %s-*, the data plane and demo state\n", lab.Name)
+		err = errors.Join(err, lab.Remove())
+	}()
+	cfgText, err := lab.WriteConfig()
 	if err != nil {
 		return err
 	}
-	defer func() {
-		fmt.Fprintf(w, "\n[cleanup] removing namespaces %s-* and demo state\n", prefix)
-		err = errors.Join(err, topo.Close(), os.RemoveAll(cfg.StateDir), os.RemoveAll(filepath.Dir(cfg.API.Socket)))
-	}()
+	topo, err := netns.NewTopology(ctx, netns.TopologyOptions{Prefix: lab.Name})
+	if err != nil {
+		return err
+	}
 	for i, sub := range topo.Subscribers {
 		s.show("subscriber %d: %s in namespace %s", i, sub.Addr, sub.NS.Name)
 	}
 	s.show("router:       %s (inside %s, outside %s); the internet: %s, servers %s",
 		topo.Router.Name, strings.Join(topo.InsideIfaces, ","), topo.OutsideIface, topo.Internet.Name, topo.ServerAddrs[0])
 
-	s.say("Starting blocknatd on the router with the embedded default configuration")
-	cfgPath := filepath.Join(work, "blocknat.yaml")
-	if err := os.WriteFile(cfgPath, config.Default, 0o600); err != nil {
-		return err
-	}
-	for _, line := range strings.Split(strings.TrimSpace(string(config.Default)), "\n") {
+	s.say("Starting blocknatd on the router with the embedded default configuration, its paths the demo's")
+	for _, line := range strings.Split(strings.TrimSpace(string(cfgText)), "\n") {
 		if line != "" && !strings.HasPrefix(strings.TrimSpace(line), "#") {
 			s.show("%s", line)
 		}
 	}
-	ifaces := append(append([]string{}, cfg.Inside.Interfaces...), cfg.Outside.Interfaces...)
-	// The agent pins into the host's bpffs, where the data plane outlives
-	// it; the demo removes it again, and the bpffs too if it brought it.
-	hadBPFFS := harness.IsBPFFS("/sys/fs/bpf")
-	agent, err := harness.StartAgent(ctx, topo.Router, bins.Blocknatd, cfgPath, cfg.BPFFSDir, ifaces, 20*time.Second)
+	ifaces, err := lab.Interfaces()
 	if err != nil {
-		return errors.Join(err, harness.RemoveHostPins(cfg.BPFFSDir, hadBPFFS))
+		return err
+	}
+	// The agent pins into the host's bpffs, where the data plane outlives
+	// it; lab.Remove detaches it, and unmounts the bpffs if the agent
+	// brought it.
+	agent, err := harness.StartAgent(ctx, topo.Router, bins.Blocknatd, lab.Config, lab.PinDir, ifaces, 20*time.Second)
+	if err != nil {
+		return err
 	}
 	defer func() {
 		if stopErr := agent.Stop(); stopErr != nil {
 			err = errors.Join(err, fmt.Errorf("stop blocknatd: %w\n%s", stopErr, agent.Log()))
 		}
-		err = errors.Join(err, harness.RemoveHostPins(cfg.BPFFSDir, hadBPFFS))
 	}()
 	s.show("XDP attached to %s", strings.Join(ifaces, ", "))
 
@@ -155,8 +154,8 @@ func run(ctx context.Context, w io.Writer) (err error) {
 	// as that whole second.
 	stated := seenAt.Format(time.RFC3339)
 	s.say("The police ask: who used %s at %s?", observed, stated)
-	evidence := filepath.Join(cfg.StateDir, "case-2026-0001.evidence")
-	args := []string{"lookup", "--socket", cfg.API.Socket, "--ip", observed.Addr().String(), "--port", fmt.Sprint(observed.Port()),
+	evidence := filepath.Join(lab.StateDir, "case-2026-0001.evidence")
+	args := []string{"lookup", "--socket", lab.Socket, "--ip", observed.Addr().String(), "--port", fmt.Sprint(observed.Port()),
 		"--time", stated, "--purpose", "demo: case 2026-0001", "--evidence", evidence}
 	s.show("$ blocknat %s", shellJoin(args))
 	out, err := runCLI(ctx, bins.Blocknat, args...)
@@ -174,9 +173,9 @@ func run(ctx context.Context, w io.Writer) (err error) {
 
 	s.say("The lookup is in the tamper-evident audit log, and the police can check the answer offline")
 	for _, args := range [][]string{
-		{"audit", "show", "--socket", cfg.API.Socket, "--limit", "1"},
-		{"audit", "verify", "--socket", cfg.API.Socket},
-		{"evidence", "verify", evidence, "--pubkey", filepath.Join(cfg.StateDir, "audit", "audit.pub")},
+		{"audit", "show", "--socket", lab.Socket, "--limit", "1"},
+		{"audit", "verify", "--socket", lab.Socket},
+		{"evidence", "verify", evidence, "--pubkey", filepath.Join(lab.StateDir, "audit", "audit.pub")},
 	} {
 		s.show("$ blocknat %s", strings.Join(args, " "))
 		out, err := runCLI(ctx, bins.Blocknat, args...)

@@ -185,7 +185,7 @@ func StartAgent(ctx context.Context, ns *netns.NS, bin, configPath, pinDir strin
 	}()
 	deadline := time.Now().Add(timeout)
 	for {
-		if XDPAttached(ctx, ns, ifaces) && strings.Contains(a.log.String(), "msg=translating") {
+		if translating(ctx, ns, ifaces, a.log.String()) {
 			return a, nil
 		}
 		select {

@@ -222,9 +222,35 @@ func (o *TopologyOptions) fill() error {
 	return nil
 }
 
+// TopologyNamespaces are the namespaces NewTopology makes for prefix, in
+// the order it makes them: the subscribers', the router's, the internet's.
+func TopologyNamespaces(prefix string) []string {
+	var names []string
+	for i := range subscriberCount {
+		names = append(names, fmt.Sprintf("%s-sub%d", prefix, i))
+	}
+	return append(names, prefix+"-rtr", prefix+"-inet")
+}
+
+// RemoveTopology deletes the namespaces of the topology named prefix that
+// exist, for a process other than the one that built it (make lab-down).
+// Nothing there is no error.
+func RemoveTopology(prefix string) error {
+	var errs []error
+	names := TopologyNamespaces(prefix)
+	for i := len(names) - 1; i >= 0; i-- {
+		if _, err := os.Stat(filepath.Join(netnsRunDir, names[i])); errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		errs = append(errs, (&NS{Name: names[i]}).Delete())
+	}
+	return errors.Join(errs...)
+}
+
 func (t *Topology) createNamespaces(ctx context.Context, prefix string) error {
-	create := func(suffix string) (*NS, error) {
-		ns, err := Create(prefix + "-" + suffix)
+	names := TopologyNamespaces(prefix)
+	create := func(name string) (*NS, error) {
+		ns, err := Create(name)
 		if err != nil {
 			return nil, err
 		}
@@ -235,7 +261,7 @@ func (t *Topology) createNamespaces(ctx context.Context, prefix string) error {
 		return ns, nil
 	}
 	for i := range subscriberCount {
-		ns, err := create(fmt.Sprintf("sub%d", i))
+		ns, err := create(names[i])
 		if err != nil {
 			return err
 		}
@@ -247,10 +273,10 @@ func (t *Topology) createNamespaces(ctx context.Context, prefix string) error {
 		})
 	}
 	var err error
-	if t.Router, err = create("rtr"); err != nil {
+	if t.Router, err = create(names[subscriberCount]); err != nil {
 		return err
 	}
-	t.Internet, err = create("inet")
+	t.Internet, err = create(names[subscriberCount+1])
 	return err
 }
 

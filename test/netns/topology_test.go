@@ -301,6 +301,33 @@ func TestCloseRemovesEveryNamespace(t *testing.T) {
 	}
 }
 
+// TestRemoveTopologyByName is make lab-down's case: another process
+// removes a topology by its prefix alone, and again when it is gone.
+func TestRemoveTopologyByName(t *testing.T) {
+	t.Parallel()
+	RequirePrivileged(t)
+	RequireTools(t, "ethtool")
+	prefix := TestPrefix("bn-nt-rmname")
+	topo, err := NewTopology(t.Context(), TopologyOptions{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { topo.Close() })
+	names := TopologyNamespaces(prefix)
+	slices.Sort(names)
+	if got := listNamespaces(t, prefix); !slices.Equal(got, names) {
+		t.Fatalf("TopologyNamespaces = %v, NewTopology made %v", names, got)
+	}
+	for range 2 {
+		if err := RemoveTopology(prefix); err != nil {
+			t.Fatal(err)
+		}
+		if got := listNamespaces(t, prefix); len(got) != 0 {
+			t.Fatalf("namespaces left after RemoveTopology: %v", got)
+		}
+	}
+}
+
 func TestNewTopologyRemovesHalfBuiltTopology(t *testing.T) {
 	t.Parallel()
 	RequirePrivileged(t)
