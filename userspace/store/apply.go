@@ -292,6 +292,10 @@ func checkActivate(r Record, now time.Time) (Record, recordID, [4]byte, error) {
 		return r, id, inside, fmt.Errorf("end: set on an activation (activations are open): %w", ErrInvalid)
 	}
 	r.Public, r.Inside = addrFrom4(public), addrFrom4(inside)
+	// Rounded down at once, so that the open record answers as its
+	// closed copies will, and a second report of the same activation
+	// (the reconciler's, the ring buffer's) finds the same Start.
+	startNS = floorStep(startNS)
 	r.Start = time.Unix(0, startNS).UTC()
 	return r, recordID{public: public, portLo: r.PortLo, start: startNS, sub: r.Subscriber}, inside, nil
 }
@@ -305,7 +309,11 @@ func checkRelease(r Record, now time.Time) (openID, int64, error) {
 	if err != nil {
 		return openID{}, 0, err
 	}
-	return openID{sub: r.Subscriber, public: public, portLo: r.PortLo}, endNS, nil
+	if endNS > maxRecordNS {
+		return openID{}, 0, fmt.Errorf("end: %s is past the last time a record holds: %w", r.End.UTC().Format(time.RFC3339Nano), ErrInvalid)
+	}
+	// Rounded up, so that the stored interval contains the true one.
+	return openID{sub: r.Subscriber, public: public, portLo: r.PortLo}, ceilStep(endNS), nil
 }
 
 // idOf returns the identity and inside address of a normalised record.

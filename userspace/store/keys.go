@@ -35,8 +35,34 @@ var (
 
 const nsPerDay = int64(24 * time.Hour)
 
+// timeStep is the resolution of a block record's times (layout 3). The
+// kernel's clock gives nanoseconds, but an investigator asks to the second
+// (a time copied from a server log) with a tolerance, and nanoseconds cost
+// about 11 incompressible bytes a record. Apply rounds outward, Start down
+// and End up, so a stored interval always contains the true one and no
+// lookup can miss a holder; a lookup gains one only when two holders of a
+// block were less than a step apart, and then both answer.
+const timeStep = int64(time.Millisecond)
+
+// maxRecordNS is the latest time a record can hold: its End rounded up
+// must still be Unix nanoseconds.
+const maxRecordNS = math.MaxInt64 - timeStep
+
+// floorStep rounds a non-negative Unix nanosecond time down to timeStep.
+func floorStep(ns int64) int64 { return ns - ns%timeStep }
+
+// ceilStep rounds a non-negative Unix nanosecond time at most maxRecordNS
+// up to timeStep.
+func ceilStep(ns int64) int64 {
+	if r := ns % timeStep; r != 0 {
+		return ns + timeStep - r
+	}
+	return ns
+}
+
 const (
-	recordKeyLen     = 1 + 4 + 4 + 2 + 8 + 4
+	recordKeyLen     = 1 + 4 + 4 + 2 + 4 + recordStartLen
+	recordStartLen   = 6 // start in timeSteps: 2^48 ms is 8900 years
 	insideKeyLen     = 1 + 4 + 4 + 4 + 2 + 4
 	openKeyLen       = 1 + 4 + 2 + 8 + 4
 	openInsideKeyLen = 1 + 4 + 8 + 4 + 2 + 4
@@ -46,12 +72,13 @@ const (
 
 // Value format versions, so that a later layout can be read beside this one.
 const (
-	valueVersionRecord = 1 // an open record (o); and a closed one (r) of layout 1
-	valueVersionClosed = 2 // a closed record (r) of layout 2
-	valueVersionEpoch  = 1
-	valueVersionCanary = 1
-	valueVersionLease  = 1
-	valueVersionHeld   = 1
+	valueVersionRecord   = 1 // an open record (o); and a closed one (r) of layout 1
+	valueVersionClosedV2 = 2 // a closed record (r) of layout 2
+	valueVersionClosed   = 3 // a closed record (r) of layout 3
+	valueVersionEpoch    = 1
+	valueVersionCanary   = 1
+	valueVersionLease    = 1
+	valueVersionHeld     = 1
 )
 
 // dayOf returns the UTC day number of a non-negative Unix nanosecond time.
@@ -104,7 +131,21 @@ func subscriberBlockPrefix(day uint32, public [4]byte, portLo uint16, sub uint32
 }
 
 func recordKey(day uint32, id recordID) []byte {
-	return binary.BigEndian.AppendUint64(subscriberBlockPrefix(day, id.public, id.portLo, id.sub), uint64(id.start))
+	return appendRecordStart(subscriberBlockPrefix(day, id.public, id.portLo, id.sub), id.start)
+}
+
+// appendRecordStart appends a record key's start: Unix nanoseconds rounded
+// down to timeSteps, as a 48-bit big-endian count.
+func appendRecordStart(k []byte, ns int64) []byte {
+	steps := uint64(ns / timeStep)
+	return append(k, byte(steps>>40), byte(steps>>32), byte(steps>>24), byte(steps>>16), byte(steps>>8), byte(steps))
+}
+
+// recordStartBound is a subscriber's block prefix followed by the first
+// start after ns: the exclusive upper bound of the records that started
+// at or before ns, and the lower bound of those that started after it.
+func recordStartBound(prefix []byte, ns int64) []byte {
+	return appendRecordStart(append([]byte(nil), prefix...), floorStep(ns)+timeStep)
 }
 
 func parseRecordKey(k []byte) (day uint32, id recordID, err error) {
@@ -115,7 +156,11 @@ func parseRecordKey(k []byte) (day uint32, id recordID, err error) {
 	copy(id.public[:], k[5:9])
 	id.portLo = binary.BigEndian.Uint16(k[9:])
 	id.sub = binary.BigEndian.Uint32(k[11:])
-	id.start = int64(binary.BigEndian.Uint64(k[15:]))
+	var steps uint64
+	for _, b := range k[15:] {
+		steps = steps<<8 | uint64(b)
+	}
+	id.start = int64(steps) * timeStep
 	return day, id, nil
 }
 
@@ -240,16 +285,17 @@ func encodeOpenValue(dst []byte, r *Record, inside [4]byte) []byte {
 
 // encodeClosedValue writes the part of a closed record that is not in its
 // key. The fields a subscriber's records of a block share (inside address,
-// port_hi, epoch, flags) come first and End, as a duration since Start,
+// port_hi, epoch, flags) come first and End, as timeSteps since Start,
 // last, so that block compression finds the shared run between
-// neighbouring records whole.
+// neighbouring records whole. Start and End are rounded outward to
+// timeSteps if they are not already.
 func encodeClosedValue(dst []byte, r *Record, inside [4]byte) []byte {
 	dst = append(dst, valueVersionClosed)
 	dst = append(dst, inside[:]...)
 	dst = binary.BigEndian.AppendUint16(dst, r.PortHi)
 	dst = binary.AppendUvarint(dst, uint64(r.Epoch))
 	dst = binary.AppendUvarint(dst, uint64(r.Flags))
-	return binary.AppendUvarint(dst, uint64(r.End.UnixNano()-r.Start.UnixNano()))
+	return binary.AppendUvarint(dst, uint64((ceilStep(r.End.UnixNano())-floorStep(r.Start.UnixNano()))/timeStep))
 }
 
 // decodeValue rebuilds a record from its identity and its value: an open
@@ -301,10 +347,10 @@ func decodeValue(v []byte, id recordID, closed bool) (Record, error) {
 	r.Epoch = uint32(fields[0])
 	r.Flags = Flags(fields[1])
 	if closed {
-		if fields[2] > math.MaxInt64-uint64(id.start) {
+		if fields[2] > uint64(maxRecordNS-id.start)/uint64(timeStep) {
 			return bad("end")
 		}
-		r.End = time.Unix(0, id.start+int64(fields[2])).UTC()
+		r.End = time.Unix(0, id.start+int64(fields[2])*timeStep).UTC()
 	}
 	return r, nil
 }

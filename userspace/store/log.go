@@ -25,6 +25,7 @@ const (
 	logKeyTime       = "time"
 	logKeyLeases     = "leases"
 	logKeyLayout     = "layout"
+	logKeyFromLayout = "from_layout"
 	logKeyDone       = "partitions_done"
 )
 

@@ -70,7 +70,7 @@ func (s *Store) NearestRecords(sub uint32, public netip.Addr, portLo uint16, fro
 			err := v.forEachDayBack(prefixRecord, v.swept, dayOf(lo), func(day uint32) error {
 				p := subscriberBlockPrefix(day, pub, portLo, sub)
 				// Only starts before from can have ended before it.
-				err := v.scan(p, startBound(p, lo-1), func(k, val []byte) error {
+				err := v.scan(p, recordStartBound(p, lo-1), func(k, val []byte) error {
 					rec, ok, err := decode(k, val)
 					if ok && rec.End.UnixNano() < lo && (before == nil || rec.End.After(before.End)) {
 						before = &rec
@@ -93,7 +93,7 @@ func (s *Store) NearestRecords(sub uint32, public netip.Addr, portLo uint16, fro
 			p := subscriberBlockPrefix(day, pub, portLo, sub)
 			// A subscriber's keys are ordered by start, so the first
 			// after to is the earliest in this partition.
-			err := v.scan(startBound(p, hi), keyAfter(p), func(k, val []byte) error {
+			err := v.scan(recordStartBound(p, hi), keyAfter(p), func(k, val []byte) error {
 				if after != nil {
 					return nil
 				}

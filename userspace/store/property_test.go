@@ -31,7 +31,8 @@ func (m *model) apply(op Op) {
 	r := op.Record
 	switch op.Kind {
 	case OpActivate:
-		r.Start = r.Start.UTC()
+		// The store keeps times at timeStep, rounded outward.
+		r.Start = r.Start.UTC().Truncate(time.Duration(timeStep))
 		if i := m.openIndex(r.Subscriber, r.Public, r.PortLo); i >= 0 {
 			if r.Start.Before(m.recs[i].Start) {
 				m.recs[i] = r
@@ -41,10 +42,18 @@ func (m *model) apply(op Op) {
 		m.recs = append(m.recs, r)
 	case OpRelease:
 		if i := m.openIndex(r.Subscriber, r.Public, r.PortLo); i >= 0 {
-			m.recs[i].End = r.End.UTC()
+			m.recs[i].End = roundUp(r.End.UTC())
 			m.recs[i].Flags |= r.Flags
 		}
 	}
+}
+
+// roundUp is t rounded up to timeStep, as the store keeps an End.
+func roundUp(t time.Time) time.Time {
+	if d := t.Truncate(time.Duration(timeStep)); !d.Equal(t) {
+		return d.Add(time.Duration(timeStep))
+	}
+	return t
 }
 
 func (m *model) putEpoch(e Epoch) {

@@ -23,10 +23,13 @@ type Record struct {
 	Inside         netip.Addr // the subscriber's inside IPv4 address
 	Public         netip.Addr // IPv4
 	PortLo, PortHi uint16
-	Start          time.Time // block became active
-	End            time.Time // zero while the record is open
-	Epoch          uint32
-	Flags          Flags
+	// Start and End are kept to the millisecond (timeStep), Start
+	// rounded down and End up, so that the stored interval holds the
+	// true one; see the package documentation.
+	Start time.Time // block became active
+	End   time.Time // zero while the record is open
+	Epoch uint32
+	Flags Flags
 }
 
 // Open reports whether the block is still held.

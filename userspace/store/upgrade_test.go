@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,15 +16,24 @@ import (
 	"github.com/blocknat/blocknat/test/testutil"
 )
 
-// The upgrade fixture: testdata/layout1 is a store directory written by the
-// code before the single-copy layout (commit 66d1c6a, layout 1: a closed
-// record in r and again in s), by writeUpgradeWorkload below, and
+// The upgrade fixtures: testdata/layout1 is a store directory written by
+// the code before the single-copy layout (commit 66d1c6a, layout 1: a
+// closed record in r and again in s), by writeUpgradeWorkload below, and
 // testdata/layout1.answers is what that code answered to upgradeQueries on
 // it. Both were made with
 //
 //	BLOCKNAT_WRITE_UPGRADE_FIXTURE=$PWD/testdata go test -run TestWriteUpgradeFixture ./userspace/store/
 //
-// run on that commit with this file added to it.
+// run on that commit with this file added to it. testdata/layout2 was
+// written the same way by the last code of layout 2 (commit 938adcf,
+// nanosecond times), into a directory named layout2; that code's answers
+// were byte for byte layout1.answers, so that file serves both.
+//
+// Layout 3 keeps times in timeSteps, rounded outward, so its answers are
+// not those of the older code: each is the older answer with every time
+// rounded, plus the records that the rounding brings within a step of the
+// question (wantRoundedAnswers). An upgraded store must answer exactly as
+// the same workload written by this code does (freshUpgradeAnswers).
 
 var upgradeBegin = time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
 
@@ -208,18 +218,20 @@ func TestWriteUpgradeFixture(t *testing.T) {
 	}
 }
 
-// openUpgradeCopy copies the layout 1 fixture to a fresh directory, so that
-// the upgrade never writes to testdata.
-func openUpgradeCopy(t *testing.T) string {
+// openUpgradeCopy copies the fixture of a layout ("layout1", "layout2")
+// to a fresh directory, so that the upgrade never writes to testdata.
+func openUpgradeCopy(t *testing.T, layout string) string {
 	t.Helper()
 	dir := t.TempDir()
-	if err := os.CopyFS(dir, os.DirFS(filepath.Join("testdata", "layout1"))); err != nil {
+	if err := os.CopyFS(dir, os.DirFS(filepath.Join("testdata", layout))); err != nil {
 		t.Fatal(err)
 	}
 	return dir
 }
 
-func wantUpgradeAnswers(t *testing.T) []string {
+// olderUpgradeAnswers are the answers of the layout 1 and 2 code to
+// upgradeQueries on the fixture, with nanosecond times.
+func olderUpgradeAnswers(t *testing.T) []string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("testdata", "layout1.answers"))
 	if err != nil {
@@ -228,9 +240,10 @@ func wantUpgradeAnswers(t *testing.T) []string {
 	return strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
 }
 
-// TestUpgradeWorkloadAnswersAsLayout1 writes the fixture's workload with
-// this code: every answer is the one the layout 1 code gave.
-func TestUpgradeWorkloadAnswersAsLayout1(t *testing.T) {
+// freshUpgradeAnswers writes the fixture's workload with this code and
+// returns its answers.
+func freshUpgradeAnswers(t *testing.T) []string {
+	t.Helper()
 	dir := t.TempDir()
 	writeUpgradeWorkload(t, dir)
 	s, err := Open(dir, Options{Now: func() time.Time { return upgradeNow }, Logger: quietLogger()})
@@ -238,64 +251,226 @@ func TestUpgradeWorkloadAnswersAsLayout1(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if d := diffLists(upgradeQueries(t, s), wantUpgradeAnswers(t)); d != "" {
-		t.Fatalf("answers differ from layout 1's:\n%s", d)
-	}
+	return upgradeQueries(t, s)
 }
 
-// TestUpgradeLayout1 opens a store written by the layout 1 code: Open
-// upgrades it, every answer is the one that code gave, and a second Open
-// finds nothing to upgrade.
-func TestUpgradeLayout1(t *testing.T) {
-	dir := openUpgradeCopy(t)
-	var logs testutil.Buffer
-	log := slog.New(slog.NewTextHandler(&logs, nil))
-	for round := 1; round <= 2; round++ {
-		s, err := Open(dir, Options{Now: func() time.Time { return upgradeNow }, Logger: log})
+// answerGroup is one answer of upgradeQueries: its heading and record lines.
+type answerGroup struct {
+	heading string
+	lines   []string
+}
+
+func answerGroups(lines []string) []answerGroup {
+	var out []answerGroup
+	for _, l := range lines {
+		if strings.HasPrefix(l, "  ") && len(out) > 0 {
+			out[len(out)-1].lines = append(out[len(out)-1].lines, l)
+			continue
+		}
+		out = append(out, answerGroup{heading: l})
+	}
+	return out
+}
+
+// answerInterval returns the interval of a record line, and where it is.
+func answerInterval(t *testing.T, line string) (start, end time.Time, open bool, i, j int) {
+	t.Helper()
+	i, j = strings.Index(line, " ["), strings.Index(line, "] ")
+	if i < 0 || j < i {
+		t.Fatalf("no interval in %q", line)
+	}
+	a, b, ok := strings.Cut(line[i+2:j], ", ")
+	if !ok {
+		t.Fatalf("bad interval in %q", line)
+	}
+	start, err := time.Parse(time.RFC3339Nano, a)
+	if err != nil {
+		t.Fatalf("%q: %v", line, err)
+	}
+	if b == "open" {
+		return start, time.Time{}, true, i, j
+	}
+	if end, err = time.Parse(time.RFC3339Nano, b); err != nil {
+		t.Fatalf("%q: %v", line, err)
+	}
+	return start, end, false, i, j
+}
+
+// roundedLine is a record line of the older code with its interval
+// rounded outward to timeStep, as layout 3 stores it.
+func roundedLine(t *testing.T, line string) string {
+	t.Helper()
+	start, end, open, i, j := answerInterval(t, line)
+	e := "open"
+	if !open {
+		e = roundUp(end).Format(time.RFC3339Nano)
+	}
+	return line[:i+2] + start.Truncate(time.Duration(timeStep)).Format(time.RFC3339Nano) + ", " + e + line[j:]
+}
+
+// wantRoundedAnswers checks got, this code's answers on the fixture's
+// workload, against the older code's: each answer holds every record of
+// the older one, rounded outward, in the same order, and nothing else
+// but records of lookups whose exact interval missed the question by
+// less than a step. Those are returned, as lines.
+func wantRoundedAnswers(t *testing.T, got []string) (gained []string) {
+	t.Helper()
+	old := answerGroups(olderUpgradeAnswers(t))
+	now := answerGroups(got)
+	if len(old) != len(now) {
+		t.Fatalf("%d answers, the older code gave %d", len(now), len(old))
+	}
+	// The exact intervals, by the record line without them.
+	exact := make(map[string]string)
+	for _, l := range old[0].lines { // the export of everything
+		exact[roundedLine(t, l)] = l
+	}
+	for k, g := range now {
+		o := old[k]
+		if g.heading != o.heading {
+			t.Fatalf("answer %d is %q, the older code's %q", k, g.heading, o.heading)
+		}
+		want := make([]string, len(o.lines))
+		for i, l := range o.lines {
+			if strings.Contains(l, "invalid IP") { // no record
+				want[i] = l
+			} else {
+				want[i] = roundedLine(t, l)
+			}
+		}
+		if !strings.HasPrefix(g.heading, "lookup ") || strings.HasPrefix(g.heading, "lookup interval ") {
+			if d := diffLists(g.lines, want); d != "" {
+				t.Fatalf("%s\n%s", g.heading, d)
+			}
+			continue
+		}
+		// "lookup <ip:port> at <T>" with an optional " ±90m".
+		at := strings.TrimSuffix(strings.TrimSuffix(g.heading, ":"), " ±90m")
+		q, err := time.Parse(time.RFC3339Nano, at[strings.LastIndex(at, " ")+1:])
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("%q: %v", g.heading, err)
 		}
-		if d := diffLists(upgradeQueries(t, s), wantUpgradeAnswers(t)); d != "" {
-			t.Fatalf("open %d: answers differ from layout 1's:\n%s", round, d)
+		tol := time.Duration(0)
+		if strings.HasSuffix(g.heading, " ±90m:") {
+			tol = 90 * time.Minute
 		}
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
+		lo, hi := q.Add(-tol), q.Add(tol)
+		rest := g.lines
+		for _, w := range want {
+			i := slices.Index(rest, w)
+			if i < 0 {
+				t.Fatalf("%s lost %s:\n%s", g.heading, w, diffLists(g.lines, want))
+			}
+			for _, extra := range rest[:i] {
+				gained = append(gained, checkGained(t, g.heading, extra, exact, lo, hi))
+			}
+			rest = rest[i+1:]
 		}
-		if n := strings.Count(logs.String(), "msg=\"store layout upgraded\""); n != 1 {
-			t.Fatalf("open %d: %d upgrades logged, want 1:\n%s", round, n, logs.String())
+		for _, extra := range rest {
+			gained = append(gained, checkGained(t, g.heading, extra, exact, lo, hi))
 		}
+	}
+	return gained
+}
+
+// checkGained checks that a record a lookup of [lo, hi] gained by rounding
+// missed that window by less than a step in its exact interval.
+func checkGained(t *testing.T, heading, line string, exact map[string]string, lo, hi time.Time) string {
+	t.Helper()
+	x, ok := exact[line]
+	if !ok {
+		t.Fatalf("%s gained %s, which the older code never stored", heading, line)
+	}
+	start, end, open, _, _ := answerInterval(t, x)
+	step := time.Duration(timeStep)
+	switch {
+	case !start.After(hi) && (open || !end.Before(lo)):
+		t.Fatalf("%s gained %s, which the older code should have answered", heading, x)
+	case start.After(hi) && start.Sub(hi) >= step, !open && end.Before(lo) && lo.Sub(end) >= step:
+		t.Fatalf("%s gained %s, more than a step from the question", heading, x)
+	}
+	return heading + " " + x
+}
+
+// TestUpgradeWorkloadRoundsOutward writes the fixture's workload with this
+// code: every answer is the older code's, rounded outward, and what it
+// gains was within a step of the question.
+func TestUpgradeWorkloadRoundsOutward(t *testing.T) {
+	gained := wantRoundedAnswers(t, freshUpgradeAnswers(t))
+	if len(gained) == 0 {
+		t.Fatal("no lookup gained a record: the fixture no longer asks within a step of a record's ends")
+	}
+	t.Logf("%d lookups gained a record within a step:\n%s", len(gained), strings.Join(gained, "\n"))
+}
+
+// TestUpgrade opens stores written by the layout 1 and layout 2 code:
+// Open upgrades each, every answer is the one this code gives to the same
+// workload, and a second Open finds nothing to upgrade.
+func TestUpgrade(t *testing.T) {
+	want := freshUpgradeAnswers(t)
+	for _, layout := range []string{"layout1", "layout2"} {
+		t.Run(layout, func(t *testing.T) {
+			dir := openUpgradeCopy(t, layout)
+			var logs testutil.Buffer
+			log := slog.New(slog.NewTextHandler(&logs, nil))
+			for round := 1; round <= 2; round++ {
+				s, err := Open(dir, Options{Now: func() time.Time { return upgradeNow }, Logger: log})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if d := diffLists(upgradeQueries(t, s), want); d != "" {
+					t.Fatalf("open %d: answers differ from this code's:\n%s", round, d)
+				}
+				if err := s.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if n := strings.Count(logs.String(), "msg=\"store layout upgraded\""); n != 1 {
+					t.Fatalf("open %d: %d upgrades logged, want 1:\n%s", round, n, logs.String())
+				}
+			}
+			from := map[string]string{"layout1": "from_layout=1", "layout2": "from_layout=2"}[layout]
+			if !strings.Contains(logs.String(), from) {
+				t.Fatalf("upgrade log does not say %s:\n%s", from, logs.String())
+			}
+		})
 	}
 }
 
-// TestUpgradeResumesAfterCrash upgrades one day partition of the layout 1
+// TestUpgradeResumesAfterCrash upgrades one day partition of each older
 // fixture, as an upgrade interrupted after its first batch would leave it,
-// and opens the store: the rest is upgraded and every answer is layout 1's.
+// and opens the store: the rest is upgraded and every answer is this
+// code's.
 func TestUpgradeResumesAfterCrash(t *testing.T) {
-	dir := openUpgradeCopy(t)
-	db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{log: quietLogger()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	half := &Store{db: db, log: quietLogger()}
-	days, err := half.upgradeDays()
-	if err != nil || len(days) < 2 {
-		t.Fatalf("layout 1 partitions %v, %v: want at least 2", days, err)
-	}
-	if _, err := half.upgradeDay(days[1]); err != nil {
-		t.Fatal(err)
-	}
-	if left, err := half.upgradeDays(); err != nil || len(left) != len(days)-1 {
-		t.Fatalf("after upgrading day %d: layout 1 partitions %v, %v", days[1], left, err)
-	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
-	s, err := Open(dir, Options{Now: func() time.Time { return upgradeNow }, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	if d := diffLists(upgradeQueries(t, s), wantUpgradeAnswers(t)); d != "" {
-		t.Fatalf("answers differ from layout 1's:\n%s", d)
+	want := freshUpgradeAnswers(t)
+	for _, layout := range []string{"layout1", "layout2"} {
+		t.Run(layout, func(t *testing.T) {
+			dir := openUpgradeCopy(t, layout)
+			db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{log: quietLogger()}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			half := &Store{db: db, log: quietLogger()}
+			days, err := half.upgradeDays()
+			if err != nil || len(days) < 2 {
+				t.Fatalf("partitions to upgrade %v, %v: want at least 2", days, err)
+			}
+			if _, err := half.upgradeDay(days[1]); err != nil {
+				t.Fatal(err)
+			}
+			if left, err := half.upgradeDays(); err != nil || len(left) != len(days)-1 {
+				t.Fatalf("after upgrading day %d: partitions to upgrade %v, %v", days[1], left, err)
+			}
+			if err := db.Close(); err != nil {
+				t.Fatal(err)
+			}
+			s, err := Open(dir, Options{Now: func() time.Time { return upgradeNow }, Logger: quietLogger()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if d := diffLists(upgradeQueries(t, s), want); d != "" {
+				t.Fatalf("answers differ from this code's:\n%s", d)
+			}
+		})
 	}
 }

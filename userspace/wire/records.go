@@ -113,6 +113,7 @@ type Owner struct {
 // Nearest is a record of the owner's block close to, but outside, the
 // searched interval.
 type Nearest struct {
+	// Start and End are to the millisecond, rounded outward, as in Record.
 	Start time.Time  `json:"start"`
 	End   *time.Time `json:"end"`
 	// Gap is the time between the record and the searched interval: from
@@ -154,8 +155,11 @@ type Record struct {
 	Public     netip.Addr `json:"public"`
 	PortLo     uint16     `json:"port_lo"`
 	PortHi     uint16     `json:"port_hi"`
-	Start      time.Time  `json:"start"`
-	End        *time.Time `json:"end"` // null while the block is still held
+	// Start and End are kept to the millisecond and rounded outward
+	// (Start down, End up), so the interval holds the block's true one
+	// and is less than a millisecond wider at each end.
+	Start time.Time  `json:"start"`
+	End   *time.Time `json:"end"` // null while the block is still held
 	// Epoch is the epoch the record names.
 	Epoch uint32 `json:"epoch"`
 	// EpochInForce (lookup and history) is the epoch the store holds as in
