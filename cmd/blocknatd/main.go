@@ -5,7 +5,9 @@
 //	blocknatd --replace --config FILE   the same, replacing XDP programs blocknat did not attach
 //	blocknatd detach --config FILE   remove the data plane (stops translation; the guard stays)
 //	blocknatd detach --remove-guard --config FILE   the same, and remove the nftables guard
-//	blocknatd check --config FILE    validate the configuration and exit
+//	blocknatd check --config FILE    validate the configuration and exit (offline: the router is not looked at)
+//	blocknatd check --live --config FILE   the same, and look at the router: interfaces, XDP, bpffs,
+//	                                 capabilities, state_dir, the API socket, the metrics address, the clock
 //	blocknatd guard install|remove|show --config FILE   the nftables guard alone
 //
 // The guard (userspace/guard) is an nftables table that drops every packet
@@ -32,6 +34,7 @@ import (
 	"github.com/blocknat/blocknat/userspace/agent"
 	"github.com/blocknat/blocknat/userspace/config"
 	"github.com/blocknat/blocknat/userspace/guard"
+	"github.com/blocknat/blocknat/userspace/preflight"
 )
 
 const defaultConfigPath = "/etc/blocknat/blocknat.yaml"
@@ -62,6 +65,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet(strings.TrimSpace("blocknatd "+verb+" "+action), flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", defaultConfigPath, "configuration `file`")
+	live := fs.Bool("live", false, "check only: also look at the router as it is (interfaces, XDP, bpffs, capabilities, "+
+		"state_dir, the API socket's directory, the metrics address, the clock), with the checks the agent runs at start")
 	replace := fs.Bool("replace", false, "replace XDP programs on the configured interfaces that blocknat did not attach (run only)")
 	removeGuard := fs.Bool("remove-guard", false, "detach only: also remove the nftables guard. Without the guard, every subscriber packet "+
 		"the kernel forwards leaves with its inside address; keep it unless blocknat leaves this router for good "+
@@ -80,6 +85,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "blocknatd %s: --replace only applies when running the agent\n", verb)
 		return 2
 	}
+	if *live && verb != "check" {
+		fmt.Fprintf(stderr, "blocknatd %s: --live only applies to check\n", verb)
+		return 2
+	}
 	if *removeGuard && verb != "detach" {
 		fmt.Fprintf(stderr, "blocknatd %s: --remove-guard only applies to detach\n", verb)
 		return 2
@@ -92,8 +101,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	switch verb {
 	case "check":
-		fmt.Fprintf(stdout, "%s: ok\n", *cfgPath)
-		return 0
+		return runCheck(cfg, *cfgPath, *live, stdout)
 	case "detach":
 		if err := loader.Detach(cfg.BPFFSDir); err != nil {
 			fmt.Fprintf(stderr, "blocknatd detach: %v\n", err)
@@ -128,7 +136,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}()
 	if err := agent.RunWith(ctx, cfg, log, agent.Options{ReplaceXDP: *replace, ConfigPath: *cfgPath, Reloads: reloads}); err != nil {
+		var refused *preflight.Error
+		if errors.As(err, &refused) {
+			// One line each, as `check --live` prints them: a log
+			// attribute would fold them into one quoted string.
+			fmt.Fprintln(stderr, "blocknatd: refusing to start; nothing was created under state_dir or bpffs_dir:")
+			for _, f := range refused.Findings {
+				fmt.Fprintf(stderr, "  %s\n", f.Problem())
+			}
+			return 1
+		}
 		log.Error("blocknatd failed", "err", err.Error())
+		return 1
+	}
+	return 0
+}
+
+// runCheck prints the configuration's verdict and then one line per check
+// of the router: run when live, else each marked not checked, so that an
+// offline "ok" is never taken for the router's. It exits 1 when a live
+// check failed.
+func runCheck(cfg *config.Config, path string, live bool, stdout io.Writer) int {
+	fmt.Fprintf(stdout, "%s: ok\n", path)
+	findings := preflight.Offline(cfg)
+	if live {
+		findings = preflight.Live(cfg, preflight.Options{})
+	}
+	for _, f := range findings {
+		fmt.Fprintln(stdout, f)
+	}
+	if preflight.Failed(findings) {
 		return 1
 	}
 	return 0
@@ -148,7 +185,11 @@ func runGuard(cfg *config.Config, action string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return fail(err)
 		}
-		ch, err := guard.Install(m.Prefixes, cfg.Outside.Interfaces)
+		ex, err := cfg.Exemptions()
+		if err != nil {
+			return fail(err)
+		}
+		ch, err := guard.Install(m.Prefixes, cfg.Outside.Interfaces, ex.Destinations)
 		if err != nil {
 			return fail(err)
 		}

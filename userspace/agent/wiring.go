@@ -22,6 +22,7 @@ import (
 	"github.com/blocknat/blocknat/userspace/logattr"
 	"github.com/blocknat/blocknat/userspace/mapping"
 	"github.com/blocknat/blocknat/userspace/metrics"
+	"github.com/blocknat/blocknat/userspace/preflight"
 	"github.com/blocknat/blocknat/userspace/reconcile"
 	"github.com/blocknat/blocknat/userspace/store"
 	"github.com/blocknat/blocknat/userspace/sweeper"
@@ -41,8 +42,11 @@ type Options struct {
 	Reloads <-chan struct{}
 }
 
-// newAgent checks what the configuration says of the data plane and
-// builds the agent; nothing is opened or started yet.
+// newAgent checks what the configuration says of the data plane and the
+// router it is to run on (userspace/preflight, the checks `blocknatd check
+// --live` prints), and builds the agent; nothing is opened, created or
+// started yet. A check that would fail later, after the store, the audit
+// key or the pins exist, refuses the start here instead.
 func newAgent(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error) {
 	m, err := cfg.Mapping()
 	if err != nil {
@@ -51,8 +55,25 @@ func newAgent(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error
 	if _, err := loader.ParseMode(cfg.XDPMode); err != nil {
 		return nil, err
 	}
-	return &Agent{plane: &plane{cfg: cfg, mapping: m}, log: log, clock: &events.SystemClock{}, started: time.Now(),
-		configPath: opts.ConfigPath, reloads: opts.Reloads}, nil
+	a := &Agent{plane: &plane{cfg: cfg, mapping: m}, log: log, clock: &events.SystemClock{}, started: time.Now(),
+		configPath: opts.ConfigPath, reloads: opts.Reloads}
+	warnings, err := preflight.Start(cfg, preflight.Options{ReplaceXDP: opts.ReplaceXDP})
+	for _, w := range warnings {
+		log.Warn("start-up check failed; starting all the same", logattr.Check, w.Check, logattr.Problem, w.Text)
+	}
+	var refused *preflight.Error
+	if errors.As(err, &refused) {
+		// Fail closed even so: the guard is the one thing a refused
+		// start puts in place, since without it the kernel forwards
+		// subscriber packets untranslated (it creates nothing under
+		// state_dir or bpffs_dir).
+		if gerr := a.installGuard(); gerr != nil {
+			refused.Findings = append(refused.Findings, preflight.Finding{Check: "guard", Status: preflight.Fail, Refuses: true,
+				Text: "could not be installed: " + gerr.Error()})
+		}
+		return nil, refused
+	}
+	return a, err
 }
 
 // components are the agent's parts in the order they start; they stop in
@@ -101,6 +122,11 @@ func (a *Agent) components(opts Options) []component {
 // every write.
 func (a *Agent) openStore() (err error) {
 	if a.store, err = store.Open(storePath(a.cfg), store.Options{Logger: a.log, Writable: a.disk.Writable}); err != nil {
+		// Two agents started at once both pass the start-up checks; the
+		// store's lock then refuses the later one, which names the first.
+		if holder, held := preflight.StoreHolder(a.cfg.StateDir); held {
+			return fmt.Errorf("state_dir %s is in use by %s: stop that agent, or give this one a state_dir of its own", a.cfg.StateDir, holder)
+		}
 		return fmt.Errorf("open record store: %w%s", err, a.diskHint())
 	}
 	return nil

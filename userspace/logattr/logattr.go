@@ -36,4 +36,8 @@ const (
 	Peer  = "peer"
 	Netns = "netns"
 	Fix   = "fix"
+	// Check and Problem are a start-up check's name and what it found
+	// wrong (userspace/preflight).
+	Check   = "check"
+	Problem = "problem"
 )
