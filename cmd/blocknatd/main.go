@@ -185,11 +185,7 @@ func runGuard(cfg *config.Config, action string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return fail(err)
 		}
-		ex, err := cfg.Exemptions()
-		if err != nil {
-			return fail(err)
-		}
-		ch, err := guard.Install(m.Prefixes, cfg.Outside.Interfaces, ex.Destinations)
+		ch, err := guard.Install(m.Prefixes, cfg.Outside.Interfaces)
 		if err != nil {
 			return fail(err)
 		}
