@@ -160,6 +160,9 @@ func parseRecordKey(k []byte) (day uint32, id recordID, err error) {
 	for _, b := range k[15:] {
 		steps = steps<<8 | uint64(b)
 	}
+	if steps > uint64(maxRecordNS/timeStep) {
+		return 0, id, fmt.Errorf("record key %x: start past the last time a record holds: %w", k, ErrCorrupt)
+	}
 	id.start = int64(steps) * timeStep
 	return day, id, nil
 }

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -470,6 +471,101 @@ func TestUpgradeResumesAfterCrash(t *testing.T) {
 			defer s.Close()
 			if d := diffLists(upgradeQueries(t, s), want); d != "" {
 				t.Fatalf("answers differ from this code's:\n%s", d)
+			}
+		})
+	}
+}
+
+// TestUpgradeMergesRecordsRoundedTogether writes, as layout 1 and layout 2
+// did, two records of one subscriber and block that began within one
+// millisecond, and a record of another subscriber of the same block that
+// began in the same millisecond. The upgrade keeps one record for the
+// first subscriber, holding both of its intervals and both records' flags,
+// and the other subscriber's record apart.
+func TestUpgradeMergesRecordsRoundedTogether(t *testing.T) {
+	day := upgradeBegin
+	at := func(off time.Duration) time.Time { return day.Add(10*time.Hour + off) }
+	pub, lo, hi := [4]byte{198, 51, 100, 7}, uint16(1024), uint16(2031)
+	type rec struct {
+		sub        uint32
+		inside     [4]byte
+		start, end time.Time
+		flags      Flags
+	}
+	recs := []rec{
+		{7, [4]byte{100, 64, 0, 7}, at(100), at(300 * time.Microsecond), FlagRecovered},
+		{8, [4]byte{100, 64, 0, 8}, at(200), at(time.Minute), 0},
+		{7, [4]byte{100, 64, 0, 7}, at(600*time.Microsecond + 1), at(5*time.Second + 1), 0},
+	}
+	for _, layout := range []uint32{1, 2} {
+		t.Run(fmt.Sprintf("layout%d", layout), func(t *testing.T) {
+			dir := t.TempDir()
+			db, err := pebble.Open(dir, &pebble.Options{Logger: pebbleLogger{log: quietLogger()}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := dayOf(day.UnixNano())
+			for _, r := range recs {
+				k := append(dayPrefix(prefixRecord, d), pub[:]...)
+				k = binary.BigEndian.AppendUint16(k, lo)
+				v := []byte{byte(layout)}
+				v = append(v, r.inside[:]...)
+				v = binary.BigEndian.AppendUint16(v, hi)
+				dur := uint64(r.end.Sub(r.start))
+				if layout == 1 { // <start> <subscriber>; End-Start, epoch, flags
+					k = binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint64(k, uint64(r.start.UnixNano())), r.sub)
+					v = binary.AppendUvarint(binary.AppendUvarint(binary.AppendUvarint(v, dur), 1), uint64(r.flags))
+				} else { // <subscriber> <start>; epoch, flags, End-Start
+					k = binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint32(k, r.sub), uint64(r.start.UnixNano()))
+					v = binary.AppendUvarint(binary.AppendUvarint(binary.AppendUvarint(v, 1), uint64(r.flags)), dur)
+				}
+				if err := db.Set(k, v, nil); err != nil {
+					t.Fatal(err)
+				}
+				if layout == 1 {
+					s := append(dayPrefix(prefixInside, d), r.inside[:]...)
+					s = binary.BigEndian.AppendUint64(s, uint64(r.start.UnixNano()))
+					s = append(s, pub[:]...)
+					s = binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint16(s, lo), r.sub)
+					if err := db.Set(s, nil, nil); err != nil {
+						t.Fatal(err)
+					}
+				} else {
+					if err := db.Set(insideKey(d, r.inside, insideEntry{public: pub, portLo: lo, sub: r.sub}), nil, nil); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if err := db.Set(metaWidth, binary.BigEndian.AppendUint32(nil, 1008), nil); err != nil {
+				t.Fatal(err)
+			}
+			if layout == 2 {
+				if err := db.Set(metaLayout, binary.BigEndian.AppendUint32(nil, 2), nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := db.Close(); err != nil {
+				t.Fatal(err)
+			}
+			s, err := Open(dir, Options{Now: func() time.Time { return day.Add(48 * time.Hour) }, Logger: quietLogger()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			got := recStrings(exportAll(t, s))
+			ms := time.Millisecond
+			want := []string{
+				recString(Record{Subscriber: 7, Inside: netip.MustParseAddr("100.64.0.7"), Public: netip.AddrFrom4(pub), PortLo: lo, PortHi: hi,
+					Start: at(0), End: at(5*time.Second + ms), Epoch: 1, Flags: FlagRecovered}),
+				recString(Record{Subscriber: 8, Inside: netip.MustParseAddr("100.64.0.8"), Public: netip.AddrFrom4(pub), PortLo: lo, PortHi: hi,
+					Start: at(0), End: at(time.Minute), Epoch: 1}),
+			}
+			if d := diffLists(got, want); d != "" {
+				t.Fatalf("after the upgrade:\n%s", d)
+			}
+			h, err := s.History(netip.MustParseAddr("100.64.0.7"), at(time.Second), at(time.Second))
+			if err != nil || len(h) != 1 || h[0].Subscriber != 7 {
+				t.Fatalf("History of subscriber 7 inside its second interval = %v, %v", recStrings(h), err)
 			}
 		})
 	}
