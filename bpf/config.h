@@ -28,5 +28,9 @@ volatile const __u32 pool_max = 0xffffffff;
  * for the inside prefixes' trie. */
 volatile const __u32 inside_min = 0;
 volatile const __u32 inside_max = 0xffffffff;
+/* Whether nat_exempt and inside_public hold a prefix: without one, the
+ * established path pays no lookup for them. */
+volatile const __u8 nat_exempt_on = 0;
+volatile const __u8 public_inside_on = 0;
 
 #endif

@@ -22,6 +22,31 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } inside_prefixes SEC(".maps");
 
+/*
+ * nat_exempt: destinations a subscriber reaches untranslated (the ISP's own
+ * resolvers, portal, management network). public_inside: inside addresses
+ * of their own (inside.public), routed untouched. Key lpm_v4_key, value u32
+ * (1). A fixed size, so that a restart reuses the pinned tries whatever
+ * the number of prefixes; the loader rewrites them at every load.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, EXEMPT_PREFIX_LIMIT);
+	__type(key, struct lpm_v4_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_exempt SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, EXEMPT_PREFIX_LIMIT);
+	__type(key, struct lpm_v4_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} public_inside SEC(".maps");
+
 /* pool_addrs: key u32 pool index, value __be32 public address. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -10,7 +10,7 @@
  * correctly, passed, or dropped with a counter: never aborted.
  *
  * Each program is a list of steps (bpf/pkt.h): parse, screen, route,
- * source, fragments, L4, flow, filter, rewrite. A step returns VERDICT_NEXT
+ * source, exempt, fragments, L4, flow, filter, rewrite. A step returns VERDICT_NEXT
  * or the stat index of the packet's outcome, and finish() alone counts it
  * and turns it into an XDP action; forwarding is finish()'s too.
  *
@@ -55,6 +55,7 @@ const enum flow_state *unused_flow_state __attribute__((unused));
 const enum iface_role *unused_iface_role __attribute__((unused));
 const enum iface_limits *unused_iface_limits __attribute__((unused));
 const enum flow_clock *unused_flow_clock __attribute__((unused));
+const enum exempt_limits *unused_exempt_limits __attribute__((unused));
 
 /* How long the translation of a datagram's first fragment serves its
  * later fragments. */
@@ -77,6 +78,8 @@ static __always_inline int finish(struct pkt *p, int verdict)
 		stat_inc(verdict);
 	switch (verdict) {
 	case VERDICT_FORWARD:
+	case STAT_EXEMPT_OUT:
+	case STAT_PUBLIC_OUT:
 	case STAT_HAIRPIN:
 	case STAT_FRAGMENTS:
 	case STAT_ICMP_ERRORS_IN:
@@ -157,6 +160,30 @@ static __always_inline int inside_source(struct pkt *p)
 {
 	if (!source_bound(p->ctx, p->eth, p->iph->saddr))
 		return STAT_DROP_SPOOFED_BINDING;
+	return VERDICT_NEXT;
+}
+
+/* inside_exempt: what leaves by an outside interface untranslated, its
+ * fragments included: a subscriber's packet to a nat_exempt destination,
+ * and any packet from an address of its own (inside.public). Neither makes
+ * a mapping, activates a block or leaves a record; the source check above
+ * has held for both. A pool destination is a hairpin, never exempt (the
+ * configuration refuses an exemption that overlaps the pool). */
+static __always_inline int inside_exempt(struct pkt *p)
+{
+	struct iphdr *iph = p->iph;
+
+	if (p->to_pool)
+		return VERDICT_NEXT;
+	if (public_inside_on && in_trie(&public_inside, iph->saddr))
+		return STAT_PUBLIC_OUT;
+	if (nat_exempt_on && in_trie(&nat_exempt, iph->daddr)) {
+		/* Only a subscriber's traffic is exempt: a source from no
+		 * inside prefix is as spoofed as on the translated path. */
+		if (!in_inside_prefix(iph->saddr))
+			return STAT_DROP_SPOOFED;
+		return STAT_EXEMPT_OUT;
+	}
 	return VERDICT_NEXT;
 }
 
@@ -296,6 +323,7 @@ static __always_inline int inside_path(struct pkt *p)
 	STEP(inside_screen(p));
 	STEP(inside_route(p));
 	STEP(inside_source(p));
+	STEP(inside_exempt(p));
 	STEP(inside_fragments(p));
 	STEP(l4_parse(p));
 	STEP(inside_flow(p));

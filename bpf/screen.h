@@ -46,6 +46,15 @@ static __always_inline int in_inside_prefix(__be32 addr)
 	return bpf_map_lookup_elem(&inside_prefixes, &key) != 0;
 }
 
+/* in_trie says whether addr lies in a prefix of an LPM trie keyed by
+ * lpm_v4_key. */
+static __always_inline int in_trie(void *trie, __be32 addr)
+{
+	struct lpm_v4_key key = { .prefixlen = 32, .addr = addr };
+
+	return bpf_map_lookup_elem(trie, &key) != 0;
+}
+
 /* in_pool says whether addr (host order: host) is a pool address; the range
  * check spares the hash lookup for almost every other address. */
 static __always_inline int in_pool(__be32 addr, __u32 host)

@@ -49,6 +49,9 @@ enum stat_index {
 	STAT_DROP_SPOOFED_BINDING, /* inside source not bound to where it came from: another MAC than
 				    * its lease or static binding, a prefix its interface does not
 				    * carry, or unbound where a binding is required */
+	STAT_EXEMPT_OUT,         /* a subscriber's packet to a nat_exempt destination, forwarded
+				  * untranslated */
+	STAT_PUBLIC_OUT,         /* a packet from an inside.public address, forwarded untouched */
 	STAT_MAX,
 };
 

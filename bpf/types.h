@@ -168,6 +168,11 @@ struct lpm_v4_key {
 };
 _Static_assert(sizeof(struct lpm_v4_key) == 8, "lpm_v4_key layout");
 
+/* How many prefixes nat_exempt and inside.public may each hold. */
+enum exempt_limits {
+	EXEMPT_PREFIX_LIMIT = 1024,
+};
+
 /* src_binding is the MAC an inside address is bound to, by a DHCP lease
  * held now or a static binding (bpf/validate.h). */
 struct src_binding {

@@ -149,7 +149,16 @@ type Params struct {
 	FilterAPDF bool
 	// UDPInboundRefresh lets inbound UDP refresh its mapping.
 	UDPInboundRefresh bool
+	// Exempt are the destinations subscribers reach untranslated
+	// (nat_exempt), PublicInside the inside addresses of their own that
+	// are routed untouched (inside.public). They are not part of the
+	// mapping: no record depends on them.
+	Exempt, PublicInside []netip.Prefix
 }
+
+// ExemptPrefixLimit is how many prefixes Exempt and PublicInside may each
+// hold (enum exempt_limits).
+const ExemptPrefixLimit = int(natExemptLimitsEXEMPT_PREFIX_LIMIT)
 
 func (p Params) check() error {
 	m := p.Mapping
@@ -170,6 +179,10 @@ func (p Params) check() error {
 		return fmt.Errorf("max_flows: %s is more than a kernel table holds", m.FlowsExplained())
 	case p.MaxFlows != 0 && uint64(p.MaxFlows) < m.FlowsNeeded():
 		return fmt.Errorf("max_flows: %d cannot hold %s", p.MaxFlows, m.FlowsExplained())
+	case len(p.Exempt) > ExemptPrefixLimit:
+		return fmt.Errorf("nat_exempt: %d prefixes, at most %d", len(p.Exempt), ExemptPrefixLimit)
+	case len(p.PublicInside) > ExemptPrefixLimit:
+		return fmt.Errorf("inside.public: %d prefixes, at most %d", len(p.PublicInside), ExemptPrefixLimit)
 	}
 	return nil
 }
@@ -237,7 +250,7 @@ func Load(p Params, pinDir string) (*NAT, error) {
 		if err := dropResizedFilters(spec, opts.Maps.PinPath); err != nil {
 			return nil, err
 		}
-		if err := dropRetypedIfaceTables(spec, opts.Maps.PinPath); err != nil {
+		if err := dropReshapedTables(spec, opts.Maps.PinPath); err != nil {
 			return nil, err
 		}
 		if migrated, err = migrateFlowLayout(spec, opts.Maps.PinPath); err != nil {
@@ -277,14 +290,15 @@ func Load(p Params, pinDir string) (*NAT, error) {
 	return n, nil
 }
 
-// dropRetypedIfaceTables removes the pins of the per-interface tables when
-// they are not of the type and size spec asks for (an upgrade from the
-// hash tables of earlier releases), so that loading makes new ones rather
-// than refusing the pinned maps. Their contents are rewritten at every
-// start: Attach registers every interface's role, and the agent sets the
-// interface policies.
-func dropRetypedIfaceTables(spec *ebpf.CollectionSpec, pinPath string) error {
-	for _, name := range []string{"iface_roles", "iface_policy"} {
+// dropReshapedTables removes the pins of the tables whose contents a start
+// rewrites or may lose, when they are not of the type and shape spec asks
+// for (an upgrade), so that loading makes new ones rather than refusing the
+// pinned maps. The per-interface tables (hash tables in earlier releases)
+// are rewritten at every start: Attach registers every interface's role,
+// and the agent sets the interface policies. The counters (a release that
+// adds one) start again from zero, which Prometheus reads as a reset.
+func dropReshapedTables(spec *ebpf.CollectionSpec, pinPath string) error {
+	for _, name := range []string{"iface_roles", "iface_policy", "stats"} {
 		path := filepath.Join(pinPath, name)
 		m, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
 		if errors.Is(err, os.ErrNotExist) {
@@ -293,13 +307,14 @@ func dropRetypedIfaceTables(spec *ebpf.CollectionSpec, pinPath string) error {
 		if err != nil {
 			return fmt.Errorf("open pinned map %s: %w", path, err)
 		}
-		same := m.Type() == spec.Maps[name].Type && m.MaxEntries() == spec.Maps[name].MaxEntries
+		ms := spec.Maps[name]
+		same := m.Type() == ms.Type && m.MaxEntries() == ms.MaxEntries && m.KeySize() == ms.KeySize && m.ValueSize() == ms.ValueSize
 		m.Close()
 		if same {
 			continue
 		}
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("unpin retyped table %s: %w", path, err)
+			return fmt.Errorf("unpin reshaped table %s: %w", path, err)
 		}
 	}
 	return nil
@@ -325,6 +340,8 @@ func prepareSpec(p Params) (*ebpf.CollectionSpec, error) {
 		"pool_max":            poolMax(m),
 		"inside_min":          insideMin(m),
 		"inside_max":          insideMax(m),
+		"nat_exempt_on":       boolByte(len(p.Exempt) > 0),
+		"public_inside_on":    boolByte(len(p.PublicInside) > 0),
 	}
 	for name, v := range vars {
 		vs, ok := spec.Variables[name]
@@ -411,6 +428,44 @@ func (n *NAT) fillConfigMaps() error {
 		}
 		if err := n.objs.PoolIndex.Update(&addr, &idx, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("outside.pool address %s: write to map: %w", a, err)
+		}
+	}
+	if err := fillTrie(n.objs.NatExempt, "nat_exempt", n.params.Exempt); err != nil {
+		return err
+	}
+	return fillTrie(n.objs.PublicInside, "inside.public", n.params.PublicInside)
+}
+
+// fillTrie makes an LPM trie hold exactly prefixes: a pinned trie reused
+// from an earlier run may hold prefixes since removed from the
+// configuration, and those must stop being exempt.
+func fillTrie(m *ebpf.Map, field string, prefixes []netip.Prefix) error {
+	want := map[natLpmV4Key]bool{}
+	for i, pfx := range prefixes {
+		key := natLpmV4Key{Prefixlen: uint32(pfx.Bits()), Addr: be32(pfx.Addr())}
+		one := uint32(1)
+		if err := m.Update(&key, &one, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("%s[%d] %s: write to map: %w", field, i, pfx, err)
+		}
+		want[key] = true
+	}
+	var (
+		key   natLpmV4Key
+		val   uint32
+		stale []natLpmV4Key
+	)
+	it := m.Iterate()
+	for it.Next(&key, &val) {
+		if !want[key] {
+			stale = append(stale, key)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("%s: walk map: %w", field, err)
+	}
+	for i := range stale {
+		if err := m.Delete(&stale[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("%s: delete a removed prefix: %w", field, err)
 		}
 	}
 	return nil

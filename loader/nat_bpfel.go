@@ -32,6 +32,12 @@ const (
 	natBlockEventKindBLOCK_EVENT_CANARY   natBlockEventKind = 2
 )
 
+type natExemptLimits uint32
+
+const (
+	natExemptLimitsEXEMPT_PREFIX_LIMIT natExemptLimits = 1024
+)
+
 type natFilterKey struct {
 	_          structs.HostLayout
 	NatAddr    uint32
@@ -218,7 +224,9 @@ const (
 	natStatIndexSTAT_DROP_MARTIAN_SRC       natStatIndex = 29
 	natStatIndexSTAT_DROP_FRAGMENT_INACTIVE natStatIndex = 30
 	natStatIndexSTAT_DROP_SPOOFED_BINDING   natStatIndex = 31
-	natStatIndexSTAT_MAX                    natStatIndex = 32
+	natStatIndexSTAT_EXEMPT_OUT             natStatIndex = 32
+	natStatIndexSTAT_PUBLIC_OUT             natStatIndex = 33
+	natStatIndexSTAT_MAX                    natStatIndex = 34
 )
 
 type natSubscriberState struct {
@@ -244,9 +252,11 @@ const (
 	natMapIfaceRoles             = "iface_roles"
 	natMapIfaceSources           = "iface_sources"
 	natMapInsidePrefixes         = "inside_prefixes"
+	natMapNatExempt              = "nat_exempt"
 	natMapNexthops               = "nexthops"
 	natMapPoolAddrs              = "pool_addrs"
 	natMapPoolIndex              = "pool_index"
+	natMapPublicInside           = "public_inside"
 	natMapRouteGen               = "route_gen"
 	natMapSrcBindings            = "src_bindings"
 	natMapStats                  = "stats"
@@ -259,14 +269,17 @@ const (
 	natVarFilterApdf             = "filter_apdf"
 	natVarInsideMax              = "inside_max"
 	natVarInsideMin              = "inside_min"
+	natVarNatExemptOn            = "nat_exempt_on"
 	natVarPoolMax                = "pool_max"
 	natVarPoolMin                = "pool_min"
 	natVarPortLo                 = "port_lo"
+	natVarPublicInsideOn         = "public_inside_on"
 	natVarSharingRatio           = "sharing_ratio"
 	natVarSubscriberCount        = "subscriber_count"
 	natVarUdpInboundRefresh      = "udp_inbound_refresh"
 	natVarUnusedBlockEvent       = "unused_block_event"
 	natVarUnusedBlockEventKind   = "unused_block_event_kind"
+	natVarUnusedExemptLimits     = "unused_exempt_limits"
 	natVarUnusedFlowClock        = "unused_flow_clock"
 	natVarUnusedFlowProto        = "unused_flow_proto"
 	natVarUnusedFlowState        = "unused_flow_state"
@@ -335,9 +348,11 @@ type natMapSpecs struct {
 	IfaceRoles     *ebpf.MapSpec `ebpf:"iface_roles"`
 	IfaceSources   *ebpf.MapSpec `ebpf:"iface_sources"`
 	InsidePrefixes *ebpf.MapSpec `ebpf:"inside_prefixes"`
+	NatExempt      *ebpf.MapSpec `ebpf:"nat_exempt"`
 	Nexthops       *ebpf.MapSpec `ebpf:"nexthops"`
 	PoolAddrs      *ebpf.MapSpec `ebpf:"pool_addrs"`
 	PoolIndex      *ebpf.MapSpec `ebpf:"pool_index"`
+	PublicInside   *ebpf.MapSpec `ebpf:"public_inside"`
 	RouteGen       *ebpf.MapSpec `ebpf:"route_gen"`
 	SrcBindings    *ebpf.MapSpec `ebpf:"src_bindings"`
 	Stats          *ebpf.MapSpec `ebpf:"stats"`
@@ -354,14 +369,17 @@ type natVariableSpecs struct {
 	FilterApdf             *ebpf.VariableSpec `ebpf:"filter_apdf"`
 	InsideMax              *ebpf.VariableSpec `ebpf:"inside_max"`
 	InsideMin              *ebpf.VariableSpec `ebpf:"inside_min"`
+	NatExemptOn            *ebpf.VariableSpec `ebpf:"nat_exempt_on"`
 	PoolMax                *ebpf.VariableSpec `ebpf:"pool_max"`
 	PoolMin                *ebpf.VariableSpec `ebpf:"pool_min"`
 	PortLo                 *ebpf.VariableSpec `ebpf:"port_lo"`
+	PublicInsideOn         *ebpf.VariableSpec `ebpf:"public_inside_on"`
 	SharingRatio           *ebpf.VariableSpec `ebpf:"sharing_ratio"`
 	SubscriberCount        *ebpf.VariableSpec `ebpf:"subscriber_count"`
 	UdpInboundRefresh      *ebpf.VariableSpec `ebpf:"udp_inbound_refresh"`
 	UnusedBlockEvent       *ebpf.VariableSpec `ebpf:"unused_block_event"`
 	UnusedBlockEventKind   *ebpf.VariableSpec `ebpf:"unused_block_event_kind"`
+	UnusedExemptLimits     *ebpf.VariableSpec `ebpf:"unused_exempt_limits"`
 	UnusedFlowClock        *ebpf.VariableSpec `ebpf:"unused_flow_clock"`
 	UnusedFlowProto        *ebpf.VariableSpec `ebpf:"unused_flow_proto"`
 	UnusedFlowState        *ebpf.VariableSpec `ebpf:"unused_flow_state"`
@@ -400,9 +418,11 @@ type natMaps struct {
 	IfaceRoles     *ebpf.Map `ebpf:"iface_roles"`
 	IfaceSources   *ebpf.Map `ebpf:"iface_sources"`
 	InsidePrefixes *ebpf.Map `ebpf:"inside_prefixes"`
+	NatExempt      *ebpf.Map `ebpf:"nat_exempt"`
 	Nexthops       *ebpf.Map `ebpf:"nexthops"`
 	PoolAddrs      *ebpf.Map `ebpf:"pool_addrs"`
 	PoolIndex      *ebpf.Map `ebpf:"pool_index"`
+	PublicInside   *ebpf.Map `ebpf:"public_inside"`
 	RouteGen       *ebpf.Map `ebpf:"route_gen"`
 	SrcBindings    *ebpf.Map `ebpf:"src_bindings"`
 	Stats          *ebpf.Map `ebpf:"stats"`
@@ -421,9 +441,11 @@ func (m *natMaps) Close() error {
 		m.IfaceRoles,
 		m.IfaceSources,
 		m.InsidePrefixes,
+		m.NatExempt,
 		m.Nexthops,
 		m.PoolAddrs,
 		m.PoolIndex,
+		m.PublicInside,
 		m.RouteGen,
 		m.SrcBindings,
 		m.Stats,
@@ -441,14 +463,17 @@ type natVariables struct {
 	FilterApdf             *ebpf.Variable `ebpf:"filter_apdf"`
 	InsideMax              *ebpf.Variable `ebpf:"inside_max"`
 	InsideMin              *ebpf.Variable `ebpf:"inside_min"`
+	NatExemptOn            *ebpf.Variable `ebpf:"nat_exempt_on"`
 	PoolMax                *ebpf.Variable `ebpf:"pool_max"`
 	PoolMin                *ebpf.Variable `ebpf:"pool_min"`
 	PortLo                 *ebpf.Variable `ebpf:"port_lo"`
+	PublicInsideOn         *ebpf.Variable `ebpf:"public_inside_on"`
 	SharingRatio           *ebpf.Variable `ebpf:"sharing_ratio"`
 	SubscriberCount        *ebpf.Variable `ebpf:"subscriber_count"`
 	UdpInboundRefresh      *ebpf.Variable `ebpf:"udp_inbound_refresh"`
 	UnusedBlockEvent       *ebpf.Variable `ebpf:"unused_block_event"`
 	UnusedBlockEventKind   *ebpf.Variable `ebpf:"unused_block_event_kind"`
+	UnusedExemptLimits     *ebpf.Variable `ebpf:"unused_exempt_limits"`
 	UnusedFlowClock        *ebpf.Variable `ebpf:"unused_flow_clock"`
 	UnusedFlowProto        *ebpf.Variable `ebpf:"unused_flow_proto"`
 	UnusedFlowState        *ebpf.Variable `ebpf:"unused_flow_state"`

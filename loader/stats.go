@@ -41,6 +41,8 @@ var StatNames = [...]string{
 	natStatIndexSTAT_DROP_MARTIAN_SRC:       "drop_martian_src",
 	natStatIndexSTAT_DROP_FRAGMENT_INACTIVE: "drop_fragment_inactive",
 	natStatIndexSTAT_DROP_SPOOFED_BINDING:   "drop_spoofed_binding",
+	natStatIndexSTAT_EXEMPT_OUT:             "exempt_out",
+	natStatIndexSTAT_PUBLIC_OUT:             "public_out",
 }
 
 // Stats are the data plane's counters summed over all CPUs, by name.

@@ -185,7 +185,11 @@ func runGuard(cfg *config.Config, action string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return fail(err)
 		}
-		ch, err := guard.Install(m.Prefixes, cfg.Outside.Interfaces)
+		ex, err := cfg.Exemptions()
+		if err != nil {
+			return fail(err)
+		}
+		ch, err := guard.Install(m.Prefixes, cfg.Outside.Interfaces, ex.Destinations)
 		if err != nil {
 			return fail(err)
 		}

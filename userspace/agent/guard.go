@@ -30,7 +30,7 @@ type guardState struct {
 // failed, stopped, detached) forwards an inside address untranslated. An
 // agent that cannot install it refuses to start.
 func (a *Agent) installGuard() error {
-	ch, err := guard.Install(a.mapping.Prefixes, a.cfg.Outside.Interfaces)
+	ch, err := guard.Install(a.mapping.Prefixes, a.cfg.Outside.Interfaces, a.exemptDestinations())
 	if err != nil {
 		return fmt.Errorf("refusing to start without the guard against untranslated subscriber packets: %w", err)
 	}
@@ -53,13 +53,25 @@ func (a *Agent) checkGuard() {
 // counted. It returns what changed (Unchanged after a failure: the count
 // is already taken).
 func (a *Agent) ensureGuard(prefixes []netip.Prefix, why string) guard.Change {
-	ch, err := guard.Install(prefixes, a.cfg.Outside.Interfaces)
+	ch, err := guard.Install(prefixes, a.cfg.Outside.Interfaces, a.exemptDestinations())
 	if err != nil {
 		a.guard.missing.Add(1)
 		a.log.Error("nftables guard could not be installed: inside addresses may leave untranslated", logattr.Action, why, logattr.Err, err.Error())
 		return guard.Unchanged
 	}
 	return ch
+}
+
+// exemptDestinations are the nat_exempt prefixes of the configuration in
+// force (the one the agent started with until a data plane is up): the
+// guard lets subscribers reach exactly those untranslated.
+func (a *Agent) exemptDestinations() []netip.Prefix {
+	cfg := a.cfg
+	if p := a.current(); p != nil {
+		cfg = p.cfg
+	}
+	ex, _ := cfg.Exemptions() // parsed when the configuration was validated
+	return ex.Destinations
 }
 
 // guardDuringReload guards the old and the new prefixes while the data

@@ -304,8 +304,12 @@ func storePath(cfg *config.Config) string { return filepath.Join(cfg.StateDir, "
 
 // params are the data plane's parameters for cfg under epoch.
 func params(cfg *config.Config, m *mapping.Mapping, epoch uint32) loader.Params {
+	// Validate has parsed the exemptions of every configuration that
+	// reaches here, so this cannot fail.
+	ex, _ := cfg.Exemptions()
 	return loader.Params{Mapping: m, Epoch: epoch, MaxFlows: cfg.MaxFlows,
-		FilterAPDF: cfg.Filtering == config.FilteringAddressPort, UDPInboundRefresh: cfg.Timeouts.UDPInboundRefresh}
+		FilterAPDF: cfg.Filtering == config.FilteringAddressPort, UDPInboundRefresh: cfg.Timeouts.UDPInboundRefresh,
+		Exempt: ex.Destinations, PublicInside: ex.Public}
 }
 
 func sweeperTimeouts(cfg *config.Config) sweeper.Timeouts {

@@ -76,6 +76,9 @@ type Config struct {
 	Intervals Intervals `yaml:"intervals"`
 	Metrics   Metrics   `yaml:"metrics"`
 	SelfCheck SelfCheck `yaml:"selfcheck"`
+	// NATExempt are destinations subscribers reach untranslated: the
+	// ISP's own resolvers, portal or management network (see exempt.go).
+	NATExempt []string `yaml:"nat_exempt"`
 	// Filtering is which inbound packets a mapping admits (RFC 4787
 	// REQ-8): any (endpoint-independent, the default) or only those from
 	// an address and port the subscriber has sent to.
@@ -94,6 +97,7 @@ type Config struct {
 type parsed struct {
 	mapping *mapping.Mapping
 	sources SourceRules
+	exempt  Exemptions
 }
 
 // Inside is the subscriber side.
@@ -106,6 +110,9 @@ type Inside struct {
 	InterfacePrefixes map[string][]string `yaml:"interface_prefixes"`
 	StaticBindings    []StaticBinding     `yaml:"static_bindings"`
 	RequireBinding    []string            `yaml:"require_binding"`
+	// Public are the prefixes of subscribers with addresses of their own,
+	// routed untouched both ways (see exempt.go).
+	Public []string `yaml:"public"`
 }
 
 // Outside is the internet side.
@@ -287,9 +294,11 @@ func (c *Config) Validate() error {
 	} else if c.MaxFlows > MaxFlows {
 		errs = append(errs, fmt.Errorf("max_flows: %d is more than %d", c.MaxFlows, MaxFlows))
 	}
-	var sourceErrs []error
+	var sourceErrs, exemptErrs []error
 	p.sources, sourceErrs = c.parseSources()
 	errs = append(errs, sourceErrs...)
+	p.exempt, exemptErrs = c.parseExemptions()
+	errs = append(errs, exemptErrs...)
 
 	if c.XDPMode != XDPModeNative && c.XDPMode != XDPModeGeneric {
 		errs = append(errs, fmt.Errorf("xdp_mode: %q is not %q or %q", c.XDPMode, XDPModeNative, XDPModeGeneric))

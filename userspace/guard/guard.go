@@ -9,7 +9,12 @@
 // answer. The guard is one nftables table of blocknat's own, inet
 // blocknat_guard, with one rule on the postrouting hook:
 //
-//	meta nfproto ipv4 oifname @outside_interfaces ip saddr @inside_prefixes counter name "dropped" drop
+//	meta nfproto ipv4 oifname @outside_interfaces ip saddr @inside_prefixes ip daddr != @exempt_destinations counter name "dropped" drop
+//
+// The exempt destinations are the configuration's nat_exempt: subscribers
+// reach them untranslated, so the guard must let exactly those through
+// (the set is empty when there are none). The inside.public prefixes are no
+// inside prefixes and never match.
 //
 // postrouting sees forwarded and locally generated packets alike, after
 // the kernel's own source NAT (so an operator's masquerade of some other
@@ -48,6 +53,7 @@ const (
 	ChainName     = "postrouting"
 	InsideSet     = "inside_prefixes"
 	OutsideSet    = "outside_interfaces"
+	ExemptSet     = "exempt_destinations"
 	CounterName   = "dropped"
 	tableFamily   = nftables.TableFamilyINet
 	tableFullName = "inet " + TableName
@@ -56,7 +62,7 @@ const (
 // ruleComment marks the guard's rule. It carries a version, so that an
 // agent whose rule differs from the one an older agent installed replaces
 // it instead of taking it for its own.
-const ruleComment = "blocknat guard v1: drop untranslated subscriber packets"
+const ruleComment = "blocknat guard v2: drop untranslated subscriber packets but to nat_exempt"
 
 // chainPriority runs the guard after source NAT (srcnat, 100): it judges the
 // source address that actually leaves.
@@ -78,6 +84,9 @@ type Status struct {
 	Prefixes []netip.Prefix `json:"prefixes,omitempty"`
 	// Interfaces are the outside interfaces the rule watches, sorted.
 	Interfaces []string `json:"interfaces,omitempty"`
+	// Exempt are the destinations the rule lets subscribers reach
+	// untranslated (nat_exempt), as the kernel holds them.
+	Exempt []netip.Prefix `json:"exempt,omitempty"`
 	// DroppedPackets and DroppedBytes are the rule's named counter.
 	DroppedPackets uint64 `json:"dropped_packets"`
 	DroppedBytes   uint64 `json:"dropped_bytes"`
@@ -115,28 +124,29 @@ func (c Change) String() string {
 type spec struct {
 	ranges     []ipRange // merged, sorted
 	interfaces []string  // sorted, unique
+	exempt     []ipRange // merged, sorted; may be empty
 }
 
 // ipRange is [lo, hi) over IPv4 addresses as integers; hi may be 1<<32.
 type ipRange struct{ lo, hi uint64 }
 
-func newSpec(inside []netip.Prefix, outside []string) (spec, error) {
+func newSpec(inside []netip.Prefix, outside []string, exempt []netip.Prefix) (spec, error) {
 	if len(inside) == 0 {
 		return spec{}, errors.New("no inside prefix to guard")
 	}
 	if len(outside) == 0 {
 		return spec{}, errors.New("no outside interface to guard")
 	}
-	var s spec
-	for _, p := range inside {
-		if !p.IsValid() || !p.Addr().Is4() {
-			return spec{}, fmt.Errorf("inside prefix %s: the guard covers IPv4 prefixes only", p)
-		}
-		p = p.Masked()
-		lo := uint64(addrUint(p.Addr()))
-		s.ranges = append(s.ranges, ipRange{lo, lo + 1<<(32-p.Bits())})
+	var (
+		s   spec
+		err error
+	)
+	if s.ranges, err = prefixRanges("inside", inside); err != nil {
+		return spec{}, err
 	}
-	s.ranges = mergeRanges(s.ranges)
+	if s.exempt, err = prefixRanges("exempt", exempt); err != nil {
+		return spec{}, err
+	}
 	for _, name := range outside {
 		if name == "" || len(name) >= ifNameSize || strings.ContainsRune(name, 0) {
 			return spec{}, fmt.Errorf("outside interface %q: not a valid interface name", name)
@@ -146,6 +156,20 @@ func newSpec(inside []netip.Prefix, outside []string) (spec, error) {
 	slices.Sort(s.interfaces)
 	s.interfaces = slices.Compact(s.interfaces)
 	return s, nil
+}
+
+// prefixRanges turns IPv4 prefixes into merged ranges.
+func prefixRanges(what string, prefixes []netip.Prefix) ([]ipRange, error) {
+	var out []ipRange
+	for _, p := range prefixes {
+		if !p.IsValid() || !p.Addr().Is4() {
+			return nil, fmt.Errorf("%s prefix %s: the guard covers IPv4 prefixes only", what, p)
+		}
+		p = p.Masked()
+		lo := uint64(addrUint(p.Addr()))
+		out = append(out, ipRange{lo, lo + 1<<(32-p.Bits())})
+	}
+	return mergeRanges(out), nil
 }
 
 func mergeRanges(rs []ipRange) []ipRange {
@@ -164,12 +188,12 @@ func mergeRanges(rs []ipRange) []ipRange {
 }
 
 // Install puts the guard in place for inside prefixes leaving by outside
-// interfaces. A guard that already holds exactly these is left alone, so a
+// interfaces to anywhere but the exempt destinations. A guard that already holds exactly these is left alone, so a
 // restart with the same configuration changes nothing, not even the
 // counter. Otherwise the table is created, or deleted and re-created, in one
 // nftables transaction: no packet ever sees a moment without a guard.
-func Install(inside []netip.Prefix, outside []string) (Change, error) {
-	want, err := newSpec(inside, outside)
+func Install(inside []netip.Prefix, outside []string, exempt []netip.Prefix) (Change, error) {
+	want, err := newSpec(inside, outside, exempt)
 	if err != nil {
 		return Unchanged, fmt.Errorf("install nftables guard: %w", err)
 	}
@@ -177,11 +201,12 @@ func Install(inside []netip.Prefix, outside []string) (Change, error) {
 	if err != nil {
 		return Unchanged, explain("install nftables guard: open netlink", err)
 	}
-	cur, curRanges, exists, err := read(c)
+	cur, got, exists, err := read(c)
 	if err != nil {
 		return Unchanged, explain("install nftables guard: read "+tableFullName, err)
 	}
-	if cur.Installed && slices.Equal(curRanges, want.ranges) && slices.Equal(cur.Interfaces, want.interfaces) {
+	if cur.Installed && slices.Equal(got.ranges, want.ranges) && slices.Equal(cur.Interfaces, want.interfaces) &&
+		slices.Equal(got.exempt, want.exempt) {
 		return Unchanged, nil
 	}
 
@@ -205,10 +230,14 @@ func Install(inside []netip.Prefix, outside []string) (Change, error) {
 	if err := c.AddSet(ifaces, nameElements(want.interfaces)); err != nil {
 		return Unchanged, fmt.Errorf("install nftables guard: set %s: %w", OutsideSet, err)
 	}
+	exemptSet := &nftables.Set{Table: table, Name: ExemptSet, KeyType: nftables.TypeIPAddr, Interval: true}
+	if err := c.AddSet(exemptSet, rangeElements(want.exempt)); err != nil {
+		return Unchanged, fmt.Errorf("install nftables guard: set %s: %w", ExemptSet, err)
+	}
 	accept := nftables.ChainPolicyAccept
 	chain := c.AddChain(&nftables.Chain{Name: ChainName, Table: table, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPostrouting, Priority: chainPriority, Policy: &accept})
-	c.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: ruleExprs(prefixes, ifaces),
+	c.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: ruleExprs(prefixes, ifaces, exemptSet),
 		UserData: userdata.AppendString(nil, userdata.TypeComment, ruleComment)})
 	if err := c.Flush(); err != nil {
 		return Unchanged, explain("install nftables guard: write "+tableFullName, err)
@@ -219,10 +248,11 @@ func Install(inside []netip.Prefix, outside []string) (Change, error) {
 	return Created, nil
 }
 
-// ruleExprs is `meta nfproto ipv4 oifname @outside ip saddr @inside counter
-// name "dropped" drop`. The cheap interface match comes first: most
-// packets through a router leave by an inside interface or are IPv6.
-func ruleExprs(prefixes, ifaces *nftables.Set) []expr.Any {
+// ruleExprs is `meta nfproto ipv4 oifname @outside ip saddr @inside ip
+// daddr != @exempt counter name "dropped" drop`. The cheap interface match
+// comes first: most packets through a router leave by an inside interface
+// or are IPv6.
+func ruleExprs(prefixes, ifaces, exempt *nftables.Set) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
@@ -231,6 +261,9 @@ func ruleExprs(prefixes, ifaces *nftables.Set) []expr.Any {
 		// The IPv4 source address: 4 bytes at offset 12 of the header.
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
 		&expr.Lookup{SourceRegister: 1, SetName: prefixes.Name, SetID: prefixes.ID},
+		// The IPv4 destination address: 4 bytes at offset 16.
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Lookup{SourceRegister: 1, SetName: exempt.Name, SetID: exempt.ID, Invert: true},
 		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: CounterName},
 		&expr.Verdict{Kind: expr.VerdictDrop},
 	}
@@ -291,29 +324,32 @@ func State() (Status, error) {
 	return st, nil
 }
 
-// read reports the guard's state, its inside ranges and whether its table
-// exists at all. Below the table it reads by dumps scoped to the guard's
+// read reports the guard's state, the ranges of its sets and whether its
+// table exists at all. Below the table it reads by dumps scoped to the guard's
 // table (or, for chains, filtered to it), so that a missing piece is an
 // empty answer rather than an error to tell apart from a failure.
-func read(c *nftables.Conn) (Status, []ipRange, bool, error) {
-	var st Status
+func read(c *nftables.Conn) (Status, spec, bool, error) {
+	var (
+		st  Status
+		got spec
+	)
 	table, err := c.ListTableOfFamily(TableName, tableFamily)
 	if errors.Is(err, unix.ENOENT) {
-		return st, nil, false, nil
+		return st, got, false, nil
 	}
 	if err != nil {
-		return st, nil, false, fmt.Errorf("table: %w", err)
+		return st, got, false, fmt.Errorf("table: %w", err)
 	}
-	missing := func(what string) (Status, []ipRange, bool, error) {
+	missing := func(what string) (Status, spec, bool, error) {
 		st.Problem = what
-		return st, nil, true, nil
+		return st, spec{}, true, nil
 	}
 
 	// The counter first: a damaged table still tells what it stopped, and
 	// a replacement carries the count over.
 	objs, err := c.GetNamedObjects(table)
 	if err != nil {
-		return st, nil, true, fmt.Errorf("objects: %w", err)
+		return st, got, true, fmt.Errorf("objects: %w", err)
 	}
 	counter := false
 	for _, o := range objs {
@@ -331,7 +367,7 @@ func read(c *nftables.Conn) (Status, []ipRange, bool, error) {
 
 	chains, err := c.ListChainsOfTableFamily(tableFamily)
 	if err != nil {
-		return st, nil, true, fmt.Errorf("chains: %w", err)
+		return st, got, true, fmt.Errorf("chains: %w", err)
 	}
 	var chain *nftables.Chain
 	for _, ch := range chains {
@@ -348,7 +384,7 @@ func read(c *nftables.Conn) (Status, []ipRange, bool, error) {
 	}
 	rules, err := c.GetRules(table, chain)
 	if err != nil {
-		return st, nil, true, fmt.Errorf("rules of chain %s: %w", ChainName, err)
+		return st, got, true, fmt.Errorf("rules of chain %s: %w", ChainName, err)
 	}
 	if len(rules) != 1 || !isGuardRule(rules[0]) {
 		return missing(fmt.Sprintf("chain %s holds %d rules, not the guard's one", ChainName, len(rules)))
@@ -356,32 +392,38 @@ func read(c *nftables.Conn) (Status, []ipRange, bool, error) {
 
 	sets, err := c.GetSets(table)
 	if err != nil {
-		return st, nil, true, fmt.Errorf("sets: %w", err)
+		return st, got, true, fmt.Errorf("sets: %w", err)
 	}
 	byName := map[string]*nftables.Set{}
 	for _, s := range sets {
 		byName[s.Name] = s
 	}
-	inside, outside := byName[InsideSet], byName[OutsideSet]
+	inside, outside, exempt := byName[InsideSet], byName[OutsideSet], byName[ExemptSet]
 	switch {
 	case inside == nil:
 		return missing("no set " + InsideSet)
 	case outside == nil:
 		return missing("no set " + OutsideSet)
+	case exempt == nil:
+		return missing("no set " + ExemptSet)
 	}
-	ranges, err := readRanges(c, inside)
-	if err != nil {
-		return st, nil, true, err
+	if got.ranges, err = readRanges(c, inside); err != nil {
+		return st, got, true, err
 	}
-	st.Prefixes = rangesPrefixes(ranges)
+	st.Prefixes = rangesPrefixes(got.ranges)
+	if got.exempt, err = readRanges(c, exempt); err != nil {
+		return st, got, true, err
+	}
+	st.Exempt = rangesPrefixes(got.exempt)
 	if st.Interfaces, err = readNames(c, outside); err != nil {
-		return st, nil, true, err
+		return st, got, true, err
 	}
-	if len(ranges) == 0 || len(st.Interfaces) == 0 {
+	if len(got.ranges) == 0 || len(st.Interfaces) == 0 {
 		return missing("a set is empty")
 	}
+	got.interfaces = st.Interfaces
 	st.Installed = true
-	return st, ranges, true, nil
+	return st, got, true, nil
 }
 
 func isGuardRule(r *nftables.Rule) bool {
@@ -392,7 +434,7 @@ func isGuardRule(r *nftables.Rule) bool {
 func readRanges(c *nftables.Conn, set *nftables.Set) ([]ipRange, error) {
 	elems, err := c.GetSetElements(set)
 	if err != nil {
-		return nil, fmt.Errorf("elements of set %s: %w", InsideSet, err)
+		return nil, fmt.Errorf("elements of set %s: %w", set.Name, err)
 	}
 	// The kernel lists interval elements in its own order; sorted by
 	// address, each start is followed by its end.
@@ -403,7 +445,7 @@ func readRanges(c *nftables.Conn, set *nftables.Set) ([]ipRange, error) {
 	open := false
 	for _, e := range elems {
 		if len(e.Key) != 4 {
-			return nil, fmt.Errorf("set %s: element of %d bytes, not an IPv4 address", InsideSet, len(e.Key))
+			return nil, fmt.Errorf("set %s: element of %d bytes, not an IPv4 address", set.Name, len(e.Key))
 		}
 		v := uint64(addrBytesUint(e.Key))
 		switch {

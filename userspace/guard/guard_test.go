@@ -99,7 +99,7 @@ func TestInstallReadRemove(t *testing.T) {
 		if err != nil || st.Installed {
 			t.Fatalf("State before install: %+v, %v", st, err)
 		}
-		ch, err := Install(inside, outside)
+		ch, err := Install(inside, outside, nil)
 		if err != nil || ch != Created {
 			t.Fatalf("Install: %v, %v; want created", ch, err)
 		}
@@ -112,7 +112,7 @@ func TestInstallReadRemove(t *testing.T) {
 	for _, want := range []string{
 		"type filter hook postrouting priority srcnat + 10; policy accept;",
 		// nft leaves out the "meta nfproto ipv4" that "ip saddr" implies.
-		`oifname @outside_interfaces ip saddr @inside_prefixes counter name "dropped" drop comment "` + ruleComment + `"`,
+		`oifname @outside_interfaces ip saddr @inside_prefixes ip daddr != @exempt_destinations counter name "dropped" drop comment "` + ruleComment + `"`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("nft list table lacks %q:\n%s", want, text)
@@ -140,7 +140,7 @@ func TestInstallReadRemove(t *testing.T) {
 			t.Errorf("State: %+v, %v; want %+v", st, err, want)
 		}
 		// Another order, the same guard.
-		if ch, err := Install([]netip.Prefix{inside[1], inside[0]}, []string{outside[1], outside[0]}); err != nil || ch != Unchanged {
+		if ch, err := Install([]netip.Prefix{inside[1], inside[0]}, []string{outside[1], outside[0]}, nil); err != nil || ch != Unchanged {
 			t.Errorf("second Install: %v, %v; want unchanged", ch, err)
 		}
 		return nil
@@ -225,7 +225,7 @@ func TestInstallReplacesAndKeepsOperatorTables(t *testing.T) {
 	if err := sendFrom(ns, inside, server); err != nil {
 		t.Fatalf("without a guard, a datagram from %s: %v", inside.Addr(), err)
 	}
-	if err := ns.Do(func() error { _, err := Install(inside4(), []string{"bn-out"}); return err }); err != nil {
+	if err := ns.Do(func() error { _, err := Install(inside4(), []string{"bn-out"}, nil); return err }); err != nil {
 		t.Fatal(err)
 	}
 	for range 3 {
@@ -246,7 +246,7 @@ func TestInstallReplacesAndKeepsOperatorTables(t *testing.T) {
 
 	changed := []netip.Prefix{netip.MustParsePrefix("100.64.0.0/16")}
 	if err := ns.Do(func() error {
-		ch, err := Install(changed, []string{"bn-out", "bn-out9"})
+		ch, err := Install(changed, []string{"bn-out", "bn-out9"}, nil)
 		if err != nil || ch != Replaced {
 			t.Fatalf("Install with other prefixes: %v, %v; want replaced", ch, err)
 		}
@@ -277,7 +277,7 @@ func TestInstallReplacesAndKeepsOperatorTables(t *testing.T) {
 		if err != nil || st.Installed || !strings.Contains(st.Problem, "0 rules") {
 			t.Errorf("State without the rule: %+v, %v", st, err)
 		}
-		if ch, err := Install(changed, []string{"bn-out", "bn-out9"}); err != nil || ch != Replaced {
+		if ch, err := Install(changed, []string{"bn-out", "bn-out9"}, nil); err != nil || ch != Replaced {
 			t.Errorf("Install over a damaged guard: %v, %v", ch, err)
 		}
 		if st, err := State(); err != nil || !st.Installed {
@@ -289,6 +289,30 @@ func TestInstallReplacesAndKeepsOperatorTables(t *testing.T) {
 	}
 	if err := sendFrom(ns, inside, server); err == nil {
 		t.Error("the repaired guard let a datagram from an inside address out")
+	}
+
+	// A nat_exempt destination: exactly it is let through.
+	resolver := netip.MustParseAddrPort("203.0.113.53:53")
+	exempt := []netip.Prefix{netip.PrefixFrom(resolver.Addr(), 32)}
+	if err := ns.Do(func() error {
+		if ch, err := Install(changed, []string{"bn-out", "bn-out9"}, exempt); err != nil || ch != Replaced {
+			t.Errorf("Install with an exempt destination: %v, %v; want replaced", ch, err)
+		}
+		if st, err := State(); err != nil || !st.Installed || !slices.Equal(st.Exempt, exempt) {
+			t.Errorf("State with an exempt destination: %+v, %v", st, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sendFrom(ns, inside, resolver); err != nil {
+		t.Errorf("the guard stopped a datagram from %s to the exempt %s: %v", inside.Addr(), resolver, err)
+	}
+	if err := sendFrom(ns, inside, server); err == nil {
+		t.Errorf("with %s exempt, a datagram from %s to %s left", resolver, inside.Addr(), server)
+	}
+	if g := listGuard(t, ns); len(g.Sets[ExemptSet]) != 1 {
+		t.Errorf("nft lists exempt set %v, want the one address", g.Sets[ExemptSet])
 	}
 	if err := ns.Do(Remove); err != nil {
 		t.Fatal(err)
@@ -314,7 +338,7 @@ func TestRefusesWhatItCannotGuard(t *testing.T) {
 		{[]netip.Prefix{netip.MustParsePrefix("2001:db8::/32")}, outside, "2001:db8::/32"},
 		{inside, []string{"a-name-longer-than-15"}, "a-name-longer-than-15"},
 	} {
-		if _, err := Install(c.inside, c.outside); err == nil || !strings.Contains(err.Error(), c.want) {
+		if _, err := Install(c.inside, c.outside, nil); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Install(%v, %v): %v, want an error naming %q", c.inside, c.outside, err, c.want)
 		}
 	}
@@ -324,7 +348,7 @@ func TestRefusesWhatItCannotGuard(t *testing.T) {
 // fewest prefixes, and overlapping or adjacent prefixes merge.
 func TestRangesPrefixes(t *testing.T) {
 	s, err := newSpec([]netip.Prefix{netip.MustParsePrefix("100.64.0.0/25"), netip.MustParsePrefix("100.64.0.128/25"),
-		netip.MustParsePrefix("100.64.1.0/24"), netip.MustParsePrefix("100.64.0.7/32"), netip.MustParsePrefix("10.0.0.1/8")}, outside)
+		netip.MustParsePrefix("100.64.1.0/24"), netip.MustParsePrefix("100.64.0.7/32"), netip.MustParsePrefix("10.0.0.1/8")}, outside, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
