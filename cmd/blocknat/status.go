@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -17,31 +18,81 @@ func init() {
 	}
 }
 
-const statusSynopsis = `status [--json] [--socket PATH]
+const statusSynopsis = `status [--json] [--socket PATH] [--wait [--timeout D]]
 
 Shows what the agent reports about its record store, its audit log and
 itself: first whether block records are being written (the alarm, the
 self-check), then the figures the metrics endpoint exports. Needs the admin
-role; the request is audited like every other.`
+role; the request is audited like every other.
+
+With --wait it first waits until the agent reports itself ready (its data
+plane translating and its start finished, when it also tells systemd
+READY=1), asking again while the socket is missing or the agent is still
+starting, and exits 1 if that takes longer than --timeout. Each answered
+question is audited; they come a few times a second at most.`
+
+// waitPoll is how often --wait asks again.
+const waitPoll = 200 * time.Millisecond
 
 func runStatus(args []string, stdout, stderr io.Writer) int {
 	const name = "status"
 	fs := newFlagSet(name, statusSynopsis, stderr)
 	af := addAPIFlags(fs)
+	wait := fs.Bool("wait", false, "wait until the agent is ready (translating, its start finished) before showing its status")
+	timeout := fs.Duration("timeout", 30*time.Second, "with --wait: how long to wait before giving up with exit 1")
 	if ok, code := parseAPIFlags(fs, args); !ok {
 		return code
 	}
-	err := withClient(af, func(ctx context.Context, c *client.Client) error {
-		ans, err := c.Status(ctx)
-		if err != nil {
+	if af.given("timeout") && !*wait {
+		return report(stderr, name, usagef("--timeout: only with --wait"))
+	}
+	var ans *wire.StatusResponse
+	var err error
+	if *wait {
+		ans, err = waitReady(af, *timeout)
+	} else {
+		err = withClient(af, func(ctx context.Context, c *client.Client) error {
+			ans, err = c.Status(ctx)
 			return err
-		}
+		})
+	}
+	if err == nil {
 		if *af.asJSON {
-			return printJSON(stdout, ans)
+			err = printJSON(stdout, ans)
+		} else {
+			err = printStatus(stdout, ans)
 		}
-		return printStatus(stdout, ans)
-	})
+	}
 	return report(stderr, name, err)
+}
+
+// waitReady asks for the status until the agent reports itself ready, or
+// timeout passes. What cannot change by waiting (no admin role, a bad
+// request, wrong flags) ends the wait at once.
+func waitReady(af apiFlags, timeout time.Duration) (*wire.StatusResponse, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		var ans *wire.StatusResponse
+		err := withClient(af, func(ctx context.Context, c *client.Client) (err error) {
+			ans, err = c.Status(ctx)
+			return err
+		})
+		var refused *client.Error
+		switch {
+		case errors.As(err, new(usageError)):
+			return nil, err
+		case errors.As(err, &refused) && refused.Status < 500:
+			return nil, err
+		case err == nil && ans.Agent != nil && ans.Agent.Ready:
+			return ans, nil
+		case err == nil:
+			err = errors.New("the agent answers but is still starting (or stopping)")
+		}
+		if !time.Now().Before(deadline) {
+			return nil, fmt.Errorf("the agent was not ready within %s: %w", timeout, err)
+		}
+		time.Sleep(min(waitPoll, time.Until(deadline)))
+	}
 }
 
 func printStatus(w io.Writer, ans *wire.StatusResponse) error {

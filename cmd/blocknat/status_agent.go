@@ -131,6 +131,11 @@ func printAgentStatus(w io.Writer, st wire.Status) {
 	row("period", "%s", st.Retention.Period)
 	row("last sweep", "%s", when(st.Retention.LastAt))
 	fmt.Fprintln(w, "agent")
+	if st.Ready {
+		row("state", "ready: translating, start finished")
+	} else {
+		row("state", "NOT READY: starting or stopping")
+	}
 	row("started", "%s", when(st.Started))
 	row("audit chain", "%d entries", st.AuditEntries)
 	for _, u := range st.Unreadable {

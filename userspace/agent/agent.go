@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/blocknat/blocknat/loader"
@@ -61,6 +62,8 @@ type Agent struct {
 	disk *diskspace.Guard
 	// api is the query API's server, for what it turned away.
 	api *api.Server
+	// ready is set once every component has started (READY=1).
+	ready atomic.Bool
 
 	configPath string
 	reloads    <-chan struct{}

@@ -50,7 +50,7 @@ func (a *Agent) status(context.Context) (wire.Status, store.Stats, error) {
 	a.natMu.RLock()
 	defer a.natMu.RUnlock()
 	st := wire.Status{Started: a.started, Epoch: a.epoch.ID, EpochSince: a.epoch.Start, Subscribers: a.mapping.Subscribers,
-		PoolAddresses: len(a.mapping.Pool), BlockSize: a.mapping.BlockSize}
+		PoolAddresses: len(a.mapping.Pool), BlockSize: a.mapping.BlockSize, Ready: a.ready.Load()}
 	snap := a.snapshot()
 	statusOfSnapshot(&st, snap)
 	if snap.Store == nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/blocknat/blocknat/userspace/metrics"
 	"github.com/blocknat/blocknat/userspace/preflight"
 	"github.com/blocknat/blocknat/userspace/reconcile"
+	"github.com/blocknat/blocknat/userspace/sdnotify"
 	"github.com/blocknat/blocknat/userspace/store"
 	"github.com/blocknat/blocknat/userspace/sweeper"
 )
@@ -261,14 +262,31 @@ func (a *Agent) maintenanceComponent() component {
 				defer close(done)
 				a.maintain(ctx)
 			}()
+			// The last component: from here the agent is what a start
+			// promises, so systemd (Type=notify) and `blocknat status
+			// --wait` may go on.
+			a.ready.Store(true)
+			a.notify("READY=1", fmt.Sprintf("STATUS=translating: %d subscribers on %d public addresses, epoch %d",
+				m.Subscribers, len(m.Pool), a.epoch.ID))
 			return nil
 		},
 		stop: func() error {
+			a.ready.Store(false)
+			a.notify("STOPPING=1", "STATUS=stopping; the data plane keeps translating")
 			stop()
 			<-done
 			a.log.Info("stopping; the data plane keeps translating", logattr.PinDir, a.cfg.BPFFSDir)
 			return nil
 		},
+	}
+}
+
+// notify tells the service manager state (sd_notify); outside one it
+// does nothing. A manager that cannot be told is logged, not fatal: the
+// agent translates and records all the same.
+func (a *Agent) notify(state ...string) {
+	if _, err := sdnotify.Notify(state...); err != nil {
+		a.log.Warn("could not tell the service manager", logattr.Err, err.Error())
 	}
 }
 

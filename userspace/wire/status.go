@@ -60,6 +60,11 @@ type Status struct {
 	AuditLog AuditLogStatus `json:"audit_log"`
 	// Unreadable lists the parts of the state that could not be read.
 	Unreadable []string `json:"unreadable,omitempty"`
+	// Ready is true once the agent has started: the data plane attached
+	// and translating, the store open, the first reconcile done. It is
+	// the moment the agent tells systemd READY=1, and what `blocknat
+	// status --wait` waits for; false again once it is stopping.
+	Ready bool `json:"ready"`
 }
 
 // GuardStatus is the nftables guard's state (blocknat_guard_* metrics).
