@@ -25,8 +25,14 @@ import (
 func prepareEnv(t *testing.T, prefix, extra string) *env {
 	t.Helper()
 	netns.RequirePrivileged(t)
+	return prepareEnvOn(t, netns.NewTestTopology(t, prefix), extra)
+}
+
+// prepareEnvOn is prepareEnv on a topology the test has built (and may
+// have added to).
+func prepareEnvOn(t *testing.T, topo *netns.Topology, extra string) *env {
+	t.Helper()
 	netns.RequireTools(t, "curl")
-	topo := netns.NewTestTopology(t, prefix)
 	dir := t.TempDir()
 	unmount, err := harness.MountBPFFS(filepath.Join(dir, "bpf"))
 	if err != nil {
