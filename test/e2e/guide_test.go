@@ -44,6 +44,13 @@ import (
 // commands are moved to the test's clock; a lookup waits until its time
 // (and tolerance) has passed. Commands run as the uid whose role they need
 // (guideUIDs), as they would on a router.
+//
+// Commands that start with sudo are the lab's (section 11), run as they
+// are shown: `make lab` and `make lab-down` in the repository, `ip netns
+// exec` and `ip -n` into the lab's namespaces, and bin/blocknat, which
+// make lab built. The lab is named for the test (see labRun), and its
+// outputs are compared with runs of spaces taken as one and trailing ones
+// dropped, since the test's longer name widens the lab's columns.
 const guidePath = "../../docs/operator-guide.md"
 
 // guideTimeSlack is how far a time the command printed may lie from the
@@ -141,6 +148,7 @@ type guideRun struct {
 	subst    [][2]string // guide text -> test text, for commands
 	offset   time.Duration
 	clockSet bool
+	lab      *labRun
 }
 
 func TestGuideExamples(t *testing.T) {
@@ -167,7 +175,7 @@ func TestGuideExamples(t *testing.T) {
 		}
 	}
 	e, subst := startGuideEnv(t, config)
-	r := &guideRun{t: t, e: e, work: t.TempDir(), subst: subst}
+	r := &guideRun{t: t, e: e, work: t.TempDir(), subst: subst, lab: newLabRun(t)}
 	if err := os.Chmod(r.work, 0o777); err != nil {
 		t.Fatal(err)
 	}
@@ -342,34 +350,11 @@ func (r *guideRun) command(s guideStep) {
 	if err != nil || len(args) == 0 {
 		t.Fatalf("guide line %d: %q: %v", s.line, s.command, err)
 	}
-	var latest time.Time
-	for i, a := range args {
-		for _, sub := range r.subst {
-			a = strings.ReplaceAll(a, sub[0], sub[1])
-		}
-		a = rfc3339.ReplaceAllStringFunc(a, func(ts string) string {
-			v, err := time.Parse(time.RFC3339Nano, ts)
-			if err != nil || !r.clockSet {
-				t.Fatalf("guide line %d: time %s needs a clock directive before it", s.line, ts)
-			}
-			moved := r.toTest(v)
-			if i > 0 && args[i-1] == "--time" {
-				latest = moved
-			}
-			return moved.UTC().Format(time.RFC3339Nano)
-		})
-		args[i] = a
+	if args[0] == "sudo" {
+		r.labCommand(s, r.prepare(s, args[1:], r.lab.subst))
+		return
 	}
-	if !latest.IsZero() {
-		// Ask only once the time, widened by the tolerance, has passed.
-		wait := time.Duration(0)
-		for i, a := range args {
-			if a == "--tolerance" && i+1 < len(args) {
-				wait, _ = time.ParseDuration(args[i+1])
-			}
-		}
-		time.Sleep(time.Until(latest.Add(wait + 500*time.Millisecond)))
-	}
+	args = r.prepare(s, args, r.subst)
 	role := roleOf(args)
 	if role != "" {
 		args = append(args, "--socket", harness.SocketPath(r.e.stateDir))
@@ -410,6 +395,42 @@ func (r *guideRun) command(s guideStep) {
 		t.Errorf("guide line %d: $ %s\n%v\n--- the guide says:\n%s\n--- the command printed:\n%s", s.line, s.command, err,
 			strings.Join(s.want, "\n"), strings.Join(gotLines, "\n"))
 	}
+}
+
+// prepare swaps the guide's names in args for the test's (subst) and moves
+// their times to the test's clock, and waits until a lookup's time has
+// passed.
+func (r *guideRun) prepare(s guideStep, args []string, subst [][2]string) []string {
+	t := r.t
+	var latest time.Time
+	for i, a := range args {
+		for _, sub := range subst {
+			a = strings.ReplaceAll(a, sub[0], sub[1])
+		}
+		a = rfc3339.ReplaceAllStringFunc(a, func(ts string) string {
+			v, err := time.Parse(time.RFC3339Nano, ts)
+			if err != nil || !r.clockSet {
+				t.Fatalf("guide line %d: time %s needs a clock directive before it", s.line, ts)
+			}
+			moved := r.toTest(v)
+			if i > 0 && args[i-1] == "--time" {
+				latest = moved
+			}
+			return moved.UTC().Format(time.RFC3339Nano)
+		})
+		args[i] = a
+	}
+	if !latest.IsZero() {
+		// Ask only once the time, widened by the tolerance, has passed.
+		wait := time.Duration(0)
+		for i, a := range args {
+			if a == "--tolerance" && i+1 < len(args) {
+				wait, _ = time.ParseDuration(args[i+1])
+			}
+		}
+		time.Sleep(time.Until(latest.Add(wait + 500*time.Millisecond)))
+	}
+	return args
 }
 
 // matchLines matches output lines against the guide's; a line "…" matches

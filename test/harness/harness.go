@@ -1,8 +1,8 @@
 // Package harness runs the real blocknat binaries against a netns topology:
 // it builds them, mounts a bpffs the test can see, writes a configuration
 // for the topology, and starts and stops blocknatd inside the router
-// namespace. The end-to-end tests and the demo share it, so the demo runs
-// exactly what the tests prove.
+// namespace. The end-to-end tests, the demo and the lab share it, so the
+// demo and the lab run exactly what the tests prove.
 package harness
 
 import (
