@@ -138,23 +138,47 @@ func (l *Lab) Interfaces() ([]string, error) {
 	return append(append([]string{}, cfg.Inside.Interfaces...), cfg.Outside.Interfaces...), nil
 }
 
+// Detached is a process started by StartDetached.
+type Detached struct {
+	PID  int
+	done chan struct{}
+	err  error
+}
+
+// Exited reports whether the process has ended, and how, while the
+// caller that started it still runs.
+func (d *Detached) Exited() (bool, error) {
+	select {
+	case <-d.done:
+		return true, d.err
+	default:
+		return false, nil
+	}
+}
+
 // StartDetached starts argv in ns in a session of its own, writing to
 // logPath, so that it outlives the caller and no terminal's hang-up
-// reaches it. It returns the process id; the process is not waited for.
-func StartDetached(ns *netns.NS, logPath string, argv ...string) (int, error) {
+// reaches it.
+func StartDetached(ns *netns.NS, logPath string, argv ...string) (*Detached, error) {
 	log, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer log.Close()
 	cmd := ns.Command(context.Background(), argv...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("start %s in %s: %w", argv[0], ns.Name, err)
+		return nil, fmt.Errorf("start %s in %s: %w", argv[0], ns.Name, err)
 	}
-	pid := cmd.Process.Pid
-	return pid, cmd.Process.Release()
+	d := &Detached{PID: cmd.Process.Pid, done: make(chan struct{})}
+	// Waited for only while the caller lives, to learn how an early exit
+	// went; once the caller exits, init reaps it.
+	go func() {
+		d.err = cmd.Wait()
+		close(d.done)
+	}()
+	return d, nil
 }
 
 // StartDetachedAgent starts blocknatd on the lab's router, detached, and
@@ -164,23 +188,23 @@ func (l *Lab) StartDetachedAgent(ctx context.Context, router *netns.NS, bin stri
 	if err != nil {
 		return 0, err
 	}
-	pid, err := StartDetached(router, l.AgentLog, bin, "--config", l.Config)
+	agent, err := StartDetached(router, l.AgentLog, bin, "--config", l.Config)
 	if err != nil {
 		return 0, err
 	}
-	l.PIDs["blocknatd"] = pid
+	l.PIDs["blocknatd"] = agent.PID
 	log := func() string { b, _ := os.ReadFile(l.AgentLog); return string(b) }
 	deadline := time.Now().Add(timeout)
 	for !translating(ctx, router, ifaces, log()) {
-		if !l.running(pid) {
-			return 0, fmt.Errorf("blocknatd exited before attaching:\n%s", log())
+		if exited, err := agent.Exited(); exited {
+			return 0, fmt.Errorf("blocknatd exited before attaching (%v):\n%s", err, log())
 		}
 		if time.Now().After(deadline) {
 			return 0, fmt.Errorf("blocknatd did not attach within %s:\n%s", timeout, log())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return pid, nil
+	return agent.PID, nil
 }
 
 // translating is when an agent counts as started: XDP on every interface

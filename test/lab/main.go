@@ -166,15 +166,18 @@ func startServers(l *harness.Lab, inet *netns.NS, httpAddr, udpAddr netip.AddrPo
 		return err
 	}
 	logPath := filepath.Join(l.Dir, "servers.log")
-	pid, err := harness.StartDetached(inet, logPath, exe, "serve", "-netns", inet.Name, "-http", httpAddr.String(), "-udp", udpAddr.String())
+	servers, err := harness.StartDetached(inet, logPath, exe, "serve", "-netns", inet.Name, "-http", httpAddr.String(), "-udp", udpAddr.String())
 	if err != nil {
 		return err
 	}
-	l.PIDs["servers"] = pid
+	l.PIDs["servers"] = servers.PID
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		b, _ := os.ReadFile(logPath)
 		if strings.Contains(string(b), "serving") {
 			return nil
+		}
+		if exited, err := servers.Exited(); exited {
+			return fmt.Errorf("servers exited (%v):\n%s", err, b)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("servers did not start within 10s:\n%s", b)
