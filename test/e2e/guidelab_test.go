@@ -94,7 +94,9 @@ func (r *guideRun) labCommand(s guideStep, args []string) {
 	cmd := exec.CommandContext(t.Context(), args[0], args[1:]...)
 	cmd.Dir, cmd.Env = l.root, l.env()
 	out, _ := cmd.CombinedOutput() // as in command: the output says what happened
-	got := strings.ReplaceAll(strings.TrimRight(string(out), "\n"), l.name, guideLabName)
+	// The lab tells make which lab to remove unless it is the default.
+	got := strings.ReplaceAll(strings.TrimRight(string(out), "\n"), " LAB="+l.name, "")
+	got = strings.ReplaceAll(got, l.name, guideLabName)
 	var gotLines, want []string
 	if got != "" {
 		for _, line := range strings.Split(got, "\n") {

@@ -118,13 +118,15 @@ func up(ctx context.Context, w io.Writer, args []string) (err error) {
 
 	fmt.Fprintf(w, "\nblocknat lab %s is up: blocknatd (pid %d) translates on %s.\n\n", l.Name, pid, topo.Router.Name)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "  namespace\twhat\tenter it with\n")
 	for _, sub := range topo.Subscribers {
-		fmt.Fprintf(tw, "  %s\ta subscriber: %s on %s\n", sub.NS.Name, sub.Addr, sub.Iface)
+		fmt.Fprintf(tw, "  %s\ta subscriber, %s on %s\tsudo ip netns exec %s bash\n", sub.NS.Name, sub.Addr, sub.Iface, sub.NS.Name)
 	}
-	fmt.Fprintf(tw, "  %s\tthe router: inside %s, outside %s\n", topo.Router.Name, strings.Join(topo.InsideIfaces, ", "), topo.OutsideIface)
-	fmt.Fprintf(tw, "  %s\tthe internet: HTTP on %s (it answers with the address and port it saw), UDP echo on %s\n", topo.Internet.Name, httpAddr, udpAddr)
+	fmt.Fprintf(tw, "  %s\tthe router: inside %s, outside %s\tsudo ip netns exec %s bash\n", topo.Router.Name,
+		strings.Join(topo.InsideIfaces, ", "), topo.OutsideIface, topo.Router.Name)
+	fmt.Fprintf(tw, "  %s\tthe internet: %s, %s\tsudo ip netns exec %s bash\n", topo.Internet.Name, topo.ServerAddrs[0], topo.ServerAddrs[1], topo.Internet.Name)
 	tw.Flush()
-	fmt.Fprintf(w, "\nEnter one with a shell of its own: sudo ip netns exec %s bash\n\n", topo.Subscribers[0].NS.Name)
+	fmt.Fprintf(w, "\nThe internet serves HTTP on %s, answering with the address and port it saw, and a UDP echo on %s.\n\n", httpAddr, udpAddr)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, row := range [][2]string{
 		{"config", l.Config}, {"API socket", l.Socket}, {"agent log", l.AgentLog},
