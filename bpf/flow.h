@@ -286,15 +286,24 @@ claimed:
 }
 
 /* block_full_icmp answers a refused new flow with "host unreachable",
- * at most once per interval per subscriber (RFC 6888 REQ-11). */
+ * at most once per interval per subscriber (RFC 6888 REQ-11), from the
+ * router's address on the ingress interface; without one, nothing is
+ * sent. last_icmp_ns is set by every refusal the interval lets through,
+ * sent or not: it is also how the agent tells a block that refuses flows
+ * (blocknat status counts it as full). */
 static __always_inline int block_full_icmp(struct xdp_md *ctx, __u32 sub, __u64 now)
 {
 	struct subscriber_state *s = bpf_map_lookup_elem(&subscribers, &sub);
+	__u32 ifindex = ctx->ingress_ifindex;
+	__be32 *from;
 
 	if (!s || now - s->last_icmp_ns < BLOCK_FULL_ICMP_INTERVAL_NS)
 		return XDP_DROP;
 	s->last_icmp_ns = now;
-	if (icmp_host_unreachable(ctx) < 0)
+	from = bpf_map_lookup_elem(&iface_addrs, &ifindex);
+	if (!from || !*from)
+		return XDP_DROP;
+	if (icmp_host_unreachable(ctx, *from) < 0)
 		return XDP_DROP;
 	stat_inc(STAT_ICMP_BLOCK_FULL);
 	/* Back out of the interface it came in on, through the devmap like

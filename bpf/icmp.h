@@ -131,12 +131,14 @@ static __always_inline void icmp_quote_rewrite(struct icmphdr *icmph, struct icm
 /*
  * icmp_host_unreachable turns the frame in ctx, a subscriber's packet that
  * could not be mapped, into an ICMP "host unreachable" back to its sender,
- * for XDP_TX. The error comes from the destination the packet was for, so
- * the sender's stack matches it to the right socket and fails the connect
- * at once instead of retrying into a full block. Only option-free IP
- * headers are quoted; returns -1 when the frame cannot be turned.
+ * for XDP_TX. The error comes from the router's own address on the
+ * interface the packet came in by (from), as a router's errors do (RFC
+ * 1812 4.3.2.4); the sender's stack matches it to the socket by the quoted
+ * header and fails the connect at once instead of retrying into a full
+ * block. Only option-free IP headers are quoted; returns -1 when the frame
+ * cannot be turned.
  */
-static __always_inline int icmp_host_unreachable(struct xdp_md *ctx)
+static __always_inline int icmp_host_unreachable(struct xdp_md *ctx, __be32 from)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -145,7 +147,7 @@ static __always_inline int icmp_host_unreachable(struct xdp_md *ctx)
 	__u8 smac[ETH_ALEN], dmac[ETH_ALEN];
 	struct icmphdr *icmph;
 	struct iphdr *iph;
-	__be32 saddr, daddr;
+	__be32 saddr;
 	__u32 csum;
 	int grow = sizeof(struct iphdr) + sizeof(struct icmphdr);
 
@@ -154,7 +156,6 @@ static __always_inline int icmp_host_unreachable(struct xdp_md *ctx)
 	__builtin_memcpy(smac, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(dmac, eth->h_dest, ETH_ALEN);
 	saddr = orig->saddr;
-	daddr = orig->daddr;
 
 	/* Room in front for the new IP and ICMP headers: the old Ethernet
 	 * header is then where the ICMP header goes, and the quoted IP header
@@ -187,7 +188,7 @@ static __always_inline int icmp_host_unreachable(struct xdp_md *ctx)
 	iph->ttl = 64;
 	iph->protocol = IPPROTO_ICMP;
 	iph->check = 0;
-	iph->saddr = daddr;
+	iph->saddr = from;
 	iph->daddr = saddr;
 	csum = bpf_csum_diff(0, 0, (__be32 *)iph, sizeof(*iph), 0);
 	iph->check = ~csum_fold(csum);

@@ -121,6 +121,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } filters SEC(".maps");
 
+/* iface_addrs: key u32 ifindex, value __be32, the router's own IPv4 address
+ * on that interface (0: none), which the ICMP errors the data plane sends
+ * come from. The loader writes it at attach and the agent when addresses
+ * change. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, IFACE_INDEX_LIMIT);
+	__type(key, __u32);
+	__type(value, __be32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} iface_addrs SEC(".maps");
+
 /* iface_roles: key u32 ifindex, value u32 enum iface_role (0: none). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -2,6 +2,7 @@ package loader
 
 import (
 	"bytes"
+	"net"
 	"net/netip"
 	"testing"
 
@@ -12,9 +13,13 @@ import (
 	"github.com/blocknat/blocknat/userspace/mapping"
 )
 
-// checkHostUnreachable: the frame is an ICMP host unreachable to the
-// sender of orig, quoting orig's IP header and first 8 bytes, back out of
-// the interface it came in on.
+// routerInside is the router's address on in0 (see newTestNS), the source
+// of the ICMP errors the data plane sends to subscribers there.
+var routerInside = net.ParseIP("100.64.0.254").To4()
+
+// checkHostUnreachable: the frame is an ICMP host unreachable from the
+// router's address on in0 to the sender of orig, quoting orig's IP header
+// and first 8 bytes, back out of the interface it came in on.
 func checkHostUnreachable(t *testing.T, orig, out []byte) {
 	t.Helper()
 	d := decode(t, out)
@@ -22,8 +27,8 @@ func checkHostUnreachable(t *testing.T, orig, out []byte) {
 	if d.icmp == nil || d.icmp.TypeCode != layers.CreateICMPv4TypeCode(layers.ICMPv4TypeDestinationUnreachable, layers.ICMPv4CodeHost) {
 		t.Fatalf("not a host unreachable:%s", dump(out))
 	}
-	if !d.ip.DstIP.Equal(din.ip.SrcIP) || !d.ip.SrcIP.Equal(din.ip.DstIP) {
-		t.Errorf("ICMP %s -> %s, want %s -> %s", d.ip.SrcIP, d.ip.DstIP, din.ip.DstIP, din.ip.SrcIP)
+	if !d.ip.DstIP.Equal(din.ip.SrcIP) || !d.ip.SrcIP.Equal(routerInside) {
+		t.Errorf("ICMP %s -> %s, want %s (the router) -> %s", d.ip.SrcIP, d.ip.DstIP, routerInside, din.ip.SrcIP)
 	}
 	if !bytes.Equal(d.eth.DstMAC, din.eth.SrcMAC) || !bytes.Equal(d.eth.SrcMAC, din.eth.DstMAC) {
 		t.Errorf("MACs %s -> %s: want the frame sent back", d.eth.SrcMAC, d.eth.DstMAC)

@@ -561,6 +561,48 @@ func (n *NAT) register(ifindex int, role Role) error {
 	if err := n.objs.TxPorts.Update(&idx, &idx, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write tx_ports: %w", err)
 	}
+	return n.noteAddr(ifindex)
+}
+
+// noteAddr writes the router's IPv4 address on the interface ifindex (in
+// the calling thread's namespace) into iface_addrs, where the data plane
+// finds the source of the ICMP errors it sends out of that interface; 0
+// when it has none, and then none is sent.
+func (n *NAT) noteAddr(ifindex int) error {
+	var addr uint32
+	if ifc, err := net.InterfaceByIndex(ifindex); err == nil {
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			return fmt.Errorf("interface %s: read its addresses: %w", ifc.Name, err)
+		}
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(ipn.IP); ok && ip.Unmap().Is4() {
+					addr = be32(ip.Unmap())
+					break
+				}
+			}
+		}
+	}
+	idx := uint32(ifindex)
+	if err := n.objs.IfaceAddrs.Update(&idx, &addr, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write iface_addrs: %w", err)
+	}
+	return nil
+}
+
+// RefreshAddrs rewrites the router's address of every attached interface
+// into iface_addrs, for the agent to call when addresses change.
+func (n *NAT) RefreshAddrs() error {
+	for name := range n.roles {
+		ifc, err := net.InterfaceByName(name)
+		if err != nil {
+			continue // gone: the route watch reports it
+		}
+		if err := n.noteAddr(ifc.Index); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

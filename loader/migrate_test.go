@@ -3,8 +3,8 @@ package loader
 import (
 	"encoding/binary"
 	"errors"
-	"os"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"testing"
 

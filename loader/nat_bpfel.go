@@ -248,6 +248,7 @@ const (
 	natMapFlowsFwd               = "flows_fwd"
 	natMapFlowsRev               = "flows_rev"
 	natMapFrags                  = "frags"
+	natMapIfaceAddrs             = "iface_addrs"
 	natMapIfacePolicy            = "iface_policy"
 	natMapIfaceRoles             = "iface_roles"
 	natMapIfaceSources           = "iface_sources"
@@ -344,6 +345,7 @@ type natMapSpecs struct {
 	FlowsFwd       *ebpf.MapSpec `ebpf:"flows_fwd"`
 	FlowsRev       *ebpf.MapSpec `ebpf:"flows_rev"`
 	Frags          *ebpf.MapSpec `ebpf:"frags"`
+	IfaceAddrs     *ebpf.MapSpec `ebpf:"iface_addrs"`
 	IfacePolicy    *ebpf.MapSpec `ebpf:"iface_policy"`
 	IfaceRoles     *ebpf.MapSpec `ebpf:"iface_roles"`
 	IfaceSources   *ebpf.MapSpec `ebpf:"iface_sources"`
@@ -414,6 +416,7 @@ type natMaps struct {
 	FlowsFwd       *ebpf.Map `ebpf:"flows_fwd"`
 	FlowsRev       *ebpf.Map `ebpf:"flows_rev"`
 	Frags          *ebpf.Map `ebpf:"frags"`
+	IfaceAddrs     *ebpf.Map `ebpf:"iface_addrs"`
 	IfacePolicy    *ebpf.Map `ebpf:"iface_policy"`
 	IfaceRoles     *ebpf.Map `ebpf:"iface_roles"`
 	IfaceSources   *ebpf.Map `ebpf:"iface_sources"`
@@ -437,6 +440,7 @@ func (m *natMaps) Close() error {
 		m.FlowsFwd,
 		m.FlowsRev,
 		m.Frags,
+		m.IfaceAddrs,
 		m.IfacePolicy,
 		m.IfaceRoles,
 		m.IfaceSources,

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -454,6 +455,61 @@ func TestBlockFull(t *testing.T) {
 	translatedIn(netip.MustParseAddrPort(first.src), false)(t, f, in, out)
 	if fwd, rev := f.flowCount(); fwd != 5 || rev != 5 {
 		t.Errorf("flows fwd=%d rev=%d, want 5 (4 of A, 1 of B)", fwd, rev)
+	}
+}
+
+// TestBlockFullICMPNeedsRouterAddress: the "host unreachable" for a full
+// block comes from the router's address on the ingress interface, which
+// follows that interface's addresses; with none, the refusal is dropped
+// and nothing is sent (never an error from someone else's address).
+func TestBlockFullICMPNeedsRouterAddress(t *testing.T) {
+	f := newFixture(t, []string{"100.64.0.0/30"}, []string{"198.51.100.10"}, 1024, 1039, 0)
+	for i := 0; i < 4; i++ {
+		mapOut(udpOut(netip.AddrPortFrom(netip.MustParseAddr(sub2), uint16(50000+i)).String(), server+":7000"))(f)
+	}
+	refuse := func() (uint32, []byte) {
+		t.Helper()
+		// The per-subscriber rate limit would hide the second answer.
+		idx := uint32(2)
+		var st SubscriberState
+		if err := f.nat.objs.Subscribers.Lookup(&idx, &st); err != nil {
+			t.Fatal(err)
+		}
+		st.LastIcmpNs = 0
+		if err := f.nat.objs.Subscribers.Put(&idx, &st); err != nil {
+			t.Fatal(err)
+		}
+		return f.outbound(udpOut(sub2+":50009", server+":7000").build(t))
+	}
+	ifindex := f.ns.ifs["in0"]
+	f.ns.do(t, func() {
+		if out, err := exec.Command("ip", "addr", "flush", "dev", "in0").CombinedOutput(); err != nil {
+			t.Fatalf("ip addr flush: %v %s", err, out)
+		}
+		if err := f.nat.noteAddr(ifindex); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if act, out := refuse(); act != xdpDrop {
+		t.Fatalf("refusal on an interface without an address: %s, want XDP_DROP%s", actionNames[act], dump(out))
+	}
+	if st := f.stats(); st["icmp_block_full"] != 0 || st["drop_block_full"] != 1 {
+		t.Errorf("stats %v: want the refusal counted and no ICMP", st)
+	}
+	f.ns.do(t, func() {
+		if out, err := exec.Command("ip", "addr", "add", "100.64.0.253/24", "dev", "in0").CombinedOutput(); err != nil {
+			t.Fatalf("ip addr add: %v %s", err, out)
+		}
+		if err := f.nat.noteAddr(ifindex); err != nil {
+			t.Fatal(err)
+		}
+	})
+	act, out := refuse()
+	if act != xdpRedirect {
+		t.Fatalf("refusal: %s, want the host unreachable", actionNames[act])
+	}
+	if src := decode(t, out).ip.SrcIP.String(); src != "100.64.0.253" {
+		t.Errorf("host unreachable from %s, want the router's new address 100.64.0.253", src)
 	}
 }
 

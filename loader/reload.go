@@ -22,7 +22,7 @@ type ReloadStats struct {
 // (the agent's reader is attached to it), the counters, the interface
 // tables, whose contents do not depend on the mapping, and the next-hop
 // cache with its generation, which the agent's route watch keeps writing.
-var shared = []string{"block_events", "stats", "iface_roles", "tx_ports", "frags", "iface_policy", "iface_sources", "nexthops", "route_gen"}
+var shared = []string{"block_events", "stats", "iface_roles", "tx_ports", "frags", "iface_policy", "iface_sources", "nexthops", "route_gen", "iface_addrs"}
 
 // Reload moves the data plane onto a new configuration without detaching:
 // it loads programs and tables for p, copies every mapping still valid
@@ -47,7 +47,7 @@ func (n *NAT) Reload(p Params) (*NAT, ReloadStats, error) {
 	old := map[string]*ebpf.Map{"block_events": n.objs.BlockEvents, "stats": n.objs.Stats,
 		"iface_roles": n.objs.IfaceRoles, "tx_ports": n.objs.TxPorts, "frags": n.objs.Frags,
 		"iface_policy": n.objs.IfacePolicy, "iface_sources": n.objs.IfaceSources,
-		"nexthops": n.objs.Nexthops, "route_gen": n.objs.RouteGen}
+		"nexthops": n.objs.Nexthops, "route_gen": n.objs.RouteGen, "iface_addrs": n.objs.IfaceAddrs}
 	repl := map[string]*ebpf.Map{}
 	for _, name := range shared {
 		c, err := old[name].Clone()

@@ -21,6 +21,10 @@ type ActiveBlock struct {
 	ActiveSinceNs uint64
 	// LastActiveNs is the monotonic time of its last new mapping.
 	LastActiveNs uint64
+	// LastRefusedNs is the monotonic time the block last refused a new
+	// mapping for want of a free port (within the 100 ms the block-full
+	// ICMP is rate-limited to); 0 when it never did.
+	LastRefusedNs uint64
 }
 
 // Flows calls fn for every mapping in the forward table; an error from fn
@@ -220,7 +224,8 @@ func activeBlocks(m *ebpf.Map) ([]ActiveBlock, error) {
 	it := m.Iterate()
 	for it.Next(&sub, &st) {
 		if st.Active != 0 {
-			out = append(out, ActiveBlock{Subscriber: sub, ActiveSinceNs: st.ActiveSinceNs, LastActiveNs: st.LastActiveNs})
+			out = append(out, ActiveBlock{Subscriber: sub, ActiveSinceNs: st.ActiveSinceNs, LastActiveNs: st.LastActiveNs,
+				LastRefusedNs: st.LastIcmpNs})
 		}
 	}
 	if err := it.Err(); err != nil {

@@ -113,7 +113,8 @@ func printAgentStatus(w io.Writer, st wire.Status) {
 
 	fmt.Fprintln(w, "port blocks")
 	if b := st.Blocks; b != nil {
-		row("active", "%d of %d subscribers, %d full", b.Active, st.Subscribers, b.Full)
+		row("active", "%d of %d subscribers, %d full (every port in use, or a new flow refused in the last minute:"+
+			" a new flow tries 64 random ports, so a block refuses from about 99 %% use)", b.Active, st.Subscribers, b.Full)
 		row("mappings", "%d", b.Flows)
 		var buckets []string
 		for _, u := range b.Utilisation {

@@ -92,7 +92,7 @@ func (a *Agent) snapshot() metrics.Snapshot {
 	} else {
 		s.DataPlane = dp
 	}
-	if u, err := metrics.ScanBlocks(a.nat, a.mapping.BlockSize); err != nil {
+	if u, err := metrics.ScanBlocks(a.nat, a.mapping.BlockSize, uint64(loader.MonotonicNow())); err != nil {
 		s.Errors = append(s.Errors, metrics.ErrPart("kernel tables", err))
 	} else {
 		s.Blocks = &u

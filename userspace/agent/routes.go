@@ -154,6 +154,14 @@ func (a *Agent) watchRoutes(w *routeWatch, gen uint64, done chan struct{}) {
 			a.log.Error("next-hop cache: bump generation", logattr.Err, err)
 		}
 	}
+	// An address added or removed comes as a change of the local
+	// routes, or of its link: the data plane's ICMP errors must come
+	// from an address the router still has.
+	refreshAddrs := func() {
+		if err := a.current().nat.RefreshAddrs(); err != nil {
+			a.log.Error("interface addresses for ICMP errors", logattr.Err, err)
+		}
+	}
 	for {
 		select {
 		case <-done:
@@ -169,12 +177,14 @@ func (a *Agent) watchRoutes(w *routeWatch, gen uint64, done chan struct{}) {
 				return
 			}
 			bump()
+			refreshAddrs()
 		case _, ok := <-w.links:
 			if !ok {
 				a.routeWatchEnded(done, errors.New("link subscription closed"), w)
 				return
 			}
 			bump()
+			refreshAddrs()
 		case u, ok := <-w.neighs:
 			if !ok {
 				a.routeWatchEnded(done, errors.New("neighbour subscription closed"), w)

@@ -3,6 +3,7 @@ package metrics
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/blocknat/blocknat/loader"
 )
@@ -17,9 +18,17 @@ type BlockUsage struct {
 	Counts []uint64
 	// Sum is the sum of every active block's utilisation.
 	Sum float64
-	// Full is how many active blocks have every port in use.
+	// Full is how many active blocks have every port in use or refused a
+	// new mapping within FullWindow. A new mapping probes at most 64
+	// random ports of its block, so a block refuses flows from about 99 %
+	// use on (a 504-port block: 500 ports and more), well before its last
+	// port is taken.
 	Full int
 }
+
+// FullWindow is how recently a block must have refused a new mapping to
+// count as full.
+const FullWindow = time.Minute
 
 func (b *BlockUsage) bucketMap() map[float64]uint64 {
 	m := make(map[float64]uint64, len(UtilisationBuckets))
@@ -39,9 +48,10 @@ type Tables interface {
 
 // ScanBlocks counts the live mappings of every active block in the
 // kernel's tables and sorts the blocks into the utilisation buckets. Each
-// forward mapping holds one port of its subscriber's block. Only counts
-// leave this function.
-func ScanBlocks(t Tables, blockSize uint16) (BlockUsage, error) {
+// forward mapping holds one port of its subscriber's block; now is the
+// monotonic clock the data plane's times are on. Only counts leave this
+// function.
+func ScanBlocks(t Tables, blockSize uint16, now uint64) (BlockUsage, error) {
 	u := BlockUsage{BlockSize: blockSize, Counts: make([]uint64, len(UtilisationBuckets))}
 	if blockSize == 0 {
 		return u, errors.New("scan blocks: block size 0")
@@ -58,7 +68,8 @@ func ScanBlocks(t Tables, blockSize uint16) (BlockUsage, error) {
 		u.ActiveBlocks++
 		used := perSub[b.Subscriber]
 		frac := min(float64(used)/float64(blockSize), 1)
-		if used >= int(blockSize) {
+		refused := b.LastRefusedNs != 0 && now-b.LastRefusedNs <= uint64(FullWindow)
+		if used >= int(blockSize) || refused {
 			u.Full++
 		}
 		u.Sum += frac

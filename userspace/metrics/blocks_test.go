@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/mapping"
@@ -43,6 +44,7 @@ func TestScanBlocks(t *testing.T) {
 	// though idle ones may still hold a mapping the sweeper has not
 	// expired: those count as flows but not as blocks.
 	want := BlockUsage{BlockSize: blockSize, Counts: make([]uint64, len(UtilisationBuckets))}
+	now := uint64(10 * time.Minute)
 	port := uint16(0)
 	for i := uint32(0); i < subs; i++ {
 		n := int(i % 5)
@@ -56,12 +58,20 @@ func TestScanBlocks(t *testing.T) {
 		}
 		want.Flows += n
 		st := loader.SubscriberState{}
+		// Every seventh refused a flow 10 s ago (full, whatever its
+		// count says), every eleventh two minutes ago (no longer).
+		switch {
+		case i%7 == 0:
+			st.LastIcmpNs = now - uint64(10*time.Second)
+		case i%11 == 0:
+			st.LastIcmpNs = now - uint64(2*time.Minute)
+		}
 		if i%3 != 0 {
 			st.Active = 1
 			frac := float64(n) / blockSize
 			want.ActiveBlocks++
 			want.Sum += frac
-			if n == blockSize {
+			if n == blockSize || i%7 == 0 {
 				want.Full++
 			}
 			for b, bound := range UtilisationBuckets {
@@ -74,7 +84,7 @@ func TestScanBlocks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got, err := ScanBlocks(nat, blockSize)
+	got, err := ScanBlocks(nat, blockSize, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +97,7 @@ func TestScanBlocks(t *testing.T) {
 			t.Errorf("bucket le=%v: %d blocks, want %d", UtilisationBuckets[b], got.Counts[b], want.Counts[b])
 		}
 	}
-	if _, err := ScanBlocks(nat, 0); err == nil {
+	if _, err := ScanBlocks(nat, 0, now); err == nil {
 		t.Error("block size 0 accepted")
 	}
 }
