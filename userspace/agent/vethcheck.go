@@ -84,7 +84,7 @@ func findVethPeer(iface string) (*vethPeer, error) {
 	// NetNsID is the id this namespace gives the peer's; -1 when the peer
 	// is here too.
 	if attrs.NetNsID < 0 {
-		err = inNetns("", func() error { return peer.read(attrs.ParentIndex) })
+		err = peer.read(attrs.ParentIndex)
 	} else {
 		var path string
 		if path, peer.Netns, err = netnsByID(attrs.NetNsID); err == nil {
@@ -156,14 +156,11 @@ func nsidOf(path string) (int, error) {
 	return netlink.GetNetNsIdByFd(int(f.Fd()))
 }
 
-// inNetns runs fn on a locked thread in the namespace at path ("" for the
-// caller's), and switches the thread back. A thread that cannot be
-// switched back stays locked, so the runtime discards it rather than let
-// another goroutine run in the wrong namespace.
+// inNetns runs fn on a locked thread in the namespace at path, and
+// switches the thread back. A thread that cannot be switched back stays
+// locked, so the runtime discards it rather than let another goroutine
+// run in the wrong namespace.
 func inNetns(path string, fn func() error) error {
-	if path == "" {
-		return fn()
-	}
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
