@@ -32,5 +32,13 @@ volatile const __u32 inside_max = 0xffffffff;
  * established path pays no lookup for them. */
 volatile const __u8 nat_exempt_on = 0;
 volatile const __u8 public_inside_on = 0;
+/* Overflow blocks (ports.overflow): ov_count blocks of ov_block_size ports
+ * from port_lo, ov_per_addr of them on each overflow address; a subscriber
+ * holds at most ov_max (no more than OVERFLOW_SLOTS). */
+volatile const __u8 overflow_on = 0;
+volatile const __u16 ov_block_size = 1;
+volatile const __u32 ov_per_addr = 1;
+volatile const __u32 ov_count = 1;
+volatile const __u32 ov_max = 0;
 
 #endif

@@ -19,6 +19,7 @@
 #include "types.h"
 
 #define EEXIST 17
+#define EINVAL 22
 
 /* At most one "host unreachable" per subscriber in this interval. */
 #define BLOCK_FULL_ICMP_INTERVAL_NS (100ULL * 1000000ULL)
@@ -212,13 +213,157 @@ static __always_inline void count_block_full(__u32 sub)
 }
 
 /*
+ * try_ports claims a free port of the size ports from base on rkey->addr
+ * for the flow whose reverse entry is rev: the reverse entry is written
+ * with BPF_NOEXIST, which is what makes a port ours. It starts at a random
+ * port (RFC 6888 REQ-15) and tries at most probes of them. Returns 0 with
+ * rkey->port set, -EEXIST when every port it tried was taken, or the
+ * kernel's error.
+ */
+static __always_inline long try_ports(struct flow_key *rkey, struct flow_rev *rev, __u16 base, __u16 size, __u32 probes)
+{
+	__u32 start = bpf_get_prandom_u32() % size;
+	__u32 i;
+	long err;
+
+	for (i = 0; i < MAX_PORT_PROBES; i++) {
+		__u32 off;
+
+		if (i >= probes || i >= size)
+			break;
+		off = start + i;
+		if (off >= size)
+			off -= size;
+		rkey->port = bpf_htons(base + off);
+		err = bpf_map_update_elem(&flows_rev, rkey, rev, BPF_NOEXIST);
+		if (err != -EEXIST)
+			return err;
+	}
+	return -EEXIST;
+}
+
+/* overflow_base is the first port of overflow block id, and sets *addr to
+ * its address; 0 when id is out of range. */
+static __always_inline __u16 overflow_base(__u32 id, __be32 *addr)
+{
+	__u32 idx = id / ov_per_addr;
+	__be32 *a = bpf_map_lookup_elem(&overflow_addrs, &idx);
+
+	if (!a)
+		return 0;
+	*addr = *a;
+	return port_lo + (id % ov_per_addr) * ov_block_size;
+}
+
+/* overflow_event reports a claimed overflow block, as block_activate does
+ * a subscriber's own: the agent records it like any block. */
+static __always_inline void overflow_event(__u32 sub, __be32 inside, __be32 public, __u16 base, __u64 since)
+{
+	struct block_event *e = bpf_ringbuf_reserve(&block_events, sizeof(*e), 0);
+
+	if (!e) {
+		/* The reconciler finds the block in overflow_blocks, with
+		 * its owner and since_ns. */
+		stat_inc(STAT_RINGBUF_FULL);
+		return;
+	}
+	e->time_ns = since;
+	e->subscriber = sub;
+	e->inside_addr = inside;
+	e->public_addr = public;
+	e->port_lo = base;
+	e->port_hi = base + ov_block_size - 1;
+	e->epoch = epoch;
+	e->kind = BLOCK_EVENT_ACTIVATE;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/*
+ * overflow_ports finds a port for a subscriber whose own block is full: in
+ * an overflow block it holds, or else in one it claims, all or nothing.
+ * A claim reserves a free slot of the subscriber's (compare-and-swap to
+ * OVERFLOW_CLAIMING, so two CPUs cannot both take the last one), then a
+ * free block (compare-and-swap of its owner from 0: another subscriber's
+ * block is never touched), looking at no more than OVERFLOW_SCAN of them
+ * from a random one. Returns as try_ports does, with *held the block's id.
+ */
+static __always_inline long overflow_ports(struct pkt *p, struct flow_key *rkey, struct flow_rev *rev, __u32 sub, __u32 *held)
+{
+	struct overflow_block *ob;
+	__u32 *slot, *free_slot = 0;
+	__u32 s, i, id, key, start;
+	__u16 base;
+	long err;
+
+	for (s = 0; s < OVERFLOW_SLOTS; s++) {
+		if (s >= ov_max)
+			break;
+		key = sub * OVERFLOW_SLOTS + s;
+		slot = bpf_map_lookup_elem(&overflow_slots, &key);
+		if (!slot)
+			break;
+		if (*slot == 0) {
+			if (!free_slot)
+				free_slot = slot;
+			continue;
+		}
+		if (*slot == OVERFLOW_CLAIMING)
+			continue;
+		id = *slot - 1;
+		ob = bpf_map_lookup_elem(&overflow_blocks, &id);
+		if (!ob || ob->owner != sub + 1)
+			continue;
+		base = overflow_base(id, &rkey->addr);
+		if (!base)
+			continue;
+		err = try_ports(rkey, rev, base, ov_block_size, OVERFLOW_PROBES);
+		if (err != -EEXIST) {
+			*held = id;
+			return err;
+		}
+	}
+	if (!free_slot || __sync_val_compare_and_swap(free_slot, 0, OVERFLOW_CLAIMING) != 0) {
+		stat_inc(STAT_OVERFLOW_REFUSED_MAX);
+		return -EEXIST;
+	}
+	start = bpf_get_prandom_u32() % ov_count;
+	for (i = 0; i < OVERFLOW_SCAN; i++) {
+		if (i >= ov_count)
+			break;
+		id = start + i;
+		if (id >= ov_count)
+			id -= ov_count;
+		ob = bpf_map_lookup_elem(&overflow_blocks, &id);
+		if (ob && ob->owner == 0 && __sync_val_compare_and_swap(&ob->owner, 0, sub + 1) == 0)
+			goto claimed;
+	}
+	*free_slot = 0;
+	stat_inc(STAT_OVERFLOW_REFUSED_POOL);
+	return -EEXIST;
+
+claimed:
+	ob->since_ns = bpf_ktime_get_ns();
+	ob->last_used_ns = p->now;
+	*free_slot = id + 1;
+	stat_inc(STAT_OVERFLOW_CLAIMS);
+	base = overflow_base(id, &rkey->addr);
+	if (!base)
+		return -EINVAL;
+	overflow_event(sub, rev->addr, rkey->addr, base, ob->since_ns);
+	*held = id;
+	return try_ports(rkey, rev, base, ov_block_size, OVERFLOW_PROBES);
+}
+
+/*
  * flow_create maps (inside addr, port, proto) to a free port of the
- * subscriber's block. The reverse entry is claimed first with BPF_NOEXIST,
- * which is what makes a port ours; the forward entry follows, and the
- * reverse one is rolled back if that fails. Returns VERDICT_NEXT with the
- * mapping's public address and port in p, from the value just written
- * (looking the new entry up again would cost a bucket walk), or from
- * another CPU's entry when it mapped the flow first; else the drop reason.
+ * subscriber's block, or, when that has none and ports.overflow is on, of
+ * an overflow block (overflow_ports). The forward entry follows the
+ * reverse one, which is rolled back if that fails; a mapping made in an
+ * overflow block that the agent began to release meanwhile is rolled back
+ * whole. Returns VERDICT_NEXT with the mapping's public address and port
+ * in p, from the value just written (looking the new entry up again would
+ * cost a bucket walk), or from another CPU's entry when it mapped the flow
+ * first; else the drop reason.
  */
 static __always_inline int flow_create(struct pkt *p, struct flow_key *fkey, __u32 sub, __u8 state,
 				       __be32 peer_addr, __be16 peer_port)
@@ -226,40 +371,33 @@ static __always_inline int flow_create(struct pkt *p, struct flow_key *fkey, __u
 	__u64 now = p->now;
 	__u32 pool_slot = sub / sharing_ratio;
 	__u16 base = port_lo + (sub % sharing_ratio) * block_size;
-	__u32 start = bpf_get_prandom_u32() % block_size;
 	struct flow_rev rev = { .addr = fkey->addr, .port = fkey->port, .subscriber = sub,
 				.closing = state == FLOW_STATE_TCP_CLOSING };
 	struct flow_key rkey = { .proto = fkey->proto };
+	struct overflow_block *ob = 0;
 	struct flow_fwd made = {};
 	struct flow_fwd *found;
+	__u32 held = 0;
 	__be32 *public;
-	__u32 i;
 	long err;
 
 	public = bpf_map_lookup_elem(&pool_addrs, &pool_slot);
 	if (!public)
 		return STAT_DROP_FLOW_TABLE;
 	rkey.addr = *public;
-
-	for (i = 0; i < MAX_PORT_PROBES; i++) {
-		__u32 off;
-
-		if (i >= block_size)
-			break;
-		off = start + i;
-		if (off >= block_size)
-			off -= block_size;
-		rkey.port = bpf_htons(base + off);
-		err = bpf_map_update_elem(&flows_rev, &rkey, &rev, BPF_NOEXIST);
-		if (!err)
-			goto claimed;
+	err = try_ports(&rkey, &rev, base, block_size, MAX_PORT_PROBES);
+	if (err == -EEXIST && overflow_on) {
+		err = overflow_ports(p, &rkey, &rev, sub, &held);
 		if (err != -EEXIST)
-			return STAT_DROP_FLOW_TABLE;
+			ob = bpf_map_lookup_elem(&overflow_blocks, &held);
 	}
-	count_block_full(sub);
-	return STAT_DROP_BLOCK_FULL;
+	if (err == -EEXIST) {
+		count_block_full(sub);
+		return STAT_DROP_BLOCK_FULL;
+	}
+	if (err)
+		return STAT_DROP_FLOW_TABLE;
 
-claimed:
 	made.last_seen = now >> FLOW_LAST_SEEN_SHIFT;
 	made.nat_addr = rkey.addr;
 	made.nat_port = rkey.port;
@@ -278,8 +416,21 @@ claimed:
 		p->nat_port = found->nat_port;
 		return VERDICT_NEXT;
 	}
+	if (ob) {
+		if (ob->owner != sub + 1) {
+			/* Being released: the agent counted no mapping in
+			 * it, and none may outlive its record. */
+			bpf_map_delete_elem(&flows_fwd, fkey);
+			bpf_map_delete_elem(&flows_rev, &rkey);
+			count_block_full(sub);
+			return STAT_DROP_BLOCK_FULL;
+		}
+		if (ob->last_used_ns != now)
+			ob->last_used_ns = now;
+	} else {
+		block_activate(sub, fkey->addr, rkey.addr, base, now);
+	}
 	stat_inc(STAT_NEW_FLOWS);
-	block_activate(sub, fkey->addr, rkey.addr, base, now);
 	p->nat_addr = rkey.addr;
 	p->nat_port = rkey.port;
 	return VERDICT_NEXT;

@@ -47,6 +47,38 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } public_inside SEC(".maps");
 
+/*
+ * The overflow pool: overflow_addrs (key u32 index, value __be32 address),
+ * overflow_blocks (key u32 block id, value overflow_block), and
+ * overflow_slots (key subscriber * OVERFLOW_SLOTS + slot, value u32: the
+ * held block's id plus one, 0 for none). Each slot is its own element so
+ * that the agent can clear one without writing over a CPU's claim in
+ * another. Sized by the loader; one entry each when overflow is off.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __be32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} overflow_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct overflow_block);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} overflow_blocks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} overflow_slots SEC(".maps");
+
 /* pool_addrs: key u32 pool index, value __be32 public address. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

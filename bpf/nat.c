@@ -56,6 +56,8 @@ const enum iface_role *unused_iface_role __attribute__((unused));
 const enum iface_limits *unused_iface_limits __attribute__((unused));
 const enum flow_clock *unused_flow_clock __attribute__((unused));
 const enum exempt_limits *unused_exempt_limits __attribute__((unused));
+const enum overflow_limits *unused_overflow_limits __attribute__((unused));
+const struct overflow_block *unused_overflow_block __attribute__((unused));
 
 /* How long the translation of a datagram's first fragment serves its
  * later fragments. */

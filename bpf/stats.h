@@ -52,6 +52,9 @@ enum stat_index {
 	STAT_EXEMPT_OUT,         /* a subscriber's packet to a nat_exempt destination, forwarded
 				  * untranslated */
 	STAT_PUBLIC_OUT,         /* a packet from an inside.public address, forwarded untouched */
+	STAT_OVERFLOW_CLAIMS,    /* overflow blocks claimed for a subscriber whose block was full */
+	STAT_OVERFLOW_REFUSED_MAX,  /* no claim: the subscriber holds ports.overflow.max_blocks */
+	STAT_OVERFLOW_REFUSED_POOL, /* no claim: no free overflow block among those looked at */
 	STAT_MAX,
 };
 

@@ -204,6 +204,29 @@ enum iface_limits {
 	IFACE_INDEX_LIMIT = 4096,
 };
 
+/*
+ * overflow_block is one block of the overflow pool (ports.overflow), lent
+ * to a subscriber whose own block has no free port. owner is the holder's
+ * subscriber number plus one (0: free), with OVERFLOW_RELEASING set while
+ * the agent releases it: the data plane then makes no mapping in it, and a
+ * mapping it made meanwhile is rolled back.
+ */
+struct overflow_block {
+	__u32 owner;
+	__u32 pad;
+	__u64 since_ns;     /* CLOCK_MONOTONIC when it was claimed */
+	__u64 last_used_ns; /* coarse clock of its last new mapping */
+};
+_Static_assert(sizeof(struct overflow_block) == 24, "overflow_block layout");
+
+enum overflow_limits {
+	OVERFLOW_SLOTS = 4,      /* overflow blocks a subscriber may hold at most */
+	OVERFLOW_PROBES = 16,    /* ports tried in each held overflow block */
+	OVERFLOW_SCAN = 32,      /* pool entries looked at for a free block */
+	OVERFLOW_RELEASING = 0x80000000,
+	OVERFLOW_CLAIMING = 0xffffffff, /* a slot a CPU is filling */
+};
+
 /* Interface roles, the value of the iface_roles map. */
 enum iface_role {
 	IFACE_INSIDE = 1,

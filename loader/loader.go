@@ -7,11 +7,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -154,6 +156,9 @@ type Params struct {
 	// are routed untouched (inside.public). They are not part of the
 	// mapping: no record depends on them.
 	Exempt, PublicInside []netip.Prefix
+	// Overflow is the overflow pool's layout (ports.overflow); nil when
+	// it is off.
+	Overflow *mapping.Overflow
 }
 
 // ExemptPrefixLimit is how many prefixes Exempt and PublicInside may each
@@ -184,7 +189,7 @@ func (p Params) check() error {
 	case len(p.PublicInside) > ExemptPrefixLimit:
 		return fmt.Errorf("inside.public: %d prefixes, at most %d", len(p.PublicInside), ExemptPrefixLimit)
 	}
-	return nil
+	return checkOverflow(p)
 }
 
 // flowTableSize is the size of each flow table for p.
@@ -336,13 +341,15 @@ func prepareSpec(p Params) (*ebpf.CollectionSpec, error) {
 		"epoch":               p.Epoch,
 		"filter_apdf":         boolByte(p.FilterAPDF),
 		"udp_inbound_refresh": boolByte(p.UDPInboundRefresh),
-		"pool_min":            poolMin(m),
-		"pool_max":            poolMax(m),
+		"pool_min":            poolMin(p),
+		"pool_max":            poolMax(p),
 		"inside_min":          insideMin(m),
 		"inside_max":          insideMax(m),
 		"nat_exempt_on":       boolByte(len(p.Exempt) > 0),
 		"public_inside_on":    boolByte(len(p.PublicInside) > 0),
 	}
+	ovVars, ovSizes := overflowVars(p)
+	maps.Copy(vars, ovVars)
 	for name, v := range vars {
 		vs, ok := spec.Variables[name]
 		if !ok {
@@ -355,7 +362,7 @@ func prepareSpec(p Params) (*ebpf.CollectionSpec, error) {
 	sizes := map[string]uint32{
 		"inside_prefixes": uint32(len(m.Prefixes)),
 		"pool_addrs":      uint32(len(m.Pool)),
-		"pool_index":      uint32(len(m.Pool)),
+		"pool_index":      uint32(len(publicAddrs(p))),
 		"subscribers":     m.Subscribers,
 		"flows_fwd":       p.flowTableSize(),
 		"flows_rev":       p.flowTableSize(),
@@ -363,6 +370,7 @@ func prepareSpec(p Params) (*ebpf.CollectionSpec, error) {
 		// One binding per inside address at most.
 		"src_bindings": m.Subscribers,
 	}
+	maps.Copy(sizes, ovSizes)
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = n
 	}
@@ -370,17 +378,26 @@ func prepareSpec(p Params) (*ebpf.CollectionSpec, error) {
 	return spec, nil
 }
 
-func poolMin(m *mapping.Mapping) uint32 {
+// publicAddrs are the addresses the outside program answers for: the
+// pool's and the overflow pool's.
+func publicAddrs(p Params) []netip.Addr {
+	if p.Overflow == nil {
+		return p.Mapping.Pool
+	}
+	return append(slices.Clone(p.Mapping.Pool), p.Overflow.Pool...)
+}
+
+func poolMin(p Params) uint32 {
 	lo := uint32(0xffffffff)
-	for _, a := range m.Pool {
+	for _, a := range publicAddrs(p) {
 		lo = min(lo, binary.BigEndian.Uint32(a.AsSlice()))
 	}
 	return lo
 }
 
-func poolMax(m *mapping.Mapping) uint32 {
+func poolMax(p Params) uint32 {
 	var hi uint32
-	for _, a := range m.Pool {
+	for _, a := range publicAddrs(p) {
 		hi = max(hi, binary.BigEndian.Uint32(a.AsSlice()))
 	}
 	return hi
@@ -429,6 +446,9 @@ func (n *NAT) fillConfigMaps() error {
 		if err := n.objs.PoolIndex.Update(&addr, &idx, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("outside.pool address %s: write to map: %w", a, err)
 		}
+	}
+	if err := n.fillOverflow(); err != nil {
+		return err
 	}
 	if err := fillTrie(n.objs.NatExempt, "nat_exempt", n.params.Exempt); err != nil {
 		return err

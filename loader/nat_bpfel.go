@@ -177,6 +177,24 @@ type natNexthopKey struct {
 	Pad     [2]uint8
 }
 
+type natOverflowBlock struct {
+	_          structs.HostLayout
+	Owner      uint32
+	Pad        uint32
+	SinceNs    uint64
+	LastUsedNs uint64
+}
+
+type natOverflowLimits uint32
+
+const (
+	natOverflowLimitsOVERFLOW_SLOTS     natOverflowLimits = 4
+	natOverflowLimitsOVERFLOW_PROBES    natOverflowLimits = 16
+	natOverflowLimitsOVERFLOW_SCAN      natOverflowLimits = 32
+	natOverflowLimitsOVERFLOW_RELEASING natOverflowLimits = 2147483648
+	natOverflowLimitsOVERFLOW_CLAIMING  natOverflowLimits = 4294967295
+)
+
 type natRouteState struct {
 	_            structs.HostLayout
 	Gen          uint64
@@ -226,7 +244,10 @@ const (
 	natStatIndexSTAT_DROP_SPOOFED_BINDING   natStatIndex = 31
 	natStatIndexSTAT_EXEMPT_OUT             natStatIndex = 32
 	natStatIndexSTAT_PUBLIC_OUT             natStatIndex = 33
-	natStatIndexSTAT_MAX                    natStatIndex = 34
+	natStatIndexSTAT_OVERFLOW_CLAIMS        natStatIndex = 34
+	natStatIndexSTAT_OVERFLOW_REFUSED_MAX   natStatIndex = 35
+	natStatIndexSTAT_OVERFLOW_REFUSED_POOL  natStatIndex = 36
+	natStatIndexSTAT_MAX                    natStatIndex = 37
 )
 
 type natSubscriberState struct {
@@ -255,6 +276,9 @@ const (
 	natMapInsidePrefixes         = "inside_prefixes"
 	natMapNatExempt              = "nat_exempt"
 	natMapNexthops               = "nexthops"
+	natMapOverflowAddrs          = "overflow_addrs"
+	natMapOverflowBlocks         = "overflow_blocks"
+	natMapOverflowSlots          = "overflow_slots"
 	natMapPoolAddrs              = "pool_addrs"
 	natMapPoolIndex              = "pool_index"
 	natMapPublicInside           = "public_inside"
@@ -271,6 +295,11 @@ const (
 	natVarInsideMax              = "inside_max"
 	natVarInsideMin              = "inside_min"
 	natVarNatExemptOn            = "nat_exempt_on"
+	natVarOvBlockSize            = "ov_block_size"
+	natVarOvCount                = "ov_count"
+	natVarOvMax                  = "ov_max"
+	natVarOvPerAddr              = "ov_per_addr"
+	natVarOverflowOn             = "overflow_on"
 	natVarPoolMax                = "pool_max"
 	natVarPoolMin                = "pool_min"
 	natVarPortLo                 = "port_lo"
@@ -287,6 +316,8 @@ const (
 	natVarUnusedIfaceLimits      = "unused_iface_limits"
 	natVarUnusedIfacePolicyFlags = "unused_iface_policy_flags"
 	natVarUnusedIfaceRole        = "unused_iface_role"
+	natVarUnusedOverflowBlock    = "unused_overflow_block"
+	natVarUnusedOverflowLimits   = "unused_overflow_limits"
 	natVarUnusedStatIndex        = "unused_stat_index"
 )
 
@@ -352,6 +383,9 @@ type natMapSpecs struct {
 	InsidePrefixes *ebpf.MapSpec `ebpf:"inside_prefixes"`
 	NatExempt      *ebpf.MapSpec `ebpf:"nat_exempt"`
 	Nexthops       *ebpf.MapSpec `ebpf:"nexthops"`
+	OverflowAddrs  *ebpf.MapSpec `ebpf:"overflow_addrs"`
+	OverflowBlocks *ebpf.MapSpec `ebpf:"overflow_blocks"`
+	OverflowSlots  *ebpf.MapSpec `ebpf:"overflow_slots"`
 	PoolAddrs      *ebpf.MapSpec `ebpf:"pool_addrs"`
 	PoolIndex      *ebpf.MapSpec `ebpf:"pool_index"`
 	PublicInside   *ebpf.MapSpec `ebpf:"public_inside"`
@@ -372,6 +406,11 @@ type natVariableSpecs struct {
 	InsideMax              *ebpf.VariableSpec `ebpf:"inside_max"`
 	InsideMin              *ebpf.VariableSpec `ebpf:"inside_min"`
 	NatExemptOn            *ebpf.VariableSpec `ebpf:"nat_exempt_on"`
+	OvBlockSize            *ebpf.VariableSpec `ebpf:"ov_block_size"`
+	OvCount                *ebpf.VariableSpec `ebpf:"ov_count"`
+	OvMax                  *ebpf.VariableSpec `ebpf:"ov_max"`
+	OvPerAddr              *ebpf.VariableSpec `ebpf:"ov_per_addr"`
+	OverflowOn             *ebpf.VariableSpec `ebpf:"overflow_on"`
 	PoolMax                *ebpf.VariableSpec `ebpf:"pool_max"`
 	PoolMin                *ebpf.VariableSpec `ebpf:"pool_min"`
 	PortLo                 *ebpf.VariableSpec `ebpf:"port_lo"`
@@ -388,6 +427,8 @@ type natVariableSpecs struct {
 	UnusedIfaceLimits      *ebpf.VariableSpec `ebpf:"unused_iface_limits"`
 	UnusedIfacePolicyFlags *ebpf.VariableSpec `ebpf:"unused_iface_policy_flags"`
 	UnusedIfaceRole        *ebpf.VariableSpec `ebpf:"unused_iface_role"`
+	UnusedOverflowBlock    *ebpf.VariableSpec `ebpf:"unused_overflow_block"`
+	UnusedOverflowLimits   *ebpf.VariableSpec `ebpf:"unused_overflow_limits"`
 	UnusedStatIndex        *ebpf.VariableSpec `ebpf:"unused_stat_index"`
 }
 
@@ -423,6 +464,9 @@ type natMaps struct {
 	InsidePrefixes *ebpf.Map `ebpf:"inside_prefixes"`
 	NatExempt      *ebpf.Map `ebpf:"nat_exempt"`
 	Nexthops       *ebpf.Map `ebpf:"nexthops"`
+	OverflowAddrs  *ebpf.Map `ebpf:"overflow_addrs"`
+	OverflowBlocks *ebpf.Map `ebpf:"overflow_blocks"`
+	OverflowSlots  *ebpf.Map `ebpf:"overflow_slots"`
 	PoolAddrs      *ebpf.Map `ebpf:"pool_addrs"`
 	PoolIndex      *ebpf.Map `ebpf:"pool_index"`
 	PublicInside   *ebpf.Map `ebpf:"public_inside"`
@@ -447,6 +491,9 @@ func (m *natMaps) Close() error {
 		m.InsidePrefixes,
 		m.NatExempt,
 		m.Nexthops,
+		m.OverflowAddrs,
+		m.OverflowBlocks,
+		m.OverflowSlots,
 		m.PoolAddrs,
 		m.PoolIndex,
 		m.PublicInside,
@@ -468,6 +515,11 @@ type natVariables struct {
 	InsideMax              *ebpf.Variable `ebpf:"inside_max"`
 	InsideMin              *ebpf.Variable `ebpf:"inside_min"`
 	NatExemptOn            *ebpf.Variable `ebpf:"nat_exempt_on"`
+	OvBlockSize            *ebpf.Variable `ebpf:"ov_block_size"`
+	OvCount                *ebpf.Variable `ebpf:"ov_count"`
+	OvMax                  *ebpf.Variable `ebpf:"ov_max"`
+	OvPerAddr              *ebpf.Variable `ebpf:"ov_per_addr"`
+	OverflowOn             *ebpf.Variable `ebpf:"overflow_on"`
 	PoolMax                *ebpf.Variable `ebpf:"pool_max"`
 	PoolMin                *ebpf.Variable `ebpf:"pool_min"`
 	PortLo                 *ebpf.Variable `ebpf:"port_lo"`
@@ -484,6 +536,8 @@ type natVariables struct {
 	UnusedIfaceLimits      *ebpf.Variable `ebpf:"unused_iface_limits"`
 	UnusedIfacePolicyFlags *ebpf.Variable `ebpf:"unused_iface_policy_flags"`
 	UnusedIfaceRole        *ebpf.Variable `ebpf:"unused_iface_role"`
+	UnusedOverflowBlock    *ebpf.Variable `ebpf:"unused_overflow_block"`
+	UnusedOverflowLimits   *ebpf.Variable `ebpf:"unused_overflow_limits"`
 	UnusedStatIndex        *ebpf.Variable `ebpf:"unused_stat_index"`
 }
 

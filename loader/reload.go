@@ -81,6 +81,12 @@ func (n *NAT) Reload(p Params) (*NAT, ReloadStats, error) {
 	if st, err = copyValid(n, next, p.Mapping); err != nil {
 		return fail(err)
 	}
+	if kept, err := copyOverflow(n, next); err != nil {
+		return fail(err)
+	} else {
+		st.Kept += kept
+		st.Dropped -= kept
+	}
 	// From here on the new programs carry the traffic.
 	for iface, l := range n.links {
 		prog := next.objs.XdpInside
@@ -198,6 +204,7 @@ func (o *natObjects) mapsByName() map[string]*ebpf.Map {
 		"inside_prefixes": o.InsidePrefixes, "pool_addrs": o.PoolAddrs, "pool_index": o.PoolIndex,
 		"subscribers": o.Subscribers, "flows_fwd": o.FlowsFwd, "flows_rev": o.FlowsRev, "frags": o.Frags,
 		"filters": o.Filters, "iface_roles": o.IfaceRoles, "tx_ports": o.TxPorts, "block_events": o.BlockEvents,
-		"stats": o.Stats,
+		"stats": o.Stats, "nat_exempt": o.NatExempt, "public_inside": o.PublicInside,
+		"overflow_addrs": o.OverflowAddrs, "overflow_blocks": o.OverflowBlocks, "overflow_slots": o.OverflowSlots,
 	}
 }

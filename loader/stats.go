@@ -43,6 +43,9 @@ var StatNames = [...]string{
 	natStatIndexSTAT_DROP_SPOOFED_BINDING:   "drop_spoofed_binding",
 	natStatIndexSTAT_EXEMPT_OUT:             "exempt_out",
 	natStatIndexSTAT_PUBLIC_OUT:             "public_out",
+	natStatIndexSTAT_OVERFLOW_CLAIMS:        "overflow_claims",
+	natStatIndexSTAT_OVERFLOW_REFUSED_MAX:   "overflow_refused_max",
+	natStatIndexSTAT_OVERFLOW_REFUSED_POOL:  "overflow_refused_pool",
 }
 
 // Stats are the data plane's counters summed over all CPUs, by name.
