@@ -130,8 +130,16 @@ func subscriberBlockPrefix(day uint32, public [4]byte, portLo uint16, sub uint32
 	return binary.BigEndian.AppendUint32(blockPrefix(day, public, portLo), sub)
 }
 
+// recordKey is built in one allocation: Apply writes one per record and
+// day.
 func recordKey(day uint32, id recordID) []byte {
-	return appendRecordStart(subscriberBlockPrefix(day, id.public, id.portLo, id.sub), id.start)
+	k := make([]byte, 0, recordKeyLen)
+	k = append(k, prefixRecord)
+	k = binary.BigEndian.AppendUint32(k, day)
+	k = append(k, id.public[:]...)
+	k = binary.BigEndian.AppendUint16(k, id.portLo)
+	k = binary.BigEndian.AppendUint32(k, id.sub)
+	return appendRecordStart(k, id.start)
 }
 
 // appendRecordStart appends a record key's start: Unix nanoseconds rounded
