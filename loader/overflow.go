@@ -7,8 +7,6 @@ import (
 	"slices"
 
 	"github.com/cilium/ebpf"
-
-	"github.com/blocknat/blocknat/userspace/mapping"
 )
 
 // Limits of the overflow tables (enum overflow_limits in bpf/types.h).
@@ -219,7 +217,7 @@ func (n *NAT) OverflowSlotsOf(sub uint32) ([]uint32, error) {
 // reconciler then closes their records, since no block holds them.
 func copyOverflow(from, to *NAT) (int, error) {
 	fo, tp := from.params.Overflow, to.params.Overflow
-	if fo == nil || tp == nil || !sameOverflow(fo, tp) || from.params.Mapping.Hash() != to.params.Mapping.Hash() {
+	if fo == nil || tp == nil || !fo.SameBlocks(tp) || from.params.Mapping.Hash() != to.params.Mapping.Hash() {
 		return 0, nil
 	}
 	held := map[uint32]bool{}
@@ -266,10 +264,6 @@ func copyOverflow(from, to *NAT) (int, error) {
 		return nil
 	})
 	return copied, err
-}
-
-func sameOverflow(a, b *mapping.Overflow) bool {
-	return slices.Equal(a.Pool, b.Pool) && a.PortLo == b.PortLo && a.PortHi == b.PortHi && a.BlockSize == b.BlockSize
 }
 
 // OverflowOf names the overflow block holding public:port under the layout

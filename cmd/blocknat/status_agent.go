@@ -124,6 +124,10 @@ func printAgentStatus(w io.Writer, st wire.Status) {
 	} else {
 		row("active", "unknown (the kernel tables could not be read)")
 	}
+	if o := st.Overflow; o != nil {
+		row("overflow", "%d in use, %d free (at most %d a subscriber); %d claimed, refused: %d at max_blocks, %d with none free",
+			o.InUse, o.Free, o.MaxBlocks, o.Claims, o.RefusedMax, o.RefusedPool)
+	}
 
 	fmt.Fprintln(w, "mapping")
 	row("epoch", "%d since %s", st.Epoch, when(st.EpochSince))

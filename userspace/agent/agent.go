@@ -258,6 +258,9 @@ func restartOnly(old, cfg *config.Config) string {
 		return "bpffs_dir"
 	case old.API.Socket != cfg.API.Socket:
 		return "api.socket"
+	case !overflowOf(old).SameBlocks(overflowOf(cfg)):
+		// Its tables are sized by it and pinned: see the guide.
+		return "ports.overflow"
 	}
 	return ""
 }

@@ -97,6 +97,13 @@ func (a *Agent) snapshot() metrics.Snapshot {
 	} else {
 		s.Blocks = &u
 	}
+	if o := overflowOf(a.cfg); o != nil {
+		if u, err := metrics.ScanOverflow(a.nat, o); err != nil {
+			s.Errors = append(s.Errors, metrics.ErrPart("overflow blocks", err))
+		} else {
+			s.Overflow = &u
+		}
+	}
 	if a.writes != nil {
 		s.Writes = a.writes.Stats()
 	}

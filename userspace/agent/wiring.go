@@ -293,13 +293,17 @@ func (a *Agent) notify(state ...string) {
 // sweepPlane is the plane in force as the sweeper works on it.
 func (a *Agent) sweepPlane() sweeper.Plane {
 	p := a.current()
-	return sweeper.Plane{Tables: p.nat, Mapping: p.mapping, Timeouts: sweeperTimeouts(p.cfg)}
+	sp := sweeper.Plane{Tables: p.nat, Mapping: p.mapping, Timeouts: sweeperTimeouts(p.cfg)}
+	if o := overflowOf(p.cfg); o != nil {
+		sp.Overflow, sp.OverflowTables = o, p.nat
+	}
+	return sp
 }
 
 // reconcilePlane is the plane in force as the reconciler reads it.
 func (a *Agent) reconcilePlane() reconcile.Plane {
 	p := a.current()
-	return reconcile.Plane{Tables: p.nat, Mapping: p.mapping, Epoch: p.epoch.ID}
+	return reconcile.Plane{Tables: p.nat, Mapping: p.mapping, Overflow: overflowOf(p.cfg), Epoch: p.epoch.ID}
 }
 
 // The configuration's translation into what each part takes.
@@ -327,7 +331,14 @@ func params(cfg *config.Config, m *mapping.Mapping, epoch uint32) loader.Params 
 	ex, _ := cfg.Exemptions()
 	return loader.Params{Mapping: m, Epoch: epoch, MaxFlows: cfg.MaxFlows,
 		FilterAPDF: cfg.Filtering == config.FilteringAddressPort, UDPInboundRefresh: cfg.Timeouts.UDPInboundRefresh,
-		Exempt: ex.Destinations, PublicInside: ex.Public}
+		Exempt: ex.Destinations, PublicInside: ex.Public, Overflow: overflowOf(cfg)}
+}
+
+// overflowOf is the configuration's overflow layout, nil when it is off;
+// Validate has built it for every configuration that reaches here.
+func overflowOf(cfg *config.Config) *mapping.Overflow {
+	o, _ := cfg.OverflowLayout()
+	return o
 }
 
 func sweeperTimeouts(cfg *config.Config) sweeper.Timeouts {

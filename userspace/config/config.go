@@ -95,9 +95,10 @@ type Config struct {
 
 // parsed is the typed form of the fields that are written as text.
 type parsed struct {
-	mapping *mapping.Mapping
-	sources SourceRules
-	exempt  Exemptions
+	mapping  *mapping.Mapping
+	sources  SourceRules
+	exempt   Exemptions
+	overflow *mapping.Overflow
 }
 
 // Inside is the subscriber side.
@@ -125,6 +126,9 @@ type Outside struct {
 type Ports struct {
 	Range     string `yaml:"range"`
 	BlockSize uint16 `yaml:"block_size"` // 0: derived from the sharing ratio
+	// Overflow lends extra blocks to subscribers whose own is full (see
+	// overflow.go); nil when it is off.
+	Overflow *Overflow `yaml:"overflow"`
 }
 
 // withDefaults returns a Config holding the default of every optional
@@ -299,6 +303,9 @@ func (c *Config) Validate() error {
 	errs = append(errs, sourceErrs...)
 	p.exempt, exemptErrs = c.parseExemptions()
 	errs = append(errs, exemptErrs...)
+	var overflowErrs []error
+	p.overflow, overflowErrs = c.parseOverflow(m)
+	errs = append(errs, overflowErrs...)
 
 	if c.XDPMode != XDPModeNative && c.XDPMode != XDPModeGeneric {
 		errs = append(errs, fmt.Errorf("xdp_mode: %q is not %q or %q", c.XDPMode, XDPModeNative, XDPModeGeneric))

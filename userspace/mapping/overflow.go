@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 // MaxOverflowBlocks bounds the overflow pool's blocks: the kernel holds
@@ -75,6 +76,15 @@ func NewOverflow(pool []netip.Prefix, portLo, portHi, blockSize uint16, maxBlock
 		return nil, fmt.Errorf("ports.overflow: %d addresses × %d blocks = %d blocks, more than %d", len(o.Pool), o.PerAddr, n, MaxOverflowBlocks)
 	}
 	return o, nil
+}
+
+// SameBlocks says whether o and b cut the same blocks on the same
+// addresses (MaxBlocks may differ); two nil layouts are the same.
+func (o *Overflow) SameBlocks(b *Overflow) bool {
+	if o == nil || b == nil {
+		return o == b
+	}
+	return slices.Equal(o.Pool, b.Pool) && o.PortLo == b.PortLo && o.PortHi == b.PortHi && o.BlockSize == b.BlockSize
 }
 
 // Count is the number of overflow blocks.

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/blocknat/blocknat/loader"
+	"github.com/blocknat/blocknat/userspace/mapping"
 )
 
 // BlockUsage is the kernel tables' occupancy at one moment.
@@ -24,6 +25,26 @@ type BlockUsage struct {
 	// use on (a 504-port block: 500 ports and more), well before its last
 	// port is taken.
 	Full int
+}
+
+// OverflowUsage is the overflow pool's occupancy at one moment.
+type OverflowUsage struct {
+	InUse, Free int
+	MaxBlocks   uint32 // a subscriber may hold
+}
+
+// ScanOverflow counts the overflow blocks of layout o held and free.
+func ScanOverflow(t OverflowTables, o *mapping.Overflow) (OverflowUsage, error) {
+	held, err := t.OverflowBlocks()
+	if err != nil {
+		return OverflowUsage{}, fmt.Errorf("scan overflow blocks: %w", err)
+	}
+	return OverflowUsage{InUse: len(held), Free: int(o.Count()) - len(held), MaxBlocks: o.MaxBlocks}, nil
+}
+
+// OverflowTables lists the held overflow blocks (*loader.NAT).
+type OverflowTables interface {
+	OverflowBlocks() ([]loader.OverflowBlock, error)
 }
 
 // FullWindow is how recently a block must have refused a new mapping to

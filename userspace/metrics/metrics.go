@@ -41,6 +41,7 @@ const (
 	BlockActivationsTotal  = "blocknat_block_activations_total"
 	DatapathEventsTotal    = "blocknat_datapath_events_total"
 	ActiveBlocks           = "blocknat_active_blocks"
+	OverflowBlocks         = "blocknat_overflow_blocks"
 	Flows                  = "blocknat_flows"
 	BlockUtilisation       = "blocknat_block_utilisation_ratio"
 	BlockEventsReadTotal   = "blocknat_block_events_read_total"
@@ -94,6 +95,7 @@ const (
 const (
 	labelDirection = "direction" // out (inside to outside) or in
 	labelReason    = "reason"    // a drop or pass counter's stat name
+	labelState     = "state"     // an overflow block's: in_use or free
 	labelEvent     = "event"     // any other data-plane counter's stat name
 	directionOut   = "out"
 	directionIn    = "in"
@@ -112,6 +114,9 @@ type Snapshot struct {
 	DataPlane loader.Stats
 	// Blocks is the kernel tables' occupancy; nil when unread.
 	Blocks *BlockUsage
+	// Overflow is the overflow pool's occupancy; nil when it is off or
+	// unread.
+	Overflow *OverflowUsage
 	// Records is the Recorder's view: events read, records written.
 	Records events.Health
 	// Writes are the record store's commit timings.
@@ -216,7 +221,7 @@ type Collector struct {
 	writes   *Writes
 
 	packets, bytes, drops, passes, ringbuf, flowsCreated, activations, datapath *prometheus.Desc
-	activeBlocks, flows, utilisation                                            *prometheus.Desc
+	activeBlocks, flows, utilisation, overflow                                  *prometheus.Desc
 	eventsRead, written, dropped, writeErrors, openRecords, diskBytes           *prometheus.Desc
 	retention, audit, epoch, selfLast, selfFailures, selfChecks, alarm          *prometheus.Desc
 	guardInstalled, guardDropped, guardMissing                                  *prometheus.Desc
@@ -244,7 +249,9 @@ func NewCollector(snapshot func() Snapshot, writes *Writes) *Collector {
 		activations:  d(BlockActivationsTotal, "Idle port blocks the data plane made active."),
 		datapath:     d(DatapathEventsTotal, "Other data-plane counters, by the stat's name.", labelEvent),
 		activeBlocks: d(ActiveBlocks, "Port blocks active in the kernel at scrape time."),
-		flows:        d(Flows, "Mappings in the kernel's flow table at scrape time."),
+		overflow: d(OverflowBlocks, "Overflow port blocks (ports.overflow) held by subscribers (in_use) and free, at scrape time.",
+			labelState),
+		flows: d(Flows, "Mappings in the kernel's flow table at scrape time."),
 		utilisation: d(BlockUtilisation,
 			"Active port blocks by the fraction of their ports held by mappings, at scrape time (a snapshot, not cumulative)."),
 		eventsRead:   d(BlockEventsReadTotal, "Block events read from the ring buffer since the agent started."),
@@ -292,7 +299,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *Collector) descs() []*prometheus.Desc {
 	return []*prometheus.Desc{c.packets, c.bytes, c.drops, c.passes, c.ringbuf, c.flowsCreated, c.activations, c.datapath,
-		c.activeBlocks, c.flows, c.utilisation, c.eventsRead, c.written, c.dropped, c.writeErrors, c.openRecords, c.diskBytes,
+		c.activeBlocks, c.flows, c.utilisation, c.overflow, c.eventsRead, c.written, c.dropped, c.writeErrors, c.openRecords, c.diskBytes,
 		c.retention, c.audit, c.epoch, c.selfLast, c.selfFailures, c.selfChecks, c.alarm,
 		c.guardInstalled, c.guardDropped, c.guardMissing, c.alarmBy, c.free, c.minFree, c.reserve,
 		c.apiRejected, c.apiConnsRefused, c.apiSummarised}
@@ -316,6 +323,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 
 	if s.DataPlane != nil {
 		c.collectDataPlane(s.DataPlane, counter)
+	}
+	if o := s.Overflow; o != nil {
+		ch <- prometheus.MustNewConstMetric(c.overflow, prometheus.GaugeValue, float64(o.InUse), "in_use")
+		ch <- prometheus.MustNewConstMetric(c.overflow, prometheus.GaugeValue, float64(o.Free), "free")
 	}
 	if b := s.Blocks; b != nil {
 		gauge(c.activeBlocks, float64(b.ActiveBlocks))
@@ -439,7 +450,7 @@ func Names() []string {
 		ActiveBlocks, Alarm, APIConnsRefusedTotal, APIRejectedTotal, APIRefusalsSummarised, AuditEntries,
 		BlockActivationsTotal, BlockEventsReadTotal, BlockUtilisation, BytesTotal,
 		DatapathEventsTotal, DiskReserveBytes, DropsTotal, Epoch, Flows, FlowsCreatedTotal, GuardDroppedTotal, GuardInstalled,
-		GuardMissingTotal, PacketsTotal, PassesTotal, RecordsAlarm,
+		GuardMissingTotal, OverflowBlocks, PacketsTotal, PassesTotal, RecordsAlarm,
 		RecordsDroppedTotal, RecordsWrittenTotal, RetentionLastSweep, RingbufDropsTotal, SelfCheckChecksTotal,
 		SelfCheckFailuresTotal, SelfCheckLastSuccess, StateDirFreeBytes, StateDirMinFreeBytes, StoreDiskBytes,
 		StoreOpenRecords, StoreWriteErrorsTotal, StoreWriteSeconds,

@@ -85,6 +85,7 @@ func fullSnapshot() Snapshot {
 	return Snapshot{
 		DataPlane:      dataPlane(),
 		Blocks:         &BlockUsage{ActiveBlocks: 3, Flows: 7, BlockSize: 4, Counts: []uint64{1, 1, 1, 2, 2, 2, 2, 3}, Sum: 1.75, Full: 1},
+		Overflow:       &OverflowUsage{InUse: 2, Free: 6, MaxBlocks: 2},
 		Records:        events.Health{EventsRead: 11, RecordsWritten: 12, Dropped: 1},
 		Writes:         WriteStats{Count: 5, Errors: 2},
 		Store:          &store.Stats{OpenRecords: 3, DiskBytes: 4096},
@@ -193,8 +194,12 @@ func TestCollectorExportsSnapshot(t *testing.T) {
 					if _, ok := snap.DataPlane[l.GetValue()]; !ok {
 						t.Errorf("%s: label value %q is not a stat name", f.GetName(), l.GetValue())
 					}
+				case labelState:
+					if v := l.GetValue(); f.GetName() != OverflowBlocks || (v != "in_use" && v != "free") {
+						t.Errorf("%s: state %q", f.GetName(), v)
+					}
 				default:
-					t.Errorf("%s has label %q: only direction, reason and event are allowed", f.GetName(), l.GetName())
+					t.Errorf("%s has label %q: only direction, reason, event and state are allowed", f.GetName(), l.GetName())
 				}
 				if _, err := netip.ParseAddr(l.GetValue()); err == nil {
 					t.Errorf("%s carries an address in label %s", f.GetName(), l.GetName())

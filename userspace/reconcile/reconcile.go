@@ -26,17 +26,21 @@ type Submitter interface {
 	Submit(ctx context.Context, ops []store.Op) error
 }
 
-// Tables lists the blocks the kernel shows as active (*loader.NAT).
+// Tables lists the blocks the kernel shows as active, a subscriber's own
+// and the overflow blocks subscribers hold (*loader.NAT).
 type Tables interface {
 	ActiveBlocks() ([]loader.ActiveBlock, error)
+	OverflowBlocks() ([]loader.OverflowBlock, error)
 }
 
-// Plane is the data plane in force: its tables, the mapping they serve and
-// its epoch. A reload replaces it whole.
+// Plane is the data plane in force: its tables, the mapping they serve,
+// the overflow pool's layout (nil when off) and its epoch. A reload
+// replaces it whole.
 type Plane struct {
-	Tables  Tables
-	Mapping *mapping.Mapping
-	Epoch   uint32
+	Tables   Tables
+	Mapping  *mapping.Mapping
+	Overflow *mapping.Overflow
+	Epoch    uint32
 }
 
 // Reconciler compares the kernel's subscriber table with the open records.
@@ -72,6 +76,46 @@ func idOf(sub uint32, b mapping.Block) blockID {
 	return blockID{sub, b.Public.As4(), b.PortLo}
 }
 
+// heldBlock is a block the kernel shows held: a subscriber's own while
+// active, or an overflow block it holds.
+type heldBlock struct {
+	subscriber uint32
+	block      mapping.Block
+	sinceNs    uint64
+}
+
+// held lists the active own blocks and the held overflow blocks (a block
+// being released is held until its release is recorded).
+func (r *Reconciler) held(p Plane, blocks []loader.ActiveBlock) ([]heldBlock, error) {
+	out := make([]heldBlock, 0, len(blocks))
+	for _, b := range blocks {
+		block, err := p.Mapping.Block(b.Subscriber)
+		if err != nil {
+			return nil, fmt.Errorf("subscriber %d is active in the kernel but not in the mapping: %w", b.Subscriber, err)
+		}
+		out = append(out, heldBlock{b.Subscriber, block, b.ActiveSinceNs})
+	}
+	if p.Overflow == nil {
+		return out, nil
+	}
+	over, err := p.Tables.OverflowBlocks()
+	if err != nil {
+		return nil, fmt.Errorf("scan overflow blocks: %w", err)
+	}
+	for _, o := range over {
+		own, err := p.Mapping.Block(o.Subscriber)
+		if err != nil {
+			return nil, fmt.Errorf("overflow block %d is held by subscriber %d, who is not in the mapping: %w", o.ID, o.Subscriber, err)
+		}
+		public, lo, hi, err := p.Overflow.Block(o.ID)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, heldBlock{o.Subscriber, mapping.Block{Subscriber: o.Subscriber, Inside: own.Inside, Public: public, PortLo: lo, PortHi: hi}, o.SinceNs})
+	}
+	return out, nil
+}
+
 // Once runs one pass.
 func (r *Reconciler) Once(ctx context.Context) (Result, error) {
 	var res Result
@@ -92,30 +136,31 @@ func (r *Reconciler) Once(ctx context.Context) (Result, error) {
 	if err != nil {
 		return res, fmt.Errorf("scan subscribers: %w", err)
 	}
+	held, err := r.held(p, blocks)
+	if err != nil {
+		return res, err
+	}
 	var ops []store.Op
 	active := map[blockID]bool{}
-	for _, b := range blocks {
+	for _, h := range held {
 		res.Active++
-		block, err := p.Mapping.Block(b.Subscriber)
-		if err != nil {
-			return res, fmt.Errorf("subscriber %d is active in the kernel but not in the mapping: %w", b.Subscriber, err)
-		}
-		id := idOf(b.Subscriber, block)
+		id := idOf(h.subscriber, h.block)
 		active[id] = true
 		if _, ok := openByID[id]; ok {
 			continue
 		}
 		start := now
-		if b.ActiveSinceNs != 0 {
-			if nowMono-b.ActiveSinceNs < uint64(r.Grace) {
+		if h.sinceNs != 0 {
+			if nowMono-h.sinceNs < uint64(r.Grace) {
 				continue
 			}
 			// The data plane noted when the block became active, so a
 			// recovered record starts when the block really did.
-			start = r.Clock.Wall(b.ActiveSinceNs)
+			start = r.Clock.Wall(h.sinceNs)
 		}
+		b := h.block
 		ops = append(ops, store.Op{Kind: store.OpActivate, Record: store.Record{
-			Subscriber: b.Subscriber, Inside: block.Inside, Public: block.Public, PortLo: block.PortLo, PortHi: block.PortHi,
+			Subscriber: h.subscriber, Inside: b.Inside, Public: b.Public, PortLo: b.PortLo, PortHi: b.PortHi,
 			Start: start, Epoch: p.Epoch, Flags: store.FlagRecovered}})
 		res.Recovered++
 	}

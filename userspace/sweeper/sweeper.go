@@ -44,6 +44,10 @@ type Plane struct {
 	Tables   Tables
 	Mapping  *mapping.Mapping
 	Timeouts Timeouts
+	// Overflow is the overflow pool's layout, and OverflowTables its
+	// kernel tables; both nil when ports.overflow is off.
+	Overflow       *mapping.Overflow
+	OverflowTables OverflowTables
 }
 
 // Submitter writes record changes in order with the ring buffer's events
@@ -69,6 +73,8 @@ type Result struct {
 	Forgotten    int // remote endpoints removed with their mappings
 	ActiveBlocks int // blocks active after the sweep
 	Released     int // blocks released
+	// OverflowReleased are the overflow blocks released.
+	OverflowReleased int
 }
 
 func (t Timeouts) of(key loader.FlowKey, v loader.FlowFwd) time.Duration {
@@ -127,6 +133,10 @@ func (s *Sweeper) Sweep(ctx context.Context) (Result, error) {
 
 	released, active, err := s.releaseIdle(ctx, p, flows, now)
 	res.Released, res.ActiveBlocks = released, active
+	if err != nil {
+		return res, err
+	}
+	res.OverflowReleased, err = s.releaseIdleOverflow(ctx, p, now)
 	return res, err
 }
 

@@ -47,9 +47,12 @@ type Status struct {
 	AuditEntries  uint64            `json:"audit_entries"`
 	// Alarm says why records may not be being written; empty when they
 	// are. It is blocknat_records_alarm's reason.
-	Alarm       []string          `json:"alarm"`
-	SelfCheck   SelfCheckStatus   `json:"selfcheck"`
-	Blocks      *BlockStatus      `json:"blocks,omitempty"`
+	Alarm     []string        `json:"alarm"`
+	SelfCheck SelfCheckStatus `json:"selfcheck"`
+	Blocks    *BlockStatus    `json:"blocks,omitempty"`
+	// Overflow is the overflow pool (ports.overflow); absent when it is
+	// off.
+	Overflow    *OverflowStatus   `json:"overflow,omitempty"`
 	StoreWrites StoreWritesStatus `json:"store_writes"`
 	// Guard is the nftables guard that keeps untranslated subscriber
 	// packets off the outside interfaces.
@@ -130,6 +133,17 @@ type BlockStatus struct {
 	// hold; Utilisation counts the active blocks at or below each share.
 	MeanUtilisation float64             `json:"mean_utilisation"`
 	Utilisation     []UtilisationBucket `json:"utilisation"`
+}
+
+// OverflowStatus is the overflow pool's occupancy, and the claims the data
+// plane refused since it was loaded: at max_blocks, or with no free block.
+type OverflowStatus struct {
+	InUse       int    `json:"in_use"`
+	Free        int    `json:"free"`
+	MaxBlocks   int    `json:"max_blocks"`
+	Claims      uint64 `json:"claims"`
+	RefusedMax  uint64 `json:"refused_max_blocks"`
+	RefusedPool uint64 `json:"refused_pool_empty"`
 }
 
 // UtilisationBucket is one cumulative bucket of the utilisation histogram.
