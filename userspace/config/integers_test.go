@@ -95,7 +95,7 @@ func TestIntegerOutOfRangeNamesFieldLineAndRange(t *testing.T) {
 					t.Errorf("%s = %s: %q does not say %q", path, bad, msg, want)
 				}
 			}
-			if strings.Contains(msg, "Go ") || strings.Contains(msg, "overflow") {
+			if strings.Contains(msg, "Go value") || strings.Contains(msg, "Go struct") || strings.Contains(msg, "( overflow )") {
 				t.Errorf("%s = %s: %q speaks of Go types", path, bad, msg)
 			}
 		}
