@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"regexp"
@@ -70,11 +71,32 @@ func (l *labRun) allowed(args []string) bool {
 	return false
 }
 
+// down runs make lab-down at the test's end, and checks that nothing the
+// lab made is left: namespaces, processes, pins, files.
 func (l *labRun) down() {
+	lab, _, err := harness.LoadLab(l.name)
+	if err != nil {
+		l.t.Error(err)
+	}
 	cmd := exec.Command("make", "lab-down")
 	cmd.Dir, cmd.Env = l.root, l.env()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		l.t.Errorf("make lab-down: %v\n%s", err, out)
+	}
+	left := slices.DeleteFunc(append(netns.TopologyNamespaces(l.name), lab.Dir, lab.StateDir, lab.PinDir), func(p string) bool {
+		if !strings.HasPrefix(p, "/") {
+			p = "/run/netns/" + p
+		}
+		_, err := os.Stat(p)
+		return err != nil
+	})
+	for what, pid := range lab.PIDs {
+		if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmdline), lab.Dir) {
+			left = append(left, fmt.Sprintf("%s (pid %d)", what, pid))
+		}
+	}
+	if len(left) > 0 {
+		l.t.Errorf("left after make lab-down: %s", strings.Join(left, ", "))
 	}
 }
 
