@@ -37,6 +37,17 @@ func existingAncestor(path string) (string, bool, error) {
 	}
 }
 
+// onBPFFS says whether dir, or its nearest existing ancestor, is on a
+// bpffs in this mount namespace.
+func onBPFFS(dir string) bool {
+	at, _, err := existingAncestor(dir)
+	if err != nil {
+		return false
+	}
+	var st unix.Statfs_t
+	return unix.Statfs(at, &st) == nil && st.Type == unix.BPF_FS_MAGIC
+}
+
 // checkBPFFS: pins need a bpffs that is there, or one the agent may
 // mount, and no other agent may hold the data plane under bpffs_dir.
 func checkBPFFS(name, dir string) []Finding {

@@ -41,6 +41,13 @@ func checkInterface(name, role, ifname string, cfg *config.Config, opts Options)
 	switch {
 	case err != nil:
 		out = append(out, notChecked(name, "XDP programs attached: %v", err))
+	case len(foreign) > 0 && !onBPFFS(cfg.BPFFSDir):
+		// Under `ip netns exec` the agent's own pins are out of sight
+		// until it shares the host's bpffs into its mount namespace, so
+		// its own program cannot be told from another; the attach,
+		// after that, tells.
+		out = append(out, notChecked(name, "whether %s is blocknat's own: bpffs_dir is not on a bpffs in this mount namespace yet; the agent tells once it has mounted or shared one",
+			foreign[0]))
 	case len(foreign) > 0 && opts.ReplaceXDP:
 		ok = append(ok, fmt.Sprintf("%s, which blocknat did not attach, will be replaced (--replace)", foreign[0]))
 	case len(foreign) > 0:

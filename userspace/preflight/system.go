@@ -53,9 +53,13 @@ func checkCapabilities() Finding {
 		}
 	}
 	if len(missing) > 0 {
-		return refuse(name, "%s missing (uid %d): the agent loads and attaches XDP programs and installs the nftables guard; "+
+		verb := "is"
+		if len(missing) > 1 {
+			verb = "are"
+		}
+		return refuse(name, "%s %s missing (uid %d): the agent loads and attaches XDP programs and installs the nftables guard; "+
 			"run it as root (sudo blocknatd ...), or through the systemd unit, which grants exactly CAP_BPF CAP_NET_ADMIN CAP_PERFMON",
-			strings.Join(missing, ", ")+map[bool]string{true: " are", false: " is"}[len(missing) > 1], os.Geteuid())
+			strings.Join(missing, ", "), verb, os.Geteuid())
 	}
 	return pass(name, "%s", strings.Join(held, ", "))
 }
