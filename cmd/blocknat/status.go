@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"time"
 
 	"github.com/blocknat/blocknat/userspace/api/client"
@@ -79,7 +80,8 @@ func waitReady(af apiFlags, timeout time.Duration) (*wire.StatusResponse, error)
 		})
 		var refused *client.Error
 		switch {
-		case errors.As(err, new(usageError)):
+		case errors.As(err, new(usageError)), errors.Is(err, fs.ErrPermission):
+			// A socket this uid may not reach stays out of reach.
 			return nil, err
 		case errors.As(err, &refused) && refused.Status < 500:
 			return nil, err
