@@ -212,34 +212,50 @@ static __always_inline void count_block_full(__u32 sub)
 		__sync_fetch_and_add(&s->block_full_drops, 1);
 }
 
-/*
- * try_ports claims a free port of the size ports from base on rkey->addr
- * for the flow whose reverse entry is rev: the reverse entry is written
- * with BPF_NOEXIST, which is what makes a port ours. It starts at a random
- * port (RFC 6888 REQ-15) and tries at most probes of them. Returns 0 with
- * rkey->port set, -EEXIST when every port it tried was taken, or the
- * kernel's error.
- */
-static __always_inline long try_ports(struct flow_key *rkey, struct flow_rev *rev, __u16 base, __u16 size, __u32 probes)
-{
-	__u32 start = bpf_get_prandom_u32() % size;
-	__u32 i;
+/* port_probe is try_ports' state, handed to probe_port through bpf_loop:
+ * the loop's body is then verified once, not once per iteration and per
+ * path into it, which keeps the inside program far below the verifier's
+ * limit with 64 probes of the own block and 16 of each overflow block. */
+struct port_probe {
+	struct flow_key rkey;
+	struct flow_rev rev;
+	__u32 start, size;
+	__u16 base;
 	long err;
+};
 
-	for (i = 0; i < MAX_PORT_PROBES; i++) {
-		__u32 off;
+static long probe_port(__u64 i, void *data)
+{
+	struct port_probe *pp = data;
+	__u32 off = pp->start + (__u32)i;
 
-		if (i >= probes || i >= size)
-			break;
-		off = start + i;
-		if (off >= size)
-			off -= size;
-		rkey->port = bpf_htons(base + off);
-		err = bpf_map_update_elem(&flows_rev, rkey, rev, BPF_NOEXIST);
-		if (err != -EEXIST)
-			return err;
-	}
-	return -EEXIST;
+	if (off >= pp->size)
+		off -= pp->size;
+	pp->rkey.port = bpf_htons(pp->base + off);
+	pp->err = bpf_map_update_elem(&flows_rev, &pp->rkey, &pp->rev, BPF_NOEXIST);
+	return pp->err == -EEXIST ? 0 : 1; /* 1 ends the loop */
+}
+
+/*
+ * try_ports claims a free port of the size ports from base on
+ * pp->rkey.addr for the flow whose reverse entry is pp->rev: the reverse
+ * entry is written with BPF_NOEXIST, which is what makes a port ours. It
+ * starts at a random port (RFC 6888 REQ-15) and tries at most probes of
+ * them. Returns 0 with pp->rkey.port set, -EEXIST when every port it tried
+ * was taken, or the kernel's error. One port_probe serves every call of a
+ * packet, so that the stack holds it once.
+ */
+static __always_inline long try_ports(struct port_probe *pp, __u16 base, __u16 size, __u32 probes)
+{
+	if (!size)
+		return -EEXIST;
+	pp->base = base;
+	pp->size = size;
+	pp->err = -EEXIST;
+	pp->start = bpf_get_prandom_u32() % size;
+	if (bpf_loop(probes < size ? probes : size, probe_port, pp, 0) < 0)
+		return -EINVAL;
+	return pp->err;
 }
 
 /* overflow_base is the first port of overflow block id, and sets *addr to
@@ -278,80 +294,123 @@ static __always_inline void overflow_event(__u32 sub, __be32 inside, __be32 publ
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* flow_claim is a new flow's search for a port: the probe state, and what
+ * the overflow search found. The overflow loops run through bpf_loop, as
+ * the probes do, so that the verifier follows each body once rather than
+ * every path out of every iteration into the rest of the program. */
+struct flow_claim {
+	struct port_probe pp;
+	__u32 sub;
+	__u32 held;     /* the overflow block the port is in */
+	__u32 free_key; /* an empty slot of the subscriber's, or OVERFLOW_NONE */
+	__u32 start;    /* where the scan for a free block begins */
+	__u32 found;    /* the block the scan claimed, or OVERFLOW_NONE */
+	long err;
+};
+
+#define OVERFLOW_NONE 0xffffffff
+
+/* try_slot looks at the subscriber's slot s: an empty one is noted for a
+ * claim; a held block is probed for a free port. 1 ends the loop. */
+static long try_slot(__u64 s, void *data)
+{
+	struct flow_claim *c = data;
+	__u32 key = c->sub * OVERFLOW_SLOTS + (__u32)s;
+	struct overflow_block *ob;
+	__u32 *slot, id;
+	__u16 base;
+
+	slot = bpf_map_lookup_elem(&overflow_slots, &key);
+	if (!slot)
+		return 1;
+	if (*slot == 0) {
+		if (c->free_key == OVERFLOW_NONE)
+			c->free_key = key;
+		return 0;
+	}
+	if (*slot == OVERFLOW_CLAIMING)
+		return 0;
+	id = *slot - 1;
+	ob = bpf_map_lookup_elem(&overflow_blocks, &id);
+	if (!ob || ob->owner != c->sub + 1)
+		return 0;
+	base = overflow_base(id, &c->pp.rkey.addr);
+	if (!base)
+		return 0;
+	c->err = try_ports(&c->pp, base, ov_block_size, OVERFLOW_PROBES);
+	if (c->err == -EEXIST)
+		return 0;
+	c->held = id;
+	return 1;
+}
+
+/* scan_block claims overflow block start + i if it is free: the
+ * compare-and-swap of its owner from 0 is what makes it ours, so a block
+ * another subscriber holds is never touched. 1 ends the loop. */
+static long scan_block(__u64 i, void *data)
+{
+	struct flow_claim *c = data;
+	__u32 id = c->start + (__u32)i;
+	struct overflow_block *ob;
+
+	if (id >= ov_count)
+		id -= ov_count;
+	ob = bpf_map_lookup_elem(&overflow_blocks, &id);
+	if (!ob || ob->owner != 0 || __sync_val_compare_and_swap(&ob->owner, 0, c->sub + 1) != 0)
+		return 0;
+	c->found = id;
+	return 1;
+}
+
 /*
  * overflow_ports finds a port for a subscriber whose own block is full: in
  * an overflow block it holds, or else in one it claims, all or nothing.
- * A claim reserves a free slot of the subscriber's (compare-and-swap to
+ * A claim reserves an empty slot of the subscriber's (compare-and-swap to
  * OVERFLOW_CLAIMING, so two CPUs cannot both take the last one), then a
- * free block (compare-and-swap of its owner from 0: another subscriber's
- * block is never touched), looking at no more than OVERFLOW_SCAN of them
- * from a random one. Returns as try_ports does, with *held the block's id.
+ * free block, looking at no more than OVERFLOW_SCAN of them from a random
+ * one. Returns as try_ports does, with c->held the block's id.
  */
-static __always_inline long overflow_ports(struct pkt *p, struct flow_key *rkey, struct flow_rev *rev, __u32 sub, __u32 *held)
+static __always_inline long overflow_ports(struct pkt *p, struct flow_claim *c)
 {
 	struct overflow_block *ob;
-	__u32 *slot, *free_slot = 0;
-	__u32 s, i, id, key, start;
+	__u32 *slot, id;
 	__u16 base;
-	long err;
 
-	for (s = 0; s < OVERFLOW_SLOTS; s++) {
-		if (s >= ov_max)
-			break;
-		key = sub * OVERFLOW_SLOTS + s;
-		slot = bpf_map_lookup_elem(&overflow_slots, &key);
-		if (!slot)
-			break;
-		if (*slot == 0) {
-			if (!free_slot)
-				free_slot = slot;
-			continue;
-		}
-		if (*slot == OVERFLOW_CLAIMING)
-			continue;
-		id = *slot - 1;
-		ob = bpf_map_lookup_elem(&overflow_blocks, &id);
-		if (!ob || ob->owner != sub + 1)
-			continue;
-		base = overflow_base(id, &rkey->addr);
-		if (!base)
-			continue;
-		err = try_ports(rkey, rev, base, ov_block_size, OVERFLOW_PROBES);
-		if (err != -EEXIST) {
-			*held = id;
-			return err;
-		}
-	}
-	if (!free_slot || __sync_val_compare_and_swap(free_slot, 0, OVERFLOW_CLAIMING) != 0) {
+	c->err = -EEXIST;
+	c->free_key = OVERFLOW_NONE;
+	if (bpf_loop(ov_max, try_slot, c, 0) < 0)
+		return -EINVAL;
+	if (c->err != -EEXIST)
+		return c->err;
+	slot = c->free_key == OVERFLOW_NONE ? 0 : bpf_map_lookup_elem(&overflow_slots, &c->free_key);
+	if (!slot || __sync_val_compare_and_swap(slot, 0, OVERFLOW_CLAIMING) != 0) {
 		stat_inc(STAT_OVERFLOW_REFUSED_MAX);
 		return -EEXIST;
 	}
-	start = bpf_get_prandom_u32() % ov_count;
-	for (i = 0; i < OVERFLOW_SCAN; i++) {
-		if (i >= ov_count)
-			break;
-		id = start + i;
-		if (id >= ov_count)
-			id -= ov_count;
-		ob = bpf_map_lookup_elem(&overflow_blocks, &id);
-		if (ob && ob->owner == 0 && __sync_val_compare_and_swap(&ob->owner, 0, sub + 1) == 0)
-			goto claimed;
+	c->start = bpf_get_prandom_u32() % ov_count;
+	c->found = OVERFLOW_NONE;
+	if (bpf_loop(ov_count < OVERFLOW_SCAN ? ov_count : OVERFLOW_SCAN, scan_block, c, 0) < 0 ||
+	    c->found == OVERFLOW_NONE) {
+		*slot = 0;
+		stat_inc(STAT_OVERFLOW_REFUSED_POOL);
+		return -EEXIST;
 	}
-	*free_slot = 0;
-	stat_inc(STAT_OVERFLOW_REFUSED_POOL);
-	return -EEXIST;
-
-claimed:
+	id = c->found;
+	ob = bpf_map_lookup_elem(&overflow_blocks, &id);
+	if (!ob) {
+		*slot = 0;
+		return -EINVAL;
+	}
 	ob->since_ns = bpf_ktime_get_ns();
 	ob->last_used_ns = p->now;
-	*free_slot = id + 1;
+	*slot = id + 1;
 	stat_inc(STAT_OVERFLOW_CLAIMS);
-	base = overflow_base(id, &rkey->addr);
+	base = overflow_base(id, &c->pp.rkey.addr);
 	if (!base)
 		return -EINVAL;
-	overflow_event(sub, rev->addr, rkey->addr, base, ob->since_ns);
-	*held = id;
-	return try_ports(rkey, rev, base, ov_block_size, OVERFLOW_PROBES);
+	overflow_event(c->sub, c->pp.rev.addr, c->pp.rkey.addr, base, ob->since_ns);
+	c->held = id;
+	return try_ports(&c->pp, base, ov_block_size, OVERFLOW_PROBES);
 }
 
 /*
@@ -371,25 +430,29 @@ static __always_inline int flow_create(struct pkt *p, struct flow_key *fkey, __u
 	__u64 now = p->now;
 	__u32 pool_slot = sub / sharing_ratio;
 	__u16 base = port_lo + (sub % sharing_ratio) * block_size;
-	struct flow_rev rev = { .addr = fkey->addr, .port = fkey->port, .subscriber = sub,
-				.closing = state == FLOW_STATE_TCP_CLOSING };
-	struct flow_key rkey = { .proto = fkey->proto };
+	struct flow_claim c = {
+		.pp = {
+			.rkey = { .proto = fkey->proto },
+			.rev = { .addr = fkey->addr, .port = fkey->port, .subscriber = sub,
+				 .closing = state == FLOW_STATE_TCP_CLOSING },
+		},
+		.sub = sub,
+	};
 	struct overflow_block *ob = 0;
 	struct flow_fwd made = {};
 	struct flow_fwd *found;
-	__u32 held = 0;
 	__be32 *public;
 	long err;
 
 	public = bpf_map_lookup_elem(&pool_addrs, &pool_slot);
 	if (!public)
 		return STAT_DROP_FLOW_TABLE;
-	rkey.addr = *public;
-	err = try_ports(&rkey, &rev, base, block_size, MAX_PORT_PROBES);
+	c.pp.rkey.addr = *public;
+	err = try_ports(&c.pp, base, block_size, MAX_PORT_PROBES);
 	if (err == -EEXIST && overflow_on) {
-		err = overflow_ports(p, &rkey, &rev, sub, &held);
+		err = overflow_ports(p, &c);
 		if (err != -EEXIST)
-			ob = bpf_map_lookup_elem(&overflow_blocks, &held);
+			ob = bpf_map_lookup_elem(&overflow_blocks, &c.held);
 	}
 	if (err == -EEXIST) {
 		count_block_full(sub);
@@ -399,15 +462,15 @@ static __always_inline int flow_create(struct pkt *p, struct flow_key *fkey, __u
 		return STAT_DROP_FLOW_TABLE;
 
 	made.last_seen = now >> FLOW_LAST_SEEN_SHIFT;
-	made.nat_addr = rkey.addr;
-	made.nat_port = rkey.port;
+	made.nat_addr = c.pp.rkey.addr;
+	made.nat_port = c.pp.rkey.port;
 	made.state = state;
 	made.subscriber = sub;
 	made.peer_addr = peer_addr;
 	made.peer_port = peer_port;
 	err = bpf_map_update_elem(&flows_fwd, fkey, &made, BPF_NOEXIST);
 	if (err) {
-		bpf_map_delete_elem(&flows_rev, &rkey);
+		bpf_map_delete_elem(&flows_rev, &c.pp.rkey);
 		/* Another CPU mapped the same flow first: use its port. */
 		found = bpf_map_lookup_elem(&flows_fwd, fkey);
 		if (!found)
@@ -421,18 +484,18 @@ static __always_inline int flow_create(struct pkt *p, struct flow_key *fkey, __u
 			/* Being released: the agent counted no mapping in
 			 * it, and none may outlive its record. */
 			bpf_map_delete_elem(&flows_fwd, fkey);
-			bpf_map_delete_elem(&flows_rev, &rkey);
+			bpf_map_delete_elem(&flows_rev, &c.pp.rkey);
 			count_block_full(sub);
 			return STAT_DROP_BLOCK_FULL;
 		}
 		if (ob->last_used_ns != now)
 			ob->last_used_ns = now;
 	} else {
-		block_activate(sub, fkey->addr, rkey.addr, base, now);
+		block_activate(sub, fkey->addr, c.pp.rkey.addr, base, now);
 	}
 	stat_inc(STAT_NEW_FLOWS);
-	p->nat_addr = rkey.addr;
-	p->nat_port = rkey.port;
+	p->nat_addr = c.pp.rkey.addr;
+	p->nat_port = c.pp.rkey.port;
 	return VERDICT_NEXT;
 }
 

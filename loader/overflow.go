@@ -127,6 +127,19 @@ func (n *NAT) OverflowBlocks() ([]OverflowBlock, error) {
 	return out, nil
 }
 
+// SetOverflowBlock writes block b.ID's state as the data plane would have
+// left it, for the reconciler's tests and tools that restore a table.
+func (n *NAT) SetOverflowBlock(b OverflowBlock) error {
+	v := natOverflowBlock{Owner: b.Subscriber + 1, SinceNs: b.SinceNs, LastUsedNs: b.LastUsedNs}
+	if b.Releasing {
+		v.Owner |= overflowReleasing
+	}
+	if err := n.objs.OverflowBlocks.Update(&b.ID, &v, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("write overflow_blocks[%d]: %w", b.ID, err)
+	}
+	return nil
+}
+
 // setOverflowOwner writes block id's owner if it is held by sub (released
 // or not); false when it is not.
 func (n *NAT) setOverflowOwner(id, sub, owner uint32) (bool, error) {

@@ -553,6 +553,7 @@ inside:  {interfaces: [eth1], prefixes: [100.64.0.0/24]}
 outside: {interfaces: [eth0], pool: [198.51.100.10/31]}
 api: {tls: {listen: "127.0.0.1:8443", cert: /c, key: /k, client_ca: /ca}}
 export: {ipfix: {collector: "127.0.0.1:4739"}, syslog: {address: "127.0.0.1:514"}}
+ports: {overflow: {pool: [203.0.113.0/30]}}
 `))
 	if err != nil {
 		t.Fatal(err)

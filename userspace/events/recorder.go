@@ -59,9 +59,10 @@ type Recorder struct {
 
 	requests chan request
 
-	// lastActivation is the latest activation seen per subscriber; only
-	// the run loop touches it.
-	lastActivation map[uint32]store.Record
+	// lastActivation is the latest activation seen per block (a
+	// subscriber's own, or an overflow block it holds); only the run loop
+	// touches it.
+	lastActivation map[blockKey]store.Record
 
 	written    atomic.Uint64
 	dropped    atomic.Uint64
@@ -96,7 +97,7 @@ func NewRecorder(sink Sink, opts Options) *Recorder {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Recorder{sink: sink, opts: opts, log: log, requests: make(chan request), lastActivation: map[uint32]store.Record{}}
+	return &Recorder{sink: sink, opts: opts, log: log, requests: make(chan request), lastActivation: map[blockKey]store.Record{}}
 }
 
 // Record turns a kernel block event into the record it opens.
@@ -181,8 +182,8 @@ func (r *Recorder) Run(ctx context.Context, rd Source) error {
 				continue
 			}
 			rec := Record(e, r.opts.Clock)
-			if prev, ok := r.lastActivation[rec.Subscriber]; !ok || rec.Start.After(prev.Start) {
-				r.lastActivation[rec.Subscriber] = rec
+			if prev, ok := r.lastActivation[keyOf(rec)]; !ok || rec.Start.After(prev.Start) {
+				r.lastActivation[keyOf(rec)] = rec
 			}
 			pending = append(pending, store.Op{Kind: store.OpActivate, Record: rec})
 			if len(pending) >= r.opts.BatchSize {
@@ -221,6 +222,17 @@ func (r *Recorder) read(rd Source, out chan<- loader.BlockEvent) error {
 	}
 }
 
+// blockKey names a held block: its holder, address and first port. A
+// subscriber may hold its own block and overflow blocks at once, each with
+// its record.
+type blockKey struct {
+	subscriber uint32
+	public     [4]byte
+	portLo     uint16
+}
+
+func keyOf(r store.Record) blockKey { return blockKey{r.Subscriber, r.Public.As4(), r.PortLo} }
+
 // order makes a release safe against an activation the kernel reported
 // after the sweeper decided to release: the store keeps one open record per
 // block, so that activation merged into the record being closed. The
@@ -233,7 +245,7 @@ func (r *Recorder) order(ops []store.Op) []store.Op {
 		if op.Kind != store.OpRelease {
 			continue
 		}
-		if act, ok := r.lastActivation[op.Record.Subscriber]; ok && act.Start.After(op.Record.End) {
+		if act, ok := r.lastActivation[keyOf(op.Record)]; ok && act.Start.After(op.Record.End) {
 			out = append(out, store.Op{Kind: store.OpActivate, Record: act})
 		}
 	}

@@ -100,3 +100,93 @@ func TestReconcile(t *testing.T) {
 		t.Errorf("second pass %+v", res)
 	}
 }
+
+// TestReconcileOverflow: an overflow block the kernel shows held, whose
+// event was lost, gets a recovered record naming the overflow address and
+// ports from the time the data plane claimed it; an open overflow record
+// whose block nobody holds any more is closed; a subscriber's own block
+// and its overflow block are told apart.
+func TestReconcileOverflow(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("BLOCKNAT_REQUIRE_PRIVILEGED") == "1" {
+			t.Fatal("needs root for kernel maps")
+		}
+		t.Skip("needs root for kernel maps")
+	}
+	m, err := mapping.New([]netip.Prefix{netip.MustParsePrefix("100.64.0.0/24")}, []netip.Prefix{netip.MustParsePrefix("198.51.100.10/31")}, 1024, 65535, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := mapping.NewOverflow([]netip.Prefix{netip.MustParsePrefix("198.51.100.20/32")}, 1024, 65535, 2016, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nat, err := loader.Load(loader.Params{Mapping: m, Epoch: 4, Overflow: o}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nat.Close()
+	clock := testutil.NewClock(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), 10*time.Hour)
+	st, err := store.Open("records", store.Options{FS: vfs.NewMem(), Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := clock.MonoNow()
+	const sub = 7
+	own, _ := m.Block(sub)
+	// Its own block is active and recorded; overflow block 3 is held with
+	// no record; block 5's record is open but nobody holds it.
+	if err := nat.SetSubscriber(sub, loader.SubscriberState{Active: 1, ActiveSinceNs: now - uint64(time.Hour), LastActiveNs: now}); err != nil {
+		t.Fatal(err)
+	}
+	claimed := now - uint64(30*time.Minute)
+	if err := nat.SetOverflowBlock(loader.OverflowBlock{ID: 3, Subscriber: sub, SinceNs: claimed, LastUsedNs: now}); err != nil {
+		t.Fatal(err)
+	}
+	p5, lo5, hi5, _ := o.Block(5)
+	if err := st.Apply([]store.Op{
+		{Kind: store.OpActivate, Record: store.Record{Subscriber: sub, Inside: own.Inside, Public: own.Public, PortLo: own.PortLo, PortHi: own.PortHi,
+			Start: clock.Wall(now - uint64(time.Hour)), Epoch: 4}},
+		{Kind: store.OpActivate, Record: store.Record{Subscriber: 9, Inside: netip.MustParseAddr("100.64.0.9"), Public: p5, PortLo: lo5, PortHi: hi5,
+			Start: clock.Wall(now - uint64(2*time.Hour)), Epoch: 4}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	plane := func() Plane { return Plane{Tables: nat, Mapping: m, Overflow: o, Epoch: 4} }
+	r := &Reconciler{Plane: plane, Store: st, Records: direct{st}, Clock: clock}
+	res, err := r.Once(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res != (Result{Active: 2, Recovered: 1, Closed: 1}) {
+		t.Errorf("result %+v, want 2 active (own and overflow), 1 recovered, 1 closed", res)
+	}
+	open, err := st.OpenRecords()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p3, lo3, hi3, _ := o.Block(3)
+	var gotOwn, gotOverflow bool
+	for _, rec := range open {
+		switch {
+		case rec.Public == own.Public && rec.PortLo == own.PortLo:
+			gotOwn = rec.Subscriber == sub && rec.Flags&store.FlagRecovered == 0
+		case rec.Public == p3 && rec.PortLo == lo3:
+			gotOverflow = rec.Subscriber == sub && rec.Inside == own.Inside && rec.PortHi == hi3 && rec.Flags&store.FlagRecovered != 0 &&
+				rec.Start.Equal(clock.Wall(claimed).Truncate(time.Millisecond))
+			if !gotOverflow {
+				t.Errorf("recovered overflow record %+v, want subscriber %d on %s:%d-%d from %s", rec, sub, p3, lo3, hi3, clock.Wall(claimed))
+			}
+		default:
+			t.Errorf("open record %+v should not be", rec)
+		}
+	}
+	if !gotOwn || !gotOverflow {
+		t.Errorf("open records %+v: own block kept %v, overflow block recovered %v", open, gotOwn, gotOverflow)
+	}
+	// Once recovered, the next pass changes nothing.
+	if res, err := r.Once(context.Background()); err != nil || res.Recovered+res.Closed != 0 {
+		t.Errorf("second pass %+v, %v", res, err)
+	}
+}
