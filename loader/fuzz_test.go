@@ -5,9 +5,12 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/google/gopacket/layers"
+
+	"github.com/blocknat/blocknat/userspace/mapping"
 )
 
 // FuzzNAT feeds arbitrary frames to both programs and judges each verdict
@@ -75,113 +78,141 @@ func FuzzNAT(f *testing.F) {
 		f.Add(c.outbound, c.frame(fx, mapped))
 	}
 
-	f.Fuzz(func(t *testing.T, outbound bool, frame []byte) {
-		if len(frame) < 14 || len(frame) > 1500 {
-			return // BPF_PROG_TEST_RUN refuses runts; jumbo frames add nothing
+	f.Fuzz(func(t *testing.T, outbound bool, frame []byte) { judgeFrame(t, fx, outbound, frame) })
+}
+
+// FuzzNATOverflow is FuzzNAT on a data plane with overflow blocks: 4-port
+// own blocks and an overflow pool of four 4-port blocks, two a subscriber.
+// Its seeds fill subscriber 2's own block and one overflow block, so the
+// fuzzer starts where claims, overflow ports and refusals happen; every
+// translated source must lie in the sender's own block or in an overflow
+// block the kernel shows it holding.
+func FuzzNATOverflow(f *testing.F) {
+	fx := overflowFixture(f, 2)
+	fx.t = f
+	for i := range 10 {
+		f.Add(true, udpOut(netip.AddrPortFrom(netip.MustParseAddr(sub2), uint16(40000+i)).String(), server+":7000").build(f))
+	}
+	f.Add(true, pkt{proto: layers.IPProtocolTCP, src: "100.64.0.3:40001", dst: server + ":443", tcpFlags: "S"}.build(f))
+	mapped := fx.open(sub2, 30000, 6)
+	for _, m := range mapped {
+		if m.IsValid() {
+			f.Add(false, pkt{proto: layers.IPProtocolUDP, src: server + ":7000", dst: m.String(), payload: []byte("reply")}.build(f))
 		}
-		fx.t = t
-		fwdBefore, _ := fx.flowCount()
-		var act uint32
-		var out []byte
-		if outbound {
-			act, out = fx.outbound(frame)
-		} else {
-			act, out = fx.inbound(frame)
+	}
+	f.Add(false, pkt{proto: layers.IPProtocolUDP, src: server + ":7000", dst: overflowAddr + ":1030"}.build(f))
+	f.Add(true, pkt{proto: layers.IPProtocolUDP, src: "100.64.0.1:1000", dst: mapped[5].String(), payload: []byte("hairpin")}.build(f))
+	f.Fuzz(func(t *testing.T, outbound bool, frame []byte) { judgeFrame(t, fx, outbound, frame) })
+}
+
+// judgeFrame runs frame through the program for its direction and judges
+// the verdict and the result against the model (FuzzNAT's invariants).
+func judgeFrame(t *testing.T, fx *natFixture, outbound bool, frame []byte) {
+	if len(frame) < 14 || len(frame) > 1500 {
+		return // BPF_PROG_TEST_RUN refuses runts; jumbo frames add nothing
+	}
+	fx.t = t
+	fwdBefore, _ := fx.flowCount()
+	var act uint32
+	var out []byte
+	if outbound {
+		act, out = fx.outbound(frame)
+	} else {
+		act, out = fx.inbound(frame)
+	}
+	switch act {
+	case xdpDrop, xdpPass, xdpRedirect:
+	default:
+		t.Fatalf("verdict %s%s", actionNames[act], dump(frame))
+	}
+	if !outbound {
+		if fwd, _ := fx.flowCount(); fwd != fwdBefore {
+			t.Fatalf("inbound frame created state%s", dump(frame))
 		}
-		switch act {
-		case xdpDrop, xdpPass, xdpRedirect:
-		default:
-			t.Fatalf("verdict %s%s", actionNames[act], dump(frame))
+	}
+	if outbound && modelLocalService(frame) {
+		if act != xdpPass || !bytes.Equal(frame, out) {
+			t.Fatalf("router's own traffic: %s, changed %v, want XDP_PASS untouched%s", actionNames[act], !bytes.Equal(frame, out), dump(frame))
 		}
-		if !outbound {
+		if fwd, _ := fx.flowCount(); fwd != fwdBefore {
+			t.Fatalf("router's own traffic created state%s", dump(frame))
+		}
+		return
+	}
+	if src, dst, ok := modelIPv4(frame); ok {
+		martian := outbound && modelMartianDst(dst)
+		if !outbound && isPool(fx, addrOf(dst)) {
+			martian = modelMartianSrc(fx, src)
+		}
+		if martian {
+			if act != xdpDrop || !bytes.Equal(frame, out) {
+				t.Fatalf("martian %s -> %s: %s, changed %v, want XDP_DROP%s", addrOf(src), addrOf(dst), actionNames[act], !bytes.Equal(frame, out), dump(frame))
+			}
 			if fwd, _ := fx.flowCount(); fwd != fwdBefore {
-				t.Fatalf("inbound frame created state%s", dump(frame))
-			}
-		}
-		if outbound && modelLocalService(frame) {
-			if act != xdpPass || !bytes.Equal(frame, out) {
-				t.Fatalf("router's own traffic: %s, changed %v, want XDP_PASS untouched%s", actionNames[act], !bytes.Equal(frame, out), dump(frame))
-			}
-			if fwd, _ := fx.flowCount(); fwd != fwdBefore {
-				t.Fatalf("router's own traffic created state%s", dump(frame))
+				t.Fatalf("martian created state%s", dump(frame))
 			}
 			return
 		}
-		if src, dst, ok := modelIPv4(frame); ok {
-			martian := outbound && modelMartianDst(dst)
-			if !outbound && isPool(fx, addrOf(dst)) {
-				martian = modelMartianSrc(fx, src)
-			}
-			if martian {
-				if act != xdpDrop || !bytes.Equal(frame, out) {
-					t.Fatalf("martian %s -> %s: %s, changed %v, want XDP_DROP%s", addrOf(src), addrOf(dst), actionNames[act], !bytes.Equal(frame, out), dump(frame))
-				}
-				if fwd, _ := fx.flowCount(); fwd != fwdBefore {
-					t.Fatalf("martian created state%s", dump(frame))
-				}
-				return
-			}
+	}
+	if act == xdpDrop || bytes.Equal(frame, out) {
+		return
+	}
+	if outbound && len(out) == 70 && out[23] == 1 && out[34] == 3 && out[35] == 1 {
+		// The "host unreachable" for a full block, back to the sender.
+		checkHostUnreachable(t, frame, out)
+		return
+	}
+	if judgeFragmentOrError(t, fx, outbound, frame, out) {
+		return
+	}
+	m, ok := modelParse(frame)
+	if !ok {
+		t.Fatalf("changed a frame the model cannot translate (%s)\nin:%sout:%s", actionNames[act], dump(frame), dump(out))
+	}
+	o, _ := modelParse(out)
+	if outbound && isPool(fx, m.dst.Addr()) {
+		// Hairpin: both ends change; the destination by the
+		// reverse table, the source into the sender's block.
+		block, err := fx.m.Forward(m.src.Addr())
+		key := FlowKey{Addr: be32(m.dst.Addr()), Port: htons(m.dst.Port()), Proto: m.proto}
+		var rev FlowRev
+		if err != nil || fx.nat.objs.FlowsRev.Lookup(&key, &rev) != nil ||
+			o.dst != netip.AddrPortFrom(AddrFromBE32(rev.Addr), PortFromBE16(rev.Port)) ||
+			!inHeldBlock(t, fx, block, o.src) {
+			t.Fatalf("hairpin %s->%s became %s->%s%s", m.src, m.dst, o.src, o.dst, dump(out))
 		}
-		if act == xdpDrop || bytes.Equal(frame, out) {
-			return
+		return
+	}
+	if outbound {
+		block, err := fx.m.Forward(m.src.Addr())
+		if err != nil {
+			t.Fatalf("translated a source outside the inside prefixes%s", dump(frame))
 		}
-		if outbound && len(out) == 70 && out[23] == 1 && out[34] == 3 && out[35] == 1 {
-			// The "host unreachable" for a full block, back to the sender.
-			checkHostUnreachable(t, frame, out)
-			return
+		if !inHeldBlock(t, fx, block, o.src) || o.dst != m.dst {
+			t.Fatalf("translated %s->%s into %s->%s, block %+v%s", m.src, m.dst, o.src, o.dst, block, dump(out))
 		}
-		if judgeFragmentOrError(t, fx, outbound, frame, out) {
-			return
+	} else {
+		// The model's flow table is the reverse map itself: the
+		// fuzzer's own outbound frames may have added mappings.
+		key := FlowKey{Addr: be32(m.dst.Addr()), Port: htons(m.dst.Port()), Proto: m.proto}
+		var rev FlowRev
+		if err := fx.nat.objs.FlowsRev.Lookup(&key, &rev); err != nil {
+			t.Fatalf("inbound %s->%s translated without a mapping%s", m.src, m.dst, dump(frame))
 		}
-		m, ok := modelParse(frame)
-		if !ok {
-			t.Fatalf("changed a frame the model cannot translate (%s)\nin:%sout:%s", actionNames[act], dump(frame), dump(out))
+		want := netip.AddrPortFrom(AddrFromBE32(rev.Addr), PortFromBE16(rev.Port))
+		if o.dst != want || o.src != m.src {
+			t.Fatalf("inbound %s->%s became %s->%s, mapping says %s%s", m.src, m.dst, o.src, o.dst, want, dump(out))
 		}
-		o, _ := modelParse(out)
-		if outbound && isPool(fx, m.dst.Addr()) {
-			// Hairpin: both ends change; the destination by the
-			// reverse table, the source into the sender's block.
-			block, err := fx.m.Forward(m.src.Addr())
-			key := FlowKey{Addr: be32(m.dst.Addr()), Port: htons(m.dst.Port()), Proto: m.proto}
-			var rev FlowRev
-			if err != nil || fx.nat.objs.FlowsRev.Lookup(&key, &rev) != nil ||
-				o.dst != netip.AddrPortFrom(AddrFromBE32(rev.Addr), PortFromBE16(rev.Port)) ||
-				o.src.Addr() != block.Public || o.src.Port() < block.PortLo || o.src.Port() > block.PortHi {
-				t.Fatalf("hairpin %s->%s became %s->%s%s", m.src, m.dst, o.src, o.dst, dump(out))
-			}
-			return
-		}
-		if outbound {
-			block, err := fx.m.Forward(m.src.Addr())
-			if err != nil {
-				t.Fatalf("translated a source outside the inside prefixes%s", dump(frame))
-			}
-			if o.src.Addr() != block.Public || o.src.Port() < block.PortLo || o.src.Port() > block.PortHi || o.dst != m.dst {
-				t.Fatalf("translated %s->%s into %s->%s, block %+v%s", m.src, m.dst, o.src, o.dst, block, dump(out))
-			}
-		} else {
-			// The model's flow table is the reverse map itself: the
-			// fuzzer's own outbound frames may have added mappings.
-			key := FlowKey{Addr: be32(m.dst.Addr()), Port: htons(m.dst.Port()), Proto: m.proto}
-			var rev FlowRev
-			if err := fx.nat.objs.FlowsRev.Lookup(&key, &rev); err != nil {
-				t.Fatalf("inbound %s->%s translated without a mapping%s", m.src, m.dst, dump(frame))
-			}
-			want := netip.AddrPortFrom(AddrFromBE32(rev.Addr), PortFromBE16(rev.Port))
-			if o.dst != want || o.src != m.src {
-				t.Fatalf("inbound %s->%s became %s->%s, mapping says %s%s", m.src, m.dst, o.src, o.dst, want, dump(out))
-			}
-		}
-		if diff := unexpectedChanges(frame, out, m); diff != "" {
-			t.Fatalf("%s\nin:%sout:%s", diff, dump(frame), dump(out))
-		}
-		if m.ipValid && !ipChecksumValid(out, m) {
-			t.Fatalf("IP checksum broken by translation%s", dump(out))
-		}
-		if m.l4Valid && !l4ChecksumValid(out, m) {
-			t.Fatalf("L4 checksum broken by translation%s", dump(out))
-		}
-	})
+	}
+	if diff := unexpectedChanges(frame, out, m); diff != "" {
+		t.Fatalf("%s\nin:%sout:%s", diff, dump(frame), dump(out))
+	}
+	if m.ipValid && !ipChecksumValid(out, m) {
+		t.Fatalf("IP checksum broken by translation%s", dump(out))
+	}
+	if m.l4Valid && !l4ChecksumValid(out, m) {
+		t.Fatalf("L4 checksum broken by translation%s", dump(out))
+	}
 }
 
 // model is the Go reading of a frame the NAT may translate.
@@ -350,8 +381,25 @@ func unexpectedChanges(in, out []byte, m model) string {
 }
 
 func isPool(fx *natFixture, a netip.Addr) bool {
-	for _, p := range fx.m.Pool {
-		if p == a {
+	return slices.Contains(publicAddrs(fx.nat.params), a)
+}
+
+// inHeldBlock says whether src is a port of the subscriber's own block, or
+// of an overflow block the kernel shows it holding.
+func inHeldBlock(t *testing.T, fx *natFixture, own mapping.Block, src netip.AddrPort) bool {
+	if src.Addr() == own.Public && src.Port() >= own.PortLo && src.Port() <= own.PortHi {
+		return true
+	}
+	id, ok := fx.nat.OverflowOf(src.Addr(), src.Port())
+	if !ok {
+		return false
+	}
+	held, err := fx.nat.OverflowBlocks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range held {
+		if h.ID == id && h.Subscriber == own.Subscriber && !h.Releasing {
 			return true
 		}
 	}
