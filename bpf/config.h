@@ -32,6 +32,12 @@ volatile const __u32 inside_max = 0xffffffff;
  * established path pays no lookup for them. */
 volatile const __u8 nat_exempt_on = 0;
 volatile const __u8 public_inside_on = 0;
+/* The lowest and highest address of each (host order): most packets fall
+ * outside the range and pay no trie lookup. */
+volatile const __u32 exempt_min = 0;
+volatile const __u32 exempt_max = 0xffffffff;
+volatile const __u32 public_min = 0;
+volatile const __u32 public_max = 0xffffffff;
 /* Overflow blocks (ports.overflow): ov_count blocks of ov_block_size ports
  * from port_lo, ov_per_addr of them on each overflow address; a subscriber
  * holds at most ov_max (no more than OVERFLOW_SLOTS). */

@@ -343,10 +343,14 @@ func prepareSpec(p Params) (*ebpf.CollectionSpec, error) {
 		"udp_inbound_refresh": boolByte(p.UDPInboundRefresh),
 		"pool_min":            poolMin(p),
 		"pool_max":            poolMax(p),
-		"inside_min":          insideMin(m),
-		"inside_max":          insideMax(m),
+		"inside_min":          prefixesMin(m.Prefixes),
+		"inside_max":          prefixesMax(m.Prefixes),
 		"nat_exempt_on":       boolByte(len(p.Exempt) > 0),
 		"public_inside_on":    boolByte(len(p.PublicInside) > 0),
+		"exempt_min":          prefixesMin(p.Exempt),
+		"exempt_max":          prefixesMax(p.Exempt),
+		"public_min":          prefixesMin(p.PublicInside),
+		"public_max":          prefixesMax(p.PublicInside),
 	}
 	ovVars, ovSizes := overflowVars(p)
 	maps.Copy(vars, ovVars)
@@ -403,17 +407,20 @@ func poolMax(p Params) uint32 {
 	return hi
 }
 
-func insideMin(m *mapping.Mapping) uint32 {
+// prefixesMin and prefixesMax are the lowest and highest address the
+// prefixes cover, in host order, for the data plane's range checks in
+// front of its tries; with no prefix the range is empty (min above max).
+func prefixesMin(prefixes []netip.Prefix) uint32 {
 	lo := uint32(0xffffffff)
-	for _, p := range m.Prefixes {
+	for _, p := range prefixes {
 		lo = min(lo, binary.BigEndian.Uint32(p.Masked().Addr().AsSlice()))
 	}
 	return lo
 }
 
-func insideMax(m *mapping.Mapping) uint32 {
+func prefixesMax(prefixes []netip.Prefix) uint32 {
 	var hi uint32
-	for _, p := range m.Prefixes {
+	for _, p := range prefixes {
 		first := binary.BigEndian.Uint32(p.Masked().Addr().AsSlice())
 		hi = max(hi, first|uint32(uint64(1)<<(32-p.Bits())-1))
 	}

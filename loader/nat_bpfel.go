@@ -291,6 +291,8 @@ const (
 	natProgXdpOutside            = "xdp_outside"
 	natVarBlockSize              = "block_size"
 	natVarEpoch                  = "epoch"
+	natVarExemptMax              = "exempt_max"
+	natVarExemptMin              = "exempt_min"
 	natVarFilterApdf             = "filter_apdf"
 	natVarInsideMax              = "inside_max"
 	natVarInsideMin              = "inside_min"
@@ -304,6 +306,8 @@ const (
 	natVarPoolMin                = "pool_min"
 	natVarPortLo                 = "port_lo"
 	natVarPublicInsideOn         = "public_inside_on"
+	natVarPublicMax              = "public_max"
+	natVarPublicMin              = "public_min"
 	natVarSharingRatio           = "sharing_ratio"
 	natVarSubscriberCount        = "subscriber_count"
 	natVarUdpInboundRefresh      = "udp_inbound_refresh"
@@ -402,6 +406,8 @@ type natMapSpecs struct {
 type natVariableSpecs struct {
 	BlockSize              *ebpf.VariableSpec `ebpf:"block_size"`
 	Epoch                  *ebpf.VariableSpec `ebpf:"epoch"`
+	ExemptMax              *ebpf.VariableSpec `ebpf:"exempt_max"`
+	ExemptMin              *ebpf.VariableSpec `ebpf:"exempt_min"`
 	FilterApdf             *ebpf.VariableSpec `ebpf:"filter_apdf"`
 	InsideMax              *ebpf.VariableSpec `ebpf:"inside_max"`
 	InsideMin              *ebpf.VariableSpec `ebpf:"inside_min"`
@@ -415,6 +421,8 @@ type natVariableSpecs struct {
 	PoolMin                *ebpf.VariableSpec `ebpf:"pool_min"`
 	PortLo                 *ebpf.VariableSpec `ebpf:"port_lo"`
 	PublicInsideOn         *ebpf.VariableSpec `ebpf:"public_inside_on"`
+	PublicMax              *ebpf.VariableSpec `ebpf:"public_max"`
+	PublicMin              *ebpf.VariableSpec `ebpf:"public_min"`
 	SharingRatio           *ebpf.VariableSpec `ebpf:"sharing_ratio"`
 	SubscriberCount        *ebpf.VariableSpec `ebpf:"subscriber_count"`
 	UdpInboundRefresh      *ebpf.VariableSpec `ebpf:"udp_inbound_refresh"`
@@ -511,6 +519,8 @@ func (m *natMaps) Close() error {
 type natVariables struct {
 	BlockSize              *ebpf.Variable `ebpf:"block_size"`
 	Epoch                  *ebpf.Variable `ebpf:"epoch"`
+	ExemptMax              *ebpf.Variable `ebpf:"exempt_max"`
+	ExemptMin              *ebpf.Variable `ebpf:"exempt_min"`
 	FilterApdf             *ebpf.Variable `ebpf:"filter_apdf"`
 	InsideMax              *ebpf.Variable `ebpf:"inside_max"`
 	InsideMin              *ebpf.Variable `ebpf:"inside_min"`
@@ -524,6 +534,8 @@ type natVariables struct {
 	PoolMin                *ebpf.Variable `ebpf:"pool_min"`
 	PortLo                 *ebpf.Variable `ebpf:"port_lo"`
 	PublicInsideOn         *ebpf.Variable `ebpf:"public_inside_on"`
+	PublicMax              *ebpf.Variable `ebpf:"public_max"`
+	PublicMin              *ebpf.Variable `ebpf:"public_min"`
 	SharingRatio           *ebpf.Variable `ebpf:"sharing_ratio"`
 	SubscriberCount        *ebpf.Variable `ebpf:"subscriber_count"`
 	UdpInboundRefresh      *ebpf.Variable `ebpf:"udp_inbound_refresh"`
