@@ -17,15 +17,16 @@
 // outward: Apply rounds Start down and End up, and every answer (Lookup,
 // History, Export, NearestRecords, OpenRecords) gives them so. The stored
 // interval therefore contains the true one, and is less than a millisecond
-// wider at each end, so no lookup loses a candidate. A lookup gains one only
-// where two holders of a block were less than a millisecond apart, and then
-// answers both, which is the correct answer for a question asked to the
-// second. Nanoseconds, as the kernel gives them, cost about eleven
-// incompressible bytes a record (layout 2); milliseconds take a closed record
-// from 27.6 to 22.7 bytes on disk (TestBytesPerRecord). Two records of one
-// subscriber and block that begin within one millisecond share a key: the
-// later release stands, and its interval holds both. Epoch, canary and lease
-// times keep nanoseconds.
+// wider at each end: no lookup loses a candidate, and one gains a record
+// only when its true interval missed the question by less than a
+// millisecond. At a handover that means two holders less than a
+// millisecond apart, and both answer, which is the correct answer to a
+// question asked to the second. Nanoseconds, as the kernel gives them,
+// cost about eleven incompressible bytes a record (layout 2); milliseconds
+// take a closed record from 27.6 to 22.7 bytes on disk (TestBytesPerRecord).
+// Two records of one subscriber and block that begin within one
+// millisecond share a key: the later release stands, and its interval
+// holds both. Epoch, canary and lease times keep nanoseconds.
 //
 // # Key layout
 //
