@@ -93,7 +93,8 @@ func TestRecordsOfTraffic(t *testing.T) {
 			r.PortHi != block.PortHi || r.Epoch != 1 || r.Flags != 0 {
 			t.Errorf("record %+v, want block %+v in epoch 1, announced by the ring buffer", r, block)
 		}
-		if r.Start.Before(before) || r.Start.After(after) {
+		// The store keeps times to the millisecond, Start rounded down.
+		if r.Start.Before(before.Truncate(time.Millisecond)) || r.Start.After(after) {
 			t.Errorf("record start %v outside the test's span %v..%v", r.Start, before, after)
 		}
 	}
@@ -264,7 +265,8 @@ func TestIdleBlockReleased(t *testing.T) {
 	}
 	sort.Slice(recs, func(i, j int) bool { return recs[i].Start.Before(recs[j].Start) })
 	closed, reopened := recs[0], recs[1]
-	if closed.Open() || closed.End.Before(firstSent.Add(time.Second)) || closed.End.After(released) {
+	// End is rounded up to the millisecond.
+	if closed.Open() || closed.End.Before(firstSent.Add(time.Second)) || closed.End.After(released.Add(time.Millisecond)) {
 		t.Errorf("first record %+v: want it closed between %v and %v", closed, firstSent.Add(time.Second), released)
 	}
 	if !reopened.Open() || reopened.Start.Before(released) {

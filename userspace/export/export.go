@@ -250,7 +250,9 @@ func (e *Exporter) Observe(ops []store.Op) {
 func (e *Exporter) eventsOf(ops []store.Op) []Event {
 	var out []Event
 	for _, op := range ops {
-		r := op.Record
+		// The times the store keeps (to the millisecond, rounded
+		// outward), so the export says what a lookup will.
+		r := op.Record.AsStored()
 		key := blockKey{subscriber: r.Subscriber, public: r.Public, portLo: r.PortLo}
 		ev := Event{Inside: r.Inside, Public: r.Public, PortLo: r.PortLo, PortHi: r.PortHi}
 		switch op.Kind {

@@ -47,11 +47,15 @@ func ops() ([]store.Op, []Event) {
 	again := rec(3, inside3, 1528, 2031, t0.Add(time.Minute))
 	in := []store.Op{activate(a), activate(b), activate(rec(3, inside3, 1528, 2031, t0.Add(time.Millisecond))),
 		release(a, t0.Add(30*time.Second)), activate(again)}
+	// The times the store keeps: starts rounded down to the millisecond,
+	// ends up.
+	down, up := func(t time.Time) time.Time { return t.Truncate(time.Millisecond) },
+		func(t time.Time) time.Time { return t.Add(time.Millisecond - 1).Truncate(time.Millisecond) }
 	want := []Event{
-		{Kind: Allocation, Time: t0, Inside: inside3, Public: public, PortLo: 1528, PortHi: 2031},
-		{Kind: Allocation, Time: t0.Add(time.Second), Inside: inside2, Public: public, PortLo: 1024, PortHi: 1527},
-		{Kind: Deallocation, Time: t0.Add(30 * time.Second), Inside: inside3, Public: public, PortLo: 1528, PortHi: 2031},
-		{Kind: Allocation, Time: t0.Add(time.Minute), Inside: inside3, Public: public, PortLo: 1528, PortHi: 2031},
+		{Kind: Allocation, Time: down(t0), Inside: inside3, Public: public, PortLo: 1528, PortHi: 2031},
+		{Kind: Allocation, Time: down(t0.Add(time.Second)), Inside: inside2, Public: public, PortLo: 1024, PortHi: 1527},
+		{Kind: Deallocation, Time: up(t0.Add(30 * time.Second)), Inside: inside3, Public: public, PortLo: 1528, PortHi: 2031},
+		{Kind: Allocation, Time: down(t0.Add(time.Minute)), Inside: inside3, Public: public, PortLo: 1528, PortHi: 2031},
 	}
 	return in, want
 }
