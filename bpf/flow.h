@@ -164,6 +164,28 @@ static __always_inline __s64 subscriber_of(__be32 addr)
 	return sub;
 }
 
+/* report_block reports that sub began to hold [lo, hi] of public at since:
+ * the only thing the data plane ever tells user space. A full ring buffer
+ * is counted; the reconciler finds the block in the kernel's tables. */
+static __always_inline void report_block(__u32 sub, __be32 inside, __be32 public, __u16 lo, __u16 hi, __u64 since)
+{
+	struct block_event *e = bpf_ringbuf_reserve(&block_events, sizeof(*e), 0);
+
+	if (!e) {
+		stat_inc(STAT_RINGBUF_FULL);
+		return;
+	}
+	e->time_ns = since;
+	e->subscriber = sub;
+	e->inside_addr = inside;
+	e->public_addr = public;
+	e->port_lo = lo;
+	e->port_hi = hi;
+	e->epoch = epoch;
+	e->kind = BLOCK_EVENT_ACTIVATE;
+	bpf_ringbuf_submit(e, 0);
+}
+
 /*
  * block_activate marks a subscriber's block active and, for the first flow
  * of an idle block only, reports it. The compare-and-swap makes exactly one
@@ -172,7 +194,6 @@ static __always_inline __s64 subscriber_of(__be32 addr)
 static __always_inline void block_activate(__u32 sub, __be32 inside, __be32 public, __u16 base, __u64 now)
 {
 	struct subscriber_state *s = bpf_map_lookup_elem(&subscribers, &sub);
-	struct block_event *e;
 	__u64 since;
 
 	if (!s)
@@ -186,22 +207,9 @@ static __always_inline void block_activate(__u32 sub, __be32 inside, __be32 publ
 	since = bpf_ktime_get_ns();
 	s->active_since_ns = since;
 	stat_inc(STAT_BLOCK_ACTIVATIONS);
-	e = bpf_ringbuf_reserve(&block_events, sizeof(*e), 0);
-	if (!e) {
-		/* The reconciler still finds the block, and when it began:
-		 * both are in the subscriber's state above. */
-		stat_inc(STAT_RINGBUF_FULL);
-		return;
-	}
-	e->time_ns = since;
-	e->subscriber = sub;
-	e->inside_addr = inside;
-	e->public_addr = public;
-	e->port_lo = base;
-	e->port_hi = base + block_size - 1;
-	e->epoch = epoch;
-	e->kind = BLOCK_EVENT_ACTIVATE;
-	bpf_ringbuf_submit(e, 0);
+	/* When the event cannot be sent, the reconciler still finds the
+	 * block, and when it began: both are in the subscriber's state. */
+	report_block(sub, inside, public, base, base + block_size - 1, since);
 }
 
 static __always_inline void count_block_full(__u32 sub)
@@ -269,29 +277,6 @@ static __always_inline __u16 overflow_base(__u32 id, __be32 *addr)
 		return 0;
 	*addr = *a;
 	return port_lo + (id % ov_per_addr) * ov_block_size;
-}
-
-/* overflow_event reports a claimed overflow block, as block_activate does
- * a subscriber's own: the agent records it like any block. */
-static __always_inline void overflow_event(__u32 sub, __be32 inside, __be32 public, __u16 base, __u64 since)
-{
-	struct block_event *e = bpf_ringbuf_reserve(&block_events, sizeof(*e), 0);
-
-	if (!e) {
-		/* The reconciler finds the block in overflow_blocks, with
-		 * its owner and since_ns. */
-		stat_inc(STAT_RINGBUF_FULL);
-		return;
-	}
-	e->time_ns = since;
-	e->subscriber = sub;
-	e->inside_addr = inside;
-	e->public_addr = public;
-	e->port_lo = base;
-	e->port_hi = base + ov_block_size - 1;
-	e->epoch = epoch;
-	e->kind = BLOCK_EVENT_ACTIVATE;
-	bpf_ringbuf_submit(e, 0);
 }
 
 /* flow_claim is a new flow's search for a port: the probe state, and what
@@ -408,7 +393,9 @@ static __always_inline long overflow_ports(struct pkt *p, struct flow_claim *c)
 	base = overflow_base(id, &c->pp.rkey.addr);
 	if (!base)
 		return -EINVAL;
-	overflow_event(c->sub, c->pp.rev.addr, c->pp.rkey.addr, base, ob->since_ns);
+	/* Recorded like a subscriber's own block; a lost event is found in
+	 * overflow_blocks, with the owner and since_ns. */
+	report_block(c->sub, c->pp.rev.addr, c->pp.rkey.addr, base, base + ov_block_size - 1, ob->since_ns);
 	c->held = id;
 	return try_ports(&c->pp, base, ov_block_size, OVERFLOW_PROBES);
 }

@@ -17,13 +17,10 @@ import (
 
 type direct struct{ st *store.Store }
 
-func (d direct) Submit(_ context.Context, ops []store.Op) error { return d.st.Apply(ops) }
-
-// TestReconcile: the kernel shows subscribers 2, 3 and 4 active; the store
-// has open records for 3 (matching) and 5 (no longer active). Afterwards
-// 2 and 4 have recovered records starting when the kernel says their
-// blocks began, 3 is untouched, 5 is closed.
-func TestReconcile(t *testing.T) {
+// testMapping is 100.64.0.0/24 on 198.51.100.10/31; the kernel maps the
+// tests load need root.
+func testMapping(t *testing.T) *mapping.Mapping {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("BLOCKNAT_REQUIRE_PRIVILEGED") == "1" {
 			t.Fatal("needs root for kernel maps")
@@ -34,6 +31,17 @@ func TestReconcile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return m
+}
+
+func (d direct) Submit(_ context.Context, ops []store.Op) error { return d.st.Apply(ops) }
+
+// TestReconcile: the kernel shows subscribers 2, 3 and 4 active; the store
+// has open records for 3 (matching) and 5 (no longer active). Afterwards
+// 2 and 4 have recovered records starting when the kernel says their
+// blocks began, 3 is untouched, 5 is closed.
+func TestReconcile(t *testing.T) {
+	m := testMapping(t)
 	nat, err := loader.Load(loader.Params{Mapping: m, Epoch: 4}, "")
 	if err != nil {
 		t.Fatal(err)
@@ -107,16 +115,7 @@ func TestReconcile(t *testing.T) {
 // whose block nobody holds any more is closed; a subscriber's own block
 // and its overflow block are told apart.
 func TestReconcileOverflow(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("BLOCKNAT_REQUIRE_PRIVILEGED") == "1" {
-			t.Fatal("needs root for kernel maps")
-		}
-		t.Skip("needs root for kernel maps")
-	}
-	m, err := mapping.New([]netip.Prefix{netip.MustParsePrefix("100.64.0.0/24")}, []netip.Prefix{netip.MustParsePrefix("198.51.100.10/31")}, 1024, 65535, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := testMapping(t)
 	o, err := mapping.NewOverflow([]netip.Prefix{netip.MustParsePrefix("198.51.100.20/32")}, 1024, 65535, 2016, 2)
 	if err != nil {
 		t.Fatal(err)
