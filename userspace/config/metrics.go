@@ -22,6 +22,12 @@ type SelfCheck struct {
 	// Interval is the time between canaries (default 5m); 0 turns the
 	// self-check off.
 	Interval Duration `yaml:"interval"`
+	// ClockMaxError is the estimated clock error (adjtimex's esterror)
+	// above which the clock alarm is raised, as it is while the clock is
+	// not synchronised at all (default 100ms); 0 turns the clock alarm
+	// off, for a lab without NTP: the state is still read, exported and
+	// recorded with every epoch and answer.
+	ClockMaxError Duration `yaml:"clock_max_error"`
 }
 
 // Defaults of the monitoring fields.
@@ -31,11 +37,17 @@ const (
 	// MinSelfCheckInterval keeps a typo (5ms for 5m) from turning the
 	// self-check into a load of its own.
 	MinSelfCheckInterval = time.Second
+	// DefaultClockMaxError: an NTP client on a network path to its
+	// servers keeps esterror within a few milliseconds; 100ms is well
+	// beyond that yet well within the second to which the police usually
+	// state a time, so crossing it means the client has lost its sources.
+	DefaultClockMaxError = 100 * time.Millisecond
 )
 
 func monitoringDefaults(c *Config) {
 	c.Metrics.Listen = DefaultMetricsListen
 	c.SelfCheck.Interval = Duration(DefaultSelfCheckInterval)
+	c.SelfCheck.ClockMaxError = Duration(DefaultClockMaxError)
 }
 
 func (c *Config) validateMonitoring() []error {
@@ -47,6 +59,9 @@ func (c *Config) validateMonitoring() []error {
 	}
 	if iv := time.Duration(c.SelfCheck.Interval); iv != 0 && iv < MinSelfCheckInterval {
 		errs = append(errs, fmt.Errorf("selfcheck.interval: %s is below %s (0 turns the self-check off)", c.SelfCheck.Interval, MinSelfCheckInterval))
+	}
+	if b := time.Duration(c.SelfCheck.ClockMaxError); b < 0 {
+		errs = append(errs, fmt.Errorf("selfcheck.clock_max_error: %s is negative (0 turns the clock alarm off)", c.SelfCheck.ClockMaxError))
 	}
 	return errs
 }

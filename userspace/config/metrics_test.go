@@ -14,6 +14,23 @@ func TestMonitoringDefaults(t *testing.T) {
 	if c.Metrics.Listen != "127.0.0.1:9477" || time.Duration(c.SelfCheck.Interval) != 5*time.Minute {
 		t.Errorf("metrics.listen %q, selfcheck.interval %v; want 127.0.0.1:9477 and 5m", c.Metrics.Listen, c.SelfCheck.Interval)
 	}
+	if time.Duration(c.SelfCheck.ClockMaxError) != DefaultClockMaxError {
+		t.Errorf("selfcheck.clock_max_error %v, want %v", c.SelfCheck.ClockMaxError, DefaultClockMaxError)
+	}
+}
+
+// TestClockMaxError: a bound is read as a duration, 0 is allowed (the clock
+// alarm is off) and a negative one is refused, naming the field.
+func TestClockMaxError(t *testing.T) {
+	for yaml, want := range map[string]time.Duration{"selfcheck: {clock_max_error: 20ms}": 20 * time.Millisecond, "selfcheck: {clock_max_error: 0}": 0} {
+		c, err := Parse([]byte(agentMinimal + yaml + "\n"))
+		if err != nil || time.Duration(c.SelfCheck.ClockMaxError) != want {
+			t.Errorf("%s: %v (%v), want %v", yaml, c.SelfCheck.ClockMaxError, err, want)
+		}
+	}
+	if _, err := Parse([]byte(agentMinimal + "selfcheck: {clock_max_error: -1s}\n")); err == nil || !strings.Contains(err.Error(), "selfcheck.clock_max_error") {
+		t.Errorf("a negative bound: %v, want an error naming selfcheck.clock_max_error", err)
+	}
 }
 
 func TestMonitoringFields(t *testing.T) {

@@ -1,7 +1,8 @@
 // Package metrics exposes blocknatd's figures to Prometheus: the data
 // plane's counters, the kernel tables' occupancy, whether records are being
 // written, the state of retention, audit and the self-check, and whether
-// the nftables guard keeps untranslated subscriber packets in.
+// the nftables guard keeps untranslated subscriber packets in, and whether
+// the clock the records rest on is synchronised.
 //
 // Every figure is an aggregate. No metric carries a subscriber, an address
 // or a port in a label, because a scrape endpoint is read by monitoring
@@ -24,6 +25,7 @@ import (
 
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/clockstate"
 	"github.com/blocknat/blocknat/userspace/diskspace"
 	"github.com/blocknat/blocknat/userspace/events"
 	"github.com/blocknat/blocknat/userspace/store"
@@ -68,6 +70,9 @@ const (
 	APIRejectedTotal       = "blocknat_api_rejected_total"
 	APIConnsRefusedTotal   = "blocknat_api_connections_refused_total"
 	APIRefusalsSummarised  = "blocknat_api_refusals_summarised_total"
+	ClockSynchronised      = "blocknat_clock_synchronised"
+	ClockEstimatedError    = "blocknat_clock_estimated_error_seconds"
+	ClockMaxError          = "blocknat_clock_max_error_seconds"
 )
 
 // Alarm reasons: the reason label of blocknat_alarm, each 1 while it holds.
@@ -77,10 +82,11 @@ const (
 	AlarmSelfCheck   = "selfcheck"    // a canary did not make it to a lookup
 	AlarmDiskLow     = "disk_low"     // state_dir is below disk.min_free, or its free space is unreadable
 	AlarmAudit       = "audit"        // the audit log cannot write, so lookups are refused
+	AlarmClock       = "clock"        // the clock is not synchronised, its error is above selfcheck.clock_max_error, or unreadable
 )
 
 // AlarmReasons lists every reason, in the order the alarm states them.
-var AlarmReasons = []string{AlarmStoreWrites, AlarmSelfCheck, AlarmDiskLow, AlarmAudit}
+var AlarmReasons = []string{AlarmStoreWrites, AlarmSelfCheck, AlarmDiskLow, AlarmAudit, AlarmClock}
 
 // Data-plane stat names (loader.StatNames) this package knows by name.
 const (
@@ -142,6 +148,8 @@ type Snapshot struct {
 	Audit audit.Health
 	// API is what the query API turned away.
 	API APIFigures
+	// Clock is the last clock state the agent read.
+	Clock ClockFigures
 	// Errors are the parts that could not be read.
 	Errors []error
 }
@@ -156,6 +164,39 @@ type SelfCheckState struct {
 	LastAt      time.Time // when the last check ended
 	LastSuccess time.Time
 	LastError   string // of the last check, when it failed
+}
+
+// ClockFigures are the last clock state the agent read (at start, at every
+// self-check, and when it records an epoch or answers a lookup) and the
+// bound it is held to.
+type ClockFigures struct {
+	// State is the state read; its ReadAt is zero before the first read.
+	State clockstate.State
+	// Err is why the last read failed; "" when it did not.
+	Err string
+	// Bound is selfcheck.clock_max_error; 0 means the clock raises no
+	// alarm.
+	Bound time.Duration
+}
+
+// Problem says why the clock cannot be vouched for, "" when it can (or
+// is not held to a bound, or has not been read yet).
+func (c ClockFigures) Problem() string {
+	switch {
+	case c.Bound == 0:
+		return ""
+	case c.Err != "":
+		return "clock state unreadable, so record times cannot be vouched for: " + c.Err
+	case c.State.ReadAt.IsZero():
+		return ""
+	case !c.State.Synchronised:
+		return "clock is not synchronised (the kernel's STA_UNSYNC is set): record times and answers rest on it; " +
+			"run an NTP client (chrony, systemd-timesyncd) and wait until it has synchronised"
+	case c.State.EstimatedError > c.Bound:
+		return fmt.Sprintf("clock's estimated error %s is above selfcheck.clock_max_error %s: see whether the NTP client still reaches its sources (chronyc sources)",
+			clockstate.FormatError(c.State.EstimatedError), clockstate.FormatError(c.Bound))
+	}
+	return ""
 }
 
 // GuardFigures are the nftables guard's state (userspace/guard).
@@ -211,6 +252,8 @@ func (s Snapshot) alarm(reason string) string {
 		if s.Audit.Failing {
 			return "audit log cannot write, so lookups are refused until it can (retried every second): " + s.Audit.LastError
 		}
+	case AlarmClock:
+		return s.Clock.Problem()
 	}
 	return ""
 }
@@ -227,6 +270,7 @@ type Collector struct {
 	guardInstalled, guardDropped, guardMissing                                  *prometheus.Desc
 	alarmBy, free, minFree, reserve                                             *prometheus.Desc
 	apiRejected, apiConnsRefused, apiSummarised                                 *prometheus.Desc
+	clockSynchronised, clockEstimatedError, clockMaxError                       *prometheus.Desc
 	scrapeError                                                                 *prometheus.Desc
 }
 
@@ -267,8 +311,14 @@ func NewCollector(snapshot func() Snapshot, writes *Writes) *Collector {
 		selfFailures: d(SelfCheckFailuresTotal, "Self-checks whose canary did not make it from the kernel to a lookup."),
 		selfChecks:   d(SelfCheckChecksTotal, "Self-checks run."),
 		alarm: d(RecordsAlarm,
-			"1 while any blocknat_alarm reason holds: records are not being written (store, self-check, disk) or not answered from (audit); else 0."),
-		alarmBy: d(Alarm, "1 while the alarm's reason holds: store_writes, selfcheck, disk_low or audit; else 0.", labelReason),
+			"1 while any blocknat_alarm reason holds: records are not being written (store, self-check, disk), not answered from (audit) or not to be trusted (clock); else 0."),
+		alarmBy: d(Alarm, "1 while the alarm's reason holds: store_writes, selfcheck, disk_low, audit or clock; else 0.", labelReason),
+		clockSynchronised: d(ClockSynchronised,
+			"1 when the kernel reports the clock synchronised (STA_UNSYNC clear) at the agent's last read; else 0. Absent before the first read or while it fails."),
+		clockEstimatedError: d(ClockEstimatedError,
+			"The kernel's estimate of the clock's error (adjtimex esterror) at the agent's last read; meaningless while the clock is not synchronised."),
+		clockMaxError: d(ClockMaxError,
+			"The kernel's bound on the clock's error (adjtimex maxerror) at the agent's last read; it grows while no NTP client updates it."),
 		free:    d(StateDirFreeBytes, "Bytes free on state_dir's filesystem at the last check."),
 		minFree: d(StateDirMinFreeBytes, "disk.min_free: below this, record and lease writes pause and disk_low is raised."),
 		reserve: d(DiskReserveBytes, "Bytes held by the ballast file state_dir/reserve (0 when there is none)."),
@@ -302,7 +352,7 @@ func (c *Collector) descs() []*prometheus.Desc {
 		c.activeBlocks, c.flows, c.utilisation, c.overflow, c.eventsRead, c.written, c.dropped, c.writeErrors, c.openRecords, c.diskBytes,
 		c.retention, c.audit, c.epoch, c.selfLast, c.selfFailures, c.selfChecks, c.alarm,
 		c.guardInstalled, c.guardDropped, c.guardMissing, c.alarmBy, c.free, c.minFree, c.reserve,
-		c.apiRejected, c.apiConnsRefused, c.apiSummarised}
+		c.apiRejected, c.apiConnsRefused, c.apiSummarised, c.clockSynchronised, c.clockEstimatedError, c.clockMaxError}
 }
 
 // Collect reads one snapshot and sends it.
@@ -371,6 +421,15 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	counter(c.apiSummarised, s.API.RefusalsSummarised)
+	if cl := s.Clock; cl.Err == "" && !cl.State.ReadAt.IsZero() {
+		synchronised := 0.0
+		if cl.State.Synchronised {
+			synchronised = 1
+		}
+		gauge(c.clockSynchronised, synchronised)
+		gauge(c.clockEstimatedError, cl.State.EstimatedError.Seconds())
+		gauge(c.clockMaxError, cl.State.MaxError.Seconds())
+	}
 	installed := 0.0
 	if s.Guard.Installed {
 		installed = 1
@@ -448,7 +507,7 @@ func Classify(stat string) (metric, label string) {
 func Names() []string {
 	names := []string{
 		ActiveBlocks, Alarm, APIConnsRefusedTotal, APIRejectedTotal, APIRefusalsSummarised, AuditEntries,
-		BlockActivationsTotal, BlockEventsReadTotal, BlockUtilisation, BytesTotal,
+		BlockActivationsTotal, BlockEventsReadTotal, BlockUtilisation, BytesTotal, ClockEstimatedError, ClockMaxError, ClockSynchronised,
 		DatapathEventsTotal, DiskReserveBytes, DropsTotal, Epoch, Flows, FlowsCreatedTotal, GuardDroppedTotal, GuardInstalled,
 		GuardMissingTotal, OverflowBlocks, PacketsTotal, PassesTotal, RecordsAlarm,
 		RecordsDroppedTotal, RecordsWrittenTotal, RetentionLastSweep, RingbufDropsTotal, SelfCheckChecksTotal,

@@ -21,6 +21,7 @@ import (
 
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/clockstate"
 	"github.com/blocknat/blocknat/userspace/diskspace"
 	"github.com/blocknat/blocknat/userspace/events"
 	"github.com/blocknat/blocknat/userspace/store"
@@ -98,6 +99,8 @@ func fullSnapshot() Snapshot {
 		Disk: diskspace.State{Limits: diskspace.Limits{MinFree: 64 << 20, Reserve: 32 << 20}, Free: 5 << 30, Held: 32 << 20},
 		API: APIFigures{Rejected: map[string]uint64{"bad_request": 5, "headers_too_large": 6}, ConnsOverCap: map[string]uint64{"per_uid": 7},
 			RefusalsSummarised: 8},
+		Clock: ClockFigures{State: clockstate.State{Synchronised: true, EstimatedError: 12 * time.Millisecond, MaxError: 40 * time.Millisecond,
+			ReadAt: time.Unix(1_800_000_200, 0)}, Bound: 100 * time.Millisecond},
 	}
 }
 
@@ -157,6 +160,10 @@ func TestCollectorExportsSnapshot(t *testing.T) {
 		{APIRejectedTotal, []string{"reason", "headers_too_large"}, 6},
 		{APIConnsRefusedTotal, []string{"reason", "per_uid"}, 7},
 		{APIRefusalsSummarised, nil, 8},
+		{ClockSynchronised, nil, 1},
+		{ClockEstimatedError, nil, 0.012},
+		{ClockMaxError, nil, 0.04},
+		{Alarm, []string{"reason", AlarmClock}, 0},
 	} {
 		if got := value(t, fams, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
@@ -240,6 +247,14 @@ func TestAlarm(t *testing.T) {
 		{"state_dir low", func(s *Snapshot) { s.Disk.Low, s.Disk.Free = true, 1<<20 }, 1, AlarmDiskLow},
 		{"state_dir unreadable", func(s *Snapshot) { s.Disk.Err = "statfs: permission denied" }, 1, AlarmDiskLow},
 		{"audit log cannot write", func(s *Snapshot) { s.Audit = audit.Health{Failing: true, LastError: "no space left on device"} }, 1, AlarmAudit},
+		{"clock not synchronised", func(s *Snapshot) { s.Clock.State.Synchronised = false }, 1, AlarmClock},
+		{"clock error above the bound", func(s *Snapshot) { s.Clock.State.EstimatedError = 101 * time.Millisecond }, 1, AlarmClock},
+		{"clock error at the bound", func(s *Snapshot) { s.Clock.State.EstimatedError = 100 * time.Millisecond }, 0, ""},
+		{"clock unreadable", func(s *Snapshot) { s.Clock.Err = "adjtimex: operation not permitted" }, 1, AlarmClock},
+		// clock_max_error: 0 turns the clock alarm off, not the figures.
+		{"clock not synchronised, alarm off", func(s *Snapshot) { s.Clock.State.Synchronised, s.Clock.Bound = false, 0 }, 0, ""},
+		// Before the first read there is nothing to raise the alarm on.
+		{"clock not read yet", func(s *Snapshot) { s.Clock.State = clockstate.State{} }, 0, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			snap := fullSnapshot()
@@ -265,6 +280,9 @@ func TestAlarm(t *testing.T) {
 				if got := value(t, byName, Alarm, "reason", reason); got != want {
 					t.Errorf("%s{reason=%q} = %v, want %v", Alarm, reason, got, want)
 				}
+			}
+			if c.reason == AlarmClock && !strings.Contains(strings.Join(snap.Alarms(), ""), "clock") {
+				t.Errorf("alarm sentences %q do not name the clock", snap.Alarms())
 			}
 			if c.want == 1 && len(snap.Alarms()) != 1 {
 				t.Errorf("alarm sentences %q, want exactly one", snap.Alarms())

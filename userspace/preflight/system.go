@@ -2,12 +2,13 @@ package preflight
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/blocknat/blocknat/userspace/clockstate"
 )
 
 // capability is one the agent uses, and what for.
@@ -81,26 +82,15 @@ func checkListen(name, addr string) Finding {
 // and answer is only as good as this clock.
 func checkClock() Finding {
 	const name = "clock"
-	var tx unix.Timex
-	state, err := unix.Adjtimex(&tx)
+	st, err := clockstate.Read()
 	if err != nil {
-		return notChecked(name, "adjtimex: %v", err)
+		return notChecked(name, "%v", err)
 	}
-	if state == unix.TIME_ERROR || tx.Status&unix.STA_UNSYNC != 0 {
+	if !st.Synchronised {
 		return warn(name, "is not synchronised (the kernel's STA_UNSYNC is set): record times and answers rest on this clock; "+
 			"run an NTP client (chrony, systemd-timesyncd) and wait until it has synchronised (chronyc tracking, timedatectl)")
 	}
-	return pass(name, "synchronised, estimated error %s", microseconds(tx.Esterror))
-}
-
-func microseconds(us int64) string {
-	switch {
-	case us >= 1_000_000:
-		return fmt.Sprintf("%.1f s", float64(us)/1e6)
-	case us >= 1000:
-		return fmt.Sprintf("%d ms", us/1000)
-	}
-	return fmt.Sprintf("%d µs", us)
+	return pass(name, "synchronised, estimated error %s", clockstate.FormatError(st.EstimatedError))
 }
 
 // unwrapOp drops net.OpError's restatement of the address.
