@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"net/netip"
 	"time"
 
@@ -19,7 +20,35 @@ type Epoch struct {
 	PortLo, PortHi, BlockSize uint16
 	Ratio                     uint32
 	Hash                      [32]byte
+	// Clock is the clock's state as the agent read it when it wrote this
+	// copy, so that an answer resting on the epoch can say how far the
+	// router's clock could be trusted then; nil in copies written before
+	// epochs carried it.
+	Clock *EpochClock
 }
+
+// EpochClock is the kernel's clock-synchronisation state (adjtimex) as the
+// agent read it.
+type EpochClock struct {
+	// Unreadable is true when adjtimex failed; the other fields but ReadAt
+	// are then zero.
+	Unreadable   bool
+	Synchronised bool
+	// EstimatedError and MaxError are kept to the microsecond, the
+	// kernel's own unit.
+	EstimatedError, MaxError time.Duration
+	ReadAt                   time.Time
+}
+
+// The trailing clock field of an epoch value. Values written before it
+// end after the pool; a reader meets a version it does not know as no
+// clock, so a later field can follow without making this version's stores
+// unreadable to it.
+const (
+	epochClockVersion      = 1
+	epochClockSynchronised = 1 << 0
+	epochClockUnreadable   = 1 << 1
+)
 
 // PutEpoch writes an epoch and syncs. Writing the same ID and Start again
 // replaces the copy, which is how the daily re-write refreshes Recorded. A
@@ -107,7 +136,10 @@ func (v *view) epochs() ([]Epoch, error) {
 // encodeEpoch returns the key and value of an epoch:
 //
 //	version, recorded u64, port_lo u16, port_hi u16, block_size u16,
-//	ratio u32, hash [32], uvarint n, n × (addr 4B, bits 1B), uvarint m, m × addr 4B
+//	ratio u32, hash [32], uvarint n, n × (addr 4B, bits 1B), uvarint m, m × addr 4B,
+//	and, optionally, the clock: clock_version 1B (1), flags 1B
+//	(synchronised, unreadable), uvarint esterror µs, uvarint maxerror µs,
+//	read_at u64 (unix ns)
 func encodeEpoch(e *Epoch, now time.Time) (key, val []byte, err error) {
 	startNS, err := checkTime(e.Start, "start", now)
 	if err != nil {
@@ -146,6 +178,26 @@ func encodeEpoch(e *Epoch, now time.Time) (key, val []byte, err error) {
 			return nil, nil, err
 		}
 		val = append(val, a[:]...)
+	}
+	if c := e.Clock; c != nil {
+		readNS, err := checkTime(c.ReadAt, "clock read_at", now)
+		if err != nil {
+			return nil, nil, err
+		}
+		if c.EstimatedError < 0 || c.MaxError < 0 {
+			return nil, nil, fmt.Errorf("clock error %s/%s is negative: %w", c.EstimatedError, c.MaxError, ErrInvalid)
+		}
+		var flags byte
+		if c.Synchronised {
+			flags |= epochClockSynchronised
+		}
+		if c.Unreadable {
+			flags |= epochClockUnreadable
+		}
+		val = append(val, epochClockVersion, flags)
+		val = binary.AppendUvarint(val, uint64(c.EstimatedError.Microseconds()))
+		val = binary.AppendUvarint(val, uint64(c.MaxError.Microseconds()))
+		val = binary.BigEndian.AppendUint64(val, uint64(readNS))
 	}
 	return epochKey(startNS, e.ID), val, nil
 }
@@ -187,7 +239,7 @@ func decodeEpoch(k, v []byte) (Epoch, error) {
 		rest = rest[5:]
 	}
 	m, w := binary.Uvarint(rest)
-	if w <= 0 || m*4 != uint64(len(rest)-w) {
+	if w <= 0 || m > uint64(len(rest)-w)/4 {
 		return bad("pool")
 	}
 	rest = rest[w:]
@@ -195,5 +247,43 @@ func decodeEpoch(k, v []byte) (Epoch, error) {
 		e.Pool = append(e.Pool, addrFrom4([4]byte(rest[:4])))
 		rest = rest[4:]
 	}
+	if len(rest) == 0 || rest[0] != epochClockVersion {
+		// Written before epochs carried the clock, or by a later
+		// version with a field this one does not know.
+		return e, nil
+	}
+	c, ok := decodeEpochClock(rest[1:])
+	if !ok {
+		return bad("clock")
+	}
+	e.Clock = &c
 	return e, nil
+}
+
+func decodeEpochClock(b []byte) (EpochClock, bool) {
+	var c EpochClock
+	if len(b) < 1 {
+		return c, false
+	}
+	flags := b[0]
+	b = b[1:]
+	est, w := binary.Uvarint(b)
+	if w <= 0 || est > uint64(math.MaxInt64/int64(time.Microsecond)) {
+		return c, false
+	}
+	b = b[w:]
+	maxe, w := binary.Uvarint(b)
+	if w <= 0 || maxe > uint64(math.MaxInt64/int64(time.Microsecond)) {
+		return c, false
+	}
+	b = b[w:]
+	if len(b) < 8 {
+		return c, false
+	}
+	c.Synchronised = flags&epochClockSynchronised != 0
+	c.Unreadable = flags&epochClockUnreadable != 0
+	c.EstimatedError = time.Duration(est) * time.Microsecond
+	c.MaxError = time.Duration(maxe) * time.Microsecond
+	c.ReadAt = time.Unix(0, int64(binary.BigEndian.Uint64(b))).UTC()
+	return c, true
 }
