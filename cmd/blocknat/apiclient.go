@@ -193,6 +193,7 @@ func printRecord(w io.Writer, c wire.Record) {
 		fmt.Fprintf(w, "    epoch %d (in force since %s)\n", e.ID, humanTime(e.Start))
 		printEpoch(w, e)
 	}
+	printEpochClock(w, c.EpochInForce)
 	for _, f := range c.Flags {
 		switch f {
 		case wire.FlagRecovered:
@@ -202,6 +203,16 @@ func printRecord(w io.Writer, c wire.Record) {
 		}
 	}
 	printLeases(w, c)
+}
+
+// printEpochClock says how far the router's clock could be trusted when
+// it recorded the epoch; nothing for an epoch recorded before epochs
+// carried the clock.
+func printEpochClock(w io.Writer, e *wire.EpochSummary) {
+	if e == nil || e.Clock == nil {
+		return
+	}
+	fmt.Fprintf(w, "    the router's clock was %s when epoch %d was recorded (%s)\n", e.Clock.Sentence(), e.ID, humanTime(e.Clock.ReadAt))
 }
 
 // printLeases names the devices that held the record's inside address.

@@ -95,14 +95,28 @@ func printLookup(w io.Writer, stated string, ans *wire.LookupResponse) {
 	if len(ans.Owners) == 0 {
 		fmt.Fprintln(w, "  no mapping epoch was in force then: the store holds no configuration for this time")
 	}
+	// An epoch's clock is said once: under the first record that names
+	// the epoch, else under its mapping's owner.
+	saidClock := map[uint32]bool{}
+	for _, c := range ans.Candidates {
+		if c.EpochInForce != nil {
+			saidClock[c.EpochInForce.ID] = true
+		}
+	}
 	for _, o := range ans.Owners {
-		printOwner(w, o)
+		printOwner(w, o, !saidClock[o.Epoch.ID])
+	}
+	if c := ans.Clock; c != nil {
+		fmt.Fprintf(w, "the router's clock was %s when this answer was given\n", c.Sentence())
 	}
 	fmt.Fprintf(w, "audit entry %d\n", ans.AuditSeq)
 }
 
 // printOwner says what one epoch's deterministic mapping answers.
-func printOwner(w io.Writer, o wire.Owner) {
+func printOwner(w io.Writer, o wire.Owner, withClock bool) {
+	if withClock {
+		defer printEpochClock(w, &o.Epoch)
+	}
 	fmt.Fprintf(w, "  mapping of epoch %d, in force [%s, %s): ", o.Epoch.ID, humanTime(o.From), humanTime(o.To))
 	if !o.Mapped {
 		fmt.Fprintf(w, "no subscriber (%s)\n", o.Reason)

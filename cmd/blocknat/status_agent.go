@@ -88,6 +88,28 @@ func printAgentStatus(w io.Writer, st wire.Status) {
 		row("last success", "%s", when(sc.LastSuccess))
 	}
 
+	fmt.Fprintln(w, "clock")
+	cl := st.Clock
+	switch {
+	case cl.Error != "":
+		row("state", "UNREADABLE: %s", cl.Error)
+	case cl.ReadAt.IsZero():
+		row("state", "not read yet")
+	case !cl.Synchronised:
+		row("state", "NOT SYNCHRONISED: record times and answers rest on a clock no time source disciplines; run an NTP client")
+	default:
+		row("state", "synchronised, estimated error %s (maximum %s)", cl.EstimatedError, cl.MaxError)
+	}
+	switch cl.Bound {
+	case "":
+		// An agent from before the clock was watched.
+	case "0s":
+		row("bound", "none (selfcheck.clock_max_error: 0): the clock raises no alarm")
+	default:
+		row("bound", "%s (selfcheck.clock_max_error)", cl.Bound)
+	}
+	row("read", "%s", when(cl.ReadAt))
+
 	fmt.Fprintln(w, "guard")
 	g := st.Guard
 	if g.Installed {

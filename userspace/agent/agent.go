@@ -57,7 +57,9 @@ type Agent struct {
 	started   time.Time
 	writes    *metrics.Writes
 	selfcheck *selfCheck
-	guard     guardState
+	// clockWatch reads the clock's synchronisation state.
+	clockWatch *clockWatch
+	guard      guardState
 	// disk refuses store writes while state_dir is short of space.
 	disk *diskspace.Guard
 	// api is the query API's server, for what it turned away.
@@ -213,6 +215,7 @@ func (a *Agent) reload(ctx context.Context) {
 		return
 	}
 	a.disk.SetLimits(diskLimits(cfg))
+	a.clockWatch.setBound(time.Duration(cfg.SelfCheck.ClockMaxError))
 	// The guard covers the old and the new prefixes while the data plane
 	// moves, and the ones in force afterwards.
 	defer a.guardDuringReload(m.Prefixes)()
@@ -381,6 +384,9 @@ func (a *Agent) epochFor(m *mapping.Mapping, now time.Time) (store.Epoch, *store
 
 func (a *Agent) putEpoch(e store.Epoch, now time.Time) error {
 	e.Recorded = now
+	// The clock as it is now, not as an earlier copy of this epoch found
+	// it: each copy says how far its own times can be trusted.
+	e.Clock = a.clockWatch.forEpoch()
 	if err := a.store.PutEpoch(e); err != nil {
 		return fmt.Errorf("record epoch %d: %w", e.ID, err)
 	}

@@ -112,6 +112,7 @@ func statusOfSnapshot(st *wire.Status, s metrics.Snapshot) {
 	if d.Low {
 		st.Disk.Since = d.Since
 	}
+	st.Clock = wire.ClockStatus{ClockState: clockStateOf(s.Clock), Bound: s.Clock.Bound.String()}
 	st.AuditLog = wire.AuditLogStatus{Failing: s.Audit.Failing, LastError: s.Audit.LastError, Since: s.Audit.Since}
 	w := s.Writes
 	st.StoreWrites = wire.StoreWritesStatus{Commits: w.Count, Errors: w.Errors, MeanSeconds: w.Mean.Seconds(),

@@ -50,6 +50,12 @@ func (a *Agent) startMonitoring(ctx context.Context) (func() error, error) {
 		}
 	}
 
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.clockWatch.run(ctx, clockInterval(a.cfg))
+	}()
+
 	if listen := a.cfg.Metrics.Listen; listen != "" {
 		reg, err := metrics.Registry(metrics.NewCollector(a.lockedSnapshot, a.writes))
 		if err != nil {
@@ -86,7 +92,8 @@ func (a *Agent) lockedSnapshot() metrics.Snapshot {
 // snapshot reads every figure the metrics endpoint and `blocknat status`
 // report, once, so the two always agree. The caller holds natMu for reading.
 func (a *Agent) snapshot() metrics.Snapshot {
-	s := metrics.Snapshot{Epoch: a.epoch.ID, Records: a.recorder.Health(), SelfCheck: a.selfcheck.State()}
+	s := metrics.Snapshot{Epoch: a.epoch.ID, Records: a.recorder.Health(), SelfCheck: a.selfcheck.State(),
+		Clock: a.clockWatch.figures()}
 	if dp, err := a.nat.Stats(); err != nil {
 		s.Errors = append(s.Errors, metrics.ErrPart("data plane counters", err))
 	} else {

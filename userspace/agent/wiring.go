@@ -15,6 +15,7 @@ import (
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/api"
 	"github.com/blocknat/blocknat/userspace/audit"
+	"github.com/blocknat/blocknat/userspace/clockstate"
 	"github.com/blocknat/blocknat/userspace/config"
 	"github.com/blocknat/blocknat/userspace/diskspace"
 	"github.com/blocknat/blocknat/userspace/events"
@@ -58,6 +59,7 @@ func newAgent(cfg *config.Config, log *slog.Logger, opts Options) (*Agent, error
 	}
 	a := &Agent{plane: &plane{cfg: cfg, mapping: m}, log: log, clock: &events.SystemClock{}, started: time.Now(),
 		configPath: opts.ConfigPath, reloads: opts.Reloads}
+	a.clockWatch = newClockWatch(clockstate.Kernel{}, time.Duration(cfg.SelfCheck.ClockMaxError), log)
 	warnings, err := preflight.Start(cfg, preflight.Options{ReplaceXDP: opts.ReplaceXDP})
 	for _, w := range warnings {
 		log.Warn("start-up check failed; starting all the same", logattr.Check, w.Check, logattr.Problem, w.Text)
@@ -215,7 +217,7 @@ func (a *Agent) apiComponent() component {
 	return component{name: "api",
 		start: func(ctx context.Context) error {
 			a.api = api.NewServer(api.Deps{Store: a.store, Audit: a.audit, Roles: roles(a.cfg), Status: a.status,
-				LeasesChanged: a.binder.sync, Now: time.Now, Logger: a.log})
+				LeasesChanged: a.binder.sync, Now: time.Now, Clock: a.clockWatch.forAnswer, Logger: a.log})
 			ctx, stop = context.WithCancel(ctx)
 			done = a.serveAPI(ctx, a.api)
 			return nil

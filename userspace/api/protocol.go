@@ -64,7 +64,21 @@ func epochSummaryOf(e store.Epoch) *wire.EpochSummary {
 		BlockSize: e.BlockSize,
 		Ratio:     e.Ratio,
 		Hash:      hex.EncodeToString(e.Hash[:]),
+		Clock:     epochClockOf(e.Clock),
 	}
+}
+
+// epochClockOf is the clock an epoch was recorded with; nil for an epoch
+// recorded before epochs carried it.
+func epochClockOf(c *store.EpochClock) *wire.ClockState {
+	if c == nil {
+		return nil
+	}
+	if c.Unreadable {
+		return &wire.ClockState{ReadAt: c.ReadAt.UTC(), Error: "the agent could not read the clock's state"}
+	}
+	return &wire.ClockState{Synchronised: c.Synchronised, EstimatedError: c.EstimatedError.String(), MaxError: c.MaxError.String(),
+		ReadAt: c.ReadAt.UTC()}
 }
 
 func storeStatusOf(st store.Stats) wire.StoreStatus {

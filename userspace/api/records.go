@@ -94,7 +94,13 @@ func (s *Server) parseLookup(r *http.Request, rep *reply) (func(*reply) *failure
 			IP: ip, Port: req.Port, Time: t.UTC(), Precision: precision.String(), Tolerance: tolerance.String(),
 			From: from.UTC(), To: to.UTC(),
 		}
-		return rep.setDocument(wire.LookupResponse{Query: query, Candidates: cands, Owners: owners})
+		ans := wire.LookupResponse{Query: query, Candidates: cands, Owners: owners}
+		if s.clock != nil {
+			// Read as the answer is given, so it states the clock the
+			// answer's own times (the audit entry's) rest on.
+			ans.Clock = s.clock()
+		}
+		return rep.setDocument(ans)
 	}, nil
 }
 

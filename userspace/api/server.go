@@ -144,6 +144,9 @@ type Deps struct {
 	LeasesChanged func()
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Clock reads the router's clock-synchronisation state for a lookup's
+	// answer (wire.LookupResponse.Clock); nil leaves it out.
+	Clock func() *wire.ClockState
 	// MaxConnsPerUID caps the open connections of one uid on the unix
 	// socket (0 = DefaultMaxConnsPerUID); MaxConns caps them in total over
 	// every listener (0 = DefaultMaxConns, from RLIMIT_NOFILE). A
@@ -165,6 +168,7 @@ type Server struct {
 	status func(ctx context.Context) (wire.Status, store.Stats, error)
 	leased func()
 	now    func() time.Time
+	clock  func() *wire.ClockState
 	log    *slog.Logger
 
 	refusals   refusalLimiter
@@ -197,7 +201,8 @@ func NewServer(d Deps) *Server {
 	if d.Audit == nil {
 		panic("api.NewServer: Deps.Audit is nil")
 	}
-	s := &Server{store: d.Store, audit: d.Audit, roles: d.Roles, status: d.Status, leased: d.LeasesChanged, now: d.Now, log: d.Logger}
+	s := &Server{store: d.Store, audit: d.Audit, roles: d.Roles, status: d.Status, leased: d.LeasesChanged, now: d.Now,
+		clock: d.Clock, log: d.Logger}
 	if s.now == nil {
 		s.now = time.Now
 	}

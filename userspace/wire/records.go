@@ -71,6 +71,10 @@ type LookupResponse struct {
 	Query      LookupQuery `json:"query"`
 	Candidates []Record    `json:"candidates"`
 	Owners     []Owner     `json:"owners"`
+	// Clock is the router's clock as the agent read it when it gave this
+	// answer; null from a server that does not read it (a test's). The
+	// clock when each epoch was recorded is in the epoch's summary.
+	Clock *ClockState `json:"clock,omitempty"`
 	// Evidence is the answer exactly as audited, with its proof; the
 	// client fills it in. It is what `lookup --evidence` writes.
 	Evidence *Evidence `json:"-"`
@@ -219,6 +223,10 @@ type EpochSummary struct {
 	BlockSize uint16         `json:"block_size"`
 	Ratio     uint32         `json:"ratio"`
 	Hash      string         `json:"hash"` // hex SHA-256 of the parameters
+	// Clock is the router's clock as the agent read it when it recorded
+	// this copy of the epoch (re-recorded at every start, reload and
+	// daily); absent in epochs recorded before the clock was.
+	Clock *ClockState `json:"clock,omitempty"`
 }
 
 // CSVHeader is the first line of a CSV export. end is empty for a block

@@ -61,6 +61,9 @@ type Status struct {
 	Disk DiskStatus `json:"disk"`
 	// AuditLog is whether the audit log can write.
 	AuditLog AuditLogStatus `json:"audit_log"`
+	// Clock is the router's clock at the agent's last read (the
+	// blocknat_clock_* metrics).
+	Clock ClockStatus `json:"clock"`
 	// Unreadable lists the parts of the state that could not be read.
 	Unreadable []string `json:"unreadable,omitempty"`
 	// Ready is true once the agent has started: the data plane attached
