@@ -11,6 +11,7 @@ package preflight
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/blocknat/blocknat/userspace/config"
 )
@@ -154,7 +155,7 @@ func checks(cfg *config.Config, opts Options) []check {
 		name := "metrics.listen " + cfg.Metrics.Listen
 		cs = append(cs, check{name, func() []Finding { return []Finding{checkListen(name, cfg.Metrics.Listen)} }})
 	}
-	cs = append(cs, check{"clock", func() []Finding { return []Finding{checkClock()} }})
+	cs = append(cs, check{"clock", func() []Finding { return []Finding{checkClock(time.Duration(cfg.SelfCheck.ClockMaxError))} }})
 	return cs
 }
 

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -79,8 +80,10 @@ func checkListen(name, addr string) Finding {
 }
 
 // checkClock reads the kernel's clock-synchronisation state: every record
-// and answer is only as good as this clock.
-func checkClock() Finding {
+// and answer is only as good as this clock. bound is
+// selfcheck.clock_max_error, the error above which the agent raises its
+// clock alarm (0: none).
+func checkClock(bound time.Duration) Finding {
 	const name = "clock"
 	st, err := clockstate.Read()
 	if err != nil {
@@ -89,6 +92,10 @@ func checkClock() Finding {
 	if !st.Synchronised {
 		return warn(name, "is not synchronised (the kernel's STA_UNSYNC is set): record times and answers rest on this clock; "+
 			"run an NTP client (chrony, systemd-timesyncd) and wait until it has synchronised (chronyc tracking, timedatectl)")
+	}
+	if bound > 0 && st.EstimatedError > bound {
+		return warn(name, "estimated error %s is above selfcheck.clock_max_error %s: the agent raises its clock alarm; "+
+			"see whether the NTP client still reaches its sources (chronyc sources)", clockstate.FormatError(st.EstimatedError), clockstate.FormatError(bound))
 	}
 	return pass(name, "synchronised, estimated error %s", clockstate.FormatError(st.EstimatedError))
 }
