@@ -94,5 +94,8 @@ func printHistory(w io.Writer, ans *wire.HistoryResponse) {
 	for _, c := range ans.Records {
 		printRecord(w, c)
 	}
+	if c := ans.Clock; c != nil {
+		fmt.Fprintf(w, "the router's clock was %s when this answer was given\n", c.Sentence())
+	}
 	fmt.Fprintf(w, "audit entry %d\n", ans.AuditSeq)
 }

@@ -23,7 +23,8 @@ import (
 // STA_UNSYNC is set) or one over the bound raises blocknat_alarm{reason=
 // "clock"}; /metrics, `blocknat status --json` and its human form show the
 // state; a lookup answer, and the evidence file holding it, state the
-// clock when it was given and when its epoch was recorded.
+// clock when it was given and when its epoch was recorded, as does a
+// history.
 func TestClockHealth(t *testing.T) {
 	kernel, err := clockstate.Read()
 	if err != nil {
@@ -116,6 +117,15 @@ func TestClockHealth(t *testing.T) {
 	}
 	if out, err := runCmd(t.Context(), bins.Blocknat, "evidence", "verify", evidence, "--pubkey", filepath.Join(e.stateDir, "audit", "audit.pub")); err != nil {
 		t.Errorf("evidence verify: %v\n%s", err, out)
+	}
+
+	var hist wire.HistoryResponse
+	e.cli(t, &hist, "history", "--socket", socket, "--subscriber", e.topo.Subscribers[0].Addr.String(),
+		"--from", time.Now().Add(-time.Hour).UTC().Format(time.RFC3339), "--to", time.Now().Add(time.Minute).UTC().Format(time.RFC3339),
+		"--purpose", "clock test", "--json")
+	if hist.Clock == nil || hist.Clock.Synchronised != kernel.Synchronised || len(hist.Records) != 1 ||
+		hist.Records[0].EpochInForce == nil || hist.Records[0].EpochInForce.Clock == nil {
+		t.Errorf("history %+v: want the clock of the answer and of its epoch", hist)
 	}
 
 	human, err = runCmd(t.Context(), bins.Blocknat, "lookup", "--socket", socket, "--ip", seen.Addr().String(),

@@ -154,7 +154,11 @@ func (s *Server) parseHistory(r *http.Request, rep *reply) (func(*reply) *failur
 		} else {
 			rep.subjects = append(rep.subjects, subjectInside(sel.inside))
 		}
-		return rep.setDocument(wire.HistoryResponse{Query: query, Records: cands, Leases: leases})
+		ans := wire.HistoryResponse{Query: query, Records: cands, Leases: leases}
+		if s.clock != nil {
+			ans.Clock = s.clock() // as for a lookup
+		}
+		return rep.setDocument(ans)
 	}, nil
 }
 

@@ -145,7 +145,7 @@ type Deps struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Clock reads the router's clock-synchronisation state for a lookup's
-	// answer (wire.LookupResponse.Clock); nil leaves it out.
+	// or a history's answer (wire.LookupResponse.Clock); nil leaves it out.
 	Clock func() *wire.ClockState
 	// MaxConnsPerUID caps the open connections of one uid on the unix
 	// socket (0 = DefaultMaxConnsPerUID); MaxConns caps them in total over

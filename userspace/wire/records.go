@@ -143,6 +143,7 @@ type HistoryResponse struct {
 	Query    HistoryQuery `json:"query"`
 	Records  []Record     `json:"records"`
 	Leases   []LeaseInfo  `json:"leases,omitempty"` // history by MAC: the device's leases in the interval
+	Clock    *ClockState  `json:"clock,omitempty"`  // see LookupResponse.Clock
 	Evidence *Evidence    `json:"-"`
 }
 
