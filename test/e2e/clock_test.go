@@ -143,4 +143,20 @@ func TestClockHealth(t *testing.T) {
 			t.Errorf("human answer lacks %q:\n%s", want, human)
 		}
 	}
+
+	// The bound is reloadable: 0 turns the alarm off at once, and the
+	// figures stay.
+	e.reloadWith(t, harness.Config(e.topo, e.stateDir, e.pinDir,
+		"selfcheck: {interval: 1s, clock_max_error: 0}\nmetrics: {listen: \""+metricsListen+"\"}\n"))
+	text = e.metricsText(t, metricsListen)
+	if got := metricValue(t, text, metrics.Alarm+`{reason="`+metrics.AlarmClock+`"}`); got != 0 {
+		t.Errorf("clock alarm %v after a reload with clock_max_error: 0", got)
+	}
+	if got := metricValue(t, text, metrics.ClockSynchronised); got != want[kernel.Synchronised] {
+		t.Errorf("%s = %v after the reload", metrics.ClockSynchronised, got)
+	}
+	e.cli(t, &st, "status", "--socket", socket, "--json")
+	if st.Agent.Clock.Bound != "0s" || strings.Contains(strings.Join(st.Agent.Alarm, "\n"), "clock") {
+		t.Errorf("after the reload: clock %+v, alarm %q", st.Agent.Clock, st.Agent.Alarm)
+	}
 }

@@ -215,7 +215,6 @@ func (a *Agent) reload(ctx context.Context) {
 		return
 	}
 	a.disk.SetLimits(diskLimits(cfg))
-	a.clockWatch.setBound(time.Duration(cfg.SelfCheck.ClockMaxError))
 	// The guard covers the old and the new prefixes while the data plane
 	// moves, and the ones in force afterwards.
 	defer a.guardDuringReload(m.Prefixes)()
@@ -235,6 +234,8 @@ func (a *Agent) reload(ctx context.Context) {
 	// see the old plane or the new one, never a mixture.
 	a.plane = &plane{cfg: cfg, mapping: m, epoch: epoch, nat: next}
 	a.natMu.Unlock()
+	// Before the epoch is recorded, so its clock is judged by the new bound.
+	a.clockWatch.setBound(time.Duration(cfg.SelfCheck.ClockMaxError))
 	if err := a.putEpoch(epoch, now); err != nil {
 		a.log.Error("reload: record epoch failed", logattr.Err, err.Error())
 	}
