@@ -47,8 +47,13 @@ func ParseGoBench(r io.Reader, into *GoBenchResults) error {
 		if m := fixtureLine.FindStringSubmatch(line); m != nil {
 			kv := map[string]string{}
 			for _, f := range strings.Fields(m[2]) {
+				// The first key=value counts: a line may repeat a key
+				// in a note that follows (the year fixture gives the
+				// disk right after its compaction in parentheses).
 				if k, v, ok := strings.Cut(f, "="); ok {
-					kv[k] = v
+					if _, seen := kv[k]; !seen {
+						kv[k] = v
+					}
 				}
 			}
 			into.Fixtures[m[1]] = kv

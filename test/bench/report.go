@@ -345,14 +345,22 @@ func WriteStore(w io.Writer, r *GoBenchResults) []Target {
 	}
 	if days, ok := r.Fixture(yf, "days"); ok {
 		get := func(k string) float64 { v, _ := r.Fixture(yf, k); return v }
+		// A figure the line lacks, or cannot be read, is not measured,
+		// never 0: 0 bytes would pass every "at most" target.
+		measured := func(k string) Spread {
+			if v, ok := r.Fixture(yf, k); ok {
+				return single(v)
+			}
+			return Spread{}
+		}
 		fmt.Fprintf(w, "The year: %.0f days × %.0f subscribers × 5 activations a day = %.0f records, written through Apply in batches of 10 000 events in %s (%.0f records/s, %.0f events/s), then compacted in %s: %s on disk, %.1f bytes per record, **%.1f bytes per subscriber-day**.\n\n",
 			days, get("subscribers"), get("records"), r.Fixtures[yf]["ingest"], get("records/s"), get("events/s"), r.Fixtures[yf]["compact"],
 			formatBytes(get("disk-bytes")), get("bytes/record"), get("bytes/subscriber-day"))
 		targets = append(targets,
-			Target{Name: "store: ingest while writing the year (events/s)", Got: single(get("events/s")), AtLeast: true, Limit: 100_000},
-			Target{Name: "store: ingest while writing the year, complete records/s (activation + release)", Got: single(get("records/s")), AtLeast: true, Limit: 100_000},
-			Target{Name: "store: bytes per subscriber-day at 5 activations a day (the year)", Got: single(get("bytes/subscriber-day")), Limit: 100, Unit: " B"},
-			Target{Name: "store: bytes per subscriber-day at 5 activations a day (the year; issue 13)", Got: single(get("bytes/subscriber-day")), Limit: 125, Unit: " B"})
+			Target{Name: "store: ingest while writing the year (events/s)", Got: measured("events/s"), AtLeast: true, Limit: 100_000},
+			Target{Name: "store: ingest while writing the year, complete records/s (activation + release)", Got: measured("records/s"), AtLeast: true, Limit: 100_000},
+			Target{Name: "store: bytes per subscriber-day at 5 activations a day (the year)", Got: measured("bytes/subscriber-day"), Limit: 100, Unit: " B"},
+			Target{Name: "store: bytes per subscriber-day at 5 activations a day (the year; issue 13)", Got: measured("bytes/subscriber-day"), Limit: 125, Unit: " B"})
 	}
 	if s := r.Get("BenchmarkYear/ingest-day", "records/s"); s.N > 0 {
 		targets = append(targets, Target{Name: "store: one more day at a year's scale, complete records/s", Got: s, AtLeast: true, Limit: 100_000})
