@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // State is the clock's state as the kernel reported it at ReadAt.
@@ -69,14 +71,5 @@ func (s State) Within(bound time.Duration) bool {
 }
 
 // FormatError writes an error estimate as people read one: "850 µs",
-// "12 ms", "1.5 s".
-func FormatError(d time.Duration) string {
-	us := d.Microseconds()
-	switch {
-	case us >= 1_000_000:
-		return fmt.Sprintf("%.1f s", float64(us)/1e6)
-	case us >= 1000:
-		return fmt.Sprintf("%d ms", us/1000)
-	}
-	return fmt.Sprintf("%d µs", us)
-}
+// "12 ms", "1.5 s" (wire.ClockErrorText, which answers use).
+func FormatError(d time.Duration) string { return wire.ClockErrorText(d) }

@@ -17,6 +17,24 @@ import (
 
 type direct struct{ st *store.Store }
 
+// tables loads the kernel maps for p (nothing attached) and opens a store
+// in memory on a test clock; both are closed at cleanup.
+func tables(t *testing.T, p loader.Params) (*loader.NAT, *testutil.Clock, *store.Store) {
+	t.Helper()
+	nat, err := loader.Load(p, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nat.Close() })
+	clock := testutil.NewClock(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), 10*time.Hour)
+	st, err := store.Open("records", store.Options{FS: vfs.NewMem(), Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return nat, clock, st
+}
+
 // testMapping is 100.64.0.0/24 on 198.51.100.10/31; the kernel maps the
 // tests load need root.
 func testMapping(t *testing.T) *mapping.Mapping {
@@ -42,17 +60,7 @@ func (d direct) Submit(_ context.Context, ops []store.Op) error { return d.st.Ap
 // blocks began, 3 is untouched, 5 is closed.
 func TestReconcile(t *testing.T) {
 	m := testMapping(t)
-	nat, err := loader.Load(loader.Params{Mapping: m, Epoch: 4}, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nat.Close()
-	clock := testutil.NewClock(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), 10*time.Hour)
-	st, err := store.Open("records", store.Options{FS: vfs.NewMem(), Now: clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	nat, clock, st := tables(t, loader.Params{Mapping: m, Epoch: 4})
 
 	now := clock.MonoNow()
 	since := map[uint32]uint64{2: now - uint64(time.Hour), 3: now - uint64(2*time.Hour), 4: 0}
@@ -120,17 +128,7 @@ func TestReconcileOverflow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nat, err := loader.Load(loader.Params{Mapping: m, Epoch: 4, Overflow: o}, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nat.Close()
-	clock := testutil.NewClock(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), 10*time.Hour)
-	st, err := store.Open("records", store.Options{FS: vfs.NewMem(), Now: clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	nat, clock, st := tables(t, loader.Params{Mapping: m, Epoch: 4, Overflow: o})
 	now := clock.MonoNow()
 	const sub = 7
 	own, _ := m.Block(sub)

@@ -44,7 +44,7 @@ func (c ClockState) Sentence() string {
 	case !c.Synchronised:
 		s := "not synchronised (no time source disciplined it"
 		if d, err := time.ParseDuration(c.MaxError); err == nil {
-			s += "; the kernel bounded its error at " + errorText(d)
+			s += "; the kernel bounded its error at " + ClockErrorText(d)
 		}
 		return s + ")"
 	}
@@ -52,12 +52,13 @@ func (c ClockState) Sentence() string {
 	if err != nil {
 		return "synchronised"
 	}
-	return "synchronised within " + errorText(d)
+	return "synchronised within " + ClockErrorText(d)
 }
 
-// errorText writes an error estimate as people read one: "850 µs",
-// "12 ms", "1.5 s".
-func errorText(d time.Duration) string {
+// ClockErrorText writes a clock's error estimate as people read one:
+// "850 µs", "12 ms", "1.5 s". The agent's messages use it too, so a log
+// line and an answer put one error the same way.
+func ClockErrorText(d time.Duration) string {
 	us := d.Microseconds()
 	switch {
 	case us >= 1_000_000:
