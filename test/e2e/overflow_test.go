@@ -1,12 +1,14 @@
 package e2e
 
 import (
+	"maps"
 	"net/netip"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/blocknat/blocknat/test/netns"
+	"github.com/blocknat/blocknat/userspace/export/exporttest"
 	"github.com/blocknat/blocknat/userspace/wire"
 )
 
@@ -53,8 +55,15 @@ func (e *env) waitOverflowInUse(t *testing.T, n int, within time.Duration) {
 func TestOverflowBlockEndToEnd(t *testing.T) {
 	const overflowAddr = "198.51.100.20"
 	topo := netns.NewTestTopology(t, "bn-e2eoverflow")
+	const syslogAt = "127.0.0.1:5515"
 	e := prepareEnvOn(t, topo, "ports: {range: 1024-2047, block_size: 0, overflow: {pool: ["+overflowAddr+"], block_size: 1024}}\n"+
-		"timeouts: {udp: 3s, block_idle: 1s}\nintervals: {sweep: 200ms}\n")
+		"timeouts: {udp: 3s, block_idle: 1s}\nintervals: {sweep: 200ms}\n"+
+		"export: {syslog: {address: \""+syslogAt+"\", network: udp}}\n")
+	var sys *exporttest.SyslogUDP
+	if err := topo.Router.Do(func() (err error) { sys, err = exporttest.ListenSyslogUDP(netip.MustParseAddrPort(syslogAt)); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer sys.Close()
 	if out, err := topo.Internet.Exec(t.Context(), "ip", "route", "add", overflowAddr+"/32", "via", topo.RouterOutside.String()); err != nil {
 		t.Fatalf("route to the overflow address: %v %s", err, out)
 	}
@@ -136,6 +145,29 @@ func TestOverflowBlockEndToEnd(t *testing.T) {
 	}
 	if ans := lookup(first, t0, sub0.Addr); !names(ans, sub0.Addr) {
 		t.Errorf("lookup of %s at %s after the handover: %+v, want %s alone", first, t0.Format(time.RFC3339), ans.Candidates, sub0.Addr)
+	}
+
+	// The export names the overflow block with its range: sub0's
+	// allocation and release, and sub1's allocation.
+	exported := func() map[string]int {
+		n := map[string]int{}
+		for _, line := range sys.Lines() {
+			m, err := exporttest.ParseSyslog(line)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p := m.Params; p["postNATSourceIPv4Address"] == overflowAddr && p["portRangeStart"] == "1024" && p["portRangeEnd"] == "2047" {
+				n[p["sourceIPv4Address"]+" "+p["natEvent"]]++
+			}
+		}
+		return n
+	}
+	want := map[string]int{sub0.Addr.String() + " 16": 1, sub0.Addr.String() + " 17": 1, sub1.Addr.String() + " 16": 1}
+	for deadline := time.Now().Add(3 * time.Second); !maps.Equal(exported(), want) && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := exported(); !maps.Equal(got, want) {
+		t.Errorf("syslog export of the overflow block %s:1024-2047: %v, want %v", overflowAddr, got, want)
 	}
 
 	// kill -9 and a restart while sub1 holds it.
