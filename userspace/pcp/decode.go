@@ -85,23 +85,23 @@ func Decode(b []byte, source netip.Addr) (Request, error) {
 		// The version field of the answer is the one this server speaks
 		// (RFC 6887 §9), which is how the client learns to fall back.
 		e := newError(UnsuppVersion, "version", "version %d, this server speaks %d and NAT-PMP's %d", b[0], VersionPCP, VersionNATPMP)
-		e.pcp = &PCPResponse{Opcode: Opcode(b[1]), Result: UnsuppVersion}
+		e.pcp = &PCPResponse{Opcode: Opcode(b[1]), Result: UnsuppVersion, ClientIPTail: clientIPTail(b)}
 		return nil, e
 	}
 	op := Opcode(b[1])
 	if e := checkLength(b); e != nil {
-		e.pcp = &PCPResponse{Opcode: op, Result: e.Result}
+		e.pcp = &PCPResponse{Opcode: op, Result: e.Result, ClientIPTail: clientIPTail(b)}
 		return nil, e
 	}
 	size, known := op.bodySize()
 	if !known {
 		e := newError(UnsuppOpcode, "opcode", "opcode %d is not ANNOUNCE, MAP or PEER", uint8(op))
-		e.pcp = &PCPResponse{Opcode: op, Result: UnsuppOpcode}
+		e.pcp = &PCPResponse{Opcode: op, Result: UnsuppOpcode, ClientIPTail: clientIPTail(b)}
 		return nil, e
 	}
 	if len(b) < headerSize+size {
 		e := newError(MalformedRequest, "length", "%d octets, %s needs %d", len(b), op, headerSize+size)
-		e.pcp = &PCPResponse{Opcode: op, Result: MalformedRequest}
+		e.pcp = &PCPResponse{Opcode: op, Result: MalformedRequest, ClientIPTail: clientIPTail(b)}
 		return nil, e
 	}
 	r := &PCPRequest{
@@ -120,27 +120,41 @@ func Decode(b []byte, source netip.Addr) (Request, error) {
 	}
 	// From here on the error response copies the request's opcode body
 	// (RFC 6887 §8.3: fields from the request are copied into it), so that
-	// the client can match it to its nonce and port.
-	fail := func(e *RequestError) (Request, error) {
+	// the client can match it to its nonce and port. A request whose
+	// options do not parse also gets its client IP's tail back (§7.2).
+	fail := func(e *RequestError, parsed bool) (Request, error) {
 		e.pcp = &PCPResponse{Opcode: op, Result: e.Result, Map: r.Map, Peer: r.Peer}
+		if !parsed {
+			e.pcp.ClientIPTail = clientIPTail(b)
+		}
 		return nil, e
 	}
 	if r.ClientIP != source.Unmap() {
-		return fail(newError(AddressMismatch, "client IP", "%s in the request, the packet came from %s", r.ClientIP, source))
+		return fail(newError(AddressMismatch, "client IP", "%s in the request, the packet came from %s", r.ClientIP, source), true)
 	}
 	opts, e := decodeOptions(b[headerSize+size:], headerSize+size, op)
 	if e != nil {
-		return fail(e)
+		return fail(e, false)
 	}
 	for _, o := range opts {
 		// A client naming itself as the third party is confused or
 		// probing; RFC 6887 §13.1 calls the request malformed.
 		if tp, ok := o.(*ThirdParty); ok && tp.InternalIP == source.Unmap() {
-			return fail(newError(MalformedRequest, "THIRD_PARTY internal IP", "%s is the packet's own source", tp.InternalIP))
+			return fail(newError(MalformedRequest, "THIRD_PARTY internal IP", "%s is the packet's own source", tp.InternalIP), true)
 		}
 	}
 	r.Options = opts
 	return r, nil
+}
+
+// clientIPTail is what of the last 96 bits of the client IP field a
+// request too short to parse still holds.
+func clientIPTail(b []byte) [12]byte {
+	var tail [12]byte
+	if len(b) > 12 {
+		copy(tail[:], b[12:min(len(b), headerSize)])
+	}
+	return tail
 }
 
 func checkLength(b []byte) *RequestError {

@@ -74,6 +74,11 @@ func TestEncodeResponses(t *testing.T) {
 			},
 		},
 		{
+			name: "NAT-PMP public address refused: the address is not told",
+			in:   &PublicAddressResponse{Result: NATPMPNetworkFailure, Epoch: 1, ExternalIP: netip.MustParseAddr("198.51.100.1")},
+			want: []byte{0, 128, 0, 3, 0, 0, 0, 1, 0, 0, 0, 0}, // R|0, Network Failure, epoch 1, address 0.0.0.0
+		},
+		{
 			name: "NAT-PMP TCP mapping",
 			in:   &MappingResponse{Opcode: NATPMPOpMapTCP, Epoch: 5, InternalPort: 22, ExternalPort: 40022, Lifetime: 3600},
 			want: []byte{
@@ -111,20 +116,20 @@ func TestErrorResponses(t *testing.T) {
 	}{
 		{
 			name:     "unsupported version is answered in version 2",
-			in:       cat([]byte{1, 0x01, 0, 0}, make([]byte, 56)),
+			in:       cat([]byte{1, 0x01, 0, 0}, []byte{0, 0, 0, 0}, mapped100640007, make([]byte, 36)),
 			lifetime: 1800,
 			want: cat(
 				[]byte{2, 0x81, 0, 1},    // version 2, R|MAP, reserved, UNSUPP_VERSION
 				[]byte{0, 0, 0x07, 0x08}, // lifetime 1800
 				[]byte{0, 0, 0, 99},      // epoch 99
-				make([]byte, 12),         // reserved
+				mapped100640007[4:],      // reserved: the client IP's last 96 bits, as it did not parse
 			),
 		},
 		{
 			name:     "unsupported opcode",
 			in:       cat([]byte{2, 0x09, 0, 0}, []byte{0, 0, 0, 0}, mapped100640007),
 			lifetime: 1800,
-			want:     cat([]byte{2, 0x89, 0, 4}, []byte{0, 0, 0x07, 0x08}, []byte{0, 0, 0, 99}, make([]byte, 12)),
+			want:     cat([]byte{2, 0x89, 0, 4}, []byte{0, 0, 0x07, 0x08}, []byte{0, 0, 0, 99}, mapped100640007[4:]),
 		},
 		{
 			name:     "a MAP error copies the request's body",
@@ -134,8 +139,31 @@ func TestErrorResponses(t *testing.T) {
 				[]byte{2, 0x81, 0, 5},    // R|MAP, UNSUPP_OPTION
 				[]byte{0, 0, 0x07, 0x08}, // lifetime 1800
 				[]byte{0, 0, 0, 99},      // epoch 99
-				make([]byte, 12),         // reserved
+				mapped100640007[4:],      // the client IP's last 96 bits: the options did not parse
 				mapBody(),                // nonce, protocol, ports and address as asked
+			),
+		},
+		{
+			name:     "an address mismatch parsed, so its reserved field stays zero",
+			in:       cat([]byte{2, 0x01, 0, 0}, []byte{0, 0, 0, 60}, mapped100640008, mapBody()),
+			lifetime: 1800,
+			want: cat(
+				[]byte{2, 0x81, 0, 12},   // R|MAP, ADDRESS_MISMATCH
+				[]byte{0, 0, 0x07, 0x08}, // lifetime 1800
+				[]byte{0, 0, 0, 99},      // epoch 99
+				make([]byte, 12),         // reserved
+				mapBody(),                // the request's MAP body
+			),
+		},
+		{
+			name:     "a request too short for a header keeps what it had of the client IP",
+			in:       []byte{2, 0x01, 0, 0, 0, 0, 0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff},
+			lifetime: 1800,
+			want: cat(
+				[]byte{2, 0x81, 0, 3},                            // R|MAP, MALFORMED_REQUEST
+				[]byte{0, 0, 0x07, 0x08},                         // lifetime 1800
+				[]byte{0, 0, 0, 99},                              // epoch 99
+				[]byte{0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0}, // octets 12-19 of the request, then nothing
 			),
 		},
 		{

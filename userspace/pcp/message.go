@@ -65,10 +65,15 @@ type PCPResponse struct {
 	Lifetime uint32
 	// Epoch is the server's seconds since its state began (RFC 6887
 	// §8.5): a client that sees it go back knows to refresh its mappings.
-	Epoch   uint32
-	Map     *MapBody
-	Peer    *PeerBody
-	Options []Option
+	Epoch uint32
+	// ClientIPTail answers a request the server could not parse: it is
+	// the last 96 bits of that request's client IP field, in the reserved
+	// field, so the client can tell which of its requests failed (RFC 6887
+	// §7.2). Zero in every other response.
+	ClientIPTail [12]byte
+	Map          *MapBody
+	Peer         *PeerBody
+	Options      []Option
 }
 
 func (*PCPRequest) isRequest()   {}
@@ -94,6 +99,7 @@ func (r *PCPResponse) Encode() []byte {
 	b[3] = byte(r.Result)
 	binary.BigEndian.PutUint32(b[4:], r.Lifetime)
 	binary.BigEndian.PutUint32(b[8:], r.Epoch)
+	copy(b[12:24], r.ClientIPTail[:])
 	b = appendBody(b, r.Map, r.Peer)
 	return appendOptions(b, r.Options)
 }

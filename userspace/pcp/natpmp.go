@@ -161,11 +161,12 @@ func natpmpHeader(size int, opcode uint8, result NATPMPResult, epoch uint32) []b
 	return b
 }
 
-// Encode writes the external address; one that is not IPv4 goes out as
-// 0.0.0.0, since NAT-PMP has room for nothing else.
+// Encode writes the external address only with success, since RFC 6886
+// §3.2 has an error's address sent as zero; one that is not IPv4 goes out
+// as 0.0.0.0 too, NAT-PMP having room for nothing else.
 func (r *PublicAddressResponse) Encode() []byte {
 	b := natpmpHeader(natpmpPublicAddressResponseSize, byte(NATPMPOpPublicAddress), r.Result, r.Epoch)
-	if a := r.ExternalIP.Unmap(); a.Is4() {
+	if a := r.ExternalIP.Unmap(); a.Is4() && r.Result == NATPMPSuccess {
 		a4 := a.As4()
 		copy(b[8:], a4[:])
 	}
