@@ -7,15 +7,16 @@
 // a server (RFC 6887 §8.3 and §9, RFC 6886 §3), and every response type
 // has an Encode. A request the server must answer with an error comes back
 // as a *RequestError whose Response is the error response the RFC
-// prescribes; one the server must ignore says so with Drop. The package
-// imports only the standard library, so that the CLI and a test client
-// can use it without the agent.
+// prescribes; one the server must ignore says so with Drop. DecodeResponse
+// is the client's side, judging only the layout. The package imports only
+// the standard library, so that the CLI and a test client can use it
+// without the agent.
 //
 // Not done yet, later steps of issue 16: the server (socket, epoch,
 // ANNOUNCE on restart, rate and mapping limits, nonce-checked renewal and
 // deletion), the policy checks that need state (a port outside the
 // subscriber's block, THIRD_PARTY authorisation, PEER's protocol and port
-// rules, FILTER semantics), and the data-plane mapping. Responses are
-// encoded but not decoded: a client, and the tests that judge the server
-// with a decoder of their own, come with the server.
+// rules, FILTER semantics), and the data-plane mapping. The tests that
+// judge the server with real clients and a decoder that is not this one
+// come with the server.
 package pcp

@@ -14,6 +14,9 @@ func TestEncodeResponses(t *testing.T) {
 		name string
 		in   Response
 		want []byte
+		// lossy is set where Encode leaves out what the RFC says not to
+		// send, so the octets do not decode back to the value.
+		lossy bool
 	}{
 		{
 			name: "MAP success",
@@ -74,9 +77,10 @@ func TestEncodeResponses(t *testing.T) {
 			},
 		},
 		{
-			name: "NAT-PMP public address refused: the address is not told",
-			in:   &PublicAddressResponse{Result: NATPMPNetworkFailure, Epoch: 1, ExternalIP: netip.MustParseAddr("198.51.100.1")},
-			want: []byte{0, 128, 0, 3, 0, 0, 0, 1, 0, 0, 0, 0}, // R|0, Network Failure, epoch 1, address 0.0.0.0
+			name:  "NAT-PMP public address refused: the address is not told",
+			in:    &PublicAddressResponse{Result: NATPMPNetworkFailure, Epoch: 1, ExternalIP: netip.MustParseAddr("198.51.100.1")},
+			want:  []byte{0, 128, 0, 3, 0, 0, 0, 1, 0, 0, 0, 0}, // R|0, Network Failure, epoch 1, address 0.0.0.0
+			lossy: true,
 		},
 		{
 			name: "NAT-PMP TCP mapping",
@@ -100,6 +104,16 @@ func TestEncodeResponses(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := tt.in.Encode(); !bytes.Equal(got, tt.want) {
 				t.Fatalf("Encode:\n%s\nwant\n%s", hex.Dump(got), hex.Dump(tt.want))
+			}
+			if tt.lossy {
+				return
+			}
+			back, err := DecodeResponse(tt.want)
+			if err != nil {
+				t.Fatalf("DecodeResponse: %v", err)
+			}
+			if !reflect.DeepEqual(back, tt.in) {
+				t.Fatalf("DecodeResponse = %#v\nwant %#v", back, tt.in)
 			}
 		})
 	}
@@ -179,8 +193,13 @@ func TestErrorResponses(t *testing.T) {
 			if !errors.As(err, &re) {
 				t.Fatalf("Decode error %v, want a *RequestError", err)
 			}
-			if got := re.Response(tt.lifetime, 99).Encode(); !bytes.Equal(got, tt.want) {
+			resp := re.Response(tt.lifetime, 99)
+			if got := resp.Encode(); !bytes.Equal(got, tt.want) {
 				t.Fatalf("error response:\n%s\nwant\n%s", hex.Dump(got), hex.Dump(tt.want))
+			}
+			// A client must be able to read every error a server sends.
+			if back, err := DecodeResponse(tt.want); err != nil || !reflect.DeepEqual(back, resp) {
+				t.Fatalf("DecodeResponse = %#v, %v; want %#v", back, err, resp)
 			}
 		})
 	}
@@ -255,5 +274,42 @@ func TestNATPMPAsPCP(t *testing.T) {
 		if got := NATPMPResultFor(pcp); got != natpmp {
 			t.Errorf("NATPMPResultFor(%s) = %s, want %s", pcp, got, natpmp)
 		}
+	}
+}
+
+func TestDecodeResponseRejects(t *testing.T) {
+	tests := []struct {
+		name string
+		in   []byte
+		want string
+	}{
+		{"empty", nil, "pcp: response length: 0 octets, fewer than the 2 of a version and opcode"},
+		{"a request", []byte{2, 1}, "pcp: response opcode: R bit clear (octet 0x01): a request, not a response"},
+		{"version 1", []byte{1, 0x81}, "pcp: response version: version 1, neither PCP's 2 nor NAT-PMP's 0"},
+		{"PCP header cut", cat([]byte{2, 0x80, 0, 0}, make([]byte, 16)), "pcp: response length: 20 octets, want a multiple of 4 from 24 to 1100"},
+		{"MAP success without its body", cat([]byte{2, 0x81, 0, 0}, make([]byte, 20)), "pcp: response length: 24 octets, MAP needs 60"},
+		{"option past the end", cat([]byte{2, 0x80, 0, 0}, make([]byte, 20), []byte{0x80, 0, 0, 8}, make([]byte, 4)), "pcp: response option length: option 128 at offset 24 has length 8 (12 octets padded) but 8 octets remain"},
+		{"NAT-PMP cut", []byte{0, 128, 0, 0, 0, 0}, "pcp: NAT-PMP response length: 6 octets, fewer than 8"},
+		{"NAT-PMP success of 8 octets", []byte{0, 129, 0, 0, 0, 0, 0, 1}, "pcp: NAT-PMP response length: 8 octets for opcode 1 with Success"},
+	}
+	for _, tt := range tests {
+		_, err := DecodeResponse(tt.in)
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("%s: DecodeResponse error = %v\nwant %s", tt.name, err, tt.want)
+		}
+	}
+}
+
+// TestDecodeResponseFromNATPMPOnlyServer reads what a server that speaks
+// only NAT-PMP sends a PCP client (RFC 6887 Appendix A, RFC 6886 §3.5):
+// version 0, the request's opcode with the R bit, Unsupported Version.
+func TestDecodeResponseFromNATPMPOnlyServer(t *testing.T) {
+	got, err := DecodeResponse([]byte{0, 0x81, 0, 1, 0, 0, 0x30, 0x39}) // version 0, R|1, result 1, epoch 12345
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &NATPMPErrorResponse{Opcode: 1, Result: NATPMPUnsuppVersion, Epoch: 12345}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("DecodeResponse = %#v, want %#v", got, want)
 	}
 }

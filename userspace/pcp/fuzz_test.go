@@ -93,3 +93,27 @@ func canonical(t *testing.T, in []byte) []byte {
 	}
 	return b
 }
+
+// FuzzDecodeResponse holds the client side to not panicking, and to
+// reading back what it encodes from whatever it accepted.
+func FuzzDecodeResponse(f *testing.F) {
+	f.Add([]byte{0, 128, 0, 0, 0, 0, 0, 1, 198, 51, 100, 1})
+	f.Add([]byte{0, 130, 0, 0, 0, 0, 0, 5, 0, 22, 0x9c, 0x56, 0, 0, 0x0e, 0x10})
+	f.Add([]byte{0, 0x81, 0, 1, 0, 0, 0x30, 0x39})
+	f.Add(cat([]byte{2, 0x81, 0, 0}, make([]byte, 20), mapBody(), []byte{3, 0, 0, 20}, make([]byte, 20)))
+	f.Add(cat([]byte{2, 0x82, 0, 0}, make([]byte, 20), make([]byte, peerBodySize), []byte{1, 0, 0, 16}, mapped100640008))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		r, err := DecodeResponse(in)
+		if err != nil {
+			return
+		}
+		out := r.Encode()
+		again, err := DecodeResponse(out)
+		if err != nil {
+			t.Fatalf("accepted\n%s\nbut not its own encoding\n%s\n%v", hex.Dump(in), hex.Dump(out), err)
+		}
+		if !bytes.Equal(again.Encode(), out) {
+			t.Fatalf("encoding of\n%s\nis not stable:\n%s", hex.Dump(in), hex.Dump(out))
+		}
+	})
+}
