@@ -63,13 +63,14 @@ func dropped(field, format string, args ...any) *RequestError {
 }
 
 // Decode validates a datagram a server received from source, the address
-// of the UDP packet, and returns the request or a *RequestError.
+// of the UDP packet (a zero source matches no client IP), and returns the
+// request or a *RequestError.
 //
-// The checks run in the order of RFC 6887 §8.3, so that a request with
-// several faults gets the result code a client of another server would:
-// drop what is not a request, then the version (§9; version 0 is NAT-PMP,
-// RFC 6887 Appendix A), then the length, the opcode, the client address,
-// and the options.
+// The checks run in the order RFC 6887 §8.3 lists them, so that a request
+// with several faults gets the result code a client of another server
+// would: drop what is not a request, then the version (§9; version 0 is
+// NAT-PMP, RFC 6887 Appendix A), then the length, the opcode, the client
+// address, and the options.
 func Decode(b []byte, source netip.Addr) (Request, error) {
 	if len(b) < 2 {
 		return nil, dropped("length", "%d octets, fewer than the 2 of a version and opcode", len(b))

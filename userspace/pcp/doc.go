@@ -15,8 +15,9 @@
 // Not done yet, later steps of issue 16: the server (socket, epoch,
 // ANNOUNCE on restart, rate and mapping limits, nonce-checked renewal and
 // deletion), the policy checks that need state (a port outside the
-// subscriber's block, THIRD_PARTY authorisation, PEER's protocol and port
-// rules, FILTER semantics), and the data-plane mapping. The tests that
+// subscriber's block, THIRD_PARTY authorisation, the protocol and port
+// rules of MAP and PEER such as protocol 0 meaning all ports, what a
+// FILTER's prefix covers), and the data-plane mapping. The tests that
 // judge the server with real clients and a decoder that is not this one
 // come with the server.
 package pcp

@@ -79,7 +79,8 @@ type PCPResponse struct {
 func (*PCPRequest) isRequest()   {}
 func (*PCPResponse) isResponse() {}
 
-// Encode writes the request as a client sends it.
+// Encode is for clients and tests, and for checking that a decoded
+// request lost nothing; a server never sends a request.
 func (r *PCPRequest) Encode() []byte {
 	b := make([]byte, headerSize, headerSize+peerBodySize)
 	b[0] = VersionPCP

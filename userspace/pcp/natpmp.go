@@ -114,7 +114,7 @@ type PublicAddressResponse struct {
 }
 
 // MappingResponse answers a MappingRequest. On an error RFC 6886 leaves
-// the ports and lifetime undefined; a server sends them as zero.
+// the external port and lifetime undefined; a server sends them as zero.
 type MappingResponse struct {
 	Opcode       NATPMPOpcode // the request's
 	Result       NATPMPResult
@@ -125,9 +125,11 @@ type MappingResponse struct {
 }
 
 // NATPMPErrorResponse is the short answer to a request that has no
-// response format of its own: an unsupported opcode. RFC 6886 §3.5 asks
-// for the request back with the R bit set and result 5; the 8 octets of a
-// NAT-PMP response header are that for every request NAT-PMP defines.
+// response format of its own: an unsupported opcode, and the Unsupported
+// Version a NAT-PMP-only server sends a PCP client. For the opcode RFC
+// 6886 §3.5 asks for the request back with the R bit set and result 5;
+// the 8 octets of a NAT-PMP response header are that for every request
+// NAT-PMP defines.
 type NATPMPErrorResponse struct {
 	Opcode uint8 // the request's, without the R bit
 	Result NATPMPResult
