@@ -63,17 +63,19 @@ func (a *Agent) routesComponent() component {
 	}
 }
 
-// routeWatch is the three subscriptions.
+// routeWatch is the subscriptions: routes, neighbours and links for the
+// cache, addresses for the source of the data plane's ICMP errors.
 type routeWatch struct {
 	routes chan netlink.RouteUpdate
 	neighs chan netlink.NeighUpdate
 	links  chan netlink.LinkUpdate
+	addrs  chan netlink.AddrUpdate
 	errs   chan error
 }
 
 func subscribeRoutes(done chan struct{}) (*routeWatch, error) {
 	w := &routeWatch{routes: make(chan netlink.RouteUpdate, 64), neighs: make(chan netlink.NeighUpdate, 64),
-		links: make(chan netlink.LinkUpdate, 64), errs: make(chan error, 3)}
+		links: make(chan netlink.LinkUpdate, 64), addrs: make(chan netlink.AddrUpdate, 64), errs: make(chan error, 4)}
 	onErr := func(err error) {
 		select {
 		case w.errs <- err:
@@ -88,6 +90,9 @@ func subscribeRoutes(done chan struct{}) (*routeWatch, error) {
 	}
 	if err := netlink.LinkSubscribeWithOptions(w.links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
 		return nil, fmt.Errorf("subscribe to link changes: %w", err)
+	}
+	if err := netlink.AddrSubscribeWithOptions(w.addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		return nil, fmt.Errorf("subscribe to address changes: %w", err)
 	}
 	return w, nil
 }
@@ -154,9 +159,9 @@ func (a *Agent) watchRoutes(w *routeWatch, gen uint64, done chan struct{}) {
 			a.log.Error("next-hop cache: bump generation", logattr.Err, err)
 		}
 	}
-	// An address added or removed comes as a change of the local
-	// routes, or of its link: the data plane's ICMP errors must come
-	// from an address the router still has.
+	// The data plane's ICMP errors must come from an address the
+	// router still has: rewritten when an address comes or goes, not on
+	// every route change, which a router may see by the thousand.
 	refreshAddrs := func() {
 		if err := a.current().nat.RefreshAddrs(); err != nil {
 			a.log.Error("interface addresses for ICMP errors", logattr.Err, err)
@@ -177,13 +182,17 @@ func (a *Agent) watchRoutes(w *routeWatch, gen uint64, done chan struct{}) {
 				return
 			}
 			bump()
-			refreshAddrs()
 		case _, ok := <-w.links:
 			if !ok {
 				a.routeWatchEnded(done, errors.New("link subscription closed"), w)
 				return
 			}
 			bump()
+		case _, ok := <-w.addrs:
+			if !ok {
+				a.routeWatchEnded(done, errors.New("address subscription closed"), w)
+				return
+			}
 			refreshAddrs()
 		case u, ok := <-w.neighs:
 			if !ok {
