@@ -17,11 +17,12 @@ type OverflowTables interface {
 	FreeOverflow(id, sub uint32) error
 }
 
-// overflowUse counts the live mappings in each overflow block.
+// overflowUse counts every mapping in each overflow block, idle or not:
+// after the mark, a block goes only when nothing at all is left in it.
 func overflowUse(p Plane) (map[uint32]int, error) {
 	used := map[uint32]int{}
 	err := p.Tables.Flows(func(_ loader.FlowKey, v loader.FlowFwd) error {
-		if id, ok := p.Overflow.ID(loader.AddrFromBE32(v.NatAddr), loader.PortFromBE16(v.NatPort)); ok {
+		if id, ok := overflowID(p, v); ok {
 			used[id]++
 		}
 		return nil
@@ -33,14 +34,15 @@ func overflowUse(p Plane) (map[uint32]int, error) {
 }
 
 // releaseIdleOverflow releases the overflow blocks that have had no mapping
-// for BlockIdle, as releaseIdle does a subscriber's own: the block is
+// for BlockIdle (used counts each block's live mappings, from the sweep's
+// walk of the flow table), as releaseIdle does a subscriber's own: the block is
 // marked releasing in the kernel (no new mapping goes there from then on,
 // and one made meanwhile is rolled back), its mappings are counted again,
 // and only a block still unused is released: its record is closed first,
 // then it leaves the subscriber's slots and becomes free for anyone, so
 // the next holder's activation is recorded after this release. A block
 // found releasing (an agent that stopped half way) is taken up again.
-func (s *Sweeper) releaseIdleOverflow(ctx context.Context, p Plane, now uint64) (int, error) {
+func (s *Sweeper) releaseIdleOverflow(ctx context.Context, p Plane, used map[uint32]int, now uint64) (int, error) {
 	if p.Overflow == nil || p.OverflowTables == nil {
 		return 0, nil
 	}
@@ -56,10 +58,6 @@ func (s *Sweeper) releaseIdleOverflow(ctx context.Context, p Plane, now uint64) 
 	}
 	if len(idle) == 0 {
 		return 0, nil
-	}
-	used, err := overflowUse(p)
-	if err != nil {
-		return 0, err
 	}
 	var candidates []loader.OverflowBlock
 	for _, h := range idle {

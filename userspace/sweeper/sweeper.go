@@ -103,7 +103,7 @@ func (s *Sweeper) Sweep(ctx context.Context) (Result, error) {
 	var res Result
 	p := s.Plane()
 	now := s.Clock.MonoNow()
-	flows, expired, err := scanFlows(p, now)
+	flows, overflow, expired, err := scanFlows(p, now)
 	if err != nil {
 		return res, err
 	}
@@ -120,6 +120,9 @@ func (s *Sweeper) Sweep(ctx context.Context) (Result, error) {
 			gone[loader.MappingEnd{Addr: val.NatAddr, Port: val.NatPort, Proto: fl.key.Proto}] = val.LastSeenNs()
 		} else {
 			flows[fl.subscriber]++ // refreshed while we looked
+			if id, ok := overflowID(p, val); ok {
+				overflow[id]++
+			}
 		}
 	}
 	// The remote endpoints a mapping sent to go with it: the filter
@@ -136,7 +139,7 @@ func (s *Sweeper) Sweep(ctx context.Context) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	res.OverflowReleased, err = s.releaseIdleOverflow(ctx, p, now)
+	res.OverflowReleased, err = s.releaseIdleOverflow(ctx, p, overflow, now)
 	return res, err
 }
 
@@ -145,22 +148,30 @@ type flowRef struct {
 	subscriber uint32
 }
 
-// scanFlows counts live mappings per subscriber and lists expired ones.
-func scanFlows(p Plane, now uint64) (map[uint32]int, []flowRef, error) {
-	live := map[uint32]int{}
-	var expired []flowRef
-	err := p.Tables.Flows(func(key loader.FlowKey, val loader.FlowFwd) error {
+// scanFlows counts live mappings per subscriber and per overflow block
+// (one walk of the table serves both), and lists expired ones.
+func scanFlows(p Plane, now uint64) (live, overflow map[uint32]int, expired []flowRef, err error) {
+	live, overflow = map[uint32]int{}, map[uint32]int{}
+	err = p.Tables.Flows(func(key loader.FlowKey, val loader.FlowFwd) error {
 		if p.Timeouts.idle(now, key, val) {
 			expired = append(expired, flowRef{key, val.Subscriber})
-		} else {
-			live[val.Subscriber]++
+			return nil
+		}
+		live[val.Subscriber]++
+		if id, ok := overflowID(p, val); ok {
+			overflow[id]++
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("scan flows: %w", err)
+		return nil, nil, nil, fmt.Errorf("scan flows: %w", err)
 	}
-	return live, expired, nil
+	return live, overflow, expired, nil
+}
+
+// overflowID is the overflow block a mapping's public side lies in.
+func overflowID(p Plane, v loader.FlowFwd) (uint32, bool) {
+	return p.Overflow.ID(loader.AddrFromBE32(v.NatAddr), loader.PortFromBE16(v.NatPort))
 }
 
 func age(now, then uint64) time.Duration {
@@ -195,7 +206,7 @@ func (s *Sweeper) releaseIdle(ctx context.Context, p Plane, flows map[uint32]int
 			return 0, active, err
 		}
 	}
-	again, _, err := scanFlows(p, s.Clock.MonoNow())
+	again, _, _, err := scanFlows(p, s.Clock.MonoNow())
 	if err != nil {
 		return 0, active, err
 	}
