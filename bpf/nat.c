@@ -177,11 +177,9 @@ static __always_inline int inside_exempt(struct pkt *p)
 
 	if (p->to_pool)
 		return VERDICT_NEXT;
-	__u32 src = bpf_ntohl(iph->saddr), dst = bpf_ntohl(iph->daddr);
-
-	if (public_inside_on && src >= public_min && src <= public_max && in_trie(&public_inside, iph->saddr))
+	if (public_inside_on && in_range_trie(&public_inside, iph->saddr, public_min, public_max))
 		return STAT_PUBLIC_OUT;
-	if (nat_exempt_on && dst >= exempt_min && dst <= exempt_max && in_trie(&nat_exempt, iph->daddr)) {
+	if (nat_exempt_on && in_range_trie(&nat_exempt, iph->daddr, exempt_min, exempt_max)) {
 		/* Only a subscriber's traffic is exempt: a source from no
 		 * inside prefix is as spoofed as on the translated path. */
 		if (!in_inside_prefix(iph->saddr))

@@ -35,24 +35,23 @@ static __always_inline int local_service(__u32 dst, __be32 saddr)
 	return saddr == 0;
 }
 
-/* in_inside_prefix says whether addr lies in an inside prefix. */
-static __always_inline int in_inside_prefix(__be32 addr)
+/* in_range_trie says whether addr lies in a prefix of an LPM trie keyed
+ * by lpm_v4_key, whose prefixes span [lo, hi] (host order): the range
+ * check spares the trie lookup for almost every other address. */
+static __always_inline int in_range_trie(void *trie, __be32 addr, __u32 lo, __u32 hi)
 {
 	struct lpm_v4_key key = { .prefixlen = 32, .addr = addr };
 	__u32 host = bpf_ntohl(addr);
 
-	if (host < inside_min || host > inside_max)
+	if (host < lo || host > hi)
 		return 0;
-	return bpf_map_lookup_elem(&inside_prefixes, &key) != 0;
+	return bpf_map_lookup_elem(trie, &key) != 0;
 }
 
-/* in_trie says whether addr lies in a prefix of an LPM trie keyed by
- * lpm_v4_key. */
-static __always_inline int in_trie(void *trie, __be32 addr)
+/* in_inside_prefix says whether addr lies in an inside prefix. */
+static __always_inline int in_inside_prefix(__be32 addr)
 {
-	struct lpm_v4_key key = { .prefixlen = 32, .addr = addr };
-
-	return bpf_map_lookup_elem(trie, &key) != 0;
+	return in_range_trie(&inside_prefixes, addr, inside_min, inside_max);
 }
 
 /* in_pool says whether addr (host order: host) is a pool address; the range

@@ -45,6 +45,14 @@ func overflowFixture(t testing.TB, maxBlocks uint32) *natFixture {
 	return fixtureOn(t, ns, nat, m)
 }
 
+// TestOverflowSlotsMatchTheConfiguration: the data plane's slots per
+// subscriber are the most max_blocks the configuration allows.
+func TestOverflowSlotsMatchTheConfiguration(t *testing.T) {
+	if OverflowSlots != mapping.MaxOverflowPerSubscriber {
+		t.Fatalf("the data plane has %d overflow slots a subscriber, the configuration allows %d", OverflowSlots, mapping.MaxOverflowPerSubscriber)
+	}
+}
+
 func readEvents(t testing.TB, rd *ringbuf.Reader) []BlockEvent {
 	t.Helper()
 	var out []BlockEvent
