@@ -87,6 +87,9 @@ type Config struct {
 	Export Export `yaml:"export"`
 	// Disk is the free space kept under state_dir.
 	Disk Disk `yaml:"disk"`
+	// PCP lets subscribers open ports of their own block (see pcp.go);
+	// off by default.
+	PCP PCP `yaml:"pcp"`
 
 	// parsed is what Validate parsed, for Mapping and SourceRules to hand
 	// out rather than parse again; nil until Validate succeeds.
@@ -145,6 +148,7 @@ func withDefaults() *Config {
 	agentDefaults(c)
 	monitoringDefaults(c)
 	c.Disk = Disk{MinFree: DefaultDiskMinFree, Reserve: DefaultDiskReserve}
+	c.PCP = pcpDefaults()
 	return c
 }
 
@@ -319,6 +323,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateDisk()...)
 	errs = append(errs, c.validateExport()...)
 	errs = append(errs, c.validateMonitoring()...)
+	errs = append(errs, c.validatePCP(m)...)
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}

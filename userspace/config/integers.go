@@ -18,6 +18,8 @@ var integerType = regexp.MustCompile(`^cannot unmarshal .* of type (u?int(?:8|16
 var narrower = map[string][2]string{
 	"max_flows":              {"0", strconv.Itoa(MaxFlows)},
 	"audit.checkpoint_every": {"1", strconv.Itoa(math.MaxInt)},
+	"pcp.max_mappings":       {"1", strconv.Itoa(MaxPCPMappings)},
+	"pcp.burst":              {"1", strconv.Itoa(math.MaxInt)},
 }
 
 // integerRangeOf is the range ("0 to 65535") that field, of the integer
