@@ -46,5 +46,8 @@ volatile const __u16 ov_block_size = 1;
 volatile const __u32 ov_per_addr = 1;
 volatile const __u32 ov_count = 1;
 volatile const __u32 ov_max = 0;
+/* The PCP server is on (pcp.enabled): requests to it that fail the
+ * inside source validation are marked (bpf/nat.c, inside_local). */
+volatile const __u8 pcp_on = 0;
 
 #endif

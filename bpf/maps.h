@@ -202,6 +202,31 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } route_gen SEC(".maps");
 
+/*
+ * pcp_entries: key flow_key (the internal endpoint), value pcp_entry.
+ * Written by the agent only, and without preallocation, so that its fixed
+ * size costs nothing until subscribers ask, and pcp.enabled can change
+ * without a new table. pcp_epoch: key u32 0, value u64, the CLOCK_MONOTONIC
+ * time the PCP state began (RFC 6887 §8.5): it goes with the pinned
+ * tables, so a restart keeps the epoch and a detach starts a new one.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__type(key, struct flow_key);
+	__type(value, struct pcp_entry);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pcp_entries SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pcp_epoch SEC(".maps");
+
 /* block_events: ring buffer of struct block_event, nothing else. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -58,6 +58,13 @@ const enum flow_clock *unused_flow_clock __attribute__((unused));
 const enum exempt_limits *unused_exempt_limits __attribute__((unused));
 const enum overflow_limits *unused_overflow_limits __attribute__((unused));
 const struct overflow_block *unused_overflow_block __attribute__((unused));
+const struct pcp_op *unused_pcp_op __attribute__((unused));
+const struct pcp_entry *unused_pcp_entry __attribute__((unused));
+const enum pcp_op_flags *unused_pcp_op_flags __attribute__((unused));
+const enum pcp_op_result *unused_pcp_op_result __attribute__((unused));
+const enum pcp_entry_flags *unused_pcp_entry_flags __attribute__((unused));
+const enum pcp_ports *unused_pcp_ports __attribute__((unused));
+const enum flow_rev_flags *unused_flow_rev_flags __attribute__((unused));
 
 /* How long the translation of a datagram's first fragment serves its
  * later fragments. */
@@ -114,6 +121,34 @@ static __always_inline int inside_screen(struct pkt *p)
 	return VERDICT_NEXT;
 }
 
+/*
+ * inside_local: a packet to the router itself is the kernel's, but a
+ * request to the PCP server (UDP to PCP_SERVER_PORT) must be judged by the
+ * same source validation as the traffic it would map: a socket cannot see
+ * the MAC a datagram came from. One that fails goes to PCP_SUSPECT_PORT
+ * instead, where the server refuses whatever it asks; so a device cannot
+ * open a port in a neighbour's name. Dropping it instead would leave the
+ * client without the answer the RFC gives it (NOT_AUTHORIZED).
+ */
+static __always_inline int inside_local(struct pkt *p)
+{
+	struct iphdr *iph = p->iph;
+	struct udphdr *udph = p->c.pos;
+	__be16 to = bpf_htons(PCP_SUSPECT_PORT);
+
+	if (!pcp_on || p->proto != IPPROTO_UDP || (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+		return STAT_PASS_LOCAL;
+	if ((void *)(udph + 1) > p->data_end || udph->dest != bpf_htons(PCP_SERVER_PORT))
+		return STAT_PASS_LOCAL;
+	if (source_bound(p->ctx, p->eth, iph->saddr))
+		return STAT_PASS_LOCAL;
+	if (udph->check)
+		udph->check = udp_csum_mangled(csum_replace2(udph->check, udph->dest, to));
+	udph->dest = to;
+	stat_inc(STAT_PCP_SUSPECT);
+	return STAT_PASS_LOCAL;
+}
+
 /* inside_route: only what the routes send out of an outside interface is
  * the NAT's; the rest goes to the kernel untranslated. */
 static __always_inline int inside_route(struct pkt *p)
@@ -137,7 +172,7 @@ static __always_inline int inside_route(struct pkt *p)
 			rc = again;
 	}
 	if (rc == BPF_FIB_LKUP_RET_NOT_FWDED)
-		return STAT_PASS_LOCAL;
+		return inside_local(p);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH &&
 	    rc != BPF_FIB_LKUP_RET_FRAG_NEEDED)
 		/* Unreachable, blackhole, prohibited: the kernel says so. */
@@ -304,7 +339,7 @@ static __always_inline int hairpin(struct pkt *p)
 	rev = bpf_map_lookup_elem(&flows_rev, &rkey);
 	if (!rev)
 		return STAT_DROP_NO_MAPPING;
-	if (!filter_allows(p->nat_addr, p->nat_port, iph->daddr, rkey.port, l4->proto))
+	if (!(rev->flags & FLOW_REV_OPEN) && !filter_allows(p->nat_addr, p->nat_port, iph->daddr, rkey.port, l4->proto))
 		return STAT_DROP_FILTERED;
 	rewrite(iph, &iph->saddr, l4, p->nat_addr, p->nat_port);
 	rewrite(iph, &iph->daddr, &in, rev->addr, rev->port);
@@ -419,7 +454,7 @@ static __always_inline int outside_icmp_error(struct pkt *p)
 	rev = bpf_map_lookup_elem(&flows_rev, &rkey);
 	if (!rev)
 		return STAT_DROP_ICMP_ERROR;
-	if (filter_apdf) {
+	if (filter_apdf && !(rev->flags & FLOW_REV_OPEN)) {
 		/* The error may come from any router on the path (RFC 4787
 		 * REQ-12a), but it must be about a remote the mapping sent
 		 * to: the quoted destination. */
@@ -451,10 +486,14 @@ static __always_inline int outside_flow(struct pkt *p)
 	return VERDICT_NEXT;
 }
 
+/* outside_filter: a mapping a PCP MAP holds open takes inbound from
+ * anyone, as an endpoint-independent filter would (RFC 6887 §11). */
 static __always_inline int outside_filter(struct pkt *p)
 {
 	struct iphdr *iph = p->iph;
 
+	if (p->rev->flags & FLOW_REV_OPEN)
+		return VERDICT_NEXT;
 	if (!filter_allows(iph->saddr, remote_port_of(&p->l4, 0), iph->daddr, *p->l4.port, p->l4.proto))
 		return STAT_DROP_FILTERED;
 	return VERDICT_NEXT;
@@ -519,4 +558,112 @@ int xdp_outside(struct xdp_md *ctx)
 
 	pkt_init(&p, ctx, 0);
 	return finish(&p, outside_path(&p));
+}
+
+/* ---- pcp_map: the PCP server's mappings ---- */
+
+/*
+ * pcp_map makes the mapping a PCP or NAT-PMP request asks for, or takes
+ * over the one traffic already made, with the same tables, port search and
+ * block activation as a packet's new flow: a mapping the server grants is
+ * recorded exactly like one traffic makes. It is never attached: the agent
+ * runs it with BPF_PROG_TEST_RUN, and its input "packet" is a struct
+ * pcp_op, which it answers in place. Only the subscriber's own block is
+ * used (never an overflow block): a port a subscriber publishes must stay
+ * its own for as long as it asks.
+ */
+static __always_inline int pcp_do(struct pcp_op *op)
+{
+	struct flow_key fkey = op->key;
+	__u32 sub = op->subscriber;
+	__u32 pool_slot = sub / sharing_ratio;
+	__u16 base = port_lo + (sub % sharing_ratio) * block_size;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct port_probe pp = {
+		.rkey = { .proto = fkey.proto },
+		.rev = { .addr = fkey.addr, .port = fkey.port, .subscriber = sub,
+			 .flags = (op->flags & PCP_OP_OPEN) ? FLOW_REV_OPEN : 0 },
+	};
+	struct flow_fwd made = {};
+	struct flow_fwd *fwd;
+	struct flow_rev *rev;
+	__be32 *public;
+	__u16 port;
+	long err;
+
+	if ((fkey.proto != IPPROTO_TCP && fkey.proto != IPPROTO_UDP) || fkey.pad || !fkey.port)
+		return PCP_OP_BAD_REQUEST;
+	if (subscriber_of(fkey.addr) != sub)
+		return PCP_OP_BAD_REQUEST;
+	public = bpf_map_lookup_elem(&pool_addrs, &pool_slot);
+	if (!public)
+		return PCP_OP_TABLE;
+	pp.rkey.addr = *public;
+
+	fwd = bpf_map_lookup_elem(&flows_fwd, &fkey);
+	if (fwd) {
+		port = bpf_ntohs(fwd->nat_port);
+		if (fwd->nat_addr != *public || port < base || port - base >= block_size)
+			return PCP_OP_NOT_OWN_BLOCK;
+		flow_touch(fwd, now);
+		if (op->flags & PCP_OP_OPEN) {
+			pp.rkey.port = fwd->nat_port;
+			rev = bpf_map_lookup_elem(&flows_rev, &pp.rkey);
+			if (!rev)
+				return PCP_OP_RACE; /* being expired: ask again */
+			if (!(rev->flags & FLOW_REV_OPEN))
+				rev->flags |= FLOW_REV_OPEN;
+		}
+		block_activate(sub, fkey.addr, *public, base, now);
+		op->adopted = 1;
+		op->nat_addr = fwd->nat_addr;
+		op->nat_port = fwd->nat_port;
+		return PCP_OP_OK;
+	}
+
+	err = -EEXIST;
+	port = bpf_ntohs(op->suggested);
+	if (port >= base && port - base < block_size) {
+		pp.rkey.port = op->suggested;
+		err = bpf_map_update_elem(&flows_rev, &pp.rkey, &pp.rev, BPF_NOEXIST);
+	}
+	if (err == -EEXIST && (op->flags & PCP_OP_REQUIRED))
+		return PCP_OP_TAKEN;
+	if (err == -EEXIST)
+		/* A request may search the whole block: it is rare, and a
+		 * subscriber asking for a port should get one if any is free. */
+		err = try_ports(&pp, base, block_size, block_size);
+	if (err == -EEXIST)
+		return PCP_OP_BLOCK_FULL;
+	if (err)
+		return PCP_OP_TABLE;
+
+	made.last_seen = now >> FLOW_LAST_SEEN_SHIFT;
+	made.nat_addr = pp.rkey.addr;
+	made.nat_port = pp.rkey.port;
+	made.state = fkey.proto == IPPROTO_TCP ? FLOW_STATE_TCP_EST : FLOW_STATE_OTHER;
+	made.subscriber = sub;
+	if (bpf_map_update_elem(&flows_fwd, &fkey, &made, BPF_NOEXIST)) {
+		bpf_map_delete_elem(&flows_rev, &pp.rkey);
+		return PCP_OP_RACE;
+	}
+	block_activate(sub, fkey.addr, pp.rkey.addr, base, now);
+	stat_inc(STAT_NEW_FLOWS);
+	op->adopted = 0;
+	op->nat_addr = pp.rkey.addr;
+	op->nat_port = pp.rkey.port;
+	return PCP_OP_OK;
+}
+
+SEC("xdp")
+int pcp_map(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct pcp_op *op = data;
+
+	if ((void *)(op + 1) > data_end)
+		return XDP_ABORTED;
+	op->result = pcp_do(op);
+	return XDP_PASS;
 }

@@ -55,6 +55,8 @@ enum stat_index {
 	STAT_OVERFLOW_CLAIMS,    /* overflow blocks claimed for a subscriber whose block was full */
 	STAT_OVERFLOW_REFUSED_MAX,  /* no claim: the subscriber holds ports.overflow.max_blocks */
 	STAT_OVERFLOW_REFUSED_POOL, /* no claim: no free overflow block among those looked at */
+	STAT_PCP_SUSPECT,        /* a request to the PCP server that failed the source
+				  * validation, passed to the port the server refuses on */
 	STAT_MAX,
 };
 

@@ -83,10 +83,17 @@ struct flow_rev {
 	__u8 closing;       /* TCP: a copy of "state is closing" in the forward
 			       entry, so the outside program looks that entry
 			       up only for a FIN, an RST or a closing mapping */
-	__u8 pad;
+	__u8 flags;         /* enum flow_rev_flags */
 	__u32 subscriber;
 };
 _Static_assert(sizeof(struct flow_rev) == 12, "flow_rev layout");
+
+/* Flags of a reverse entry. FLOW_REV_OPEN: a PCP MAP holds the mapping
+ * open (RFC 6887 §11), so inbound from any remote reaches it whatever the
+ * filtering mode; the agent sets and clears it with the PCP mapping. */
+enum flow_rev_flags {
+	FLOW_REV_OPEN = 1,
+};
 
 /* How finely a mapping's last_seen follows its packets: it holds the clock
  * in units of 2^30 ns (about 1.07 s), and the data plane writes it only
@@ -225,6 +232,72 @@ enum overflow_limits {
 	OVERFLOW_SCAN = 32,      /* pool entries looked at for a free block */
 	OVERFLOW_RELEASING = 0x80000000,
 	OVERFLOW_CLAIMING = 0xffffffff, /* a slot a CPU is filling */
+};
+
+/*
+ * pcp_entry is the PCP state of a mapping a subscriber asked for (PCP or
+ * NAT-PMP), kept in a pinned table so that it outlives the agent like the
+ * mapping itself. The data plane never reads it: the agent's PCP server
+ * writes it, and its sweeper keeps a held mapping however idle.
+ */
+struct pcp_entry {
+	__u64 expires_ns;   /* CLOCK_MONOTONIC end of the lifetime granted */
+	__u8 nonce[12];     /* the client's mapping nonce; zero for NAT-PMP */
+	__be32 public_addr; /* the mapping's public side when it was granted */
+	__be16 public_port;
+	__u8 flags;         /* enum pcp_entry_flags */
+	__u8 pad;
+	__u32 subscriber;
+};
+_Static_assert(sizeof(struct pcp_entry) == 32, "pcp_entry layout");
+
+enum pcp_entry_flags {
+	PCP_ENTRY_NATPMP = 1,  /* asked for by NAT-PMP (no nonce) */
+	PCP_ENTRY_OPEN = 2,    /* MAP: open to every remote (FLOW_REV_OPEN) */
+	PCP_ENTRY_ADOPTED = 4, /* an implicit mapping existed first: it goes back
+				  to the idle timeouts when the PCP mapping ends */
+};
+
+/*
+ * pcp_op is the PCP server's request to the data plane and its answer
+ * (bpf/nat.c, pcp_map): make or adopt the mapping of key for subscriber in
+ * its own block, all or nothing, exactly as a packet would.
+ */
+struct pcp_op {
+	struct flow_key key;  /* the internal endpoint */
+	__u32 subscriber;
+	__be16 suggested;     /* the external port asked for; 0: none */
+	__u8 flags;           /* enum pcp_op_flags */
+	__u8 adopted;         /* out: the mapping existed already */
+	__be32 nat_addr;      /* out */
+	__be16 nat_port;      /* out */
+	__u16 pad;
+	__s32 result;         /* out: enum pcp_op_result */
+	__u32 pad2;
+};
+_Static_assert(sizeof(struct pcp_op) == 32, "pcp_op layout");
+
+enum pcp_op_flags {
+	PCP_OP_REQUIRED = 1,  /* the suggested port or nothing (PREFER_FAILURE) */
+	PCP_OP_OPEN = 2,      /* set FLOW_REV_OPEN on the mapping */
+};
+
+enum pcp_op_result {
+	PCP_OP_OK = 0,
+	PCP_OP_BAD_REQUEST = 1,  /* not the subscriber's address, or a bad protocol */
+	PCP_OP_BLOCK_FULL = 2,
+	PCP_OP_TAKEN = 3,        /* PCP_OP_REQUIRED and the suggested port is not free */
+	PCP_OP_NOT_OWN_BLOCK = 4, /* the existing mapping is in an overflow block */
+	PCP_OP_RACE = 5,         /* another CPU mapped the endpoint meanwhile: ask again */
+	PCP_OP_TABLE = 6,        /* a table update failed */
+};
+
+/* The PCP server's port (RFC 6887 §19.1), and the one a request to it that
+ * fails the inside source validation is sent to instead: the server
+ * answers every request there NOT_AUTHORIZED, whatever it asks. */
+enum pcp_ports {
+	PCP_SERVER_PORT = 5351,
+	PCP_SUSPECT_PORT = 5352,
 };
 
 /* Interface roles, the value of the iface_roles map. */

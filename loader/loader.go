@@ -159,6 +159,9 @@ type Params struct {
 	// Overflow is the overflow pool's layout (ports.overflow); nil when
 	// it is off.
 	Overflow *mapping.Overflow
+	// PCP says the PCP server runs (pcp.enabled): the inside program
+	// then marks requests to it that fail the source validation.
+	PCP bool
 }
 
 // ExemptPrefixLimit is how many prefixes Exempt and PublicInside may each
@@ -351,6 +354,7 @@ func prepareSpec(p Params) (*ebpf.CollectionSpec, error) {
 		"exempt_max":          prefixesMax(p.Exempt),
 		"public_min":          prefixesMin(p.PublicInside),
 		"public_max":          prefixesMax(p.PublicInside),
+		"pcp_on":              boolByte(p.PCP),
 	}
 	ovVars, ovSizes := overflowVars(p)
 	maps.Copy(vars, ovVars)

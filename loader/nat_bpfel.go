@@ -88,9 +88,15 @@ type natFlowRev struct {
 	Addr       uint32
 	Port       uint16
 	Closing    uint8
-	Pad        uint8
+	Flags      uint8
 	Subscriber uint32
 }
+
+type natFlowRevFlags uint32
+
+const (
+	natFlowRevFlagsFLOW_REV_OPEN natFlowRevFlags = 1
+)
 
 type natFlowState uint32
 
@@ -195,6 +201,65 @@ const (
 	natOverflowLimitsOVERFLOW_CLAIMING  natOverflowLimits = 4294967295
 )
 
+type natPcpEntry struct {
+	_          structs.HostLayout
+	ExpiresNs  uint64
+	Nonce      [12]uint8
+	PublicAddr uint32
+	PublicPort uint16
+	Flags      uint8
+	Pad        uint8
+	Subscriber uint32
+}
+
+type natPcpEntryFlags uint32
+
+const (
+	natPcpEntryFlagsPCP_ENTRY_NATPMP  natPcpEntryFlags = 1
+	natPcpEntryFlagsPCP_ENTRY_OPEN    natPcpEntryFlags = 2
+	natPcpEntryFlagsPCP_ENTRY_ADOPTED natPcpEntryFlags = 4
+)
+
+type natPcpOp struct {
+	_          structs.HostLayout
+	Key        natFlowKey
+	Subscriber uint32
+	Suggested  uint16
+	Flags      uint8
+	Adopted    uint8
+	NatAddr    uint32
+	NatPort    uint16
+	Pad        uint16
+	Result     int32
+	Pad2       uint32
+}
+
+type natPcpOpFlags uint32
+
+const (
+	natPcpOpFlagsPCP_OP_REQUIRED natPcpOpFlags = 1
+	natPcpOpFlagsPCP_OP_OPEN     natPcpOpFlags = 2
+)
+
+type natPcpOpResult uint32
+
+const (
+	natPcpOpResultPCP_OP_OK            natPcpOpResult = 0
+	natPcpOpResultPCP_OP_BAD_REQUEST   natPcpOpResult = 1
+	natPcpOpResultPCP_OP_BLOCK_FULL    natPcpOpResult = 2
+	natPcpOpResultPCP_OP_TAKEN         natPcpOpResult = 3
+	natPcpOpResultPCP_OP_NOT_OWN_BLOCK natPcpOpResult = 4
+	natPcpOpResultPCP_OP_RACE          natPcpOpResult = 5
+	natPcpOpResultPCP_OP_TABLE         natPcpOpResult = 6
+)
+
+type natPcpPorts uint32
+
+const (
+	natPcpPortsPCP_SERVER_PORT  natPcpPorts = 5351
+	natPcpPortsPCP_SUSPECT_PORT natPcpPorts = 5352
+)
+
 type natRouteState struct {
 	_            structs.HostLayout
 	Gen          uint64
@@ -247,7 +312,8 @@ const (
 	natStatIndexSTAT_OVERFLOW_CLAIMS        natStatIndex = 34
 	natStatIndexSTAT_OVERFLOW_REFUSED_MAX   natStatIndex = 35
 	natStatIndexSTAT_OVERFLOW_REFUSED_POOL  natStatIndex = 36
-	natStatIndexSTAT_MAX                    natStatIndex = 37
+	natStatIndexSTAT_PCP_SUSPECT            natStatIndex = 37
+	natStatIndexSTAT_MAX                    natStatIndex = 38
 )
 
 type natSubscriberState struct {
@@ -279,6 +345,8 @@ const (
 	natMapOverflowAddrs          = "overflow_addrs"
 	natMapOverflowBlocks         = "overflow_blocks"
 	natMapOverflowSlots          = "overflow_slots"
+	natMapPcpEntries             = "pcp_entries"
+	natMapPcpEpoch               = "pcp_epoch"
 	natMapPoolAddrs              = "pool_addrs"
 	natMapPoolIndex              = "pool_index"
 	natMapPublicInside           = "public_inside"
@@ -287,6 +355,7 @@ const (
 	natMapStats                  = "stats"
 	natMapSubscribers            = "subscribers"
 	natMapTxPorts                = "tx_ports"
+	natProgPcpMap                = "pcp_map"
 	natProgXdpInside             = "xdp_inside"
 	natProgXdpOutside            = "xdp_outside"
 	natVarBlockSize              = "block_size"
@@ -302,6 +371,7 @@ const (
 	natVarOvMax                  = "ov_max"
 	natVarOvPerAddr              = "ov_per_addr"
 	natVarOverflowOn             = "overflow_on"
+	natVarPcpOn                  = "pcp_on"
 	natVarPoolMax                = "pool_max"
 	natVarPoolMin                = "pool_min"
 	natVarPortLo                 = "port_lo"
@@ -316,12 +386,19 @@ const (
 	natVarUnusedExemptLimits     = "unused_exempt_limits"
 	natVarUnusedFlowClock        = "unused_flow_clock"
 	natVarUnusedFlowProto        = "unused_flow_proto"
+	natVarUnusedFlowRevFlags     = "unused_flow_rev_flags"
 	natVarUnusedFlowState        = "unused_flow_state"
 	natVarUnusedIfaceLimits      = "unused_iface_limits"
 	natVarUnusedIfacePolicyFlags = "unused_iface_policy_flags"
 	natVarUnusedIfaceRole        = "unused_iface_role"
 	natVarUnusedOverflowBlock    = "unused_overflow_block"
 	natVarUnusedOverflowLimits   = "unused_overflow_limits"
+	natVarUnusedPcpEntry         = "unused_pcp_entry"
+	natVarUnusedPcpEntryFlags    = "unused_pcp_entry_flags"
+	natVarUnusedPcpOp            = "unused_pcp_op"
+	natVarUnusedPcpOpFlags       = "unused_pcp_op_flags"
+	natVarUnusedPcpOpResult      = "unused_pcp_op_result"
+	natVarUnusedPcpPorts         = "unused_pcp_ports"
 	natVarUnusedStatIndex        = "unused_stat_index"
 )
 
@@ -367,6 +444,7 @@ type natSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type natProgramSpecs struct {
+	PcpMap     *ebpf.ProgramSpec `ebpf:"pcp_map"`
 	XdpInside  *ebpf.ProgramSpec `ebpf:"xdp_inside"`
 	XdpOutside *ebpf.ProgramSpec `ebpf:"xdp_outside"`
 }
@@ -390,6 +468,8 @@ type natMapSpecs struct {
 	OverflowAddrs  *ebpf.MapSpec `ebpf:"overflow_addrs"`
 	OverflowBlocks *ebpf.MapSpec `ebpf:"overflow_blocks"`
 	OverflowSlots  *ebpf.MapSpec `ebpf:"overflow_slots"`
+	PcpEntries     *ebpf.MapSpec `ebpf:"pcp_entries"`
+	PcpEpoch       *ebpf.MapSpec `ebpf:"pcp_epoch"`
 	PoolAddrs      *ebpf.MapSpec `ebpf:"pool_addrs"`
 	PoolIndex      *ebpf.MapSpec `ebpf:"pool_index"`
 	PublicInside   *ebpf.MapSpec `ebpf:"public_inside"`
@@ -417,6 +497,7 @@ type natVariableSpecs struct {
 	OvMax                  *ebpf.VariableSpec `ebpf:"ov_max"`
 	OvPerAddr              *ebpf.VariableSpec `ebpf:"ov_per_addr"`
 	OverflowOn             *ebpf.VariableSpec `ebpf:"overflow_on"`
+	PcpOn                  *ebpf.VariableSpec `ebpf:"pcp_on"`
 	PoolMax                *ebpf.VariableSpec `ebpf:"pool_max"`
 	PoolMin                *ebpf.VariableSpec `ebpf:"pool_min"`
 	PortLo                 *ebpf.VariableSpec `ebpf:"port_lo"`
@@ -431,12 +512,19 @@ type natVariableSpecs struct {
 	UnusedExemptLimits     *ebpf.VariableSpec `ebpf:"unused_exempt_limits"`
 	UnusedFlowClock        *ebpf.VariableSpec `ebpf:"unused_flow_clock"`
 	UnusedFlowProto        *ebpf.VariableSpec `ebpf:"unused_flow_proto"`
+	UnusedFlowRevFlags     *ebpf.VariableSpec `ebpf:"unused_flow_rev_flags"`
 	UnusedFlowState        *ebpf.VariableSpec `ebpf:"unused_flow_state"`
 	UnusedIfaceLimits      *ebpf.VariableSpec `ebpf:"unused_iface_limits"`
 	UnusedIfacePolicyFlags *ebpf.VariableSpec `ebpf:"unused_iface_policy_flags"`
 	UnusedIfaceRole        *ebpf.VariableSpec `ebpf:"unused_iface_role"`
 	UnusedOverflowBlock    *ebpf.VariableSpec `ebpf:"unused_overflow_block"`
 	UnusedOverflowLimits   *ebpf.VariableSpec `ebpf:"unused_overflow_limits"`
+	UnusedPcpEntry         *ebpf.VariableSpec `ebpf:"unused_pcp_entry"`
+	UnusedPcpEntryFlags    *ebpf.VariableSpec `ebpf:"unused_pcp_entry_flags"`
+	UnusedPcpOp            *ebpf.VariableSpec `ebpf:"unused_pcp_op"`
+	UnusedPcpOpFlags       *ebpf.VariableSpec `ebpf:"unused_pcp_op_flags"`
+	UnusedPcpOpResult      *ebpf.VariableSpec `ebpf:"unused_pcp_op_result"`
+	UnusedPcpPorts         *ebpf.VariableSpec `ebpf:"unused_pcp_ports"`
 	UnusedStatIndex        *ebpf.VariableSpec `ebpf:"unused_stat_index"`
 }
 
@@ -475,6 +563,8 @@ type natMaps struct {
 	OverflowAddrs  *ebpf.Map `ebpf:"overflow_addrs"`
 	OverflowBlocks *ebpf.Map `ebpf:"overflow_blocks"`
 	OverflowSlots  *ebpf.Map `ebpf:"overflow_slots"`
+	PcpEntries     *ebpf.Map `ebpf:"pcp_entries"`
+	PcpEpoch       *ebpf.Map `ebpf:"pcp_epoch"`
 	PoolAddrs      *ebpf.Map `ebpf:"pool_addrs"`
 	PoolIndex      *ebpf.Map `ebpf:"pool_index"`
 	PublicInside   *ebpf.Map `ebpf:"public_inside"`
@@ -502,6 +592,8 @@ func (m *natMaps) Close() error {
 		m.OverflowAddrs,
 		m.OverflowBlocks,
 		m.OverflowSlots,
+		m.PcpEntries,
+		m.PcpEpoch,
 		m.PoolAddrs,
 		m.PoolIndex,
 		m.PublicInside,
@@ -530,6 +622,7 @@ type natVariables struct {
 	OvMax                  *ebpf.Variable `ebpf:"ov_max"`
 	OvPerAddr              *ebpf.Variable `ebpf:"ov_per_addr"`
 	OverflowOn             *ebpf.Variable `ebpf:"overflow_on"`
+	PcpOn                  *ebpf.Variable `ebpf:"pcp_on"`
 	PoolMax                *ebpf.Variable `ebpf:"pool_max"`
 	PoolMin                *ebpf.Variable `ebpf:"pool_min"`
 	PortLo                 *ebpf.Variable `ebpf:"port_lo"`
@@ -544,12 +637,19 @@ type natVariables struct {
 	UnusedExemptLimits     *ebpf.Variable `ebpf:"unused_exempt_limits"`
 	UnusedFlowClock        *ebpf.Variable `ebpf:"unused_flow_clock"`
 	UnusedFlowProto        *ebpf.Variable `ebpf:"unused_flow_proto"`
+	UnusedFlowRevFlags     *ebpf.Variable `ebpf:"unused_flow_rev_flags"`
 	UnusedFlowState        *ebpf.Variable `ebpf:"unused_flow_state"`
 	UnusedIfaceLimits      *ebpf.Variable `ebpf:"unused_iface_limits"`
 	UnusedIfacePolicyFlags *ebpf.Variable `ebpf:"unused_iface_policy_flags"`
 	UnusedIfaceRole        *ebpf.Variable `ebpf:"unused_iface_role"`
 	UnusedOverflowBlock    *ebpf.Variable `ebpf:"unused_overflow_block"`
 	UnusedOverflowLimits   *ebpf.Variable `ebpf:"unused_overflow_limits"`
+	UnusedPcpEntry         *ebpf.Variable `ebpf:"unused_pcp_entry"`
+	UnusedPcpEntryFlags    *ebpf.Variable `ebpf:"unused_pcp_entry_flags"`
+	UnusedPcpOp            *ebpf.Variable `ebpf:"unused_pcp_op"`
+	UnusedPcpOpFlags       *ebpf.Variable `ebpf:"unused_pcp_op_flags"`
+	UnusedPcpOpResult      *ebpf.Variable `ebpf:"unused_pcp_op_result"`
+	UnusedPcpPorts         *ebpf.Variable `ebpf:"unused_pcp_ports"`
 	UnusedStatIndex        *ebpf.Variable `ebpf:"unused_stat_index"`
 }
 
@@ -557,12 +657,14 @@ type natVariables struct {
 //
 // It can be passed to loadNatObjects or ebpf.CollectionSpec.LoadAndAssign.
 type natPrograms struct {
+	PcpMap     *ebpf.Program `ebpf:"pcp_map"`
 	XdpInside  *ebpf.Program `ebpf:"xdp_inside"`
 	XdpOutside *ebpf.Program `ebpf:"xdp_outside"`
 }
 
 func (p *natPrograms) Close() error {
 	return _NatClose(
+		p.PcpMap,
 		p.XdpInside,
 		p.XdpOutside,
 	)

@@ -46,6 +46,7 @@ var StatNames = [...]string{
 	natStatIndexSTAT_OVERFLOW_CLAIMS:        "overflow_claims",
 	natStatIndexSTAT_OVERFLOW_REFUSED_MAX:   "overflow_refused_max",
 	natStatIndexSTAT_OVERFLOW_REFUSED_POOL:  "overflow_refused_pool",
+	natStatIndexSTAT_PCP_SUSPECT:            "pcp_suspect",
 }
 
 // Stats are the data plane's counters summed over all CPUs, by name.

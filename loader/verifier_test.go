@@ -39,7 +39,7 @@ func TestVerifierBudget(t *testing.T) {
 		{"overflow", Params{Mapping: m, Overflow: o}},
 		{"apdf", Params{Mapping: m, FilterAPDF: true, UDPInboundRefresh: true}},
 		{"exempt", Params{Mapping: m, Exempt: []netip.Prefix{netip.MustParsePrefix("192.0.2.53/32")}, PublicInside: []netip.Prefix{netip.MustParsePrefix("192.0.2.128/25")}}},
-		{"everything on", Params{Mapping: m, Overflow: o, FilterAPDF: true, UDPInboundRefresh: true,
+		{"everything on", Params{Mapping: m, Overflow: o, FilterAPDF: true, UDPInboundRefresh: true, PCP: true,
 			Exempt: []netip.Prefix{netip.MustParsePrefix("192.0.2.53/32")}, PublicInside: []netip.Prefix{netip.MustParsePrefix("192.0.2.128/25")}}},
 	} {
 		spec, err := prepareSpec(c.p)
@@ -58,7 +58,7 @@ func TestVerifierBudget(t *testing.T) {
 			t.Errorf("%s: load: %v", c.name, err)
 			continue
 		}
-		for _, name := range []string{"xdp_inside", "xdp_outside"} {
+		for _, name := range []string{"xdp_inside", "xdp_outside", "pcp_map"} {
 			got := processed.FindStringSubmatch(coll.Programs[name].VerifierLog)
 			if got == nil {
 				t.Fatalf("%s %s: no instruction count in the verifier log:\n%s", c.name, name, coll.Programs[name].VerifierLog)
