@@ -36,6 +36,8 @@ type Tables interface {
 	ReleaseBlock(subscriber uint32) error
 	KeepBlock(subscriber uint32) error
 	BlockActive(subscriber uint32) (bool, error)
+	// PCPHeld is the end of each PCP lifetime by internal endpoint.
+	PCPHeld() (map[loader.FlowKey]uint64, error)
 }
 
 // Plane is what a sweep works on: the data plane's tables, the mapping
@@ -98,12 +100,28 @@ func (t Timeouts) idle(now uint64, key loader.FlowKey, v loader.FlowFwd) bool {
 	return age(now, v.LastSeenNs()) > t.of(key, v)+loader.LastSeenResolution
 }
 
+// expirable says whether the mapping key, v may go at now: it is idle,
+// and no PCP lifetime holds it. A subscriber's server behind a PCP mapping
+// may be silent for hours, and its mapping must stay for as long as the
+// client asked (RFC 6887 §15); when the lifetime ends, the PCP server ends
+// the hold.
+func (t Timeouts) expirable(held map[loader.FlowKey]uint64, now uint64, key loader.FlowKey, v loader.FlowFwd) bool {
+	if until, ok := held[key]; ok && until > now {
+		return false
+	}
+	return t.idle(now, key, v)
+}
+
 // Sweep expires idle mappings, then releases idle blocks.
 func (s *Sweeper) Sweep(ctx context.Context) (Result, error) {
 	var res Result
 	p := s.Plane()
 	now := s.Clock.MonoNow()
-	flows, overflow, expired, err := scanFlows(p, now)
+	held, err := p.Tables.PCPHeld()
+	if err != nil {
+		return res, fmt.Errorf("read PCP lifetimes: %w", err)
+	}
+	flows, overflow, expired, err := scanFlows(p, held, now)
 	if err != nil {
 		return res, err
 	}
@@ -111,7 +129,7 @@ func (s *Sweeper) Sweep(ctx context.Context) (Result, error) {
 	for _, fl := range expired {
 		// Idle when looked at again: a packet may have refreshed it
 		// since the scan.
-		val, removed, err := p.Tables.ExpireFlow(fl.key, func(v loader.FlowFwd) bool { return p.Timeouts.idle(now, fl.key, v) })
+		val, removed, err := p.Tables.ExpireFlow(fl.key, func(v loader.FlowFwd) bool { return p.Timeouts.expirable(held, now, fl.key, v) })
 		if err != nil {
 			return res, err
 		}
@@ -134,7 +152,7 @@ func (s *Sweeper) Sweep(ctx context.Context) (Result, error) {
 		res.Flows += n
 	}
 
-	released, active, err := s.releaseIdle(ctx, p, flows, now)
+	released, active, err := s.releaseIdle(ctx, p, held, flows, now)
 	res.Released, res.ActiveBlocks = released, active
 	if err != nil {
 		return res, err
@@ -150,10 +168,10 @@ type flowRef struct {
 
 // scanFlows counts live mappings per subscriber and per overflow block
 // (one walk of the table serves both), and lists expired ones.
-func scanFlows(p Plane, now uint64) (live, overflow map[uint32]int, expired []flowRef, err error) {
+func scanFlows(p Plane, held map[loader.FlowKey]uint64, now uint64) (live, overflow map[uint32]int, expired []flowRef, err error) {
 	live, overflow = map[uint32]int{}, map[uint32]int{}
 	err = p.Tables.Flows(func(key loader.FlowKey, val loader.FlowFwd) error {
-		if p.Timeouts.idle(now, key, val) {
+		if p.Timeouts.expirable(held, now, key, val) {
 			expired = append(expired, flowRef{key, val.Subscriber})
 			return nil
 		}
@@ -186,7 +204,7 @@ func age(now, then uint64) time.Duration {
 // block still idle and still unused after that is released. A flow the
 // data plane makes after the mark re-activates the block through the ring
 // buffer, and the Recorder orders that activation after this release.
-func (s *Sweeper) releaseIdle(ctx context.Context, p Plane, flows map[uint32]int, now uint64) (released, active int, err error) {
+func (s *Sweeper) releaseIdle(ctx context.Context, p Plane, held map[loader.FlowKey]uint64, flows map[uint32]int, now uint64) (released, active int, err error) {
 	blocks, err := p.Tables.ActiveBlocks()
 	if err != nil {
 		return 0, 0, fmt.Errorf("scan subscribers: %w", err)
@@ -206,7 +224,7 @@ func (s *Sweeper) releaseIdle(ctx context.Context, p Plane, flows map[uint32]int
 			return 0, active, err
 		}
 	}
-	again, _, _, err := scanFlows(p, s.Clock.MonoNow())
+	again, _, _, err := scanFlows(p, held, s.Clock.MonoNow())
 	if err != nil {
 		return 0, active, err
 	}

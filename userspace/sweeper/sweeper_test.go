@@ -233,3 +233,40 @@ func TestFiltersGoWithTheirMapping(t *testing.T) {
 		t.Error("the new mapping's endpoint was pruned with the old mapping's")
 	}
 }
+
+// TestPCPHeldMappingsStay: a mapping a PCP lifetime holds stays however
+// idle, and keeps its block active; once the lifetime has ended it is an
+// idle mapping like any other.
+func TestPCPHeldMappingsStay(t *testing.T) {
+	s, nat, clock, rec := fixture(t)
+	now := clock.MonoNow()
+	st := loader.SubscriberState{Active: 1, LastActiveNs: now, ActiveSinceNs: now}
+	if err := nat.SetSubscriber(2, st); err != nil {
+		t.Fatal(err)
+	}
+	held := addFlow(t, nat, 2, "100.64.0.2", 8080, loader.ProtoUDP, loader.FlowStateOther, 2100, now)
+	loose := addFlow(t, nat, 2, "100.64.0.2", 8081, loader.ProtoUDP, loader.FlowStateOther, 2101, now)
+	until := now + uint64(2*time.Hour)
+	if err := nat.PutPCPEntry(held, loader.PCPEntry{ExpiresNs: until, Subscriber: 2}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(time.Hour)
+	res, err := s.Sweep(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Expired != 1 || res.Flows != 1 || res.Released != 0 || !hasForward(nat, held) || hasForward(nat, loose) {
+		t.Errorf("an hour idle: %+v, held kept %v, loose kept %v; want only the held one kept, the block active",
+			res, hasForward(nat, held), hasForward(nat, loose))
+	}
+	clock.Advance(90 * time.Minute) // the lifetime ended 30 min ago
+	res, err = s.Sweep(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Its block has been idle longer than block_idle, so it goes too.
+	if res.Expired != 1 || hasForward(nat, held) || res.Released != 1 || len(rec.ops) != 1 {
+		t.Errorf("after the lifetime: %+v, held kept %v, %d record ops; want it expired and the block released",
+			res, hasForward(nat, held), len(rec.ops))
+	}
+}
