@@ -228,3 +228,40 @@ func (n *NAT) PCPEpochStart(now uint64) (uint64, error) {
 
 // PortToBE16 turns a host-order port into the network order a map holds.
 func PortToBE16(v uint16) uint16 { return PortFromBE16(v) }
+
+// copyPCP carries the PCP state of every mapping a reload kept into the
+// new tables, open again where a MAP held it open, with the subscriber
+// number the new mapping gives; that of a dropped mapping goes with it.
+func copyPCP(from, to *NAT) (kept, dropped int, err error) {
+	err = from.PCPEntries(func(key FlowKey, e PCPEntry) error {
+		fwd, ok, err := to.LookupFlow(key)
+		if err != nil {
+			return err
+		}
+		if !ok || fwd.NatAddr != e.PublicAddr || fwd.NatPort != e.PublicPort {
+			dropped++
+			return nil
+		}
+		e.Subscriber = fwd.Subscriber
+		if err := to.PutPCPEntry(key, e); err != nil {
+			return err
+		}
+		if e.Flags&PCPEntryOpen != 0 {
+			rkey := reverseKey(key, fwd)
+			var rev FlowRev
+			if err := to.objs.FlowsRev.Lookup(&rkey, &rev); err != nil {
+				return fmt.Errorf("read flows_rev: %w", err)
+			}
+			rev.Flags |= FlowRevOpen
+			if err := to.objs.FlowsRev.Update(&rkey, &rev, ebpf.UpdateExist); err != nil {
+				return fmt.Errorf("write flows_rev: %w", err)
+			}
+		}
+		kept++
+		return nil
+	})
+	if err != nil {
+		return kept, dropped, fmt.Errorf("reload: copy PCP mappings: %w", err)
+	}
+	return kept, dropped, nil
+}

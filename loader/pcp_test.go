@@ -8,6 +8,8 @@ import (
 
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/google/gopacket/layers"
+
+	"github.com/blocknat/blocknat/userspace/mapping"
 )
 
 // sub2's block in the default fixture: subscriber 2 of 128 on
@@ -317,5 +319,65 @@ func TestPCPEntriesAndEpoch(t *testing.T) {
 	}
 	if again, err := f.nat.PCPEpochStart(5000); err != nil || again != 1000 {
 		t.Errorf("epoch start asked again: %d %v, want 1000 kept", again, err)
+	}
+}
+
+// TestPCPSurvivesReload: a reload that keeps a PCP mapping keeps its PCP
+// state, open as before, and the epoch; one that moves the subscriber's
+// block drops both the mapping and its state.
+func TestPCPSurvivesReload(t *testing.T) {
+	f := defaultFixture(t)
+	inside := netip.MustParseAddr(sub2)
+	got, err := f.nat.PCPMap(inside, 8080, ProtoUDP, 2, 2100, false, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := FlowKey{Addr: be32(inside), Port: PortToBE16(8080), Proto: ProtoUDP}
+	e := PCPEntry{ExpiresNs: 1 << 50, PublicAddr: be32(got.Public), PublicPort: PortToBE16(got.Port), Flags: PCPEntryOpen, Subscriber: 2}
+	if err := f.nat.PutPCPEntry(key, e); err != nil {
+		t.Fatal(err)
+	}
+	start, err := f.nat.PCPEpochStart(4242)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := f.nat.Params()
+	p.Epoch++
+	next, st, err := f.nat.Reload(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { next.Close() })
+	f.nat = next
+	if st.PCPKept != 1 || st.PCPDropped != 0 {
+		t.Errorf("reload kept %d and dropped %d PCP mappings, want 1 and 0", st.PCPKept, st.PCPDropped)
+	}
+	held, err := next.PCPHeld()
+	if err != nil || held[key] != e.ExpiresNs {
+		t.Errorf("after the reload: held %v %v", held, err)
+	}
+	if rev, ok := revOf(t, f, got, ProtoUDP); !ok || rev.Flags&FlowRevOpen == 0 {
+		t.Errorf("after the reload: reverse entry %+v (%v), want it open", rev, ok)
+	}
+	if again, err := next.PCPEpochStart(9999); err != nil || again != start {
+		t.Errorf("after the reload: epoch start %d %v, want %d", again, err, start)
+	}
+
+	// 256 subscribers over one address instead of two: sub2's block moves.
+	m, err := mapping.New(prefixesOf(t, []string{"100.64.0.0/24"}), prefixesOf(t, []string{"198.51.100.10"}), 1024, 65535, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Mapping, p.Epoch = m, p.Epoch+1
+	moved, st, err := next.Reload(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { moved.Close() })
+	if st.PCPKept != 0 || st.PCPDropped != 1 {
+		t.Errorf("moving reload kept %d and dropped %d PCP mappings, want 0 and 1", st.PCPKept, st.PCPDropped)
+	}
+	if held, err := moved.PCPHeld(); err != nil || len(held) != 0 {
+		t.Errorf("after the moving reload: held %v %v, want none", held, err)
 	}
 }

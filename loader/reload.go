@@ -16,13 +16,18 @@ import (
 type ReloadStats struct {
 	Kept    int // mappings whose public port lies in the subscriber's new block
 	Dropped int // mappings the new mapping no longer allows
+	// PCPKept and PCPDropped are the PCP mappings whose mapping was kept
+	// and dropped.
+	PCPKept, PCPDropped int
 }
 
 // shared are the maps a reload carries over as they are: the ring buffer
 // (the agent's reader is attached to it), the counters, the interface
 // tables, whose contents do not depend on the mapping, and the next-hop
 // cache with its generation, which the agent's route watch keeps writing.
-var shared = []string{"block_events", "stats", "iface_roles", "tx_ports", "frags", "iface_policy", "iface_sources", "nexthops", "route_gen", "iface_addrs"}
+// The PCP epoch goes on too: the PCP mappings kept are still there, so
+// clients must not be told that state was lost (RFC 6887 §8.5).
+var shared = []string{"block_events", "stats", "iface_roles", "tx_ports", "frags", "iface_policy", "iface_sources", "nexthops", "route_gen", "iface_addrs", "pcp_epoch"}
 
 // Reload moves the data plane onto a new configuration without detaching:
 // it loads programs and tables for p, copies every mapping still valid
@@ -47,7 +52,8 @@ func (n *NAT) Reload(p Params) (*NAT, ReloadStats, error) {
 	old := map[string]*ebpf.Map{"block_events": n.objs.BlockEvents, "stats": n.objs.Stats,
 		"iface_roles": n.objs.IfaceRoles, "tx_ports": n.objs.TxPorts, "frags": n.objs.Frags,
 		"iface_policy": n.objs.IfacePolicy, "iface_sources": n.objs.IfaceSources,
-		"nexthops": n.objs.Nexthops, "route_gen": n.objs.RouteGen, "iface_addrs": n.objs.IfaceAddrs}
+		"nexthops": n.objs.Nexthops, "route_gen": n.objs.RouteGen, "iface_addrs": n.objs.IfaceAddrs,
+		"pcp_epoch": n.objs.PcpEpoch}
 	repl := map[string]*ebpf.Map{}
 	for _, name := range shared {
 		c, err := old[name].Clone()
@@ -86,6 +92,9 @@ func (n *NAT) Reload(p Params) (*NAT, ReloadStats, error) {
 	} else {
 		st.Kept += kept
 		st.Dropped -= kept
+	}
+	if st.PCPKept, st.PCPDropped, err = copyPCP(n, next); err != nil {
+		return fail(err)
 	}
 	// From here on the new programs carry the traffic.
 	for iface, l := range n.links {
