@@ -25,6 +25,8 @@ declare -A need=(
 	[dnsmasq]=dnsmasq-base
 	[kea-dhcp4]=kea-dhcp4-server
 	[dhclient]=isc-dhcp-client
+	# NAT-PMP's client, for the PCP server's end-to-end test.
+	[natpmpc]=natpmpc
 	# The unit tests run systemd-analyze verify and security on the units;
 	# installing the package in a container only adds the tools, it starts
 	# nothing (systemd is not PID 1 there).
