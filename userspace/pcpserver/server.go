@@ -100,6 +100,9 @@ type Server struct {
 	expiryTick time.Duration
 	// announceFirst is the first interval between announcements.
 	announceFirst time.Duration
+	// listening is closed once Run's sockets are open, for tests to
+	// wait on rather than poll.
+	listening chan struct{}
 }
 
 // New checks cfg and builds a server without starting it. Errors name
@@ -184,6 +187,7 @@ func New(cfg Config) (*Server, error) {
 		stats:         newCounters(),
 		expiryTick:    time.Second,
 		announceFirst: 250 * time.Millisecond,
+		listening:     make(chan struct{}),
 	}, nil
 }
 
@@ -210,6 +214,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	close(s.listening)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup

@@ -72,19 +72,18 @@ func (s *Server) listen(ctx context.Context) ([]*inside, error) {
 
 // listenOn binds 0.0.0.0:port to one device. SO_BINDTODEVICE keeps a
 // request from the outside (or another inside interface) from reaching
-// this socket, and SO_REUSEADDR is what lets one such socket per device
-// share the port: Linux judges two device-bound sockets on one port
-// apart only when both allow reuse. IP_PKTINFO gives each request's
+// this socket, and it is also what lets one socket per device share the
+// port: Linux does not count two sockets bound to different devices as a
+// conflict. SO_REUSEADDR is deliberately not set. It is not needed for
+// that (TestSocketsShareThePortByDevice), and on UDP it would let a
+// second agent, or a stale one, bind the same device and port without an
+// error and take a share of the requests. IP_PKTINFO gives each request's
 // destination, which becomes the answer's source, so that a client that
 // sent to its gateway hears from its gateway.
 func listenOn(ctx context.Context, device string, port uint16) (*ipv4.PacketConn, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var opErr error
 		err := c.Control(func(fd uintptr) {
-			if opErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); opErr != nil {
-				opErr = fmt.Errorf("SO_REUSEADDR: %w", opErr)
-				return
-			}
 			if opErr = unix.BindToDevice(int(fd), device); opErr != nil {
 				opErr = fmt.Errorf("SO_BINDTODEVICE: %w", opErr)
 			}
