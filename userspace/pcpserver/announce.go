@@ -82,7 +82,7 @@ func (s *Server) announceRound(ifaces []*inside, first bool) {
 			// An interface without multicast (lo) fails every round;
 			// once is enough to say so.
 			if first {
-				s.log.Warn("pcp multicast announcement not sent", logattr.Interface, in.name, logattr.Err, err)
+				s.log.Warn("pcp multicast announcement not sent", logattr.Interface, in.name, logattr.Err, withoutAddresses(err))
 			}
 			continue
 		}

@@ -123,7 +123,7 @@ func startServer(t *testing.T, cfg Config, tune func(*Server)) *harness {
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
 	select {
-	case <-srv.listening:
+	case <-srv.Listening():
 	case err := <-done:
 		cancel()
 		t.Fatalf("Run: %v", err)

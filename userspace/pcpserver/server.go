@@ -100,8 +100,7 @@ type Server struct {
 	expiryTick time.Duration
 	// announceFirst is the first interval between announcements.
 	announceFirst time.Duration
-	// listening is closed once Run's sockets are open, for tests to
-	// wait on rather than poll.
+	// listening is closed once Run's sockets are open (Listening).
 	listening chan struct{}
 }
 
@@ -240,6 +239,11 @@ func (s *Server) Run(ctx context.Context) error {
 	wg.Wait()
 	return runErr
 }
+
+// Listening is closed once Run has its sockets open, so that a caller can
+// tell a start that failed (Run returns, naming the port or interface)
+// from one that serves.
+func (s *Server) Listening() <-chan struct{} { return s.listening }
 
 // load rebuilds the index from the pinned table, so that quotas, renewals
 // and expiry carry on across an agent restart.

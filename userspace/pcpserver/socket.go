@@ -145,7 +145,7 @@ func (s *Server) reply(in *inside, out []byte, cm *ipv4.ControlMessage, to netip
 		s.mu.Lock()
 		s.stats.dropped[DropSendFailed]++
 		s.mu.Unlock()
-		s.log.Warn("pcp answer not sent", logattr.Interface, in.name, logattr.Err, err)
+		s.log.Warn("pcp answer not sent", logattr.Interface, in.name, logattr.Err, withoutAddresses(err))
 	}
 }
 
@@ -153,5 +153,15 @@ func (s *Server) reply(in *inside, out []byte, cm *ipv4.ControlMessage, to netip
 // main socket.
 func sendTo(in *inside, b []byte, to netip.AddrPort) error {
 	_, err := in.main.WriteTo(b, nil, net.UDPAddrFromAddrPort(to))
+	return err
+}
+
+// withoutAddresses is a socket error without the addresses a *net.OpError
+// names, so that a log line does not carry the client's address.
+func withoutAddresses(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) {
+		return op.Err
+	}
 	return err
 }
