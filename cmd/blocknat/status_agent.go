@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"slices"
@@ -150,6 +151,11 @@ func printAgentStatus(w io.Writer, st wire.Status) {
 		row("overflow", "%d in use, %d free (at most %d a subscriber); %d claimed, refused: %d at max_blocks, %d with none free",
 			o.InUse, o.Free, o.MaxBlocks, o.Claims, o.RefusedMax, o.RefusedPool)
 	}
+	if p := st.PCP; p != nil {
+		row("pcp", "%d tcp, %d udp mappings; %d answered, %d refused%s, %d dropped%s, %d on the suspect port",
+			p.Mappings["tcp"], p.Mappings["udp"], p.RequestsAnswered, p.Refused, commonest(p.Results, wire.PCPResultSuccess, pcpRefusalsShown),
+			p.Dropped, commonest(p.DroppedBy, "", len(p.DroppedBy)), p.Suspect)
+	}
 
 	fmt.Fprintln(w, "mapping")
 	row("epoch", "%d since %s", st.Epoch, when(st.EpochSince))
@@ -187,6 +193,30 @@ func counters(dp map[string]uint64, prefix string) string {
 		parts[i] = fmt.Sprintf("%s %d", name, dp[name])
 	}
 	return strings.Join(parts, ", ")
+}
+
+// pcpRefusalsShown is how many result codes the pcp row names: the
+// commonest say what to change, the rest are in the metrics.
+const pcpRefusalsShown = 3
+
+// commonest names the n largest non-zero counts of m but skip, the largest
+// first (ties by name), as " (NAME n, ...)"; "" when there is none.
+func commonest(m map[string]uint64, skip string, n int) string {
+	var names []string
+	for name, v := range m {
+		if name != skip && v > 0 {
+			names = append(names, name)
+		}
+	}
+	slices.SortFunc(names, func(a, b string) int { return cmp.Or(cmp.Compare(m[b], m[a]), cmp.Compare(a, b)) })
+	if len(names) == 0 {
+		return ""
+	}
+	parts := make([]string, 0, n)
+	for _, name := range names[:min(n, len(names))] {
+		parts = append(parts, fmt.Sprintf("%s %d", name, m[name]))
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
 }
 
 func seconds(s float64) string {

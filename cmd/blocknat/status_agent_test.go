@@ -79,3 +79,48 @@ func TestStatusShowsAgentFigures(t *testing.T) {
 		t.Errorf("status without the guard:\n%s", s)
 	}
 }
+
+// TestStatusShowsPCP: the pcp row appears only while the server is on, with
+// its mappings by protocol, the commonest refusals, the drops by reason and
+// the suspect requests.
+func TestStatusShowsPCP(t *testing.T) {
+	st := wire.Status{Blocks: &wire.BlockStatus{Active: 1, Flows: 2, BlockSize: 504}}
+	var out bytes.Buffer
+	if err := printStatus(&out, &wire.StatusResponse{Agent: &st}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), "  pcp ") {
+		t.Errorf("pcp off, but status shows it:\n%s", out.String())
+	}
+
+	st.PCP = &wire.PCPStatus{
+		Mappings:         map[string]int{"tcp": 3, "udp": 0},
+		RequestsAnswered: 40, Refused: 13,
+		Results: map[string]uint64{wire.PCPResultSuccess: 27, "NOT_AUTHORIZED": 4, "USER_EX_QUOTA": 4,
+			"NO_RESOURCES": 2, "UNSUPP_OPTION": 1, "Not Authorized/Refused": 2},
+		Dropped: 6, DroppedBy: map[string]uint64{"rate_limited": 5, "malformed": 1},
+		Suspect: 4,
+	}
+	out.Reset()
+	if err := printStatus(&out, &wire.StatusResponse{Agent: &st}); err != nil {
+		t.Fatal(err)
+	}
+	want := "  pcp                  3 tcp, 0 udp mappings; 40 answered, 13 refused (NOT_AUTHORIZED 4, USER_EX_QUOTA 4, NO_RESOURCES 2)," +
+		" 6 dropped (rate_limited 5, malformed 1), 4 on the suspect port\n"
+	// With the port blocks, whose ports the mappings hold.
+	s := out.String()
+	at := strings.Index(s, want)
+	if at < 0 || at < strings.Index(s, "port blocks\n") || at > strings.Index(s, "\nmapping\n") {
+		t.Errorf("status lacks\n%s\nin the port blocks of\n%s", want, s)
+	}
+
+	// A server that answered nothing yet says so without empty lists.
+	st.PCP = &wire.PCPStatus{Mappings: map[string]int{"tcp": 0, "udp": 0}, Results: map[string]uint64{}}
+	out.Reset()
+	if err := printStatus(&out, &wire.StatusResponse{Agent: &st}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "  pcp                  0 tcp, 0 udp mappings; 0 answered, 0 refused, 0 dropped, 0 on the suspect port\n"; !strings.Contains(out.String(), want) {
+		t.Errorf("status lacks %q:\n%s", want, out.String())
+	}
+}

@@ -7,16 +7,21 @@
 // Every figure is an aggregate. No metric carries a subscriber, an address
 // or a port in a label, because a scrape endpoint is read by monitoring
 // systems that are not bound by the records' protection: the only labels
-// are direction, reason (a drop or pass counter's name from loader.StatNames)
-// and event (any other data-plane counter's name).
+// are direction, reason (a drop or pass counter's name from loader.StatNames,
+// or a fixed list's), event (any other data-plane counter's name), state (an
+// overflow block's), and the PCP server's proto, version, opcode and result,
+// each from a short list the protocols define.
 //
 // The collector reads one Snapshot per scrape; `blocknat status` shows the
 // same Snapshot to a person, so the two can never disagree.
 package metrics
 
 import (
+	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -73,6 +78,11 @@ const (
 	ClockSynchronised      = "blocknat_clock_synchronised"
 	ClockEstimatedError    = "blocknat_clock_estimated_error_seconds"
 	ClockMaxError          = "blocknat_clock_max_error_seconds"
+	PCPMappings            = "blocknat_pcp_mappings"
+	PCPRequestsTotal       = "blocknat_pcp_requests_total"
+	PCPDroppedTotal        = "blocknat_pcp_dropped_total"
+	PCPSuspectTotal        = "blocknat_pcp_suspect_requests_total"
+	PCPAnnouncementsTotal  = "blocknat_pcp_announcements_total"
 )
 
 // Alarm reasons: the reason label of blocknat_alarm, each 1 while it holds.
@@ -103,6 +113,10 @@ const (
 	labelReason    = "reason"    // a drop or pass counter's stat name
 	labelState     = "state"     // an overflow block's: in_use or free
 	labelEvent     = "event"     // any other data-plane counter's stat name
+	labelProto     = "proto"     // a PCP mapping's protocol: tcp or udp
+	labelVersion   = "version"   // a PCP request's protocol: pcp or natpmp
+	labelOpcode    = "opcode"    // a PCP request's opcode, as its RFC names it
+	labelResult    = "result"    // a PCP answer's result code, as its RFC names it
 	directionOut   = "out"
 	directionIn    = "in"
 )
@@ -123,6 +137,8 @@ type Snapshot struct {
 	// Overflow is the overflow pool's occupancy; nil when it is off or
 	// unread.
 	Overflow *OverflowUsage
+	// PCP is the PCP server's figures; nil when it is off.
+	PCP *PCPFigures
 	// Records is the Recorder's view: events read, records written.
 	Records events.Health
 	// Writes are the record store's commit timings.
@@ -271,6 +287,7 @@ type Collector struct {
 	alarmBy, free, minFree, reserve                                             *prometheus.Desc
 	apiRejected, apiConnsRefused, apiSummarised                                 *prometheus.Desc
 	clockSynchronised, clockEstimatedError, clockMaxError                       *prometheus.Desc
+	pcpMappings, pcpRequests, pcpDropped, pcpSuspect, pcpAnnouncements          *prometheus.Desc
 	scrapeError                                                                 *prometheus.Desc
 }
 
@@ -333,7 +350,17 @@ func NewCollector(snapshot func() Snapshot, writes *Writes) *Collector {
 			"Packets from an inside prefix the nftables guard stopped from leaving an outside interface untranslated."),
 		guardMissing: d(GuardMissingTotal,
 			"Checks that found the nftables guard missing or changed (it is installed again), or could not install it."),
-		scrapeError: d("blocknat_scrape_error", "A part of the agent's state could not be read for this scrape."),
+		pcpMappings: d(PCPMappings, "Mappings the PCP and NAT-PMP server holds, by protocol (tcp, udp), at scrape time.", labelProto),
+		pcpRequests: d(PCPRequestsTotal,
+			"PCP and NAT-PMP requests answered, by protocol version (pcp, natpmp), opcode and result code.",
+			labelVersion, labelOpcode, labelResult),
+		pcpDropped: d(PCPDroppedTotal,
+			"PCP and NAT-PMP requests left unanswered, by reason: malformed, rate_limited, refusal_rate_limited, send_failed, internal.",
+			labelReason),
+		pcpSuspect: d(PCPSuspectTotal,
+			"PCP and NAT-PMP requests that arrived on the suspect port, having failed the inside source validation (also counted as answered or dropped)."),
+		pcpAnnouncements: d(PCPAnnouncementsTotal, "PCP ANNOUNCE and NAT-PMP public address announcements sent unsolicited."),
+		scrapeError:      d("blocknat_scrape_error", "A part of the agent's state could not be read for this scrape."),
 	}
 }
 
@@ -352,7 +379,8 @@ func (c *Collector) descs() []*prometheus.Desc {
 		c.activeBlocks, c.flows, c.utilisation, c.overflow, c.eventsRead, c.written, c.dropped, c.writeErrors, c.openRecords, c.diskBytes,
 		c.retention, c.audit, c.epoch, c.selfLast, c.selfFailures, c.selfChecks, c.alarm,
 		c.guardInstalled, c.guardDropped, c.guardMissing, c.alarmBy, c.free, c.minFree, c.reserve,
-		c.apiRejected, c.apiConnsRefused, c.apiSummarised, c.clockSynchronised, c.clockEstimatedError, c.clockMaxError}
+		c.apiRejected, c.apiConnsRefused, c.apiSummarised, c.clockSynchronised, c.clockEstimatedError, c.clockMaxError,
+		c.pcpMappings, c.pcpRequests, c.pcpDropped, c.pcpSuspect, c.pcpAnnouncements}
 }
 
 // Collect reads one snapshot and sends it.
@@ -377,6 +405,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	if o := s.Overflow; o != nil {
 		ch <- prometheus.MustNewConstMetric(c.overflow, prometheus.GaugeValue, float64(o.InUse), "in_use")
 		ch <- prometheus.MustNewConstMetric(c.overflow, prometheus.GaugeValue, float64(o.Free), "free")
+	}
+	if p := s.PCP; p != nil {
+		c.collectPCP(ch, p, counter)
 	}
 	if b := s.Blocks; b != nil {
 		gauge(c.activeBlocks, float64(b.ActiveBlocks))
@@ -473,6 +504,41 @@ func (c *Collector) collectDataPlane(dp loader.Stats, counter func(*prometheus.D
 	}
 }
 
+// collectPCP exports every protocol's gauge and every known drop reason at
+// 0 too, so that a dashboard's series exist from the server's start; the
+// answered requests appear as they are counted, since their label
+// combinations are many and most never occur.
+func (c *Collector) collectPCP(ch chan<- prometheus.Metric, p *PCPFigures, counter func(*prometheus.Desc, uint64, ...string)) {
+	protos := slices.Clone(PCPProtos)
+	for proto := range p.Mappings {
+		if !slices.Contains(protos, proto) {
+			protos = append(protos, proto)
+		}
+	}
+	slices.Sort(protos)
+	for _, proto := range protos {
+		ch <- prometheus.MustNewConstMetric(c.pcpMappings, prometheus.GaugeValue, float64(p.Mappings[proto]), proto)
+	}
+	requests := slices.SortedFunc(maps.Keys(p.Requests), func(a, b PCPRequest) int {
+		return cmp.Or(cmp.Compare(a.Version, b.Version), cmp.Compare(a.Opcode, b.Opcode), cmp.Compare(a.Result, b.Result))
+	})
+	for _, r := range requests {
+		counter(c.pcpRequests, p.Requests[r], r.Version, r.Opcode, r.Result)
+	}
+	reasons := slices.Clone(PCPDropReasons)
+	for reason := range p.Dropped {
+		if !slices.Contains(reasons, reason) {
+			reasons = append(reasons, reason)
+		}
+	}
+	slices.Sort(reasons)
+	for _, reason := range reasons {
+		counter(c.pcpDropped, p.Dropped[reason], reason)
+	}
+	counter(c.pcpSuspect, p.Suspect)
+	counter(c.pcpAnnouncements, p.Announcements)
+}
+
 // Classify names the metric a data-plane counter is exported as, and its
 // label value ("" for a metric without labels). Every stat has one: those
 // this package does not know by name land in blocknat_datapath_events_total,
@@ -509,7 +575,8 @@ func Names() []string {
 		ActiveBlocks, Alarm, APIConnsRefusedTotal, APIRejectedTotal, APIRefusalsSummarised, AuditEntries,
 		BlockActivationsTotal, BlockEventsReadTotal, BlockUtilisation, BytesTotal, ClockEstimatedError, ClockMaxError, ClockSynchronised,
 		DatapathEventsTotal, DiskReserveBytes, DropsTotal, Epoch, Flows, FlowsCreatedTotal, GuardDroppedTotal, GuardInstalled,
-		GuardMissingTotal, OverflowBlocks, PacketsTotal, PassesTotal, RecordsAlarm,
+		GuardMissingTotal, OverflowBlocks, PacketsTotal, PassesTotal, PCPAnnouncementsTotal, PCPDroppedTotal, PCPMappings,
+		PCPRequestsTotal, PCPSuspectTotal, RecordsAlarm,
 		RecordsDroppedTotal, RecordsWrittenTotal, RetentionLastSweep, RingbufDropsTotal, SelfCheckChecksTotal,
 		SelfCheckFailuresTotal, SelfCheckLastSuccess, StateDirFreeBytes, StateDirMinFreeBytes, StoreDiskBytes,
 		StoreOpenRecords, StoreWriteErrorsTotal, StoreWriteSeconds,

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -24,7 +25,9 @@ import (
 	"github.com/blocknat/blocknat/userspace/clockstate"
 	"github.com/blocknat/blocknat/userspace/diskspace"
 	"github.com/blocknat/blocknat/userspace/events"
+	"github.com/blocknat/blocknat/userspace/pcp"
 	"github.com/blocknat/blocknat/userspace/store"
+	"github.com/blocknat/blocknat/userspace/wire"
 )
 
 // dataPlane gives every stat the agent's loader knows a distinct value.
@@ -87,6 +90,7 @@ func fullSnapshot() Snapshot {
 		DataPlane:      dataPlane(),
 		Blocks:         &BlockUsage{ActiveBlocks: 3, Flows: 7, BlockSize: 4, Counts: []uint64{1, 1, 1, 2, 2, 2, 2, 3}, Sum: 1.75, Full: 1},
 		Overflow:       &OverflowUsage{InUse: 2, Free: 6, MaxBlocks: 2},
+		PCP:            pcpFigures(),
 		Records:        events.Health{EventsRead: 11, RecordsWritten: 12, Dropped: 1},
 		Writes:         WriteStats{Count: 5, Errors: 2},
 		Store:          &store.Stats{OpenRecords: 3, DiskBytes: 4096},
@@ -104,12 +108,41 @@ func fullSnapshot() Snapshot {
 	}
 }
 
+// pcpFigures are a PCP server's, with both protocols' answers, a refusal
+// of each version and drops of two reasons.
+func pcpFigures() *PCPFigures {
+	return &PCPFigures{
+		Mappings: map[string]int{"tcp": 3},
+		Requests: map[PCPRequest]uint64{
+			{"pcp", "MAP", "SUCCESS"}:                       20,
+			{"pcp", "MAP", "NO_RESOURCES"}:                  2,
+			{"pcp", "PEER", "NOT_AUTHORIZED"}:               4,
+			{"natpmp", "map_udp", "Success"}:                6,
+			{"natpmp", "public_address", "Success"}:         1,
+			{"natpmp", "map_tcp", "Not Authorized/Refused"}: 3,
+		},
+		Dropped:       map[string]uint64{"rate_limited": 5, "malformed": 1},
+		Suspect:       4,
+		Announcements: 9,
+	}
+}
+
 // fixedReasons are the reason label values of the metrics whose reasons
 // are not data-plane stats.
 var fixedReasons = map[string][]string{
 	Alarm:                AlarmReasons,
 	APIRejectedTotal:     {"bad_request", "headers_too_large"},
 	APIConnsRefusedTotal: {"per_uid"},
+	PCPDroppedTotal:      PCPDropReasons,
+}
+
+// pcpLabels are the values each PCP label may take in fullSnapshot's
+// figures: protocol names and codes, never a subscriber's.
+var pcpLabels = map[string][]string{
+	labelProto:   PCPProtos,
+	labelVersion: {"pcp", "natpmp"},
+	labelOpcode:  {"MAP", "PEER", "map_udp", "map_tcp", "public_address"},
+	labelResult:  {"SUCCESS", "NO_RESOURCES", "NOT_AUTHORIZED", "Success", "Not Authorized/Refused"},
 }
 
 // TestCollectorExportsSnapshot: every figure of a snapshot comes out under
@@ -164,6 +197,16 @@ func TestCollectorExportsSnapshot(t *testing.T) {
 		{ClockEstimatedError, nil, 0.012},
 		{ClockMaxError, nil, 0.04},
 		{Alarm, []string{"reason", AlarmClock}, 0},
+		{PCPMappings, []string{"proto", "tcp"}, 3},
+		{PCPMappings, []string{"proto", "udp"}, 0},
+		{PCPRequestsTotal, []string{"opcode", "MAP", "result", "SUCCESS", "version", "pcp"}, 20},
+		{PCPRequestsTotal, []string{"opcode", "PEER", "result", "NOT_AUTHORIZED", "version", "pcp"}, 4},
+		{PCPRequestsTotal, []string{"opcode", "map_tcp", "result", "Not Authorized/Refused", "version", "natpmp"}, 3},
+		{PCPDroppedTotal, []string{"reason", "rate_limited"}, 5},
+		{PCPDroppedTotal, []string{"reason", "malformed"}, 1},
+		{PCPDroppedTotal, []string{"reason", "send_failed"}, 0},
+		{PCPSuspectTotal, nil, 4},
+		{PCPAnnouncementsTotal, nil, 9},
 	} {
 		if got := value(t, fams, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
@@ -205,8 +248,13 @@ func TestCollectorExportsSnapshot(t *testing.T) {
 					if v := l.GetValue(); f.GetName() != OverflowBlocks || (v != "in_use" && v != "free") {
 						t.Errorf("%s: state %q", f.GetName(), v)
 					}
+				case labelProto, labelVersion, labelOpcode, labelResult:
+					if !strings.HasPrefix(f.GetName(), "blocknat_pcp_") || !slices.Contains(pcpLabels[l.GetName()], l.GetValue()) {
+						t.Errorf("%s: %s %q", f.GetName(), l.GetName(), l.GetValue())
+					}
 				default:
-					t.Errorf("%s has label %q: only direction, reason, event and state are allowed", f.GetName(), l.GetName())
+					t.Errorf("%s has label %q: only direction, reason, event, state and the PCP server's proto, version, opcode and result are allowed",
+						f.GetName(), l.GetName())
 				}
 				if _, err := netip.ParseAddr(l.GetValue()); err == nil {
 					t.Errorf("%s carries an address in label %s", f.GetName(), l.GetName())
@@ -222,6 +270,72 @@ func TestCollectorExportsSnapshot(t *testing.T) {
 		if !slices.Contains(Names(), metric) {
 			t.Errorf("stat %s classified as %s, which is not an exported name", name, metric)
 		}
+	}
+}
+
+// TestPCPMetrics: with the server off nothing of PCP is exported; on, both
+// protocols' mapping gauges and every drop reason are, at 0 before the
+// first mapping or drop, while requests appear as they are answered.
+func TestPCPMetrics(t *testing.T) {
+	snap := fullSnapshot()
+	snap.PCP = nil
+	for name := range gather(t, func() Snapshot { return snap }, nil) {
+		if strings.HasPrefix(name, "blocknat_pcp_") {
+			t.Errorf("pcp off, but %s is exported", name)
+		}
+	}
+
+	snap.PCP = &PCPFigures{}
+	fams := gather(t, func() Snapshot { return snap }, nil)
+	for _, proto := range PCPProtos {
+		if got := value(t, fams, PCPMappings, "proto", proto); got != 0 {
+			t.Errorf("%s{proto=%q} = %v, want 0", PCPMappings, proto, got)
+		}
+	}
+	for _, reason := range PCPDropReasons {
+		if got := value(t, fams, PCPDroppedTotal, "reason", reason); got != 0 {
+			t.Errorf("%s{reason=%q} = %v, want 0", PCPDroppedTotal, reason, got)
+		}
+	}
+	for name, want := range map[string]float64{PCPSuspectTotal: 0, PCPAnnouncementsTotal: 0} {
+		if got := value(t, fams, name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	if f, ok := fams[PCPRequestsTotal]; ok {
+		t.Errorf("no request answered, but %s has %d series", PCPRequestsTotal, len(f.GetMetric()))
+	}
+	if f := fams[PCPMappings]; len(f.GetMetric()) != len(PCPProtos) {
+		t.Errorf("%s has %d series, want one a protocol", PCPMappings, len(f.GetMetric()))
+	}
+}
+
+// TestPCPStatusOf: status sums what the metrics break down, counts both
+// protocols' successes as one result and every other answer as a refusal.
+func TestPCPStatusOf(t *testing.T) {
+	if st := PCPStatusOf(nil); st != nil {
+		t.Errorf("pcp off: status %+v, want none", st)
+	}
+	got := PCPStatusOf(pcpFigures())
+	want := &wire.PCPStatus{
+		Mappings:         map[string]int{"tcp": 3, "udp": 0},
+		RequestsAnswered: 36,
+		Refused:          9,
+		Results: map[string]uint64{wire.PCPResultSuccess: 27, "NO_RESOURCES": 2, "NOT_AUTHORIZED": 4,
+			"Not Authorized/Refused": 3},
+		Dropped:       6,
+		DroppedBy:     map[string]uint64{"rate_limited": 5, "malformed": 1},
+		Suspect:       4,
+		Announcements: 9,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("status\n%+v\nwant\n%+v", got, want)
+	}
+	if !PCPSuccess(pcp.Success.String()) || !PCPSuccess(pcp.NATPMPSuccess.String()) || PCPSuccess(pcp.NotAuthorized.String()) {
+		t.Error("PCPSuccess does not know the protocols' success codes")
+	}
+	if empty := PCPStatusOf(&PCPFigures{}); empty.Mappings["udp"] != 0 || len(empty.Mappings) != 2 || empty.DroppedBy != nil {
+		t.Errorf("status of a server that did nothing yet: %+v", empty)
 	}
 }
 

@@ -52,7 +52,10 @@ type Status struct {
 	Blocks    *BlockStatus    `json:"blocks,omitempty"`
 	// Overflow is the overflow pool (ports.overflow); absent when it is
 	// off.
-	Overflow    *OverflowStatus   `json:"overflow,omitempty"`
+	Overflow *OverflowStatus `json:"overflow,omitempty"`
+	// PCP is the PCP and NAT-PMP server (pcp.enabled); absent when it is
+	// off.
+	PCP         *PCPStatus        `json:"pcp,omitempty"`
 	StoreWrites StoreWritesStatus `json:"store_writes"`
 	// Guard is the nftables guard that keeps untranslated subscriber
 	// packets off the outside interfaces.
@@ -147,6 +150,37 @@ type OverflowStatus struct {
 	Claims      uint64 `json:"claims"`
 	RefusedMax  uint64 `json:"refused_max_blocks"`
 	RefusedPool uint64 `json:"refused_pool_empty"`
+}
+
+// PCPResultSuccess is the result PCPStatus.Results counts every
+// successful answer under, PCP's (SUCCESS) and NAT-PMP's alike; every other
+// result is a refusal, named as its protocol names it.
+const PCPResultSuccess = "SUCCESS"
+
+// PCPStatus is the PCP server's mappings and what it did with the
+// requests it received since the agent started (the blocknat_pcp_*
+// metrics). Like them it names no subscriber and no address.
+type PCPStatus struct {
+	// Mappings counts the mappings held by protocol: tcp and udp.
+	Mappings map[string]int `json:"mappings"`
+	// RequestsAnswered counts the answers sent; Refused those of them
+	// whose result is not PCPResultSuccess.
+	RequestsAnswered uint64 `json:"requests_answered"`
+	Refused          uint64 `json:"refused"`
+	// Results counts the answers by result code, every version and
+	// opcode summed.
+	Results map[string]uint64 `json:"results"`
+	// Dropped counts the requests left unanswered; DroppedBy the same by
+	// reason (malformed, rate_limited, refusal_rate_limited, send_failed,
+	// internal), those never seen left out.
+	Dropped   uint64            `json:"dropped"`
+	DroppedBy map[string]uint64 `json:"dropped_by,omitempty"`
+	// Suspect counts the requests that arrived on the suspect port, having
+	// failed the inside source validation (each is also answered or
+	// dropped).
+	Suspect uint64 `json:"suspect"`
+	// Announcements counts the ANNOUNCE messages sent.
+	Announcements uint64 `json:"announcements"`
 }
 
 // UtilisationBucket is one cumulative bucket of the utilisation histogram.
