@@ -265,3 +265,6 @@ func copyPCP(from, to *NAT) (kept, dropped int, err error) {
 	}
 	return kept, dropped, nil
 }
+
+// AddrToBE32 turns an IPv4 address into the network order a map holds.
+func AddrToBE32(a netip.Addr) uint32 { return be32(a) }

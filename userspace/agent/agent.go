@@ -31,6 +31,7 @@ import (
 	"github.com/blocknat/blocknat/userspace/logattr"
 	"github.com/blocknat/blocknat/userspace/mapping"
 	"github.com/blocknat/blocknat/userspace/metrics"
+	"github.com/blocknat/blocknat/userspace/pcpserver"
 	"github.com/blocknat/blocknat/userspace/reconcile"
 	"github.com/blocknat/blocknat/userspace/store"
 	"github.com/blocknat/blocknat/userspace/sweeper"
@@ -64,6 +65,8 @@ type Agent struct {
 	disk *diskspace.Guard
 	// api is the query API's server, for what it turned away.
 	api *api.Server
+	// pcp is the PCP server; nil when pcp.enabled is off.
+	pcp *pcpserver.Server
 	// ready is set once every component has started (READY=1).
 	ready atomic.Bool
 
@@ -234,6 +237,12 @@ func (a *Agent) reload(ctx context.Context) {
 	// see the old plane or the new one, never a mixture.
 	a.plane = &plane{cfg: cfg, mapping: m, epoch: epoch, nat: next}
 	a.natMu.Unlock()
+	if a.pcp != nil {
+		// Outside natMu: the server's reads of the tables take it.
+		if err := a.pcp.Remap(m); err != nil {
+			a.log.Error("reload: the PCP server keeps the previous mapping's view", logattr.Err, err.Error())
+		}
+	}
 	// Before the epoch is recorded, so its clock is judged by the new bound.
 	a.clockWatch.setBound(time.Duration(cfg.SelfCheck.ClockMaxError))
 	if err := a.putEpoch(epoch, now); err != nil {
@@ -242,7 +251,8 @@ func (a *Agent) reload(ctx context.Context) {
 	if err := a.reloadSources(cfg); err != nil {
 		a.log.Error("reload: source validation not applied", logattr.Err, err.Error())
 	}
-	a.log.Info("configuration reloaded", logattr.Epoch, epoch.ID, "kept", st.Kept, "dropped", st.Dropped)
+	a.log.Info("configuration reloaded", logattr.Epoch, epoch.ID, "kept", st.Kept, "dropped", st.Dropped,
+		"pcp_kept", st.PCPKept, "pcp_dropped", st.PCPDropped)
 	a.reconcileOnce(ctx)
 }
 
@@ -265,6 +275,9 @@ func restartOnly(old, cfg *config.Config) string {
 	case !overflowOf(old).SameBlocks(overflowOf(cfg)):
 		// Its tables are sized by it and pinned: see the guide.
 		return "ports.overflow"
+	case old.PCPSettings() != cfg.PCPSettings():
+		// The server and its sockets start with the agent.
+		return "pcp"
 	}
 	return ""
 }

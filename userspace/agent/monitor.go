@@ -114,6 +114,9 @@ func (a *Agent) snapshot() metrics.Snapshot {
 	if a.writes != nil {
 		s.Writes = a.writes.Stats()
 	}
+	if a.pcp != nil {
+		s.PCP = pcpFiguresOf(a.pcp.Stats())
+	}
 	if st, err := a.store.Stats(); err != nil {
 		s.Errors = append(s.Errors, metrics.ErrPart("record store", err))
 	} else {

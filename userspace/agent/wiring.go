@@ -114,6 +114,9 @@ func (a *Agent) components(opts Options) []component {
 		// Stopped before the Recorder and the store: no answer may be
 		// given from a store that is being closed.
 		a.apiComponent(),
+		// After the Recorder, which records the blocks its mappings
+		// activate; stopped before it.
+		a.pcpComponent(),
 		// Stopped before the Recorder: a canary in flight must not be lost
 		// to the shutdown and raise a false alarm.
 		a.monitoringComponent(),
@@ -333,7 +336,7 @@ func params(cfg *config.Config, m *mapping.Mapping, epoch uint32) loader.Params 
 	ex, _ := cfg.Exemptions()
 	return loader.Params{Mapping: m, Epoch: epoch, MaxFlows: cfg.MaxFlows,
 		FilterAPDF: cfg.Filtering == config.FilteringAddressPort, UDPInboundRefresh: cfg.Timeouts.UDPInboundRefresh,
-		Exempt: ex.Destinations, PublicInside: ex.Public, Overflow: overflowOf(cfg)}
+		Exempt: ex.Destinations, PublicInside: ex.Public, Overflow: overflowOf(cfg), PCP: cfg.PCPSettings().Enabled}
 }
 
 // overflowOf is the configuration's overflow layout, nil when it is off;
