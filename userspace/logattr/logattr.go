@@ -40,4 +40,6 @@ const (
 	// wrong (userspace/preflight).
 	Check   = "check"
 	Problem = "problem"
+	// Stack is a recovered panic's goroutine stack.
+	Stack = "stack"
 )

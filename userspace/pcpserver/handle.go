@@ -55,7 +55,7 @@ func (s *Server) handle(b []byte, source netip.Addr, suspect bool) (out []byte) 
 	defer func() {
 		if r := recover(); r != nil {
 			s.stats.dropped[DropInternal]++
-			s.log.Error("pcp request handler panicked", logattr.Err, fmt.Sprint(r), "stack", string(debug.Stack()))
+			s.log.Error("pcp request handler panicked", logattr.Err, fmt.Sprint(r), logattr.Stack, string(debug.Stack()))
 			out = nil
 		}
 	}()
