@@ -164,18 +164,7 @@ func (n *NAT) PCPUnmap(key FlowKey, public netip.Addr, port uint16, drop bool) e
 
 // PCPEntries calls fn for every PCP entry.
 func (n *NAT) PCPEntries(fn func(FlowKey, PCPEntry) error) error {
-	var key FlowKey
-	var val PCPEntry
-	it := n.objs.PcpEntries.Iterate()
-	for it.Next(&key, &val) {
-		if err := fn(key, val); err != nil {
-			return err
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read pcp_entries: %w", err)
-	}
-	return nil
+	return eachEntry(n.objs.PcpEntries, "pcp_entries", fn)
 }
 
 // PutPCPEntry writes the entry of key, new or not.

@@ -177,8 +177,14 @@ func lookup(m *ebpf.Map, name string, key, val any) (bool, error) {
 }
 
 func eachFlow(m *ebpf.Map, fn func(FlowKey, FlowFwd) error) error {
-	var key FlowKey
-	var val FlowFwd
+	return eachEntry(m, "flows_fwd", fn)
+}
+
+// eachEntry calls fn for every entry of the map called name; an error of
+// the walk names the map.
+func eachEntry[K, V any](m *ebpf.Map, name string, fn func(K, V) error) error {
+	var key K
+	var val V
 	it := m.Iterate()
 	for it.Next(&key, &val) {
 		if err := fn(key, val); err != nil {
@@ -186,7 +192,7 @@ func eachFlow(m *ebpf.Map, fn func(FlowKey, FlowFwd) error) error {
 		}
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("read flows_fwd: %w", err)
+		return fmt.Errorf("read %s: %w", name, err)
 	}
 	return nil
 }
@@ -235,16 +241,5 @@ func activeBlocks(m *ebpf.Map) ([]ActiveBlock, error) {
 }
 
 func eachFilter(m *ebpf.Map, fn func(FilterKey, uint64) error) error {
-	var key FilterKey
-	var seen uint64
-	it := m.Iterate()
-	for it.Next(&key, &seen) {
-		if err := fn(key, seen); err != nil {
-			return err
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read filters: %w", err)
-	}
-	return nil
+	return eachEntry(m, "filters", fn)
 }

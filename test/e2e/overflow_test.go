@@ -12,17 +12,25 @@ import (
 	"github.com/blocknat/blocknat/userspace/wire"
 )
 
-// overflowStatus reads the agent's overflow figures through the real CLI.
-func (e *env) overflowStatus(t *testing.T) wire.OverflowStatus {
+// agentStatus reads the agent's part of `blocknat status` through the
+// real CLI.
+func (e *env) agentStatus(t *testing.T) wire.Status {
 	t.Helper()
 	var st struct {
 		Agent wire.Status `json:"agent"`
 	}
 	e.cli(t, &st, "status", "--json", "--config", e.cfgPath)
-	if st.Agent.Overflow == nil {
+	return st.Agent
+}
+
+// overflowStatus reads the agent's overflow figures through the real CLI.
+func (e *env) overflowStatus(t *testing.T) wire.OverflowStatus {
+	t.Helper()
+	st := e.agentStatus(t)
+	if st.Overflow == nil {
 		t.Fatalf("status shows no overflow pool")
 	}
-	return *st.Agent.Overflow
+	return *st.Overflow
 }
 
 // lookupAt asks the real CLI who had public:port at the second t.

@@ -18,14 +18,11 @@ import (
 // pcpStatus reads the agent's PCP figures through the real CLI.
 func (e *env) pcpStatus(t *testing.T) wire.PCPStatus {
 	t.Helper()
-	var st struct {
-		Agent wire.Status `json:"agent"`
-	}
-	e.cli(t, &st, "status", "--json", "--config", e.cfgPath)
-	if st.Agent.PCP == nil {
+	st := e.agentStatus(t)
+	if st.PCP == nil {
 		t.Fatalf("status shows no PCP server")
 	}
-	return *st.Agent.PCP
+	return *st.PCP
 }
 
 var (
