@@ -504,19 +504,25 @@ func (c *Collector) collectDataPlane(dp loader.Stats, counter func(*prometheus.D
 	}
 }
 
+// knownAndSeen is the label values known in advance and those counted,
+// sorted: a series exists from the start, and a new value is not lost.
+func knownAndSeen[V any](known []string, seen map[string]V) []string {
+	out := slices.Clone(known)
+	for v := range seen {
+		if !slices.Contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // collectPCP exports every protocol's gauge and every known drop reason at
 // 0 too, so that a dashboard's series exist from the server's start; the
 // answered requests appear as they are counted, since their label
 // combinations are many and most never occur.
 func (c *Collector) collectPCP(ch chan<- prometheus.Metric, p *PCPFigures, counter func(*prometheus.Desc, uint64, ...string)) {
-	protos := slices.Clone(PCPProtos)
-	for proto := range p.Mappings {
-		if !slices.Contains(protos, proto) {
-			protos = append(protos, proto)
-		}
-	}
-	slices.Sort(protos)
-	for _, proto := range protos {
+	for _, proto := range knownAndSeen(PCPProtos, p.Mappings) {
 		ch <- prometheus.MustNewConstMetric(c.pcpMappings, prometheus.GaugeValue, float64(p.Mappings[proto]), proto)
 	}
 	requests := slices.SortedFunc(maps.Keys(p.Requests), func(a, b PCPRequest) int {
@@ -525,14 +531,7 @@ func (c *Collector) collectPCP(ch chan<- prometheus.Metric, p *PCPFigures, count
 	for _, r := range requests {
 		counter(c.pcpRequests, p.Requests[r], r.Version, r.Opcode, r.Result)
 	}
-	reasons := slices.Clone(PCPDropReasons)
-	for reason := range p.Dropped {
-		if !slices.Contains(reasons, reason) {
-			reasons = append(reasons, reason)
-		}
-	}
-	slices.Sort(reasons)
-	for _, reason := range reasons {
+	for _, reason := range knownAndSeen(PCPDropReasons, p.Dropped) {
 		counter(c.pcpDropped, p.Dropped[reason], reason)
 	}
 	counter(c.pcpSuspect, p.Suspect)
