@@ -25,6 +25,9 @@ type Epoch struct {
 	// router's clock could be trusted then; nil in copies written before
 	// epochs carried it.
 	Clock *EpochClock
+	// Router is the router whose epoch it is, in a fleet's answer; a
+	// router's own store leaves it empty.
+	Router string
 }
 
 // EpochClock is the kernel's clock-synchronisation state (adjtimex) as the

@@ -58,6 +58,9 @@ type Lease struct {
 	End      time.Time // released, or expiry; zero while an infinite lease is held
 	Ended    bool      // true when End is final (released/expired/superseded); false while the lease may still be renewed (End is then its current expiry, or zero if infinite)
 	Source   string
+	// Router is the router whose hook reported it, in a fleet's answer; a
+	// router's own store leaves it empty.
+	Router string
 }
 
 // Limits of a LeaseEvent, from DHCP itself: chaddr is at most 16 bytes

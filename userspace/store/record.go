@@ -30,6 +30,9 @@ type Record struct {
 	End   time.Time // zero while the record is open
 	Epoch uint32
 	Flags Flags
+	// Router is the router that recorded it, in a fleet's answer
+	// (userspace/pgfleet); a router's own store leaves it empty.
+	Router string
 }
 
 // Open reports whether the block is still held.
