@@ -278,6 +278,9 @@ func restartOnly(old, cfg *config.Config) string {
 	case old.PCPSettings() != cfg.PCPSettings():
 		// The server and its sockets start with the agent.
 		return "pcp"
+	case old.ReplicateSettings() != cfg.ReplicateSettings():
+		// The store keeps its outbox only when opened with one.
+		return "replicate"
 	}
 	return ""
 }

@@ -90,6 +90,9 @@ type Config struct {
 	// PCP lets subscribers open ports of their own block (see pcp.go);
 	// off by default.
 	PCP PCP `yaml:"pcp"`
+	// Replicate copies the records to PostgreSQL (see replicate.go); off
+	// by default.
+	Replicate Replicate `yaml:"replicate"`
 
 	// parsed is what Validate parsed, for Mapping and SourceRules to hand
 	// out rather than parse again; nil until Validate succeeds.
@@ -149,6 +152,7 @@ func withDefaults() *Config {
 	monitoringDefaults(c)
 	c.Disk = Disk{MinFree: DefaultDiskMinFree, Reserve: DefaultDiskReserve}
 	c.PCP = pcpDefaults()
+	c.Replicate = replicateDefaults()
 	return c
 }
 
@@ -324,6 +328,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateExport()...)
 	errs = append(errs, c.validateMonitoring()...)
 	errs = append(errs, c.validatePCP(m)...)
+	errs = append(errs, c.validateReplicate()...)
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
