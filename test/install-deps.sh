@@ -39,6 +39,9 @@ done
 # Headers: libbpf's helpers and the kernel's uapi (asm/ via gcc-multilib).
 [ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
 [ -e /usr/include/asm/types.h ] || missing+=(gcc-multilib linux-libc-dev)
+# PostgreSQL 15 for the fleet database's tests (test/testutil/pgtest
+# starts a server of each test's own from these programs, not a service).
+[ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
 
 if [ ${#missing[@]} -eq 0 ]; then
 	exit 0
@@ -49,5 +52,11 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
 fi
 echo "installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Debian's package creates and starts a "main" cluster on install unless
+# told not to; the tests need only the programs.
+if [[ " ${missing[*]} " == *" postgresql-15 "* ]] && [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+	mkdir -p /etc/postgresql-common
+	echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
+fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
