@@ -182,6 +182,7 @@ func printRecord(w io.Writer, c wire.Record) {
 		end = humanTime(*c.End)
 	}
 	fmt.Fprintf(w, "    active %s .. %s\n", humanTime(c.Start), end)
+	printRouters(w, c)
 	switch e := c.EpochInForce; {
 	case e == nil:
 		fmt.Fprintf(w, "    epoch %d (its parameters are no longer in the store)\n", c.Epoch)
@@ -250,7 +251,33 @@ func leaseLine(l wire.LeaseInfo) string {
 	if l.Coverage == wire.CoveragePart {
 		b.WriteString(" [part of the interval only]")
 	}
+	if len(l.Routers) > 0 {
+		fmt.Fprintf(&b, " [reported by %s]", strings.Join(l.Routers, ", "))
+	}
 	return b.String()
+}
+
+// printRouters names, in a fleet service's answer, the router that
+// recorded the candidate or, when it merges several routers' records
+// (a failover from one to the other), each router's interval.
+func printRouters(w io.Writer, c wire.Record) {
+	switch {
+	case len(c.Intervals) > 1:
+		fmt.Fprintf(w, "    recorded by %s:\n", plural(len(c.Intervals), "router record", "router records"))
+		for _, iv := range c.Intervals {
+			end := "still active"
+			if iv.End != nil {
+				end = humanTime(*iv.End)
+			}
+			flags := ""
+			if len(iv.Flags) > 0 {
+				flags = " [" + strings.Join(iv.Flags, ", ") + "]"
+			}
+			fmt.Fprintf(w, "      router %s: %s .. %s, epoch %d%s\n", safeText(iv.Router), humanTime(iv.Start), end, iv.Epoch, flags)
+		}
+	case c.Router != "":
+		fmt.Fprintf(w, "    recorded by router %s\n", safeText(c.Router))
+	}
 }
 
 func printEpoch(w io.Writer, e *wire.EpochSummary) {

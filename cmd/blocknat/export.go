@@ -32,7 +32,9 @@ narrowest export that answers it. The
 records go to FILE.tmp first, which is renamed to FILE only when the agent
 has sent every record it announced, so FILE never holds a partial export.
 FILE must not exist yet; it is created with mode 0600, as it holds personal
-data. The request, who made it and the purpose are written to the audit log.`
+data. The request, who made it and the purpose are written to the audit log.
+From a fleet service (blocknatd fleet) every record names the router that
+recorded it: a "router" field in JSONL, a trailing router column in CSV.`
 
 func runExport(args []string, stdout, stderr io.Writer) int {
 	const name = "export"

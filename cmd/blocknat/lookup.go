@@ -97,14 +97,23 @@ func printLookup(w io.Writer, stated string, ans *wire.LookupResponse) {
 	}
 	// An epoch's clock is said once: under the first record that names
 	// the epoch, else under its mapping's owner.
-	saidClock := map[uint32]bool{}
+	// In a fleet, each router numbers its own epochs.
+	type routerEpoch struct {
+		router string
+		id     uint32
+	}
+	saidClock := map[routerEpoch]bool{}
 	for _, c := range ans.Candidates {
 		if c.EpochInForce != nil {
-			saidClock[c.EpochInForce.ID] = true
+			router := c.Router
+			if len(c.Intervals) > 0 {
+				router = c.Intervals[0].Router
+			}
+			saidClock[routerEpoch{router, c.EpochInForce.ID}] = true
 		}
 	}
 	for _, o := range ans.Owners {
-		printOwner(w, o, !saidClock[o.Epoch.ID])
+		printOwner(w, o, !saidClock[routerEpoch{o.Router, o.Epoch.ID}])
 	}
 	if c := ans.Clock; c != nil {
 		fmt.Fprintf(w, "the router's clock was %s when this answer was given\n", c.Sentence())
@@ -117,7 +126,11 @@ func printOwner(w io.Writer, o wire.Owner, withClock bool) {
 	if withClock {
 		defer printEpochClock(w, &o.Epoch)
 	}
-	fmt.Fprintf(w, "  mapping of epoch %d, in force [%s, %s): ", o.Epoch.ID, humanTime(o.From), humanTime(o.To))
+	router := ""
+	if o.Router != "" {
+		router = "router " + safeText(o.Router) + "'s "
+	}
+	fmt.Fprintf(w, "  mapping of %sepoch %d, in force [%s, %s): ", router, o.Epoch.ID, humanTime(o.From), humanTime(o.To))
 	if !o.Mapped {
 		fmt.Fprintf(w, "no subscriber (%s)\n", o.Reason)
 		return
@@ -132,13 +145,21 @@ func printOwner(w io.Writer, o wire.Owner, withClock bool) {
 		fmt.Fprintln(w, "    and the store holds no record of this block on either side")
 	}
 	if b := o.Before; b != nil {
-		fmt.Fprintf(w, "    before: active %s .. %s, ended %s before the searched interval\n", humanTime(b.Start), humanTime(*b.End), b.Gap)
+		fmt.Fprintf(w, "    before: active %s .. %s, ended %s before the searched interval%s\n", humanTime(b.Start), humanTime(*b.End), b.Gap, onRouter(b.Router))
 	}
 	if a := o.After; a != nil {
 		end := "still active"
 		if a.End != nil {
 			end = humanTime(*a.End)
 		}
-		fmt.Fprintf(w, "    after: active from %s (.. %s), %s after the searched interval\n", humanTime(a.Start), end, a.Gap)
+		fmt.Fprintf(w, "    after: active from %s (.. %s), %s after the searched interval%s\n", humanTime(a.Start), end, a.Gap, onRouter(a.Router))
 	}
+}
+
+// onRouter names the router of a fleet's nearest record.
+func onRouter(router string) string {
+	if router == "" {
+		return ""
+	}
+	return ", on router " + safeText(router)
 }

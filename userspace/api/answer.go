@@ -89,9 +89,14 @@ func (s *Server) resolveLeases(c *wire.Record, lo, hi time.Time, open bool) *fai
 }
 
 func leaseInfos(leases []store.Lease, lo, hi time.Time) []wire.LeaseInfo {
+	leases, routers := mergeLeaseCopies(leases)
 	out := make([]wire.LeaseInfo, 0, len(leases))
-	for _, l := range leases {
-		out = append(out, leaseInfoOf(l, lo, hi))
+	for i, l := range leases {
+		info := leaseInfoOf(l, lo, hi)
+		if routers != nil {
+			info.Routers = routers[i]
+		}
+		out = append(out, info)
 	}
 	return out
 }
@@ -126,14 +131,27 @@ type epochSpan struct {
 	from, to time.Time
 }
 
-// epochsDuring returns the epochs in force during [from, to), in order.
+// epochsDuring returns the epochs in force during [from, to), in order;
+// in a fleet, each router's epochs in force on that router, ordered by
+// the time they came into force, then by router.
 func (s *Server) epochsDuring(from, to time.Time) ([]epochSpan, error) {
 	all, err := s.store.Epochs()
 	if err != nil {
 		return nil, err
 	}
+	var out []epochSpan
+	for _, es := range routerEpochs(all) {
+		out = append(out, epochTimeline(es, from, to)...)
+	}
+	slices.SortStableFunc(out, func(a, b epochSpan) int { return a.from.Compare(b.from) })
+	return out, nil
+}
+
+// epochTimeline is the part of [from, to) each of one router's epochs
+// was in force for; epochs come ordered by start, then ID.
+func epochTimeline(all []store.Epoch, from, to time.Time) []epochSpan {
 	// Several epochs may share a start; the highest ID is the one in force
-	// (as EpochAt has it). Epochs come ordered by start, then ID.
+	// (as EpochAt has it).
 	var byStart []store.Epoch
 	for _, e := range all {
 		if n := len(byStart); n > 0 && byStart[n-1].Start.Equal(e.Start) {
@@ -158,7 +176,7 @@ func (s *Server) epochsDuring(from, to time.Time) ([]epochSpan, error) {
 			out = append(out, epochSpan{epoch: e, from: spanFrom.UTC(), to: spanTo.UTC()})
 		}
 	}
-	return out, nil
+	return out
 }
 
 // owners answers, for each epoch in force during [from, to), whom its
@@ -170,7 +188,7 @@ func (s *Server) owners(ip netip.Addr, port uint16, from, to time.Time, cands []
 	}
 	out := make([]wire.Owner, 0, len(spans))
 	for _, sp := range spans {
-		o := wire.Owner{Epoch: *epochSummaryOf(sp.epoch), From: sp.from, To: sp.to}
+		o := wire.Owner{Router: sp.epoch.Router, Epoch: *epochSummaryOf(sp.epoch), From: sp.from, To: sp.to}
 		blk, reason := reverseInEpoch(sp.epoch, ip, port)
 		if reason != "" {
 			o.Reason = reason
@@ -179,11 +197,19 @@ func (s *Server) owners(ip netip.Addr, port uint16, from, to time.Time, cands []
 		}
 		o.Mapped = true
 		o.Subscriber, o.Inside, o.Public, o.PortLo, o.PortHi = blk.subscriber, blk.inside, ip, blk.portLo, blk.portHi
+	activity:
 		for _, c := range cands {
-			if c.Epoch == sp.epoch.ID && c.Subscriber == blk.subscriber && c.PortLo == blk.portLo &&
-				!c.Start.After(sp.to) && (c.End == nil || !c.End.Before(sp.from)) {
-				o.Active = true
-				break
+			if c.Subscriber != blk.subscriber || c.PortLo != blk.portLo {
+				continue
+			}
+			// In a fleet, only the router's own record shows its epoch's
+			// block active.
+			for _, iv := range intervalsOf(c) {
+				if iv.Router == sp.epoch.Router && iv.Epoch == sp.epoch.ID &&
+					!iv.Start.After(sp.to) && (iv.End == nil || !iv.End.Before(sp.from)) {
+					o.Active = true
+					break activity
+				}
 			}
 		}
 		if !o.Active {
@@ -193,15 +219,15 @@ func (s *Server) owners(ip netip.Addr, port uint16, from, to time.Time, cands []
 			}
 			if before != nil {
 				end := before.End.UTC()
-				o.Before = &wire.Nearest{Start: before.Start.UTC(), End: &end, Gap: sp.from.Sub(end).String()}
+				o.Before = &wire.Nearest{Router: before.Router, Start: before.Start.UTC(), End: &end, Gap: sp.from.Sub(end).String()}
 			}
 			if after != nil {
-				o.After = &wire.Nearest{Start: after.Start.UTC(), End: endOf(*after), Gap: after.Start.Sub(sp.to).String()}
+				o.After = &wire.Nearest{Router: after.Router, Start: after.Start.UTC(), End: endOf(*after), Gap: after.Start.Sub(sp.to).String()}
 			}
 		}
 		out = append(out, o)
 	}
-	return out, nil
+	return dropForeignPools(out, ip), nil
 }
 
 type ownedBlock struct {
@@ -342,14 +368,19 @@ func (s *Server) selectRecords(sel selector, from, to time.Time) ([]selected, []
 	// A record met by two leases of the device (a renewal the server
 	// reported as a new lease) is listed once, over both.
 	index := map[store.Record]int{}
+	leases, routers := mergeLeaseCopies(leases)
 	infos := make([]wire.LeaseInfo, 0, len(leases))
-	for _, l := range leases {
+	for i, l := range leases {
 		var end *time.Time
 		if !l.End.IsZero() {
 			end = &l.End
 		}
 		lo, hi := clipInterval(l.Start, end, from, to)
-		infos = append(infos, leaseInfoOf(l, lo, hi))
+		info := leaseInfoOf(l, lo, hi)
+		if routers != nil {
+			info.Routers = routers[i]
+		}
+		infos = append(infos, info)
 		recs, err := s.store.History(l.Inside, lo, hi)
 		if err != nil {
 			return nil, nil, fromStore("store history", err)

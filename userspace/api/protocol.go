@@ -28,6 +28,7 @@ func recordOf(r store.Record, leases []wire.LeaseInfo) wire.Record {
 		Epoch:      r.Epoch,
 		Flags:      flagNames(r.Flags),
 		Leases:     leases,
+		Router:     r.Router,
 	}
 }
 

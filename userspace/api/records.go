@@ -67,12 +67,12 @@ func (s *Server) parseLookup(r *http.Request, rep *reply) (func(*reply) *failure
 		if err != nil {
 			return fromStore("store lookup", err)
 		}
-		cands, f := s.candidates(recs)
+		cands, _, f := s.candidates(recs)
 		if f != nil {
 			return f
 		}
 		for i := range cands {
-			cands[i].Coverage = coverage(cands[i].Start, cands[i].End, from, to)
+			cands[i].Coverage = coverageOf(cands[i], from, to)
 			lo, hi := clipInterval(cands[i].Start, cands[i].End, from, to)
 			if f := s.resolveLeases(&cands[i], lo, hi, hi.Equal(to)); f != nil {
 				return f
@@ -135,12 +135,18 @@ func (s *Server) parseHistory(r *http.Request, rep *reply) (func(*reply) *failur
 		for i, x := range sels {
 			recs[i] = x.rec
 		}
-		cands, f := s.candidates(recs)
+		cands, groups, f := s.candidates(recs)
 		if f != nil {
 			return f
 		}
 		for i := range cands {
-			if f := s.resolveLeases(&cands[i], sels[i].lo, sels[i].hi, false); f != nil {
+			// A fleet's merged candidate is resolved over the span of
+			// its records.
+			lo, hi := sels[groups[i][0]].lo, sels[groups[i][0]].hi
+			for _, j := range groups[i][1:] {
+				lo, hi = minTime(lo, sels[j].lo), maxTime(hi, sels[j].hi)
+			}
+			if f := s.resolveLeases(&cands[i], lo, hi, false); f != nil {
 				return f
 			}
 		}
@@ -162,24 +168,33 @@ func (s *Server) parseHistory(r *http.Request, rep *reply) (func(*reply) *failur
 	}, nil
 }
 
-// candidates adds to each record the epoch in force at its start.
-func (s *Server) candidates(recs []store.Record) ([]wire.Record, *failure) {
-	out := make([]wire.Record, 0, len(recs))
-	for _, rec := range recs {
-		c := recordOf(rec, nil)
-		e, err := s.store.EpochAt(rec.Start)
+// candidates turns records into an answer's candidates, each with the
+// epoch in force at its start: one a record on a router, one a subscriber
+// and block in a fleet (groupRecords), whose groups are returned as
+// indices into recs.
+func (s *Server) candidates(recs []store.Record) ([]wire.Record, [][]int, *failure) {
+	groups := groupRecords(recs)
+	out := make([]wire.Record, 0, len(groups))
+	for _, g := range groups {
+		members := make([]store.Record, len(g))
+		for i, j := range g {
+			members[i] = recs[j]
+		}
+		rec := members[0]
+		c := mergedRecord(members)
+		e, err := s.epochAt(rec)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			// Shown as unknown rather than failing: the record itself is
 			// still the answer.
 		case err != nil:
-			return nil, internal("store epoch at %s: %v", rec.Start.UTC().Format(time.RFC3339Nano), err)
+			return nil, nil, internal("store epoch at %s: %v", rec.Start.UTC().Format(time.RFC3339Nano), err)
 		default:
 			c.EpochInForce = epochSummaryOf(e)
 		}
 		out = append(out, c)
 	}
-	return out, nil
+	return out, groups, nil
 }
 
 func outcomeOf(n int) audit.Outcome {
@@ -321,9 +336,14 @@ func (s *Server) streamExport(w http.ResponseWriter, seq uint64, format string, 
 	bw := bufio.NewWriterSize(w, 64<<10)
 	var csvw *csv.Writer
 	var enc *json.Encoder
+	fleet := s.fleet()
 	if format == wire.FormatCSV {
 		csvw = csv.NewWriter(bw)
-		csvw.Write(wire.CSVHeader)
+		if fleet {
+			csvw.Write(wire.CSVHeaderFleet)
+		} else {
+			csvw.Write(wire.CSVHeader)
+		}
 	} else {
 		enc = json.NewEncoder(bw)
 	}
@@ -340,7 +360,11 @@ func (s *Server) streamExport(w http.ResponseWriter, seq uint64, format string, 
 		}
 		written++
 		if csvw != nil {
-			csvw.Write(csvRow(rec))
+			row := csvRow(rec)
+			if fleet {
+				row = append(row, rec.Router)
+			}
+			csvw.Write(row)
 			return csvw.Error()
 		}
 		return enc.Encode(rec)

@@ -78,6 +78,22 @@
 // TLS address, never what it sent. Server.Counters has the cumulative
 // counts of both, and of the refusals past the budget, for /metrics.
 //
+// # Fleet answers
+//
+// A fleet service (blocknatd fleet) serves this API over every router's
+// replicated records: its Store names the router of each record, epoch and
+// lease, and implements RouterEpochs. A lookup's or a history's records of
+// one subscriber holding one block are then one candidate, whatever
+// routers recorded them, listing each record in wire.Record.Intervals
+// with its router (a failover between two routers with the same mapping
+// names the subscriber once, with both intervals); its coverage counts
+// only the time some record covers. Owners are computed on each router's
+// own epoch timeline and name the router; a lease that several routers
+// heard is listed once, naming them. An export lists each router's
+// records as they are, naming the router: a "router" field in JSONL, a
+// trailing router column in CSV (wire.CSVHeaderFleet). With a router's
+// own store, which names no router, every answer is as described above.
+//
 // Nothing about destinations exists in the store,
 // and nothing about them is logged or audited.
 package api

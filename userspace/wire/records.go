@@ -89,7 +89,13 @@ const (
 // Owner is what one epoch's deterministic mapping says about the public
 // address and port.
 type Owner struct {
-	Epoch EpochSummary `json:"epoch"`
+	// Router (a fleet's answers only) is the router whose epoch this is:
+	// every router has its own epochs, so a fleet has one row per epoch
+	// of each router in force during the searched interval. A router
+	// whose epochs do not have the address in their pool is left out
+	// when another router's do.
+	Router string       `json:"router,omitempty"`
+	Epoch  EpochSummary `json:"epoch"`
 	// From and To are the part of the searched interval during which this
 	// epoch was in force, [From, To).
 	From time.Time `json:"from"`
@@ -117,6 +123,8 @@ type Owner struct {
 // Nearest is a record of the owner's block close to, but outside, the
 // searched interval.
 type Nearest struct {
+	// Router (a fleet's answers only) is the router that recorded it.
+	Router string `json:"router,omitempty"`
 	// Start and End are to the millisecond, rounded outward, as in Record.
 	Start time.Time  `json:"start"`
 	End   *time.Time `json:"end"`
@@ -186,6 +194,32 @@ type Record struct {
 	// interval it covers), in order of start; empty when the lease history
 	// knows of none (a static address, or no DHCP hook).
 	Leases []LeaseInfo `json:"leases"`
+	// Router and Intervals are set in a fleet service's answers only; a
+	// router's own answers leave both out.
+	//
+	// A fleet merges the records of one subscriber (number and inside
+	// address) holding one block (public address, PortLo, PortHi) into
+	// one candidate, whichever routers recorded them: a subscriber who
+	// moved from router A to router B (a failover between two routers
+	// with the same mapping) is named once. Start is then the earliest
+	// record's start, End the latest end (null if any record is still
+	// open), Epoch and EpochInForce those of the earliest record, and
+	// Intervals lists every record, in order of start, with its router.
+	// Router names the router when every interval comes from the same
+	// one, and is empty when they come from several. An export line is
+	// one record and carries its Router without Intervals.
+	Router    string             `json:"router,omitempty"`
+	Intervals []RecordedInterval `json:"intervals,omitempty"`
+}
+
+// RecordedInterval is one router's record within a fleet's merged
+// candidate: when that router held the block for the subscriber.
+type RecordedInterval struct {
+	Router string     `json:"router"`
+	Start  time.Time  `json:"start"`
+	End    *time.Time `json:"end"` // null while the block is still held
+	Epoch  uint32     `json:"epoch"`
+	Flags  []string   `json:"flags"`
 }
 
 // LeaseInfo is one DHCP lease of an inside address.
@@ -204,6 +238,10 @@ type LeaseInfo struct {
 	// Coverage says whether the lease covers all of the interval it was
 	// resolved over, or part of it.
 	Coverage string `json:"coverage"`
+	// Routers (a fleet's answers only) are the routers whose DHCP hooks
+	// reported this lease; one lease (inside, MAC and start) reported by
+	// an active and a standby router is listed once, naming both.
+	Routers []string `json:"routers,omitempty"`
 }
 
 // FlagRecovered marks a record the reconciler found in the kernel rather
@@ -234,3 +272,9 @@ type EpochSummary struct {
 // still held; flags are separated by "|"; macs lists the MAC of every lease
 // that held the inside address during the record, separated by "|".
 var CSVHeader = []string{"subscriber", "inside", "public", "port_lo", "port_hi", "start", "end", "epoch", "flags", "macs"}
+
+// CSVHeaderFleet is the first line of a fleet service's CSV export: the
+// columns of CSVHeader and a trailing router, the router that recorded
+// the line's record. A router's own export keeps CSVHeader, so that what
+// reads it is unchanged.
+var CSVHeaderFleet = append(append([]string(nil), CSVHeader...), "router")
