@@ -62,7 +62,10 @@ func (s *Store) Apply(ops []Op) error {
 		return err
 	}
 	defer done()
-	w := s.newRecordBatch()
+	w, err := s.newRecordBatch()
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
 	defer w.b.Close()
 	for i := range ops {
 		if err := w.apply(i, &ops[i]); err != nil {
@@ -74,6 +77,9 @@ func (s *Store) Apply(ops []Op) error {
 	}
 	if err := w.raiseWidth(); err != nil {
 		return fmt.Errorf("apply: batch set width: %w", err)
+	}
+	if err := w.out.finish(); err != nil {
+		return fmt.Errorf("apply: %w", err)
 	}
 	if err := w.commit(); err != nil {
 		return fmt.Errorf("apply: commit %d ops: %w", len(ops), err)
@@ -92,11 +98,18 @@ type recordBatch struct {
 	width     uint32 // widest block stored once the batch commits
 	pending   map[openID]*Record
 	unmatched uint64
+	out       *outboxWriter // nil: no outbox
 }
 
-func (s *Store) newRecordBatch() *recordBatch {
-	return &recordBatch{s: s, b: s.db.NewBatch(), now: s.now(), swept: s.swept.Load(), width: s.maxWidth.Load(),
+func (s *Store) newRecordBatch() (*recordBatch, error) {
+	w := &recordBatch{s: s, b: s.db.NewBatch(), now: s.now(), swept: s.swept.Load(), width: s.maxWidth.Load(),
 		pending: make(map[openID]*Record)}
+	var err error
+	if w.out, err = s.outboxFor(w.b, w.now); err != nil {
+		w.b.Close()
+		return nil, err
+	}
+	return w, nil
 }
 
 func (w *recordBatch) current(oid openID) (Record, bool) { return pendingGet(w.pending, w.s.open, oid) }
@@ -140,6 +153,11 @@ func (w *recordBatch) activate(i int, r Record) error {
 	// whole, so that a block released in the same batch never has any.
 	w.pending[oid] = &rec
 	w.width = max(w.width, uint32(rec.PortHi-rec.PortLo)+1)
+	if w.out != nil {
+		if err := w.out.record(OutboxOpen, &rec); err != nil {
+			return fmt.Errorf("apply op %d: %w", i, err)
+		}
+	}
 	return nil
 }
 
@@ -175,6 +193,11 @@ func (w *recordBatch) release(i int, r Record) error {
 		}
 	}
 	w.pending[oid] = nil
+	if w.out != nil {
+		if err := w.out.record(OutboxClose, &closed); err != nil {
+			return fmt.Errorf("apply op %d: %w", i, err)
+		}
+	}
 	return nil
 }
 
@@ -232,7 +255,11 @@ func (w *recordBatch) raiseWidth() error {
 // storage, makes its open records the store's.
 func (w *recordBatch) commit() error {
 	w.s.unmatched.Add(w.unmatched)
-	return commitPending(w.b, w.pending, w.s.open, &w.s.openCount)
+	if err := commitPending(w.b, w.pending, w.s.open, &w.s.openCount); err != nil {
+		return err
+	}
+	w.s.committed(w.out)
+	return nil
 }
 
 // pendingGet reads key through a batch's pending changes (nil: deleted)

@@ -15,7 +15,10 @@ func TestSameBatchReleaseWritesNoOpenKeys(t *testing.T) {
 	s, _ := openMem(t, c)
 	openKeyOps := func(ops ...Op) (n int) {
 		t.Helper()
-		w := s.newRecordBatch()
+		w, err := s.newRecordBatch()
+		if err != nil {
+			t.Fatal(err)
+		}
 		defer w.b.Close()
 		for i := range ops {
 			if err := w.apply(i, &ops[i]); err != nil {

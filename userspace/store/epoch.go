@@ -2,6 +2,7 @@ package store
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"net/netip"
@@ -70,9 +71,28 @@ func (s *Store) PutEpoch(e Epoch) error {
 	if err != nil {
 		return fmt.Errorf("put epoch %d: %w", e.ID, err)
 	}
-	if err := s.db.Set(key, val, pebble.Sync); err != nil {
+	if !s.outbox && !s.outboxForget {
+		if err := s.db.Set(key, val, pebble.Sync); err != nil {
+			return fmt.Errorf("put epoch %d: %w", e.ID, err)
+		}
+		return nil
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	out, err := s.outboxFor(b, now)
+	if err == nil {
+		err = b.Set(key, val, nil)
+	}
+	if err == nil && out != nil {
+		err = errors.Join(out.epoch(key, val), out.finish())
+	}
+	if err == nil {
+		err = b.Commit(pebble.Sync)
+	}
+	if err != nil {
 		return fmt.Errorf("put epoch %d: %w", e.ID, err)
 	}
+	s.committed(out)
 	return nil
 }
 

@@ -16,6 +16,7 @@ const (
 	prefixEpoch      = 'e'
 	prefixMeta       = 'm'
 	prefixCanary     = 'c'
+	prefixOutbox     = 'q' // the replication queue
 
 	// The DHCP lease keyspaces are upper case, so they sort together below
 	// every block-record keyspace and can be measured and compacted as one

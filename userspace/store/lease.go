@@ -145,10 +145,17 @@ type leaseBatch struct {
 	pending   map[[4]byte]*heldLease
 	ended     int
 	unmatched uint64
+	out       *outboxWriter // nil: no outbox
 }
 
-func (s *Store) newLeaseBatch() *leaseBatch {
-	return &leaseBatch{s: s, b: s.db.NewBatch(), swept: s.swept.Load(), pending: make(map[[4]byte]*heldLease)}
+func (s *Store) newLeaseBatch() (*leaseBatch, error) {
+	w := &leaseBatch{s: s, b: s.db.NewBatch(), swept: s.swept.Load(), pending: make(map[[4]byte]*heldLease)}
+	var err error
+	if w.out, err = s.outboxFor(w.b, s.now()); err != nil {
+		w.b.Close()
+		return nil, err
+	}
+	return w, nil
 }
 
 func (w *leaseBatch) current(inside [4]byte) (heldLease, bool) {
@@ -161,6 +168,9 @@ func (w *leaseBatch) hold(inside [4]byte, h heldLease) error {
 		return fmt.Errorf("batch set: %w", err)
 	}
 	w.pending[inside] = &h
+	if w.out != nil {
+		return w.out.leaseHeld(inside, &h)
+	}
 	return nil
 }
 
@@ -174,6 +184,9 @@ func (w *leaseBatch) writeClosed(inside [4]byte, h *heldLease, endNS int64) erro
 		if err := errors.Join(w.b.Set(leaseKey(day, id), v, nil), w.b.Set(leaseMACKey(day, id), nil, nil)); err != nil {
 			return fmt.Errorf("batch set: %w", err)
 		}
+	}
+	if w.out != nil {
+		return w.out.leaseEnded(inside, h, endNS)
 	}
 	return nil
 }
@@ -260,7 +273,14 @@ func (w *leaseBatch) ignore(ev *leaseEvent, msg string) {
 // storage, makes its current leases the store's.
 func (w *leaseBatch) commit() error {
 	w.s.leaseUnmatched.Add(w.unmatched)
-	return commitPending(w.b, w.pending, w.s.leases, &w.s.leaseHeld)
+	if err := w.out.finish(); err != nil {
+		return err
+	}
+	if err := commitPending(w.b, w.pending, w.s.leases, &w.s.leaseHeld); err != nil {
+		return err
+	}
+	w.s.committed(w.out)
+	return nil
 }
 
 // ApplyLeases records DHCP lease events in the order given, as one Pebble
@@ -322,7 +342,10 @@ func (s *Store) ApplyLeases(evs []LeaseEvent) error {
 			return fmt.Errorf("apply leases: event %d (%s %s): %w", i, evs[i].Kind, evs[i].Inside, err)
 		}
 	}
-	w := s.newLeaseBatch()
+	w, err := s.newLeaseBatch()
+	if err != nil {
+		return fmt.Errorf("apply leases: %w", err)
+	}
 	defer w.b.Close()
 	for i := range checked {
 		if err := w.apply(&checked[i]); err != nil {
@@ -356,7 +379,10 @@ func (s *Store) endExpiredLeasesLocked() (int, error) {
 		return 0, fmt.Errorf("end expired leases: %w", err)
 	}
 	now := clampNS(s.now())
-	w := s.newLeaseBatch()
+	w, err := s.newLeaseBatch()
+	if err != nil {
+		return 0, fmt.Errorf("end expired leases: %w", err)
+	}
 	defer w.b.Close()
 	for inside, h := range s.leases {
 		if h.lapsedBefore(now) {

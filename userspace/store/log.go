@@ -27,6 +27,9 @@ const (
 	logKeyLayout     = "layout"
 	logKeyFromLayout = "from_layout"
 	logKeyDone       = "partitions_done"
+	logKeySeq        = "seq"
+	logKeyEvents     = "events"
+	logKeyKind       = "kind"
 )
 
 // pebbleLogger sends Pebble's messages to slog.

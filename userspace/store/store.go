@@ -30,6 +30,14 @@ type Options struct {
 	// space (userspace/diskspace), because Pebble ends the process when a
 	// write-ahead log write fails. nil allows every write.
 	Writable func() error
+	// Outbox keeps an outbox of every change (Apply, ApplyLeases,
+	// EndExpiredLeases and Sweep's lease endings, PutEpoch), written in
+	// the batch of the change, for replication (Outbox, AckOutbox).
+	// Turning it on for a store that holds data backfills the outbox
+	// once, in Open. Default false: no outbox, and no cost. Turning it
+	// off on a store that kept one makes the next write forget that, so
+	// that turning it on again backfills again.
+	Outbox bool
 }
 
 // Store is the block-record store. Its methods are safe for concurrent use.
@@ -63,6 +71,16 @@ type Store struct {
 	leases         map[[4]byte]heldLease
 	leaseHeld      atomic.Int64
 	leaseUnmatched atomic.Uint64
+
+	// outbox is Options.Outbox once the outbox holds every change; set
+	// in Open. outboxForget (guarded by writeMu) is true while the
+	// outbox is off but meta still says it holds every change.
+	outbox       bool
+	outboxForget bool
+	// outboxLast is the seq of the newest event committed, written
+	// under writeMu; outboxAcked the highest seq acknowledged.
+	outboxLast  atomic.Uint64
+	outboxAcked atomic.Uint64
 }
 
 // Open opens or creates the store in dir.
@@ -95,6 +113,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	if err := s.load(); err != nil {
 		return nil, errors.Join(err, db.Close())
+	}
+	if err := s.openOutbox(opts.Outbox); err != nil {
+		return nil, errors.Join(err, s.db.Close())
 	}
 	return s, nil
 }

@@ -120,7 +120,7 @@ func (s *Store) sweepData(cutoffNS int64, st *SweepStats) error {
 		return fmt.Errorf("sweep: commit: %w", err)
 	}
 
-	return compactSwept(db, newSwept)
+	return compactSwept(db, newSwept, s.outboxAcked.Load())
 }
 
 // sweepRecords walks the record partitions about to go and the one that
@@ -231,8 +231,9 @@ func sweepEpochs(db *pebble.DB, b *pebble.Batch, cutoffNS int64, referenced map[
 	return nil
 }
 
-// compactSwept flushes and compacts the keyspaces a sweep deleted from.
-func compactSwept(db *pebble.DB, newSwept uint32) error {
+// compactSwept flushes and compacts the keyspaces a sweep deleted from,
+// and the outbox events acknowledged up to acked (0: none).
+func compactSwept(db *pebble.DB, newSwept uint32, acked uint64) error {
 	// Flushing makes the WAL that held the deleted records obsolete; the
 	// compactions rewrite every SSTable holding them (or the tombstones,
 	// whose keys name inside addresses) down to the bottom level, where
@@ -250,6 +251,11 @@ func compactSwept(db *pebble.DB, newSwept uint32) error {
 		{dayPrefix(prefixLease, 0), dayPrefix(prefixLease, newSwept+1)},
 		{dayPrefix(prefixLeaseMAC, 0), dayPrefix(prefixLeaseMAC, newSwept+1)},
 		{[]byte{prefixLeaseHeld}, []byte{prefixLeaseHeldMAC + 1}}, // N, O
+	}
+	if acked > 0 {
+		// Sweep deletes no event, but the acknowledged ones, deleted by
+		// AckOutbox, hold records and leases like the keyspaces above.
+		spans = append(spans, [2][]byte{{prefixOutbox}, outboxKey(acked + 1)})
 	}
 	for _, sp := range spans {
 		if err := db.Compact(context.Background(), sp[0], sp[1], true); err != nil {
