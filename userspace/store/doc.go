@@ -45,6 +45,7 @@
 //	M <day u32> <mac len u8> <mac> <start u64> <inside 4B>
 //	N <inside 4B>                                                        = current lease
 //	O <mac len u8> <mac> <inside 4B>
+//	q <seq u64>                                                          = outbox event
 //
 // "r" is the record partition: a closed record is stored in every day
 // partition its interval touches, so a lookup for T seeks once in T's day
@@ -96,6 +97,54 @@
 // ends such leases at their expiry (EndExpiredLeases), moving them from N/O
 // into L/M like a released one. A current lease, like an open record, lives
 // only in N/O and survives every sweep, whatever its Start.
+//
+// # Outbox
+//
+// With Options.Outbox the store keeps an outbox for replication: "q"
+// holds one event per change, keyed by its seq (1, 2, 3 … with no gap, in
+// commit order), and meta "m outbox last" and "m outbox acked" (u64 each)
+// hold the newest seq and the highest one acknowledged, so that both
+// survive a restart and an outbox emptied by acknowledgements still goes
+// on from its last seq. Every event is written in the Pebble batch of the
+// change it describes, with the new last seq, so a crash keeps both or
+// neither: Apply writes an open event for each activation it records (the
+// record as stored in o, including one activated and released in the same
+// batch, which never has o keys) and a close event for each release (the
+// closed record, times rounded as stored, once however many day copies it
+// has); ApplyLeases and EndExpiredLeases (so Sweep's lease endings too)
+// write a held event for each write of N and an ended event for each
+// closed lease written to L; PutEpoch writes an epoch event. Canaries are
+// self-checks and are not replicated; nor are Sweep's deletions, which
+// are the replica's own retention's business, and Sweep deletes no event
+// (it compacts the acknowledged span, whose tombstones shadow personal
+// data, with the other keyspaces). An event waiting longer than the
+// retention period therefore still holds its record until it is sent.
+//
+// The value of q is a version byte (1), the store's clock when the batch
+// was written (u64 ns), the kind, then the payload: for a record, the
+// subscriber u32, inside, public, port_lo, port_hi, start and end u64 ns
+// (0: open), then uvarints for the epoch and the flags; for a held lease,
+// the inside address and N's value; for an ended lease, the inside
+// address, start and end u64, then the MAC, client id, hostname and source
+// as a uvarint length and its bytes; for an epoch, a uvarint length, e's
+// key and e's value. AckOutbox deletes the events up to a seq with one
+// range delete and writes "m outbox acked" in one Sync batch.
+//
+// Meta "m outbox on" says that the outbox holds every change. Opening with
+// the outbox a store without it (one that holds data and never had an
+// outbox, or one written to with the outbox off since) backfills: it
+// enqueues the epochs, the closed records (one close event each, read from
+// the copy in its end day), the open records, the closed leases (likewise)
+// and the current leases, in Sync batches of 10,000 events, logging its
+// progress, and marks the outbox on in the last batch. Meta "m outbox
+// backfill" holds the seq the backfill began at: a crash leaves it, and
+// the next Open deletes the events from it on and starts again, so no
+// event is enqueued twice (nobody read them: Open had not returned). A
+// write made with the outbox off deletes "m outbox on" in its own batch,
+// so that turning the outbox on again backfills again, after the events
+// kept; the replica then receives again what it already held, and must
+// take a repeated event as a no-op. With the outbox off a store writes no
+// q key and no outbox meta.
 //
 // # Carrying open records
 //
@@ -154,7 +203,8 @@
 // every obsolete and recycled WAL, and the first version edit after a reopen
 // starts a fresh MANIFEST holding only a snapshot of the live files; the second
 // round deletes the MANIFEST that described the files before the compaction.
-// After Sweep returns, no file in the store directory holds an expired record.
+// After Sweep returns, no file in the store directory holds an expired record
+// but in an outbox event not yet acknowledged (see Outbox).
 // Unlinking frees the blocks but does not overwrite them on the device; where
 // erasure at the media level is required, put the store on an encrypted
 // volume.
@@ -175,8 +225,8 @@
 //
 // # Concurrency
 //
-// Writers (Apply, ApplyLeases, EndExpiredLeases, PutEpoch, Sweep) are
-// serialised. Reads run concurrently with
+// Writers (Apply, ApplyLeases, EndExpiredLeases, PutEpoch, AckOutbox,
+// Sweep) are serialised. Reads run concurrently with
 // writes and see one consistent Pebble view each. Sweep blocks reads only while
 // it reopens the database. Apply blocks while a Sweep runs.
 package store

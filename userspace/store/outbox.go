@@ -28,8 +28,9 @@ const (
 	// replaces any current lease of that address.
 	OutboxLeaseHeld
 	// OutboxLeaseEnded: Lease is a final lease as the L keyspace stores
-	// it (Ended true). When it was the current lease of its address, the
-	// address has none after it.
+	// it (Ended true). When the current lease of its address has the same
+	// MAC and Start, it was that lease, and the address has none after it;
+	// otherwise it is a late report of an earlier device's lease.
 	OutboxLeaseEnded
 	// OutboxEpoch: Epoch was written by PutEpoch (also each daily
 	// re-write, which replaces the copy of the same ID and Start).
@@ -526,9 +527,9 @@ func (s *Store) backfillOutbox(from uint64, resuming bool) error {
 	}()
 	s.log.Info("store outbox backfill", logKeySeq, from)
 	steps := []struct {
-		what        string
+		what         string
 		lower, upper byte
-		fn          func(k, v []byte) error
+		fn           func(k, v []byte) error
 	}{
 		{"epochs", prefixEpoch, prefixEpoch + 1, bf.epoch},
 		{"records", prefixRecord, prefixRecord + 1, bf.closedRecord},

@@ -76,7 +76,9 @@ func newReplica() *replica {
 		ended: map[string]Lease{}, epochs: map[string]Epoch{}}
 }
 
-func leaseIDString(l Lease) string { return fmt.Sprintf("%s %d %x", l.Inside, l.Start.UnixNano(), l.MAC) }
+func leaseIDString(l Lease) string {
+	return fmt.Sprintf("%s %d %x", l.Inside, l.Start.UnixNano(), l.MAC)
+}
 
 func (r *replica) apply(ev OutboxEvent) {
 	switch ev.Kind {
