@@ -32,6 +32,13 @@ func (s *Server) parseStatus(r *http.Request, rep *reply) (func(*reply) *failure
 			}
 			resp.Store = storeStatusOf(st)
 		}
+		if s.fleetStatus != nil {
+			fleet, err := s.fleetStatus(r.Context())
+			if err != nil {
+				return internal("fleet status: %v", err)
+			}
+			resp.Fleet = fleet
+		}
 		rep.outcome, rep.detail = audit.OutcomeAnswered, ""
 		rep.answer = func(seq uint64) any {
 			resp.AuditSeq = seq

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -425,5 +426,34 @@ func TestRouterAnswersNameNoRouter(t *testing.T) {
 	rows, err := csv.NewReader(&out).ReadAll()
 	if err != nil || len(rows) < 2 || !slices.Equal(rows[0], wire.CSVHeader) || len(rows[1]) != len(wire.CSVHeader) {
 		t.Errorf("router csv %v, %v", rows, err)
+	}
+}
+
+// TestFleetStatus: a fleet service's status carries its own part, read
+// per request; a failure to read it fails the request, audited.
+func TestFleetStatus(t *testing.T) {
+	fleet := &routerStores{names: []string{"a"}, stores: map[string]*store.Store{"a": openFixtureStore(t)}}
+	var fail atomic.Bool
+	h := newHarness(t, harnessOptions{roles: rootRoles(RoleAdmin), store: fleet,
+		fleet: func(context.Context) (*wire.FleetStatus, error) {
+			if fail.Load() {
+				return nil, errors.New("database gone")
+			}
+			return &wire.FleetStatus{Name: "east", Routers: []wire.FleetRouter{{Name: "a", StoreSeq: 12}}}, nil
+		}})
+	ans, err := h.client.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ans.Fleet == nil || ans.Fleet.Name != "east" || len(ans.Fleet.Routers) != 1 || ans.Fleet.Routers[0].StoreSeq != 12 ||
+		ans.Agent != nil || ans.Store.Epochs != 2 {
+		t.Errorf("fleet status %+v (fleet %+v)", ans, ans.Fleet)
+	}
+	fail.Store(true)
+	if _, err := h.client.Status(context.Background()); err == nil || !strings.Contains(err.Error(), "database gone") {
+		t.Errorf("status with the database gone: %v", err)
+	}
+	if e := h.lastEntry(); e.Action != wire.ActionStatus || e.Outcome != "error" {
+		t.Errorf("last entry %+v", e)
 	}
 }

@@ -163,6 +163,7 @@ type harnessOptions struct {
 	roles  Roles
 	store  Store // nil: the fixture store
 	status func(context.Context) (wire.Status, store.Stats, error)
+	fleet  func(context.Context) (*wire.FleetStatus, error)
 	now    func() time.Time // nil: time.Now
 	// maxConnsPerUID and maxConns are the connection caps (0: defaults).
 	maxConnsPerUID, maxConns int
@@ -190,7 +191,7 @@ func newHarness(t *testing.T, o harnessOptions) *harness {
 	if logger == nil {
 		logger = quietLogger()
 	}
-	h.server = NewServer(Deps{Store: st, Audit: h.auditor, Roles: o.roles, Status: o.status, Now: o.now, Logger: logger,
+	h.server = NewServer(Deps{Store: st, Audit: h.auditor, Roles: o.roles, Status: o.status, Fleet: o.fleet, Now: o.now, Logger: logger,
 		MaxConnsPerUID: o.maxConnsPerUID, MaxConns: o.maxConns})
 
 	dir := o.socketDir

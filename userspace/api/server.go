@@ -154,6 +154,9 @@ type Deps struct {
 	// it, so that a status request reads the store once; nil leaves
 	// wire.StatusResponse.Agent null and the server reads the store itself.
 	Status func(ctx context.Context) (wire.Status, store.Stats, error)
+	// Fleet, set by a fleet service, returns its status for
+	// wire.StatusResponse.Fleet; nil leaves it out.
+	Fleet func(ctx context.Context) (*wire.FleetStatus, error)
 	// LeasesChanged, when set, is called after lease events are on disk,
 	// so that the agent can rebind addresses to MACs in the data plane
 	// before the new device's first packet.
@@ -178,14 +181,15 @@ type Deps struct {
 // ServeUnix and ServeTLS establish who is asking; requests arriving any
 // other way are refused (and audited).
 type Server struct {
-	store  Store
-	audit  Auditor
-	roles  Roles
-	status func(ctx context.Context) (wire.Status, store.Stats, error)
-	leased func()
-	now    func() time.Time
-	clock  func() *wire.ClockState
-	log    *slog.Logger
+	store       Store
+	audit       Auditor
+	roles       Roles
+	status      func(ctx context.Context) (wire.Status, store.Stats, error)
+	fleetStatus func(ctx context.Context) (*wire.FleetStatus, error)
+	leased      func()
+	now         func() time.Time
+	clock       func() *wire.ClockState
+	log         *slog.Logger
 
 	refusals   refusalLimiter
 	conns      *connCaps
@@ -217,8 +221,8 @@ func NewServer(d Deps) *Server {
 	if d.Audit == nil {
 		panic("api.NewServer: Deps.Audit is nil")
 	}
-	s := &Server{store: d.Store, audit: d.Audit, roles: d.Roles, status: d.Status, leased: d.LeasesChanged, now: d.Now,
-		clock: d.Clock, log: d.Logger}
+	s := &Server{store: d.Store, audit: d.Audit, roles: d.Roles, status: d.Status, fleetStatus: d.Fleet, leased: d.LeasesChanged,
+		now: d.Now, clock: d.Clock, log: d.Logger}
 	if s.now == nil {
 		s.now = time.Now
 	}

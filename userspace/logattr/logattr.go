@@ -42,4 +42,14 @@ const (
 	Problem = "problem"
 	// Stack is a recovered panic's goroutine stack.
 	Stack = "stack"
+	// Component is a part of a service as its start and stop list name it;
+	// Name the fleet service's name (userspace/fleet).
+	Component = "component"
+	Name      = "name"
+	// FromVersion and ToVersion are a database schema's versions before
+	// and after a migration; Partitions the day partitions a retention run
+	// dropped.
+	FromVersion = "from_version"
+	ToVersion   = "to_version"
+	Partitions  = "partitions"
 )

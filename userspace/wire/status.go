@@ -8,8 +8,11 @@ type StatusResponse struct {
 	Store    StoreStatus `json:"store"`
 	Audit    AuditStatus `json:"audit"`
 	// Agent is the agent's own status; null when the server runs without
-	// one (a test's).
+	// one (a test's, or a fleet service's).
 	Agent *Status `json:"agent"`
+	// Fleet is a fleet service's status (blocknatd fleet); absent from a
+	// router's answer.
+	Fleet *FleetStatus `json:"fleet,omitempty"`
 }
 
 // StoreStatus is what the record store reports about itself.
@@ -55,8 +58,11 @@ type Status struct {
 	Overflow *OverflowStatus `json:"overflow,omitempty"`
 	// PCP is the PCP and NAT-PMP server (pcp.enabled); absent when it is
 	// off.
-	PCP         *PCPStatus        `json:"pcp,omitempty"`
-	StoreWrites StoreWritesStatus `json:"store_writes"`
+	PCP *PCPStatus `json:"pcp,omitempty"`
+	// Replication is the copy in PostgreSQL (replicate.postgres); absent
+	// when the router does not replicate.
+	Replication *ReplicationStatus `json:"replication,omitempty"`
+	StoreWrites StoreWritesStatus  `json:"store_writes"`
 	// Guard is the nftables guard that keeps untranslated subscriber
 	// packets off the outside interfaces.
 	Guard GuardStatus `json:"guard"`

@@ -1,0 +1,34 @@
+package wire
+
+import "time"
+
+// FleetStatus is what a fleet service reports: the database it answers
+// from and how far each router's copy has come.
+type FleetStatus struct {
+	Name string `json:"name"`
+	// SchemaVersion is the database schema's version after the start's
+	// migration.
+	SchemaVersion int `json:"schema_version"`
+	// Routers are the routers that have replicated to the database, by
+	// name; the fleet's own audit log is one of them ("fleet:NAME").
+	Routers []FleetRouter `json:"routers"`
+	// Retention is the database's retention of records, and when
+	// expired day partitions were last dropped (absent before the first
+	// run).
+	Retention RetentionStatus `json:"retention"`
+	// Replication is the copy of the fleet's own audit log to the
+	// database, as a router's (its store figures stay zero); absent when
+	// it is not running.
+	Replication *ReplicationStatus `json:"replication,omitempty"`
+}
+
+// FleetRouter is one router's replicated copy.
+type FleetRouter struct {
+	Name string `json:"name"`
+	// StoreSeq and AuditSeq are the highest contiguous outbox and audit
+	// sequence numbers the database holds from the router.
+	StoreSeq uint64 `json:"store_seq"`
+	AuditSeq uint64 `json:"audit_seq"`
+	// LastIngest is when the router last delivered a batch; null if never.
+	LastIngest *time.Time `json:"last_ingest"`
+}
