@@ -62,3 +62,27 @@ func TestFleetAnswerNamesRouters(t *testing.T) {
 		t.Errorf("a router's answer:\n%s", s)
 	}
 }
+
+// TestFleetStatusShown: a fleet's status lists each router's copy.
+func TestFleetStatusShown(t *testing.T) {
+	at := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	var out bytes.Buffer
+	err := printStatus(&out, &wire.StatusResponse{AuditSeq: 9, Fleet: &wire.FleetStatus{Name: "east", SchemaVersion: 2,
+		Routers: []wire.FleetRouter{{Name: "cgn-a", StoreSeq: 120, AuditSeq: 7, LastIngest: &at}, {Name: "cgn-b"}},
+		Retention: wire.RetentionStatus{Period: "365d", LastAt: at},
+		Replication: &wire.ReplicationStatus{AuditSent: 8, AuditLast: 9, Lag: "1s", MaxLag: "5m0s"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{
+		"fleet east (database schema version 2)\n",
+		"  router cgn-a                store seq 120, audit seq 7, last ingest 2026-11-20T12:00:00.000Z\n",
+		"  router cgn-b                store seq 0, audit seq 0, last ingest never\n",
+		"  retention            365d (last run 2026-11-20T12:00:00.000Z)\n",
+		"  own audit log copy   8 of 9 entries in the database, lag 1s (bound 5m0s)\n",
+	} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("fleet status lacks %q:\n%s", w, out.String())
+		}
+	}
+}

@@ -118,8 +118,38 @@ func printStatus(w io.Writer, ans *wire.StatusResponse) error {
 	if ans.Agent != nil {
 		printAgentStatus(w, *ans.Agent)
 	}
+	if ans.Fleet != nil {
+		printFleetStatus(w, *ans.Fleet)
+	}
 	fmt.Fprintf(w, "audit entry %d\n", ans.AuditSeq)
 	return nil
+}
+
+// printFleetStatus shows a fleet service's part: how far each router's
+// copy in the database has come.
+func printFleetStatus(w io.Writer, f wire.FleetStatus) {
+	fmt.Fprintf(w, "fleet %s (database schema version %d)\n", safeText(f.Name), f.SchemaVersion)
+	if len(f.Routers) == 0 {
+		fmt.Fprintln(w, "  no router has replicated to the database yet")
+	}
+	for _, r := range f.Routers {
+		last := "never"
+		if r.LastIngest != nil {
+			last = humanTime(*r.LastIngest)
+		}
+		fmt.Fprintf(w, "  router %-20s store seq %d, audit seq %d, last ingest %s\n", safeText(r.Name), r.StoreSeq, r.AuditSeq, last)
+	}
+	ret := "not yet run"
+	if !f.Retention.LastAt.IsZero() {
+		ret = "last run " + humanTime(f.Retention.LastAt)
+	}
+	fmt.Fprintf(w, "  retention            %s (%s)\n", f.Retention.Period, ret)
+	if r := f.Replication; r != nil {
+		fmt.Fprintf(w, "  own audit log copy   %d of %d entries in the database, lag %s (bound %s)\n", r.AuditSent, r.AuditLast, r.Lag, r.MaxLag)
+		if r.LastError != "" {
+			fmt.Fprintf(w, "  last copy error      %s\n", safeText(r.LastError))
+		}
+	}
 }
 
 func bytesText(n uint64) string {
