@@ -204,8 +204,11 @@ func record(sub int, start, end time.Time) store.Record {
 		Start: start, End: end, Epoch: 1}
 }
 
-func activate(r store.Record) store.Op { r.End = time.Time{}; return store.Op{Kind: store.OpActivate, Record: r} }
-func release(r store.Record) store.Op  { return store.Op{Kind: store.OpRelease, Record: r} }
+func activate(r store.Record) store.Op {
+	r.End = time.Time{}
+	return store.Op{Kind: store.OpActivate, Record: r}
+}
+func release(r store.Record) store.Op { return store.Op{Kind: store.OpRelease, Record: r} }
 
 func apply(t testing.TB, s *store.Store, ops ...store.Op) {
 	t.Helper()
