@@ -299,6 +299,33 @@ func TestReplicationFleetLookup(t *testing.T) {
 		}
 	}
 
+	// The fleet's own audit log holds the questions it answered, verifies,
+	// and is itself copied to the database.
+	var shown wire.AuditShowResponse
+	out, err := runCmd(t.Context(), bins.Blocknat, "audit", "show", "--socket", f.socket, "--json")
+	if err != nil {
+		t.Fatalf("fleet audit show: %v\n%s", err, out)
+	}
+	if err := json.Unmarshal(out, &shown); err != nil {
+		t.Fatalf("fleet audit show: bad JSON %q: %v", out, err)
+	}
+	lookups := 0
+	for _, en := range shown.Entries {
+		if en.Action == "lookup" && en.Purpose == "case 2026-7717" && en.Outcome == "answered" {
+			lookups++
+		}
+	}
+	if lookups != 2 {
+		t.Errorf("the fleet's audit log holds %d answered lookups, want 2: %+v", lookups, shown.Entries)
+	}
+	if out, err := runCmd(t.Context(), bins.Blocknat, "audit", "verify", "--socket", f.socket); err != nil {
+		t.Errorf("fleet audit verify: %v\n%s", err, out)
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		fr, ok := f.fleetRouter(t, "fleet:lab")
+		return ok && fr.AuditSeq >= uint64(len(shown.Entries))
+	}, "the fleet's own audit log copied to the database")
+
 	// The router's role: the rows are there (the superuser sees them),
 	// but the role that wrote them can neither read nor delete them.
 	if n := f.count(t, "SELECT count(*) FROM blocknat.open_records WHERE router = 'rtr_a'"); n != 1 {
@@ -570,6 +597,18 @@ func TestFailoverMergesIntervals(t *testing.T) {
 	}
 	if ib.Router != "rtr_b" || !ib.Start.Equal(recB.Start) || ib.End == nil || !ib.End.Equal(*recB.End) {
 		t.Errorf("second interval %+v, want rtr_b %v to %v", ib, recB.Start, *recB.End)
+	}
+
+	human, err := runCmd(t.Context(), bins.Blocknat, "lookup", "--socket", f.socket, "--ip", seenA.Addr().String(),
+		"--port", strconv.Itoa(int(seenA.Port())), "--time", at.UTC().Format(time.RFC3339Nano), "--tolerance", tolerance.String(),
+		"--purpose", "case 2026-7717")
+	if err != nil {
+		t.Fatalf("fleet lookup: %v\n%s", err, human)
+	}
+	for _, want := range []string{"1 candidate", subA.Addr.String(), "router rtr_a: ", "router rtr_b: "} {
+		if !strings.Contains(string(human), want) {
+			t.Errorf("the fleet's human answer lacks %q:\n%s", want, human)
+		}
 	}
 
 	// Each router knows its own part only.
