@@ -20,6 +20,7 @@ import (
 	"github.com/blocknat/blocknat/test/netns"
 	"github.com/blocknat/blocknat/test/testutil"
 	"github.com/blocknat/blocknat/test/testutil/pgtest"
+	"github.com/blocknat/blocknat/userspace/metrics"
 	"github.com/blocknat/blocknat/userspace/wire"
 )
 
@@ -103,11 +104,12 @@ func (f *fleetEnv) routerRole(t *testing.T, name string) string {
 }
 
 // startReplicatingRouter starts blocknatd on topo, replicating as router
-// name, with extra configuration lines.
-func (f *fleetEnv) startReplicatingRouter(t *testing.T, topo *netns.Topology, name, extra string) *env {
+// name (replicateMore adds fields to the replicate section), with extra
+// configuration lines.
+func (f *fleetEnv) startReplicatingRouter(t *testing.T, topo *netns.Topology, name, replicateMore, extra string) *env {
 	t.Helper()
 	dsn := f.routerRole(t, name)
-	e := prepareEnvOn(t, topo, fmt.Sprintf("replicate: {postgres: '%s', router: %s}\n", dsn, name)+extra)
+	e := prepareEnvOn(t, topo, fmt.Sprintf("replicate: {postgres: '%s', router: %s%s}\n", dsn, name, replicateMore)+extra)
 	e.start(t)
 	return e
 }
@@ -237,8 +239,8 @@ func sameRecord(a, b wire.Record) bool {
 func TestReplicationFleetLookup(t *testing.T) {
 	netns.RequireTools(t, "psql")
 	f := startFleet(t)
-	a := f.startReplicatingRouter(t, netns.NewTestTopology(t, "bn-e2erepa"), "rtr_a", "")
-	b := f.startReplicatingRouter(t, netns.NewTestTopology(t, "bn-e2erepb"), "rtr_b", "")
+	a := f.startReplicatingRouter(t, netns.NewTestTopology(t, "bn-e2erepa"), "rtr_a", "", "")
+	b := f.startReplicatingRouter(t, netns.NewTestTopology(t, "bn-e2erepb"), "rtr_b", "", "")
 
 	httpSrv, err := netns.StartHTTPServer(a.topo.Internet, netip.AddrPortFrom(a.topo.ServerAddrs[0], 8080))
 	if err != nil {
@@ -383,7 +385,9 @@ func TestReplicationSurvivesPostmasterKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	testStart := time.Now()
-	e := f.startReplicatingRouter(t, topo, "rtr_k", "timeouts: {udp: 1s, block_idle: 1s}\nintervals: {sweep: 200ms}\n")
+	// max_lag 2s: the database stays down longer, which the alarm says.
+	e := f.startReplicatingRouter(t, topo, "rtr_k", ", max_lag: 2s",
+		"timeouts: {udp: 1s, block_idle: 1s}\nintervals: {sweep: 200ms}\nmetrics: {listen: \""+metricsListen+"\"}\n")
 	srv, err := netns.StartUDPEcho(topo.Internet, netip.AddrPortFrom(topo.ServerAddrs[0], 9000))
 	if err != nil {
 		t.Fatal(err)
@@ -424,6 +428,23 @@ func TestReplicationSurvivesPostmasterKill(t *testing.T) {
 	if r := e.replication(t); r.Connected || r.OutboxDepth <= down.OutboxDepth {
 		t.Errorf("replication row after more changes with the database down: %+v, want more waiting than %d", r, down.OutboxDepth)
 	}
+	if alarm := replicationAlarm(statusVia(t, "--config", e.cfgPath).Agent.Alarm); alarm == "" {
+		t.Errorf("no replication alarm with changes waiting past replicate.max_lag 2s: %v", statusVia(t, "--config", e.cfgPath).Agent.Alarm)
+	}
+	human, err := runCmd(t.Context(), bins.Blocknat, "status", "--config", e.cfgPath)
+	if err != nil || !strings.Contains(string(human), "as rtr_k, NOT CONNECTED") {
+		t.Errorf("blocknat status while the database is down: %v, want a replication row saying NOT CONNECTED:\n%s", err, human)
+	}
+	text := e.metricsText(t, metricsListen)
+	if v := metricValue(t, text, metrics.ReplicationConnected); v != 0 {
+		t.Errorf("%s = %v while the database is down", metrics.ReplicationConnected, v)
+	}
+	if v := metricValue(t, text, metrics.ReplicationOutbox); v <= float64(down.OutboxDepth) {
+		t.Errorf("%s = %v, want more than %d", metrics.ReplicationOutbox, v, down.OutboxDepth)
+	}
+	if v := metricValue(t, text, metrics.ReplicationLag); v < 2 {
+		t.Errorf("%s = %v with the database down for more than 3s", metrics.ReplicationLag, v)
+	}
 	f.pg.Restart(t)
 
 	// Every block released, so that no record changes under the
@@ -432,6 +453,13 @@ func TestReplicationSurvivesPostmasterKill(t *testing.T) {
 		return len(readPinned(t, e, (*loader.Pinned).ActiveSubscribers)) == 0
 	}, "every block released")
 	e.waitReplicated(t, 45*time.Second)
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		return replicationAlarm(statusVia(t, "--config", e.cfgPath).Agent.Alarm) == ""
+	}, "the replication alarm clears once the outbox drained")
+	text = e.metricsText(t, metricsListen)
+	if c, o := metricValue(t, text, metrics.ReplicationConnected), metricValue(t, text, metrics.ReplicationOutbox); c != 1 || o != 0 {
+		t.Errorf("after the catch-up %s = %v and %s = %v, want 1 and 0", metrics.ReplicationConnected, c, metrics.ReplicationOutbox, o)
+	}
 
 	to := time.Now().Add(time.Minute)
 	own := exportVia(t, testStart.Add(-time.Minute), to, "--config", e.cfgPath)
@@ -501,6 +529,17 @@ func TestReplicationSurvivesPostmasterKill(t *testing.T) {
 	}
 }
 
+// replicationAlarm is the alarm's replication reason, "" when it does not
+// hold.
+func replicationAlarm(alarm []string) string {
+	for _, a := range alarm {
+		if strings.Contains(a, "replication") {
+			return a
+		}
+	}
+	return ""
+}
+
 // TestFailoverMergesIntervals: one subscriber (the same inside address
 // behind two routers with the same mapping) uses router A until A
 // releases its idle block, then router B. The fleet names it once, with
@@ -513,8 +552,8 @@ func TestReplicationSurvivesPostmasterKill(t *testing.T) {
 func TestFailoverMergesIntervals(t *testing.T) {
 	f := startFleet(t)
 	const timeouts = "timeouts: {udp: 1s, block_idle: 1s}\nintervals: {sweep: 200ms}\n"
-	a := f.startReplicatingRouter(t, netns.NewTestTopology(t, "bn-e2efoa"), "rtr_a", timeouts)
-	b := f.startReplicatingRouter(t, netns.NewTestTopology(t, "bn-e2efob"), "rtr_b", timeouts)
+	a := f.startReplicatingRouter(t, netns.NewTestTopology(t, "bn-e2efoa"), "rtr_a", "", timeouts)
+	b := f.startReplicatingRouter(t, netns.NewTestTopology(t, "bn-e2efob"), "rtr_b", "", timeouts)
 	subA, subB := a.topo.Subscribers[0], b.topo.Subscribers[0]
 	if subA.Addr != subB.Addr {
 		t.Fatalf("the topologies give subscriber 0 %s and %s: not the same subscriber", subA.Addr, subB.Addr)
