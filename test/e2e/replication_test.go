@@ -296,6 +296,10 @@ func TestReplicationFleetLookup(t *testing.T) {
 		if !sameRecord(c, own.Candidates[0]) || c.End != nil {
 			t.Errorf("fleet candidate %+v\nrouter's own   %+v\nwant the same subscriber, block and start, still open", c, own.Candidates[0])
 		}
+		// The epoch came over too: the fleet reads it from the router's copy.
+		if oe := own.Candidates[0].EpochInForce; c.EpochInForce == nil || oe == nil || c.EpochInForce.ID != oe.ID || !c.EpochInForce.Start.Equal(oe.Start) || c.Epoch != own.Candidates[0].Epoch {
+			t.Errorf("fleet candidate's epoch %d in force %+v, the router's %d %+v", c.Epoch, c.EpochInForce, own.Candidates[0].Epoch, oe)
+		}
 		if tc.seen.Addr() != c.Public || tc.seen.Port() < c.PortLo || tc.seen.Port() > c.PortHi {
 			t.Errorf("fleet candidate's block %s %d-%d does not hold what the server saw, %s", c.Public, c.PortLo, c.PortHi, tc.seen)
 		}
