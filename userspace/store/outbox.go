@@ -382,16 +382,18 @@ func (s *Store) AckOutbox(through uint64) error {
 // OutboxState returns the last and acknowledged seqs and when the oldest
 // waiting event was enqueued.
 func (s *Store) OutboxState() (OutboxState, error) {
+	// Loaded before the view exists: last moves only after its events
+	// commit, so the view holds every event up to it, and the first one
+	// after acked unless an acknowledgement meanwhile deleted it (then
+	// Oldest is that of a later event, or zero).
 	var st OutboxState
+	st.Acked = s.outboxAcked.Load()
+	st.Last = s.outboxLast.Load()
+	st.Depth = st.Last - min(st.Acked, st.Last)
+	if st.Depth == 0 {
+		return st, nil
+	}
 	err := s.read("outbox state", func(v *view) error {
-		// Loaded after the view exists, as the acknowledgement's
-		// deletion commits before acked moves: the first event the view
-		// holds is at or before the first one after acked.
-		st.Acked, st.Last = s.outboxAcked.Load(), s.outboxLast.Load()
-		st.Depth = st.Last - min(st.Acked, st.Last)
-		if st.Depth == 0 {
-			return nil
-		}
 		v.it.SetBounds(outboxKey(st.Acked+1), []byte{prefixOutbox + 1})
 		if !v.it.First() {
 			return v.it.Error()

@@ -34,7 +34,8 @@ type Options struct {
 	// EndExpiredLeases and Sweep's lease endings, PutEpoch), written in
 	// the batch of the change, for replication (Outbox, AckOutbox).
 	// Turning it on for a store that holds data backfills the outbox
-	// once, in Open. Default false: no outbox, and no cost. Turning it
+	// once, in Open (which fails if Writable refuses it). Default false:
+	// no outbox, and no cost. Turning it
 	// off on a store that kept one makes the next write forget that, so
 	// that turning it on again backfills again.
 	Outbox bool
