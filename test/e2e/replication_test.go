@@ -39,8 +39,6 @@ const (
 type fleetEnv struct {
 	pg     *pgtest.Server
 	socket string
-	log    *testutil.Buffer
-	dir    string
 }
 
 // startFleet starts PostgreSQL and the fleet service, which migrates the
@@ -54,12 +52,12 @@ func startFleet(t *testing.T) *fleetEnv {
 	// CREATEROLE: the first migration creates the blocknat_router group.
 	pg.CreateRole(t, fleetOwner, "LOGIN", "CREATEROLE")
 	pg.CreateDB(t, fleetDB, fleetOwner)
-	f := &fleetEnv{pg: pg, log: &testutil.Buffer{}, dir: t.TempDir()}
-	f.socket = filepath.Join(f.dir, "fleet.sock")
-	cfgPath := filepath.Join(f.dir, "fleet.yaml")
+	dir := t.TempDir()
+	f := &fleetEnv{pg: pg, socket: filepath.Join(dir, "fleet.sock")}
+	cfgPath := filepath.Join(dir, "fleet.yaml")
 	cfg := fmt.Sprintf("name: lab\npostgres: '%s'\nstate_dir: %s\napi: {socket: %s}\n"+
 		"roles: {investigator: {uids: [0]}, auditor: {uids: [0]}, admin: {uids: [0]}}\n",
-		pg.DSN(fleetOwner, fleetDB), filepath.Join(f.dir, "state"), f.socket)
+		pg.DSN(fleetOwner, fleetDB), filepath.Join(dir, "state"), f.socket)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
