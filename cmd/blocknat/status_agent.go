@@ -156,6 +156,20 @@ func printAgentStatus(w io.Writer, st wire.Status) {
 			p.Mappings["tcp"], p.Mappings["udp"], p.RequestsAnswered, p.Refused, commonest(p.Results, wire.PCPResultSuccess, pcpRefusalsShown),
 			p.Dropped, commonest(p.DroppedBy, "", len(p.DroppedBy)), p.Suspect)
 	}
+	if r := st.Replication; r != nil {
+		state := "connected"
+		if !r.Connected {
+			state = "NOT CONNECTED"
+			if r.LastError != "" {
+				state += " (" + r.LastError + ")"
+			}
+		}
+		row("replication", "as %s, %s; lag %s (bound %s); outbox %d waiting (%d of %d sent), audit %d waiting (%d of %d sent)",
+			r.Router, state, r.Lag, r.MaxLag, r.OutboxDepth, r.StoreSent, r.StoreLast, r.AuditPending, r.AuditSent, r.AuditLast)
+		if r.Stopped != "" {
+			row("", "STOPPED: %s", r.Stopped)
+		}
+	}
 
 	fmt.Fprintln(w, "mapping")
 	row("epoch", "%d since %s", st.Epoch, when(st.EpochSince))

@@ -32,6 +32,7 @@ import (
 	"github.com/blocknat/blocknat/userspace/mapping"
 	"github.com/blocknat/blocknat/userspace/metrics"
 	"github.com/blocknat/blocknat/userspace/pcpserver"
+	"github.com/blocknat/blocknat/userspace/replicate"
 	"github.com/blocknat/blocknat/userspace/reconcile"
 	"github.com/blocknat/blocknat/userspace/store"
 	"github.com/blocknat/blocknat/userspace/sweeper"
@@ -67,6 +68,9 @@ type Agent struct {
 	api *api.Server
 	// pcp is the PCP server; nil when pcp.enabled is off.
 	pcp *pcpserver.Server
+	// replicator copies the records to PostgreSQL; nil when replicate
+	// is off. Guarded by mu.
+	replicator *replicate.Replicator
 	// ready is set once every component has started (READY=1).
 	ready atomic.Bool
 

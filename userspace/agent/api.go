@@ -101,6 +101,7 @@ func statusOfSnapshot(st *wire.Status, s metrics.Snapshot) {
 			Claims: s.DataPlane["overflow_claims"], RefusedMax: s.DataPlane["overflow_refused_max"], RefusedPool: s.DataPlane["overflow_refused_pool"]}
 	}
 	st.PCP = metrics.PCPStatusOf(s.PCP)
+	st.Replication = metrics.ReplicationStatusOf(s.Replication)
 	g := s.Guard
 	st.Guard = wire.GuardStatus{Installed: g.Installed, Problem: g.Problem, Interfaces: g.Interfaces,
 		DroppedPackets: g.DroppedPackets, DroppedBytes: g.DroppedBytes, Missing: g.Missing}

@@ -117,6 +117,7 @@ func (a *Agent) snapshot() metrics.Snapshot {
 	if a.pcp != nil {
 		s.PCP = pcpFiguresOf(a.pcp.Stats())
 	}
+	s.Replication = a.replicationState()
 	if st, err := a.store.Stats(); err != nil {
 		s.Errors = append(s.Errors, metrics.ErrPart("record store", err))
 	} else {

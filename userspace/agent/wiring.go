@@ -121,13 +121,17 @@ func (a *Agent) components(opts Options) []component {
 		// to the shutdown and raise a false alarm.
 		a.monitoringComponent(),
 		a.maintenanceComponent(),
+		// Last to start and first to stop: what it has not sent stays in
+		// the outbox for the next start.
+		a.replicateComponent(),
 	}
 }
 
 // openStore opens the record store, which asks the disk guard before
 // every write.
 func (a *Agent) openStore() (err error) {
-	if a.store, err = store.Open(storePath(a.cfg), store.Options{Logger: a.log, Writable: a.disk.Writable}); err != nil {
+	if a.store, err = store.Open(storePath(a.cfg), store.Options{Logger: a.log, Writable: a.disk.Writable,
+		Outbox: a.cfg.ReplicateSettings().Enabled()}); err != nil {
 		// Two agents started at once both pass the start-up checks; the
 		// store's lock then refuses the later one, which names the first.
 		if holder, held := preflight.StoreHolder(a.cfg.StateDir); held {

@@ -33,6 +33,7 @@ import (
 	"github.com/blocknat/blocknat/userspace/clockstate"
 	"github.com/blocknat/blocknat/userspace/diskspace"
 	"github.com/blocknat/blocknat/userspace/events"
+	"github.com/blocknat/blocknat/userspace/replicate"
 	"github.com/blocknat/blocknat/userspace/store"
 )
 
@@ -93,10 +94,11 @@ const (
 	AlarmDiskLow     = "disk_low"     // state_dir is below disk.min_free, or its free space is unreadable
 	AlarmAudit       = "audit"        // the audit log cannot write, so lookups are refused
 	AlarmClock       = "clock"        // the clock is not synchronised, its error is above selfcheck.clock_max_error, or unreadable
+	AlarmReplication = "replication"  // changes wait longer than replicate.max_lag for PostgreSQL, or a stream stopped
 )
 
 // AlarmReasons lists every reason, in the order the alarm states them.
-var AlarmReasons = []string{AlarmStoreWrites, AlarmSelfCheck, AlarmDiskLow, AlarmAudit, AlarmClock}
+var AlarmReasons = []string{AlarmStoreWrites, AlarmSelfCheck, AlarmDiskLow, AlarmAudit, AlarmClock, AlarmReplication}
 
 // Data-plane stat names (loader.StatNames) this package knows by name.
 const (
@@ -139,6 +141,9 @@ type Snapshot struct {
 	Overflow *OverflowUsage
 	// PCP is the PCP server's figures; nil when it is off.
 	PCP *PCPFigures
+	// Replication is the copy in PostgreSQL; nil when the router does
+	// not replicate.
+	Replication *replicate.State
 	// Records is the Recorder's view: events read, records written.
 	Records events.Health
 	// Writes are the record store's commit timings.
@@ -270,6 +275,10 @@ func (s Snapshot) alarm(reason string) string {
 		}
 	case AlarmClock:
 		return s.Clock.Problem()
+	case AlarmReplication:
+		if s.Replication != nil {
+			return s.Replication.Behind()
+		}
 	}
 	return ""
 }
@@ -288,6 +297,7 @@ type Collector struct {
 	apiRejected, apiConnsRefused, apiSummarised                                 *prometheus.Desc
 	clockSynchronised, clockEstimatedError, clockMaxError                       *prometheus.Desc
 	pcpMappings, pcpRequests, pcpDropped, pcpSuspect, pcpAnnouncements          *prometheus.Desc
+	replication                                                                 replicationDescs
 	scrapeError                                                                 *prometheus.Desc
 }
 
@@ -328,8 +338,9 @@ func NewCollector(snapshot func() Snapshot, writes *Writes) *Collector {
 		selfFailures: d(SelfCheckFailuresTotal, "Self-checks whose canary did not make it from the kernel to a lookup."),
 		selfChecks:   d(SelfCheckChecksTotal, "Self-checks run."),
 		alarm: d(RecordsAlarm,
-			"1 while any blocknat_alarm reason holds: records are not being written (store, self-check, disk), not answered from (audit) or not to be trusted (clock); else 0."),
-		alarmBy: d(Alarm, "1 while the alarm's reason holds: store_writes, selfcheck, disk_low, audit or clock; else 0.", labelReason),
+			"1 while any blocknat_alarm reason holds: records are not being written (store, self-check, disk), not answered from (audit), not to be trusted (clock) or not copied off the router (replication); else 0."),
+		alarmBy:     d(Alarm, "1 while the alarm's reason holds: store_writes, selfcheck, disk_low, audit, clock or replication; else 0.", labelReason),
+		replication: newReplicationDescs(d),
 		clockSynchronised: d(ClockSynchronised,
 			"1 when the kernel reports the clock synchronised (STA_UNSYNC clear) at the agent's last read; else 0. Absent before the first read or while it fails."),
 		clockEstimatedError: d(ClockEstimatedError,
@@ -375,12 +386,13 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *Collector) descs() []*prometheus.Desc {
-	return []*prometheus.Desc{c.packets, c.bytes, c.drops, c.passes, c.ringbuf, c.flowsCreated, c.activations, c.datapath,
+	all := []*prometheus.Desc{c.packets, c.bytes, c.drops, c.passes, c.ringbuf, c.flowsCreated, c.activations, c.datapath,
 		c.activeBlocks, c.flows, c.utilisation, c.overflow, c.eventsRead, c.written, c.dropped, c.writeErrors, c.openRecords, c.diskBytes,
 		c.retention, c.audit, c.epoch, c.selfLast, c.selfFailures, c.selfChecks, c.alarm,
 		c.guardInstalled, c.guardDropped, c.guardMissing, c.alarmBy, c.free, c.minFree, c.reserve,
 		c.apiRejected, c.apiConnsRefused, c.apiSummarised, c.clockSynchronised, c.clockEstimatedError, c.clockMaxError,
 		c.pcpMappings, c.pcpRequests, c.pcpDropped, c.pcpSuspect, c.pcpAnnouncements}
+	return append(all, c.replication.list()...)
 }
 
 // Collect reads one snapshot and sends it.
@@ -408,6 +420,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if p := s.PCP; p != nil {
 		c.collectPCP(ch, p, counter)
+	}
+	if r := s.Replication; r != nil {
+		c.replication.collect(ch, r)
 	}
 	if b := s.Blocks; b != nil {
 		gauge(c.activeBlocks, float64(b.ActiveBlocks))
