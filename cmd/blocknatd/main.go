@@ -9,6 +9,8 @@
 //	blocknatd check --live --config FILE   the same, and look at the router: interfaces, XDP, bpffs,
 //	                                 capabilities, state_dir, the API socket, the metrics address, the clock
 //	blocknatd guard install|remove|show --config FILE   the nftables guard alone
+//	blocknatd fleet --config FILE    the fleet service: the query API over every router's copy in PostgreSQL
+//	                                 (userspace/fleet; FILE defaults to /etc/blocknat/fleet.yaml)
 //
 // The guard (userspace/guard) is an nftables table that drops every packet
 // from an inside prefix leaving an outside interface untranslated. The agent
@@ -33,11 +35,15 @@ import (
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/agent"
 	"github.com/blocknat/blocknat/userspace/config"
+	"github.com/blocknat/blocknat/userspace/fleet"
 	"github.com/blocknat/blocknat/userspace/guard"
 	"github.com/blocknat/blocknat/userspace/preflight"
 )
 
-const defaultConfigPath = "/etc/blocknat/blocknat.yaml"
+const (
+	defaultConfigPath      = "/etc/blocknat/blocknat.yaml"
+	defaultFleetConfigPath = "/etc/blocknat/fleet.yaml"
+)
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -51,7 +57,7 @@ var guardActions = []string{"install", "remove", "show"}
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	verb := "run"
-	if len(args) > 0 && (args[0] == "detach" || args[0] == "check" || args[0] == "run" || args[0] == "guard") {
+	if len(args) > 0 && (args[0] == "detach" || args[0] == "check" || args[0] == "run" || args[0] == "guard" || args[0] == "fleet") {
 		verb, args = args[0], args[1:]
 	}
 	action := ""
@@ -64,7 +70,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fs := flag.NewFlagSet(strings.TrimSpace("blocknatd "+verb+" "+action), flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", defaultConfigPath, "configuration `file`")
+	defaultPath := defaultConfigPath
+	if verb == "fleet" {
+		defaultPath = defaultFleetConfigPath
+	}
+	cfgPath := fs.String("config", defaultPath, "configuration `file`")
 	live := fs.Bool("live", false, "check only: also look at the router as it is (interfaces, XDP, bpffs, capabilities, "+
 		"state_dir, the API socket's directory, the metrics address, the clock), with the checks the agent runs at start")
 	replace := fs.Bool("replace", false, "replace XDP programs on the configured interfaces that blocknat did not attach (run only)")
@@ -94,6 +104,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
+	if verb == "fleet" {
+		return runFleet(ctx, *cfgPath, log, stderr)
+	}
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "blocknatd: %v\n", err)
@@ -147,6 +160,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		log.Error("blocknatd failed", "err", err.Error())
+		return 1
+	}
+	return 0
+}
+
+// runFleet runs the fleet service until ctx ends.
+func runFleet(ctx context.Context, path string, log *slog.Logger, stderr io.Writer) int {
+	cfg, err := fleet.LoadConfig(path)
+	if err != nil {
+		fmt.Fprintf(stderr, "blocknatd fleet: %v\n", err)
+		return 1
+	}
+	if err := fleet.Run(ctx, cfg, log); err != nil {
+		log.Error("blocknatd fleet failed", "err", err.Error())
 		return 1
 	}
 	return 0

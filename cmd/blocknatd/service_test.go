@@ -14,10 +14,12 @@ import (
 	"github.com/blocknat/blocknat/userspace/config"
 )
 
-// The units: the agent's, and the guard's alone at boot.
+// The units: the agent's, the guard's alone at boot, and the fleet
+// service's on the log server.
 const (
 	unitFile      = "blocknatd.service"
 	guardUnitFile = "blocknat-guard.service"
+	fleetUnitFile = "blocknat-fleet.service"
 )
 
 // directive is one Key=Value line of the unit and the comment above it.
@@ -183,7 +185,7 @@ func analyzeDir(t *testing.T, extra map[string]string) map[string]string {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	paths := map[string]string{}
-	for _, name := range []string{unitFile, guardUnitFile} {
+	for _, name := range []string{unitFile, guardUnitFile, fleetUnitFile} {
 		data, err := os.ReadFile(name)
 		if err != nil {
 			t.Fatal(err)
