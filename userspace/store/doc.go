@@ -122,8 +122,9 @@
 //
 // The value of q is a version byte (1), the store's clock when the batch
 // was written (u64 ns), the kind, then the payload: for a record, the
-// subscriber u32, inside, public, port_lo, port_hi, start and end u64 ns
-// (0: open), then uvarints for the epoch and the flags; for a held lease,
+// subscriber u32, inside, public, port_lo, port_hi, then uvarints for the
+// start in milliseconds, the end (0: open, else End-Start in milliseconds
+// plus 1), the epoch and the flags; for a held lease,
 // the inside address and N's value; for an ended lease, the inside
 // address, start and end u64, then the MAC, client id, hostname and source
 // as a uvarint length and its bytes; for an epoch, a uvarint length, e's

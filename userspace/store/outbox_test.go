@@ -855,3 +855,39 @@ func (l *syncLog) snapshot() []OutboxEvent {
 func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 1)) }
 
 func slogTo(b *testutil.Buffer) *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
+
+// TestOutboxDecodeRejectsTruncated: every event value cut short is
+// corrupt (an epoch's may also read as one without its clock, as values
+// written before epochs carried one do), and never panics the reader.
+func TestOutboxDecodeRejectsTruncated(t *testing.T) {
+	c := newClock(t0)
+	s := openOutboxStore(t, t.TempDir(), nil, c)
+	defer s.Close()
+	outboxWorkload(t, s, c, 1)
+	kinds := map[OutboxKind]bool{}
+	err := s.read("test", func(v *view) error {
+		return v.scan([]byte{prefixOutbox}, []byte{prefixOutbox + 1}, func(k, val []byte) error {
+			ev, err := decodeOutbox(k, val)
+			if err != nil {
+				return err
+			}
+			kinds[ev.Kind] = true
+			for n := range len(val) {
+				_, err := decodeOutbox(k, val[:n])
+				if err == nil && ev.Kind != OutboxEpoch {
+					t.Errorf("%s event %d cut to %d of %d bytes decodes", ev.Kind, ev.Seq, n, len(val))
+				}
+				if err != nil && !errors.Is(err, ErrCorrupt) {
+					t.Errorf("%s event cut short: %v, want ErrCorrupt", ev.Kind, err)
+				}
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(kinds) != 5 {
+		t.Fatalf("the workload gave the kinds %v, want all five", kinds)
+	}
+}
