@@ -69,13 +69,20 @@ func listDir(t *testing.T, dir string) string {
 // expired subscribers' inside addresses, in binary and dotted form, are in
 // no file of the store: SSTables, WAL, MANIFEST, OPTIONS, anything. The same
 // scan before the sweep must find them, so the scan can see what it looks
-// for.
+// for. With the outbox, every event acknowledged before the sweep must be
+// gone from the disk too.
 func TestRetentionOnDiskLeavesNoTrace(t *testing.T) {
+	for _, outbox := range []bool{false, true} {
+		t.Run(fmt.Sprintf("outbox=%t", outbox), func(t *testing.T) { retentionLeavesNoTrace(t, outbox) })
+	}
+}
+
+func retentionLeavesNoTrace(t *testing.T, outbox bool) {
 	dir := t.TempDir()
 	day := 24 * time.Hour
 	begin := time.Date(2025, 1, 1, 6, 0, 0, 0, time.UTC)
 	c := newClock(begin)
-	s, err := Open(dir, Options{Now: c.Now, Logger: quietLogger()})
+	s, err := Open(dir, Options{Now: c.Now, Logger: quietLogger(), Outbox: outbox})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,6 +158,15 @@ func TestRetentionOnDiskLeavesNoTrace(t *testing.T) {
 		}
 	}
 
+	if outbox {
+		st, err := s.OutboxState()
+		if err == nil {
+			err = s.AckOutbox(st.Last)
+		}
+		if err != nil || st.Last < 200 {
+			t.Fatalf("acknowledge the outbox (%+v): %v", st, err)
+		}
+	}
 	c.Set(at(400, 0))
 	st, err := s.Sweep(365 * day)
 	if err != nil {
@@ -197,7 +213,7 @@ func TestRetentionOnDiskLeavesNoTrace(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s, err = Open(dir, Options{Now: c.Now, Logger: quietLogger()})
+	s, err = Open(dir, Options{Now: c.Now, Logger: quietLogger(), Outbox: outbox})
 	if err != nil {
 		t.Fatal(err)
 	}
