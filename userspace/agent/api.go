@@ -16,34 +16,6 @@ import (
 	"github.com/blocknat/blocknat/userspace/wire"
 )
 
-// serveAPI runs the unix socket (always) and the TLS listener (when
-// configured) until ctx ends.
-func (a *Agent) serveAPI(ctx context.Context, srv *api.Server) <-chan error {
-	errs := make(chan error, 2)
-	n := 1
-	go func() { errs <- srv.ServeUnix(ctx, a.cfg.API.Socket) }()
-	if t := a.cfg.API.TLS; t != nil {
-		n++
-		go func() {
-			cfg, err := tlsConfig(t)
-			if err != nil {
-				errs <- err
-				return
-			}
-			errs <- srv.ServeTLS(ctx, t.Listen, cfg)
-		}()
-	}
-	done := make(chan error, 1)
-	go func() {
-		var all []error
-		for i := 0; i < n; i++ {
-			all = append(all, <-errs)
-		}
-		done <- errors.Join(all...)
-	}()
-	return done
-}
-
 // status is the admin's view of the agent, from the snapshot the metrics
 // endpoint reads too, and the store's figures for the answer's own part.
 func (a *Agent) status(context.Context) (wire.Status, store.Stats, error) {

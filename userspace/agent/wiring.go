@@ -2,18 +2,16 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/api"
+	"github.com/blocknat/blocknat/userspace/apiserve"
 	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/clockstate"
 	"github.com/blocknat/blocknat/userspace/config"
@@ -223,10 +221,10 @@ func (a *Agent) apiComponent() component {
 	var done <-chan error
 	return component{name: "api",
 		start: func(ctx context.Context) error {
-			a.api = api.NewServer(api.Deps{Store: a.store, Audit: a.audit, Roles: roles(a.cfg), Status: a.status,
+			a.api = api.NewServer(api.Deps{Store: a.store, Audit: a.audit, Roles: apiserve.Roles(a.cfg.Roles), Status: a.status,
 				LeasesChanged: a.binder.sync, Now: time.Now, Clock: a.clockWatch.forAnswer, Logger: a.log})
 			ctx, stop = context.WithCancel(ctx)
-			done = a.serveAPI(ctx, a.api)
+			done = apiserve.Serve(ctx, a.api, a.cfg.API)
 			return nil
 		},
 		stop: func() error {
@@ -390,58 +388,8 @@ func exportOptions(c config.Export, log *slog.Logger) export.Options {
 // auditDir is where the audit log lives under state_dir.
 func auditDir(cfg *config.Config) string { return filepath.Join(cfg.StateDir, "audit") }
 
+// openAudit opens the audit log as every API server does (userspace/apiserve).
 func openAudit(cfg *config.Config, a *Agent) (*audit.Log, error) {
-	log, err := audit.Open(auditDir(cfg), audit.Options{
-		KeyPath:            cfg.AuditKeyPath(),
-		CheckpointEvery:    cfg.Audit.CheckpointEvery,
-		CheckpointInterval: time.Duration(cfg.Audit.CheckpointInterval),
-		Retention:          time.Duration(cfg.Retention.Audit),
-		Logger:             a.log,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("open audit log: %w", err)
-	}
-	return log, nil
+	return apiserve.OpenAudit(auditDir(cfg), cfg.AuditKeyPath(), cfg.Audit, cfg.Retention, a.log)
 }
 
-// roles turns the configuration's role lists into the API's lookup tables.
-func roles(cfg *config.Config) api.Roles {
-	r := api.Roles{UIDs: map[uint32][]api.Role{}, CertNames: map[string][]api.Role{}}
-	for role, m := range map[api.Role]config.Members{
-		api.RoleInvestigator: cfg.Roles.Investigator,
-		api.RoleAuditor:      cfg.Roles.Auditor,
-		api.RoleAdmin:        cfg.Roles.Admin,
-		api.RoleDHCP:         cfg.Roles.DHCP,
-	} {
-		for _, uid := range m.UIDs {
-			r.UIDs[uid] = append(r.UIDs[uid], role)
-		}
-		for _, name := range m.CertNames {
-			r.CertNames[name] = append(r.CertNames[name], role)
-		}
-	}
-	return r
-}
-
-// tlsConfig is the TLS listener's configuration: client certificates
-// required, since the certificate names the operator.
-func tlsConfig(t *config.TLS) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(t.Cert, t.Key)
-	if err != nil {
-		return nil, fmt.Errorf("api.tls.cert/key: %w", err)
-	}
-	pem, err := os.ReadFile(t.ClientCA)
-	if err != nil {
-		return nil, fmt.Errorf("api.tls.client_ca: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("api.tls.client_ca %s: no PEM certificate in it", t.ClientCA)
-	}
-	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		ClientCAs:    pool,
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		MinVersion:   tls.VersionTLS12,
-	}, nil
-}
