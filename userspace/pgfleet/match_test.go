@@ -1,7 +1,8 @@
 package pgfleet_test
 
 import (
-	"context"
+	"bytes"
+	"errors"
 	"fmt"
 	"reflect"
 	"testing"
@@ -283,5 +284,85 @@ func TestReaderAnswersAsTheStore(t *testing.T) {
 	if _, err := rd.LookupInterval(pub, 80, t0, t0.Add(-time.Second)); err == nil {
 		t.Error("lookup with to before from: no error")
 	}
-	_ = context.Background
+}
+
+// Answers across routers name each router; epochs are each router's own;
+// an exported record carries the leases of its own router only, as
+// inside addresses are each router's.
+func TestAcrossRouters(t *testing.T) {
+	f := newFleet(t)
+	owner := f.database(t, "fleet", 0)
+	ep := func(id uint32, start time.Time) store.Epoch {
+		e := epoch(id, start)
+		e.Recorded = start
+		return e
+	}
+	rec := record(1, t0, t0.Add(time.Hour)).AsStored()
+	lease := func(dev int) store.Lease {
+		return store.Lease{Inside: inside(1), MAC: mac(dev), Start: t0.Add(-time.Hour), End: t0.Add(2 * time.Hour), Ended: true}
+	}
+	for i, name := range []string{"east", "west"} {
+		db := f.router(t, name, "fleet")
+		later := rec
+		later.Start, later.End = rec.Start.Add(3*time.Hour), rec.End.Add(3*time.Hour)
+		evs := []store.OutboxEvent{
+			{Seq: 1, Kind: store.OutboxEpoch, Epoch: ep(7, t0.Add(time.Duration(i-10)*time.Hour))},
+			{Seq: 2, Kind: store.OutboxEpoch, Epoch: ep(uint32(8+i), t0.Add(time.Duration(i)*time.Hour))},
+			{Seq: 3, Kind: store.OutboxClose, Record: rec},
+			{Seq: 4, Kind: store.OutboxLeaseEnded, Lease: lease(10 + i)},
+		}
+		if i == 1 {
+			evs = append(evs, store.OutboxEvent{Seq: 5, Kind: store.OutboxClose, Record: later})
+		}
+		ingestAll(t, db, name, evs, len(evs))
+	}
+	rd := owner.Reader(pgfleet.ReaderOptions{Now: func() time.Time { return t0.Add(10 * time.Hour) }})
+
+	got, err := rd.LookupInterval(pub, rec.PortLo, t0, t0)
+	if err != nil || len(got) != 2 || got[0].Router != "east" || got[1].Router != "west" {
+		t.Errorf("lookup across routers: %+v, %v; want east's then west's", got, err)
+	}
+	eps, err := rd.Epochs()
+	var order []string
+	for _, e := range eps {
+		order = append(order, fmt.Sprintf("%s/%d", e.Router, e.ID))
+	}
+	if err != nil || !reflect.DeepEqual(order, []string{"east/7", "west/7", "east/8", "west/9"}) {
+		t.Errorf("epochs %v, %v; want by start, then router", order, err)
+	}
+	if e, err := rd.EpochAt(t0.Add(2 * time.Hour)); err != nil || e.Router != "west" || e.ID != 9 {
+		t.Errorf("epoch at t0+2h: %s/%d, %v; want west/9, the latest to start", e.Router, e.ID, err)
+	}
+	if e, err := rd.RouterEpochAt("east", t0.Add(2*time.Hour)); err != nil || e.Router != "east" || e.ID != 8 {
+		t.Errorf("east's epoch at t0+2h: %s/%d, %v; want east/8", e.Router, e.ID, err)
+	}
+	if _, err := rd.RouterEpochAt("east", t0.Add(-20*time.Hour)); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("east's epoch before its first: %v, want ErrNotFound", err)
+	}
+	_, after, err := rd.NearestRecords(1, pub, rec.PortLo, rec.End.Add(time.Minute), rec.End.Add(time.Minute))
+	if err != nil || after == nil || after.Router != "west" {
+		t.Errorf("nearest after across routers: %+v, %v; want west's later record", after, err)
+	}
+	if _, after, err := rd.RouterNearestRecords("east", 1, pub, rec.PortLo, rec.End.Add(time.Minute), rec.End.Add(time.Minute)); err != nil || after != nil {
+		t.Errorf("east's nearest after: %+v, %v; want none", after, err)
+	}
+	ls, err := rd.LeasesOf(inside(1), t0, t0)
+	if err != nil || len(ls) != 2 || ls[0].Router != "east" || ls[1].Router != "west" {
+		t.Errorf("leases of across routers: %+v, %v", ls, err)
+	}
+	n := 0
+	err = rd.ExportWithLeases(t0, t0.Add(time.Minute), func(r store.Record, ls []store.Lease) error {
+		n++
+		if len(ls) != 1 || ls[0].Router != r.Router || !bytes.Equal(ls[0].MAC, mac(map[string]int{"east": 10, "west": 11}[r.Router])) {
+			t.Errorf("export: record of %s with leases %+v; want its router's one", r.Router, ls)
+		}
+		return nil
+	})
+	if err != nil || n != 2 {
+		t.Errorf("export with leases: %d records, %v", n, err)
+	}
+	stop := errors.New("stop")
+	if err := rd.Export(t0, t0, func(store.Record) error { return stop }); !errors.Is(err, stop) {
+		t.Errorf("export whose fn fails: %v, want its error", err)
+	}
 }
