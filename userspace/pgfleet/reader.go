@@ -459,20 +459,16 @@ func (r *Reader) ExportWithLeases(from, to time.Time, fn func(store.Record, []st
 	}
 	lo, hi := clampNS(from), clampNS(to)
 	return r.read("export with leases", func(ctx context.Context, s *snap) error {
-		// The cursor's batch is fetched before its leases are read, as
-		// one connection runs one query at a time.
+		// One connection runs one query at a time: a batch of the cursor
+		// is fetched, then its leases are read in one query, then fn runs.
 		var batch []store.Record
 		flush := func() error {
-			for _, rec := range batch {
-				rlo, rhi := max(rec.Start.UnixNano(), lo), hi
-				if !rec.Open() {
-					rhi = min(rec.End.UnixNano(), hi)
-				}
-				ls, err := s.leasesOf(ctx, rec.Router, "inside", rec.Inside.String(), rlo, max(rhi, rlo))
-				if err != nil {
-					return fmt.Errorf("leases of %s on router %s: %w", rec.Inside, rec.Router, err)
-				}
-				if err := fn(rec, ls); err != nil {
+			leases, err := s.leasesOfRecords(ctx, batch, lo, hi)
+			if err != nil {
+				return err
+			}
+			for i, rec := range batch {
+				if err := fn(rec, leases[i]); err != nil {
 					return err
 				}
 			}
@@ -481,6 +477,9 @@ func (r *Reader) ExportWithLeases(from, to time.Time, fn func(store.Record, []st
 		}
 		err := s.exportRecords(ctx, lo, hi, func(rec store.Record) error {
 			batch = append(batch, rec)
+			if len(batch) == exportBatch {
+				return flush()
+			}
 			return nil
 		})
 		if err != nil {
@@ -490,7 +489,70 @@ func (r *Reader) ExportWithLeases(from, to time.Time, fn func(store.Record, []st
 	})
 }
 
-func scanLease(row pgx.CollectableRow) (store.Lease, error) {
+// leasesOfRecords returns, for each record, the leases of its router
+// that held its inside address during the part of its interval in
+// [lo, hi], ordered by Start (nil when none): leasesOf for a batch, in
+// one query.
+func (s *snap) leasesOfRecords(ctx context.Context, recs []store.Record, lo, hi int64) ([][]store.Lease, error) {
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	routers := make([]string, len(recs))
+	insides := make([]string, len(recs))
+	los := make([]int64, len(recs))
+	his := make([]int64, len(recs))
+	for i, rec := range recs {
+		rlo, rhi := max(rec.Start.UnixNano(), lo), hi
+		if !rec.Open() {
+			rhi = min(rec.End.UnixNano(), hi)
+		}
+		routers[i], insides[i], los[i], his[i] = rec.Router, rec.Inside.String(), rlo, max(rhi, rlo)
+	}
+	day := fmt.Sprint(nsPerDay)
+	rows, err := s.tx.Query(ctx, `SELECT q.i, l.* FROM
+		unnest($1::text[], $2::inet[], $3::bigint[], $4::bigint[]) WITH ORDINALITY AS q(router, inside, lo, hi, i)
+		CROSS JOIN LATERAL (
+			SELECT x.router, x.inside, x.mac, x.client_id, x.hostname, x.source, x.start_ns, x.end_ns, true
+			FROM blocknat.leases x
+			WHERE x.day BETWEEN greatest(q.lo / `+day+`, $5) AND greatest(q.hi / `+day+`, $5)
+			  AND x.day = greatest(x.start_ns / `+day+`, q.lo / `+day+`, $5)
+			  AND x.router = q.router AND x.inside = q.inside AND x.start_ns <= q.hi AND x.end_ns >= q.lo
+			UNION ALL
+			SELECT c.router, c.inside, c.mac, c.client_id, c.hostname, c.source, c.start_ns, c.expires_ns,
+			       c.expires_ns IS NOT NULL AND c.expires_ns < $6
+			FROM blocknat.current_leases c
+			WHERE c.router = q.router AND c.inside = q.inside AND c.start_ns <= q.hi
+			  AND (c.expires_ns IS NULL OR c.expires_ns >= q.lo)
+		) l`, routers, insides, los, his, s.leaseOldest, s.now)
+	if err != nil {
+		return nil, fmt.Errorf("leases of the records: %w", err)
+	}
+	defer rows.Close()
+	out := make([][]store.Lease, len(recs))
+	for rows.Next() {
+		var i int64
+		l, err := scanLeaseInto(rows.Scan, &i)
+		if err != nil {
+			return nil, fmt.Errorf("leases of the records: %w", err)
+		}
+		if i < 1 || int(i) > len(recs) {
+			return nil, fmt.Errorf("leases of the records: row for record %d of %d", i, len(recs))
+		}
+		out[i-1] = append(out[i-1], l)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("leases of the records: %w", err)
+	}
+	for _, ls := range out {
+		slices.SortFunc(ls, compareLeases)
+	}
+	return out, nil
+}
+
+func scanLease(row pgx.CollectableRow) (store.Lease, error) { return scanLeaseInto(row.Scan) }
+
+// scanLeaseInto scans a lease's columns after the columns of first.
+func scanLeaseInto(scan func(dest ...any) error, first ...any) (store.Lease, error) {
 	var (
 		l                   store.Lease
 		inside              netip.Prefix
@@ -499,7 +561,7 @@ func scanLease(row pgx.CollectableRow) (store.Lease, error) {
 		end                 *int64
 		ended               bool
 	)
-	if err := row.Scan(&l.Router, &inside, &mac, &cid, &host, &src, &start, &end, &ended); err != nil {
+	if err := scan(append(first, &l.Router, &inside, &mac, &cid, &host, &src, &start, &end, &ended)...); err != nil {
 		return l, err
 	}
 	l.Inside = inside.Addr()

@@ -198,4 +198,21 @@ func TestKill9MidIngest(t *testing.T) {
 	if n := f.count(t, "fleet", "blocknat.records"); n < total {
 		t.Errorf("%d record rows for %d records", n, total)
 	}
+	// The export reads its cursor in batches: every record once, in order.
+	rd := connect(t, f.srv.DSN(ownerRole, "fleet")).Reader(pgfleet.ReaderOptions{})
+	var exported []store.Record
+	if err := rd.ExportWithLeases(t0, t0.Add(100*time.Hour), func(r store.Record, _ []store.Lease) error {
+		exported = append(exported, r)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(exported) != total {
+		t.Errorf("export: %d records, want %d", len(exported), total)
+	}
+	for i := 1; i < len(exported); i++ {
+		if exported[i].Start.Before(exported[i-1].Start) {
+			t.Fatalf("export: record %d starts %s, before record %d's %s", i, exported[i].Start, i-1, exported[i-1].Start)
+		}
+	}
 }

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/blocknat/blocknat/userspace/pgfleet"
 	"github.com/blocknat/blocknat/userspace/store"
 )
@@ -157,13 +159,7 @@ func BenchmarkFleetYear(b *testing.B) {
 	}
 	f.srv.ExecIn(b, "fleet", "VACUUM ANALYZE")
 
-	var rows, bytes int64
-	f.query(b, "fleet", func(c interface {
-		QueryRow(context.Context, string, ...any) pgxRow
-	}) error {
-		return nil
-	})
-	rows, bytes = fleetSize(b, f)
+	rows, bytes := fleetSize(b, f)
 	routerDays := int64(fleetRouters * days)
 	rowsPerDay, bytesPerDay := float64(rows)/float64(routerDays), float64(bytes)/float64(routerDays)
 	// Scaled to the sizing table's 10 000 subscribers a router.
@@ -219,4 +215,21 @@ func BenchmarkFleetYear(b *testing.B) {
 		b.Logf("sizing: %3d routers × 10 000 subscribers: %.0f rows a day, %.1f GB a year", n,
 			rowsPerDay*scale*float64(n), bytesPerDay*scale*float64(n)*365/1e9)
 	}
+}
+
+// fleetSize is the rows the records take and their bytes on disk: the
+// table, indexes and TOAST of every day partition holding rows, and the
+// open records'. The year's partitions without rows are left out: their
+// few pages each are the fleet's, not a router-day's.
+func fleetSize(b *testing.B, f *fleet) (rows, bytes int64) {
+	b.Helper()
+	f.query(b, "fleet", func(c *pgx.Conn) error {
+		return c.QueryRow(context.Background(), `
+			SELECT (SELECT count(*) FROM blocknat.records) + (SELECT count(*) FROM blocknat.open_records),
+			       (SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0) FROM pg_inherits i
+			         JOIN pg_class c ON c.oid = i.inhrelid
+			         WHERE i.inhparent = 'blocknat.records'::regclass AND c.reltuples > 0)
+			       + pg_total_relation_size('blocknat.open_records')`).Scan(&rows, &bytes)
+	})
+	return rows, bytes
 }
