@@ -62,6 +62,27 @@ func TestMigrateFromEmptyAndFromPrevious(t *testing.T) {
 		t.Errorf("migrate again: %d -> %d, %v; want a no-op at %d", from, to, err, pgfleet.SchemaVersion)
 	}
 
+	// Two services starting at once: the advisory lock has them migrate
+	// one after the other, and both succeed.
+	f.srv.CreateDB(t, "racing", ownerRole)
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i := range errs {
+		db := connect(t, f.srv.DSN(ownerRole, "racing"))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, errs[i] = db.Migrate(ctx, quiet)
+		}()
+	}
+	wg.Wait()
+	if errs[0] != nil || errs[1] != nil {
+		t.Errorf("concurrent migrations: %v", errs)
+	}
+	if a, b := f.schemaDump(t, "fresh"), f.schemaDump(t, "racing"); a != b {
+		t.Errorf("concurrently migrated schema differs:\n%s\n%s", a, b)
+	}
+
 	f.database(t, "old", pgfleet.SchemaVersion-1)
 	r1 := f.router(t, "r1", "old")
 	rec := record(1, t0, t0.Add(time.Hour)).AsStored()
