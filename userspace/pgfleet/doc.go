@@ -8,9 +8,10 @@
 // The schema blocknat and everything in it belong to the owner role, the
 // one the fleet service connects as and Migrate runs as (it needs
 // CREATEROLE the first time, to create blocknat_router). blocknat_router
-// is a NOLOGIN group with USAGE on the schema and EXECUTE on three
-// SECURITY DEFINER functions only, blocknat.progress, blocknat.ingest and
-// blocknat.ingest_audit; it can read, change or delete no table. The
+// is a NOLOGIN group with USAGE on the schema and EXECUTE on four
+// SECURITY DEFINER functions only, blocknat.progress, blocknat.ingest,
+// blocknat.ingest_audit and blocknat.skip_audit; it can read, change or
+// delete no table. The
 // operator creates each router's LOGIN role IN ROLE blocknat_router, named
 // as the router: the functions let a router's role write only under its
 // own name, so that a compromised router cannot forge another's records.
@@ -27,7 +28,11 @@
 // SQLSTATE BNGAP, which the Go side returns as *GapError and which stores
 // nothing, if the rest does not continue last+1, last+2, … without a
 // hole. Progress tells a router where to resume after a restart of either
-// side.
+// side. The one hole allowed is in an audit log whose own retention
+// removed entries before they were replicated (replication turned on for
+// a log older than its retention, or an outage as long): SkipAudit moves
+// the progress past them and records them in audit_holes, so the copy
+// says what it lacks.
 //
 // # Layout
 //

@@ -307,6 +307,53 @@ func (db *DB) IngestAudit(ctx context.Context, router string, es []audit.Entry) 
 	return db.call(ctx, "SELECT blocknat.ingest_audit($1, $2::jsonb)", router, StreamAudit, string(body))
 }
 
+// SkipAudit records that the router's audit entries have+1 to first-1
+// are gone from its own log (its retention removed them before they
+// reached the database) and moves its audit progress to first-1, which it
+// returns. have is the progress the router read: if the database's
+// differs, nothing changes and its progress is returned.
+func (db *DB) SkipAudit(ctx context.Context, router string, have, first uint64) (uint64, error) {
+	if err := checkRouter(router); err != nil {
+		return 0, err
+	}
+	var last int64
+	if err := db.pool.QueryRow(ctx, "SELECT blocknat.skip_audit($1, $2, $3)", router, int64(have), int64(first)).Scan(&last); err != nil {
+		return 0, fmt.Errorf("skip router %s stream audit %d to %d in %s: %w", router, have+1, first-1, db.target, err)
+	}
+	return uint64(last), nil
+}
+
+// AuditHole is a run of a router's audit entries its own retention removed
+// before they reached the database.
+type AuditHole struct {
+	Router         string
+	FromSeq, ToSeq uint64
+	Reported       time.Time
+}
+
+// AuditHoles lists the holes of every router's audit copy, by router and
+// seq.
+func (db *DB) AuditHoles(ctx context.Context) ([]AuditHole, error) {
+	rows, err := db.pool.Query(ctx, "SELECT router, from_seq, to_seq, reported FROM blocknat.audit_holes ORDER BY router, from_seq")
+	if err != nil {
+		return nil, fmt.Errorf("audit holes in %s: %w", db.target, err)
+	}
+	var out []AuditHole
+	for rows.Next() {
+		var h AuditHole
+		var from, to int64
+		if err := rows.Scan(&h.Router, &from, &to, &h.Reported); err != nil {
+			return nil, fmt.Errorf("audit holes in %s: %w", db.target, err)
+		}
+		h.FromSeq, h.ToSeq = uint64(from), uint64(to)
+		out = append(out, h)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("audit holes in %s: %w", db.target, err)
+	}
+	return out, nil
+}
+
 // call runs an ingest function and turns its gap error into *GapError.
 func (db *DB) call(ctx context.Context, sql, router, stream, body string) (uint64, error) {
 	var last int64

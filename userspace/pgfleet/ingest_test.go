@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -83,7 +84,18 @@ func TestMigrateFromEmptyAndFromPrevious(t *testing.T) {
 		t.Errorf("concurrently migrated schema differs:\n%s\n%s", a, b)
 	}
 
-	f.database(t, "old", pgfleet.SchemaVersion-1)
+	// The previous version, empty, migrates to the same schema.
+	f.database(t, "previous", pgfleet.SchemaVersion-1)
+	prev := connect(t, f.srv.DSN(ownerRole, "previous"))
+	if from, to, err := prev.Migrate(ctx, quiet); err != nil || from != pgfleet.SchemaVersion-1 || to != pgfleet.SchemaVersion {
+		t.Fatalf("migrate from %d: %d -> %d, %v", pgfleet.SchemaVersion-1, from, to, err)
+	}
+	if a, b := f.schemaDump(t, "fresh"), f.schemaDump(t, "previous"); a != b {
+		t.Errorf("schemas differ:\nfrom empty:\n%s\nfrom version %d:\n%s", a, pgfleet.SchemaVersion-1, b)
+	}
+
+	// Version 1 with data migrates through every version since.
+	f.database(t, "old", 1)
 	r1 := f.router(t, "r1", "old")
 	rec := record(1, t0, t0.Add(time.Hour)).AsStored()
 	evs := []store.OutboxEvent{
@@ -100,13 +112,13 @@ func TestMigrateFromEmptyAndFromPrevious(t *testing.T) {
 	}
 	oldDB := connect(t, f.srv.DSN(ownerRole, "old"))
 	from, to, err = oldDB.Migrate(ctx, quiet)
-	if err != nil || from != pgfleet.SchemaVersion-1 || to != pgfleet.SchemaVersion {
-		t.Fatalf("migrate from %d: %d -> %d, %v", pgfleet.SchemaVersion-1, from, to, err)
+	if err != nil || from != 1 || to != pgfleet.SchemaVersion {
+		t.Fatalf("migrate from 1: %d -> %d, %v", from, to, err)
 	}
 	if a, b := f.schemaDump(t, "fresh"), f.schemaDump(t, "old"); a != b {
-		t.Errorf("schemas differ:\nfrom empty:\n%s\nfrom version %d:\n%s", a, pgfleet.SchemaVersion-1, b)
+		t.Errorf("schemas differ:\nfrom empty:\n%s\nfrom version 1:\n%s", a, b)
 	}
-	if !strings.Contains(f.schemaDump(t, "fresh"), "ingest_audit") {
+	if !strings.Contains(f.schemaDump(t, "fresh"), "ingest_audit") || !strings.Contains(f.schemaDump(t, "fresh"), "skip_audit") {
 		t.Error("schema dump names no ingest_audit: the comparison compares too little")
 	}
 	got, err := oldDB.Reader(pgfleet.ReaderOptions{}).LookupInterval(pub, rec.PortLo+5, t0.Add(time.Minute), t0.Add(time.Minute))
@@ -118,10 +130,14 @@ func TestMigrateFromEmptyAndFromPrevious(t *testing.T) {
 		t.Errorf("lease event after the migration: %d, %v", last, err)
 	}
 	if err := oldDB.MigrateTo(ctx, 1, quiet); err == nil {
-		t.Error("MigrateTo(1) on version 2: no error; migrations never go down")
+		t.Errorf("MigrateTo(1) on version %d: no error; migrations never go down", pgfleet.SchemaVersion)
 	}
-	if n := f.strings(t, "old", "SELECT version::text FROM blocknat.schema_version ORDER BY 1"); !reflect.DeepEqual(n, []string{"1", "2"}) {
-		t.Errorf("schema_version rows %v, want 1 and 2", n)
+	var want []string
+	for v := 1; v <= pgfleet.SchemaVersion; v++ {
+		want = append(want, strconv.Itoa(v))
+	}
+	if n := f.strings(t, "old", "SELECT version::text FROM blocknat.schema_version ORDER BY version"); !reflect.DeepEqual(n, want) {
+		t.Errorf("schema_version rows %v, want %v", n, want)
 	}
 }
 

@@ -48,6 +48,10 @@ func (p pgSink) IngestAudit(ctx context.Context, router string, es []audit.Entry
 	return last, gapOf(err)
 }
 
+func (p pgSink) SkipAudit(ctx context.Context, router string, have, first uint64) (uint64, error) {
+	return p.db.SkipAudit(ctx, router, have, first)
+}
+
 func gapOf(err error) error {
 	var gap *pgfleet.GapError
 	if errors.As(err, &gap) {

@@ -65,6 +65,9 @@ type Sink interface {
 	// database now holds for the stream.
 	Ingest(ctx context.Context, router string, evs []store.OutboxEvent) (uint64, error)
 	IngestAudit(ctx context.Context, router string, es []audit.Entry) (uint64, error)
+	// SkipAudit records that audit entries have+1 to first-1 are gone
+	// from the router's log and returns the database's audit progress.
+	SkipAudit(ctx context.Context, router string, have, first uint64) (uint64, error)
 }
 
 // Outbox is the store's outbox (*store.Store).
@@ -135,6 +138,10 @@ type State struct {
 	// operator (the database lacks changes the router has deleted); ""
 	// while both run.
 	Stopped string
+	// AuditSkipped counts the audit entries the router's own retention
+	// removed before they reached the database (recorded there as a
+	// hole), since start.
+	AuditSkipped uint64
 }
 
 // Behind reports why the alarm should hold, "" when it should not.
@@ -354,6 +361,27 @@ func (r *Replicator) once(ctx context.Context, sink Sink, sent *Progress) (moved
 		es, err := r.cfg.Audit.Entries(sent.Audit+1, r.cfg.Batch)
 		if err != nil {
 			return moved, fmt.Errorf("read audit log: %w", err)
+		}
+		if len(es) > 0 && es[0].Seq > sent.Audit+1 {
+			// Retention removed the entries in between before they
+			// reached the database: the first start of replication on
+			// a log older than audit retention, or an outage as long.
+			have, err := sink.SkipAudit(ctx, r.cfg.Router, sent.Audit, es[0].Seq)
+			if err != nil {
+				return moved, fmt.Errorf("%s stream, record entries %d to %d as removed by retention: %w", StreamAudit, sent.Audit+1, es[0].Seq-1, err)
+			}
+			if have == es[0].Seq-1 {
+				r.log.Warn("audit entries removed by this router's retention before they reached the database; the database records the hole",
+					"router", r.cfg.Router, "from_seq", sent.Audit+1, "to_seq", es[0].Seq-1)
+				r.mu.Lock()
+				r.state.AuditSkipped += es[0].Seq - 1 - sent.Audit
+				r.mu.Unlock()
+			}
+			r.mu.Lock()
+			r.state.AuditSent = have
+			r.mu.Unlock()
+			sent.Audit = have
+			return true, nil
 		}
 		if len(es) > 0 {
 			last, err := sink.IngestAudit(ctx, r.cfg.Router, es)

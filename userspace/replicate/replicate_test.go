@@ -318,3 +318,57 @@ func TestDatabaseThatLostChangesStopsTheStream(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestAuditRemovedByRetentionIsRecordedAsAHole(t *testing.T) {
+	s := newSite(t, "fleet")
+	dir := t.TempDir()
+	now := time.Now().Add(-10 * 24 * time.Hour)
+	clock := func() time.Time { return now }
+	l, err := audit.Open(filepath.Join(dir, "audit"), audit.Options{KeyPath: filepath.Join(dir, "audit.key"), Logger: quiet,
+		Now: clock, Retention: 48 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	appendN := func(n int) {
+		for range n {
+			if _, err := l.Append(audit.Entry{Operator: "uid:0(root)", Role: "auditor", Action: "audit.show", Outcome: audit.OutcomeAnswered}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// A router that ran for longer than its audit retention before
+	// replication was turned on: its first entries are gone.
+	appendN(6)
+	now = now.Add(5 * 24 * time.Hour)
+	appendN(3)
+	if removed, err := l.Sweep(); err != nil || removed == 0 {
+		t.Fatalf("sweep: removed %d segments, %v", removed, err)
+	}
+	if es, err := l.Entries(1, 1); err != nil || len(es) != 1 || es[0].Seq != 7 {
+		t.Fatalf("the log's first entry after the sweep: %+v, %v; want seq 7", es, err)
+	}
+	rep := replicate.New(replicate.Config{Router: "router_a", Audit: l, Batch: 100, MaxLag: time.Hour, Log: quiet,
+		Poll: 20 * time.Millisecond, Backoff: 50 * time.Millisecond,
+		Connect: replicate.Postgres(s.srv.DSN("router_a", s.db)), Close: replicate.ClosePostgres})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- rep.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	st := caughtUp(t, rep)
+	if st.AuditSent != 9 || st.AuditSkipped != 6 || st.Sent[replicate.StreamAudit] != 3 {
+		t.Errorf("sent through %d, skipped %d, sent %d; want through 9, 6 skipped, 3 sent", st.AuditSent, st.AuditSkipped, st.Sent[replicate.StreamAudit])
+	}
+	if n := s.count(t, "SELECT count(*) FROM blocknat.audit_holes WHERE router = 'router_a' AND from_seq = 1 AND to_seq = 6"); n != 1 {
+		t.Errorf("the database records %d holes 1-6, want 1", n)
+	}
+	if n := s.count(t, "SELECT count(*) FROM blocknat.audit WHERE router = 'router_a'"); n != 3 {
+		t.Errorf("the database holds %d audit entries, want the 3 the log kept", n)
+	}
+	// Later entries follow the strict gap check as before.
+	appendN(2)
+	caughtUp(t, rep)
+	if n := s.count(t, "SELECT count(*) FROM blocknat.audit_holes"); n != 1 {
+		t.Errorf("%d holes after more entries, want still 1", n)
+	}
+}
