@@ -1,6 +1,7 @@
 // Package preflight looks at the router as it is before the agent touches
 // it: the interfaces, XDP, bpffs, the capabilities, state_dir, the API
-// socket's directory, the metrics address and the clock. `blocknatd check
+// socket's directory, the metrics address, the clock and, for `blocknatd
+// check --live` only, the replication log server. `blocknatd check
 // --live` prints every finding; the agent's start runs the same checks
 // and refuses on the ones that would fail later, before it has created
 // anything, so the two can never disagree about what is wrong.
@@ -72,8 +73,15 @@ type Options struct {
 // Live runs every check against the router as it is, in this process's
 // network and mount namespaces and with its privileges.
 func Live(cfg *config.Config, opts Options) []Finding {
+	return run(checks(cfg, opts), true)
+}
+
+func run(cs []check, live bool) []Finding {
 	var out []Finding
-	for _, c := range checks(cfg, opts) {
+	for _, c := range cs {
+		if c.liveOnly && !live {
+			continue
+		}
 		out = append(out, c.run()...)
 	}
 	return out
@@ -116,7 +124,7 @@ func (e *Error) Error() string {
 // do not refuse it, to be logged, and an *Error when any refuses it.
 func Start(cfg *config.Config, opts Options) (warnings []Finding, err error) {
 	var refusals []Finding
-	for _, f := range Live(cfg, opts) {
+	for _, f := range run(checks(cfg, opts), false) {
 		switch {
 		case f.Status != Fail:
 		case f.Refuses:
@@ -136,27 +144,30 @@ func Start(cfg *config.Config, opts Options) (warnings []Finding, err error) {
 type check struct {
 	name string
 	run  func() []Finding
+	// liveOnly checks are for `blocknatd check --live` only: the agent's
+	// start neither waits for them nor could be refused by them.
+	liveOnly bool
 }
 
 // checks are the live checks in the order they are reported:
 // capabilities first, since without them most of the others fail too.
 func checks(cfg *config.Config, opts Options) []check {
-	cs := []check{{"capabilities", func() []Finding { return []Finding{checkCapabilities()} }}}
+	cs := []check{{name: "capabilities", run: func() []Finding { return []Finding{checkCapabilities()} }}}
 	for _, ifc := range interfaces(cfg) {
 		name := ifc.role + " interface " + ifc.name
-		cs = append(cs, check{name, func() []Finding { return checkInterface(name, ifc.role, ifc.name, cfg, opts) }})
+		cs = append(cs, check{name: name, run: func() []Finding { return checkInterface(name, ifc.role, ifc.name, cfg, opts) }})
 	}
 	cs = append(cs,
-		check{"bpffs_dir " + cfg.BPFFSDir, func() []Finding { return checkBPFFS("bpffs_dir "+cfg.BPFFSDir, cfg.BPFFSDir) }},
-		check{"state_dir " + cfg.StateDir, func() []Finding { return checkStateDir("state_dir "+cfg.StateDir, cfg) }},
-		check{"api.socket " + cfg.API.Socket, func() []Finding { return checkSocket("api.socket "+cfg.API.Socket, cfg) }},
+		check{name: "bpffs_dir " + cfg.BPFFSDir, run: func() []Finding { return checkBPFFS("bpffs_dir "+cfg.BPFFSDir, cfg.BPFFSDir) }},
+		check{name: "state_dir " + cfg.StateDir, run: func() []Finding { return checkStateDir("state_dir "+cfg.StateDir, cfg) }},
+		check{name: "api.socket " + cfg.API.Socket, run: func() []Finding { return checkSocket("api.socket "+cfg.API.Socket, cfg) }},
 	)
 	if cfg.Metrics.Listen != "" {
 		name := "metrics.listen " + cfg.Metrics.Listen
-		cs = append(cs, check{name, func() []Finding { return []Finding{checkListen(name, cfg.Metrics.Listen)} }})
+		cs = append(cs, check{name: name, run: func() []Finding { return []Finding{checkListen(name, cfg.Metrics.Listen)} }})
 	}
-	cs = append(cs, check{"clock", func() []Finding { return []Finding{checkClock(time.Duration(cfg.SelfCheck.ClockMaxError))} }})
-	return cs
+	cs = append(cs, check{name: "clock", run: func() []Finding { return []Finding{checkClock(time.Duration(cfg.SelfCheck.ClockMaxError))} }})
+	return append(cs, replicationCheck(cfg)...)
 }
 
 type iface struct{ role, name string }
