@@ -257,3 +257,51 @@ func copyPCP(from, to *NAT) (kept, dropped int, err error) {
 
 // AddrToBE32 turns an IPv4 address into the network order a map holds.
 func AddrToBE32(a netip.Addr) uint32 { return be32(a) }
+
+// ClosePCPOrphans clears the open flag of every mapping no PCP entry
+// holds open, and returns how many it closed. An agent killed between
+// PCPMap and PutPCPEntry leaves such a mapping: open to every remote with
+// nothing that will ever expire or delete it but the idle timeouts. The
+// agent runs this at the PCP server's start, before the server reads its
+// entries, so the entries alone decide what is open.
+func (n *NAT) ClosePCPOrphans() (int, error) {
+	held := map[FlowKey]PCPEntry{}
+	if err := n.PCPEntries(func(k FlowKey, e PCPEntry) error {
+		held[k] = e
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	var orphans []FlowKey
+	err := eachEntry(n.objs.FlowsRev, "flows_rev", func(rkey FlowKey, rev FlowRev) error {
+		if rev.Flags&FlowRevOpen == 0 {
+			return nil
+		}
+		e, ok := held[FlowKey{Addr: rev.Addr, Port: rev.Port, Proto: rkey.Proto}]
+		if !ok || e.Flags&PCPEntryOpen == 0 || e.PublicAddr != rkey.Addr || e.PublicPort != rkey.Port {
+			orphans = append(orphans, rkey)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	closed := 0
+	for _, rkey := range orphans {
+		var rev FlowRev
+		if err := n.objs.FlowsRev.Lookup(&rkey, &rev); errors.Is(err, ebpf.ErrKeyNotExist) {
+			continue
+		} else if err != nil {
+			return closed, fmt.Errorf("read flows_rev: %w", err)
+		}
+		if rev.Flags&FlowRevOpen == 0 {
+			continue
+		}
+		rev.Flags &^= FlowRevOpen
+		if err := n.objs.FlowsRev.Update(&rkey, &rev, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return closed, fmt.Errorf("write flows_rev: %w", err)
+		}
+		closed++
+	}
+	return closed, nil
+}

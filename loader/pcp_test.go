@@ -381,3 +381,39 @@ func TestPCPSurvivesReload(t *testing.T) {
 		t.Errorf("after the moving reload: held %v %v, want none", held, err)
 	}
 }
+
+// TestPCPOrphansClosed: a mapping PCP opened whose entry was never
+// written (the agent killed between the two) is closed at the server's
+// next start, while one its entry holds stays open and the orphan stays
+// mapped under the idle timeouts.
+func TestPCPOrphansClosed(t *testing.T) {
+	f := defaultFixture(t)
+	inside := netip.MustParseAddr(sub2)
+	tcp := uint8(ProtoTCP)
+	held, err := f.nat.PCPMap(inside, 8080, tcp, 2, 2100, false, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan, err := f.nat.PCPMap(inside, 8081, tcp, 2, 2101, false, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := FlowKey{Addr: be32(inside), Port: PortToBE16(8080), Proto: tcp}
+	if err := f.nat.PutPCPEntry(key, PCPEntry{ExpiresNs: 1 << 62, PublicAddr: be32(held.Public), PublicPort: PortToBE16(held.Port),
+		Flags: PCPEntryOpen, Subscriber: 2}); err != nil {
+		t.Fatal(err)
+	}
+	closed, err := f.nat.ClosePCPOrphans()
+	if err != nil || closed != 1 {
+		t.Fatalf("closed %d orphans, %v; want 1", closed, err)
+	}
+	if rev, ok := revOf(t, f, held, tcp); !ok || rev.Flags&FlowRevOpen == 0 {
+		t.Errorf("the mapping its entry holds: %+v (%v), want it still open", rev, ok)
+	}
+	if rev, ok := revOf(t, f, orphan, tcp); !ok || rev.Flags&FlowRevOpen != 0 {
+		t.Errorf("the orphan: %+v (%v), want it mapped and no longer open", rev, ok)
+	}
+	if closed, err := f.nat.ClosePCPOrphans(); err != nil || closed != 0 {
+		t.Errorf("a second pass closed %d, %v; want none", closed, err)
+	}
+}

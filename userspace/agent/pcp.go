@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/blocknat/blocknat/loader"
+	"github.com/blocknat/blocknat/userspace/logattr"
 	"github.com/blocknat/blocknat/userspace/metrics"
 	"github.com/blocknat/blocknat/userspace/pcpserver"
 )
@@ -111,6 +112,7 @@ func (a *Agent) pcpComponent() component {
 				close(done)
 				return nil
 			}
+			a.closePCPOrphans()
 			srv, err := pcpserver.New(pcpserver.Config{
 				Interfaces: a.cfg.Inside.Interfaces, Mapping: a.mapping, Plane: pcpPlane{a}, Clock: a.clock,
 				MaxLifetime: time.Duration(set.MaxLifetime), MinLifetime: time.Duration(set.MinLifetime),
@@ -161,4 +163,21 @@ func pcpFiguresOf(s pcpserver.Stats) *metrics.PCPFigures {
 		f.Dropped[string(reason)] = n
 	}
 	return f
+}
+
+// closePCPOrphans closes the mappings left open with no PCP entry, by an
+// agent killed between making a mapping and recording it, before the
+// server reads its entries: what is open is then exactly what the entries
+// say. A failure is logged, not fatal: the orphans idle out as before.
+func (a *Agent) closePCPOrphans() {
+	nat, done := pcpPlane{a}.nat()
+	closed, err := nat.ClosePCPOrphans()
+	done()
+	switch {
+	case err != nil:
+		a.log.Warn("could not look for PCP mappings left open without an entry; they close when idle", logattr.Err, err)
+	case closed > 0:
+		a.log.Warn("closed PCP mappings left open without an entry (the agent stopped between making one and recording it); they stay mapped under the idle timeouts",
+			"mappings", closed)
+	}
 }
