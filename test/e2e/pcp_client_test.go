@@ -911,7 +911,7 @@ func TestPCPHostileRequests(t *testing.T) {
 // keep working for the internet while the agent is dead (kill -9) and
 // after it starts again; the restarted server announces itself to the
 // client on its port 5350 (ANNOUNCE, and to the NAT-PMP client its public
-// address), renews under the same nonce at the same port with an epoch
+// address) and to the all-hosts group of every inside link, renews under the same nonce at the same port with an epoch
 // that did not go back, and status counts both. Then, with lifetimes of 2
 // to 3 seconds, a mapping works at once and is gone on time.
 func TestPCPMappingsSurviveRestart(t *testing.T) {
@@ -927,6 +927,14 @@ func TestPCPMappingsSurviveRestart(t *testing.T) {
 	}
 	defer udpSrv.Close()
 	announcements := listenUDP(t, sub.NS, netip.AddrPortFrom(sub.Addr, pcpClientPort))
+	// A second subscriber holds no mapping, so nothing is sent to it by
+	// unicast: what reaches its port 5350, bound to no address, is the
+	// ANNOUNCE sent to the all-hosts group on its link (RFC 6887 §14.1.3).
+	if len(e.topo.Subscribers) < 2 {
+		t.Fatal("the topology has one subscriber; the multicast ANNOUNCE needs a second")
+	}
+	other := e.topo.Subscribers[1]
+	multicast := listenUDP(t, other.NS, netip.AddrPortFrom(netip.IPv4Unspecified(), pcpClientPort))
 
 	c := newPCPClient(t, sub.NS, netip.AddrPortFrom(sub.Addr, 0), server)
 	nonce := newNonce(t)
@@ -984,6 +992,22 @@ func TestPCPMappingsSurviveRestart(t *testing.T) {
 	if d := natpmpAnnounce.data; natpmpAnnounce.from != server || len(d) != 12 || d[1] != 128 || binary.BigEndian.Uint16(d[2:]) != 0 ||
 		netip.AddrFrom4([4]byte(d[8:12])) != block.Public {
 		t.Errorf("NAT-PMP announcement from %s: % x, want the public address %s from %s", natpmpAnnounce.from, d, block.Public, server)
+	}
+
+	var group *udpArrival
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		for _, a := range multicast.arrivals() {
+			if len(a.data) > 0 && a.data[0] == pcpVersion {
+				group = &a
+				return true
+			}
+		}
+		return false
+	}, "a PCP ANNOUNCE to the all-hosts group on %s's link", other.Addr)
+	if ga, err := decodePCPResponse(group.data); err != nil || ga.Opcode != pcpOpAnnounce || ga.Result != pcpSuccess || ga.Lifetime != 0 ||
+		group.from != netip.AddrPortFrom(other.Gateway, pcpServerPort) {
+		t.Errorf("ANNOUNCE to the group: %v %v from %s, want opcode 0x80, SUCCESS, lifetime 0, from %s:%d",
+			ga, err, group.from, other.Gateway, pcpServerPort)
 	}
 
 	reachable("after the restart")
