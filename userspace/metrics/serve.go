@@ -19,8 +19,10 @@ import (
 // Path is where the metrics are served.
 const Path = "/metrics"
 
-// Registry holds c and the Go runtime and process collectors.
-func Registry(c *Collector) (*prometheus.Registry, error) {
+// Registry holds c and the Go runtime and process collectors. c is the
+// agent's Collector or the fleet service's (userspace/fleet), which serve
+// their figures the same way.
+func Registry(c prometheus.Collector) (*prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
 	for _, col := range []prometheus.Collector{c, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		if err := reg.Register(col); err != nil {
@@ -31,7 +33,8 @@ func Registry(c *Collector) (*prometheus.Registry, error) {
 }
 
 // Listen binds the metrics address, so that a taken port stops the agent
-// at start with the field named rather than failing silently later.
+// (or the fleet service) at start with the field named rather than
+// failing silently later.
 func Listen(addr string) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
