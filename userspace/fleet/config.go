@@ -3,9 +3,12 @@ package fleet
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -47,6 +50,14 @@ type Config struct {
 	// the database above which its status says it is behind (default
 	// config.DefaultReplicateMaxLag).
 	ReplicateMaxLag config.Duration `yaml:"replicate_max_lag"`
+	// Metrics is the Prometheus endpoint, shaped as a router's
+	// metrics.listen; unlike a router's it is off unless listen is set,
+	// since a fleet service often shares a host with a router whose
+	// endpoint holds the default port.
+	Metrics config.Metrics `yaml:"metrics"`
+	// StaleAfter is how long a router may go without an ingest before
+	// the stale_router alarm holds for it (default DefaultStaleAfter).
+	StaleAfter config.Duration `yaml:"stale_after"`
 }
 
 // Defaults of the fleet service's optional fields.
@@ -55,10 +66,21 @@ const (
 	// DefaultSocket differs from a router's so that both can run on one
 	// host.
 	DefaultSocket = "/run/blocknat-fleet/api.sock"
+	// DefaultStaleAfter: every router re-records its mapping epoch daily
+	// (RFC 7422 §3), and the epoch is a store change it replicates, so a
+	// router that still replicates ingests at least once a day however
+	// idle its subscribers are. Two hours above a day leave room for
+	// replicate.max_lag and a slow catch-up without alarming on a router
+	// that is merely quiet.
+	DefaultStaleAfter = 26 * time.Hour
 )
 
+// fleetLogPrefix begins the database name of a fleet service's own audit
+// log; a router's name cannot hold its ':' (config.ValidateRouterName).
+const fleetLogPrefix = "fleet:"
+
 // RouterName is the name the fleet's own audit log has in the database.
-func (c *Config) RouterName() string { return "fleet:" + c.Name }
+func (c *Config) RouterName() string { return fleetLogPrefix + c.Name }
 
 // AuditKeyPath is the signing key's path, defaulting into state_dir.
 func (c *Config) AuditKeyPath() string {
@@ -80,6 +102,7 @@ func withDefaults() *Config {
 		Retention: config.Retention{Records: config.Duration(config.DefaultRecordRetention),
 			Audit: config.Duration(config.DefaultAuditRetention)},
 		ReplicateMaxLag: config.Duration(config.DefaultReplicateMaxLag),
+		StaleAfter:      config.Duration(DefaultStaleAfter),
 	}
 }
 
@@ -172,7 +195,35 @@ func (c *Config) Validate() error {
 	if time.Duration(c.ReplicateMaxLag) <= 0 {
 		errs = append(errs, errors.New("replicate_max_lag: must be a positive duration"))
 	}
+	if l := c.Metrics.Listen; l != "" {
+		if err := checkListen(l); err != nil {
+			errs = append(errs, fmt.Errorf("metrics.listen: %q: %w", l, err))
+		}
+	}
+	if time.Duration(c.StaleAfter) <= 0 {
+		errs = append(errs, errors.New("stale_after: must be a positive duration (default 26h: every router replicates its epoch daily)"))
+	}
 	return errors.Join(errs...)
+}
+
+// checkListen is a router's rule for metrics.listen (userspace/config
+// keeps its own unexported; TestListenRuleAsARouters holds the two to one
+// verdict): host:port where host is an IP address, "localhost" or empty
+// (every address) and port is 1-65535.
+func checkListen(l string) error {
+	host, port, err := net.SplitHostPort(l)
+	if err != nil {
+		return fmt.Errorf("want host:port like %s", config.DefaultMetricsListen)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return fmt.Errorf("port %q is not a number from 1 to 65535", port)
+	}
+	if host != "" && host != "localhost" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return fmt.Errorf("host %q is not an IP address or localhost", host)
+		}
+	}
+	return nil
 }
 
 // describeYAMLError turns a go-yaml error into one line naming the field

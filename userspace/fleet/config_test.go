@@ -55,6 +55,11 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"dhcp role", minimalConfig + "roles: {dhcp: {uids: [33]}}\n", []string{"roles.dhcp"}},
 		{"zero retention", minimalConfig + "retention: {records: 0s}\n", []string{"retention.records"}},
 		{"checkpoint_every", minimalConfig + "audit: {checkpoint_every: 0}\n", []string{"audit.checkpoint_every"}},
+		{"metrics listen without a port", minimalConfig + "metrics: {listen: \"127.0.0.1\"}\n", []string{"metrics.listen", "host:port"}},
+		{"metrics listen on a name", minimalConfig + "metrics: {listen: \"fleet.example:9477\"}\n", []string{"metrics.listen", "fleet.example"}},
+		{"unknown metrics field", minimalConfig + "metrics: {port: 9477}\n", []string{"metrics.port"}},
+		{"zero stale_after", minimalConfig + "stale_after: 0s\n", []string{"stale_after: must be a positive duration"}},
+		{"bad stale_after", minimalConfig + "stale_after: daily\n", []string{"stale_after", `"daily"`}},
 		{"empty", "", []string{"empty"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -73,3 +78,4 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		})
 	}
 }
+

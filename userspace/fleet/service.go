@@ -13,6 +13,12 @@
 // At start it migrates the database's schema (as the owner role), and it
 // drops the expired day partitions then and daily, with the same retention
 // settings as the routers.
+//
+// With metrics.listen set it serves /metrics (metrics.go): each router's
+// copy as the database holds it, read once per scrape, and an alarm for
+// an unreadable database, a lagging copy of its own log, and a router
+// that has gone quiet for longer than stale_after, which a replicating
+// router never does.
 package fleet
 
 import (
@@ -20,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"sync"
 	"time"
@@ -52,6 +59,7 @@ type Service struct {
 
 	mu            sync.Mutex
 	lastRetention time.Time
+	metricsAddr   net.Addr
 }
 
 // New builds a service for cfg; nothing is opened until Run.
@@ -67,8 +75,9 @@ type component struct {
 	stop  func() error
 }
 
-// components are the service's parts in the order they start.
-func (s *Service) components(apiDone *<-chan error) []component {
+// components are the service's parts in the order they start. A part
+// that serves reports its end on its done channel, nil until it starts.
+func (s *Service) components(apiDone, metricsDone *<-chan error) []component {
 	return []component{
 		{name: "state_dir", start: func(context.Context) error { return s.prepareStateDir() }},
 		// Migrated before anything reads it.
@@ -79,6 +88,9 @@ func (s *Service) components(apiDone *<-chan error) []component {
 		// chain for the next start if not.
 		s.replicationComponent(),
 		s.retentionComponent(),
+		// Reads the database and the replicator, so it starts after them,
+		// and before the API, so that a service answering is watched.
+		s.metricsComponent(metricsDone),
 		s.apiComponent(apiDone),
 	}
 }
@@ -92,8 +104,8 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 // Run starts the components in order, waits, and stops the started ones
 // in reverse.
 func (s *Service) Run(ctx context.Context) (err error) {
-	var apiDone <-chan error
-	comps := s.components(&apiDone)
+	var apiDone, metricsDone <-chan error
+	comps := s.components(&apiDone, &metricsDone)
 	started := 0
 	defer func() {
 		for i := started - 1; i >= 0; i-- {
@@ -120,6 +132,8 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	case err := <-apiDone:
 		apiDone = nil
 		return fmt.Errorf("api: %w", err)
+	case err := <-metricsDone:
+		return fmt.Errorf("metrics: %w", err)
 	}
 }
 

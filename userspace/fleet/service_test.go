@@ -107,10 +107,18 @@ func leasePhoneA(t *testing.T, st *store.Store) {
 // returns the owner's connection string.
 func fleetDatabase(t *testing.T) string {
 	t.Helper()
+	_, dsn := fleetDatabaseServer(t)
+	return dsn
+}
+
+// fleetDatabaseServer is fleetDatabase with the server, for a test that
+// kills it.
+func fleetDatabaseServer(t *testing.T) (*pgtest.Server, string) {
+	t.Helper()
 	pg := pgtest.Start(t)
 	pg.CreateRole(t, "blocknat_owner", "LOGIN", "CREATEROLE")
 	pg.CreateDB(t, "blocknat", "blocknat_owner")
-	return pg.DSN("blocknat_owner", "blocknat")
+	return pg, pg.DSN("blocknat_owner", "blocknat")
 }
 
 // feed replicates the two routers' outboxes into the database, as their
@@ -150,6 +158,7 @@ func feed(t *testing.T, ctx context.Context, dsn string) map[string]uint64 {
 
 type running struct {
 	cfg    *Config
+	svc    *Service
 	client *client.Client
 	log    *testutil.Buffer
 	done   chan error
@@ -159,6 +168,13 @@ type running struct {
 // startFleet runs the fleet service on a socket in a temporary directory,
 // with root as investigator, auditor and admin.
 func startFleet(t *testing.T, dsn string) *running {
+	t.Helper()
+	return startFleetWith(t, dsn, "", nil)
+}
+
+// startFleetWith is startFleet with extra lines of configuration, and
+// tweak to change the parsed configuration before the start.
+func startFleetWith(t *testing.T, dsn, extra string, tweak func(*Config)) *running {
 	t.Helper()
 	dir := t.TempDir()
 	uid := os.Getuid()
@@ -171,14 +187,18 @@ roles:
   auditor: {uids: [%d]}
   admin: {uids: [%d]}
 replicate_max_lag: 1m
-`, dsn, filepath.Join(dir, "state"), filepath.Join(dir, "fleet.sock"), uid, uid, uid)))
+`, dsn, filepath.Join(dir, "state"), filepath.Join(dir, "fleet.sock"), uid, uid, uid) + extra))
 	if err != nil {
 		t.Fatalf("ParseConfig: %v", err)
 	}
+	if tweak != nil {
+		tweak(cfg)
+	}
 	r := &running{cfg: cfg, log: &testutil.Buffer{}, done: make(chan error, 1)}
+	r.svc = New(cfg, slog.New(slog.NewTextHandler(r.log, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
-	go func() { r.done <- Run(ctx, cfg, slog.New(slog.NewTextHandler(r.log, nil))) }()
+	go func() { r.done <- r.svc.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -382,14 +402,15 @@ func TestFleetServes(t *testing.T) {
 
 // TestComponentsOrder: the database is migrated before anything reads it,
 // the audit log is open before the replication and the API that use it,
-// and the API, which writes the log, starts last and stops first.
+// the metrics, which read the database and the replication, start after
+// them, and the API, which writes the log, starts last and stops first.
 func TestComponentsOrder(t *testing.T) {
-	var done <-chan error
+	var apiDone, metricsDone <-chan error
 	var names []string
-	for _, c := range New(&Config{}, slog.Default()).components(&done) {
+	for _, c := range New(&Config{}, slog.Default()).components(&apiDone, &metricsDone) {
 		names = append(names, c.name)
 	}
-	if want := []string{"state_dir", "database", "audit", "replication", "retention", "api"}; !slices.Equal(names, want) {
+	if want := []string{"state_dir", "database", "audit", "replication", "retention", "metrics", "api"}; !slices.Equal(names, want) {
 		t.Errorf("components %v, want %v", names, want)
 	}
 }
