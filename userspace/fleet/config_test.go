@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -79,3 +80,27 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 	}
 }
 
+// TestGuideExampleParses: the operator guide's fleet configuration
+// (section 12.3) is one this service accepts, with its metrics on.
+func TestGuideExampleParses(t *testing.T) {
+	guide, err := os.ReadFile("../../docs/operator-guide.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(guide), "\n### 12.3 The fleet service\n")
+	if !ok {
+		t.Fatal("the guide has no section 12.3 The fleet service")
+	}
+	_, block, ok := strings.Cut(section, "```yaml\n")
+	block, _, closed := strings.Cut(block, "\n```")
+	if !ok || !closed {
+		t.Fatal("section 12.3 has no yaml block")
+	}
+	c, err := ParseConfig([]byte(block))
+	if err != nil {
+		t.Fatalf("the guide's fleet configuration: %v\n%s", err, block)
+	}
+	if c.Metrics.Listen == "" || time.Duration(c.StaleAfter) != DefaultStaleAfter {
+		t.Errorf("the guide's example: metrics.listen %q, stale_after %s", c.Metrics.Listen, c.StaleAfter)
+	}
+}
