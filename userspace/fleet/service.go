@@ -130,7 +130,6 @@ func (s *Service) Run(ctx context.Context) (err error) {
 		notify(s.log, "STOPPING=1")
 		return nil
 	case err := <-apiDone:
-		apiDone = nil
 		return fmt.Errorf("api: %w", err)
 	case err := <-metricsDone:
 		return fmt.Errorf("metrics: %w", err)
@@ -238,7 +237,14 @@ func (s *Service) apiComponent(done *<-chan error) component {
 			s.api = api.NewServer(api.Deps{Store: s.reader, Audit: s.audit.Log, Roles: apiserve.Roles(s.cfg.Roles),
 				Fleet: s.status, Now: time.Now, Logger: s.log})
 			ctx, stop = context.WithCancel(ctx)
-			*done = apiserve.Serve(ctx, s.api, s.cfg.API)
+			served := make(chan error, 1)
+			go func() {
+				served <- <-apiserve.Serve(ctx, s.api, s.cfg.API)
+				// Closed after its one error, so that stop still returns
+				// when Run has taken that error.
+				close(served)
+			}()
+			*done = served
 			return nil
 		},
 		stop: func() error {

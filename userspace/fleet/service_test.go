@@ -443,3 +443,30 @@ func TestFleetMigratesAtStart(t *testing.T) {
 			len(st.Fleet.Routers) == 1 && st.Fleet.Routers[0].Name == "fleet:east" && st.Fleet.Routers[0].AuditSeq >= 1
 	}, "the status lists the fleet's own log alone")
 }
+
+// TestFleetAPIFailureStops: when the API cannot serve (a file that is not
+// a socket holds its path), Run stops every part and returns the API's
+// error instead of waiting on it for ever.
+func TestFleetAPIFailureStops(t *testing.T) {
+	dsn := fleetDatabase(t)
+	dir := t.TempDir()
+	cfg, err := ParseConfig([]byte(fmt.Sprintf("name: east\npostgres: %q\nstate_dir: %s\napi: {socket: %s}\n",
+		dsn, filepath.Join(dir, "state"), filepath.Join(dir, "fleet.sock"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg.API.Socket, []byte("not a socket"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Metrics.Listen = "127.0.0.1:0"
+	done := make(chan error, 1)
+	go func() { done <- Run(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "api") || !strings.Contains(err.Error(), cfg.API.Socket) {
+			t.Errorf("Run: %v, want the API's error naming its socket", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after the API failed")
+	}
+}
