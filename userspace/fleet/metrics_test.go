@@ -7,16 +7,21 @@ import (
 	"log/slog"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"github.com/blocknat/blocknat/test/testutil"
 	"github.com/blocknat/blocknat/userspace/config"
 	"github.com/blocknat/blocknat/userspace/mapping"
 	"github.com/blocknat/blocknat/userspace/metrics"
 	"github.com/blocknat/blocknat/userspace/pgfleet"
+	"github.com/blocknat/blocknat/userspace/replicate"
 	"github.com/blocknat/blocknat/userspace/store"
 	"github.com/blocknat/blocknat/userspace/wire"
 )
@@ -317,5 +322,35 @@ func TestListenRuleAsARouters(t *testing.T) {
 		if fleetErr != nil && !strings.Contains(fleetErr.Error(), "metrics.listen") {
 			t.Errorf("metrics.listen %q: %v does not name the field", listen, fleetErr)
 		}
+	}
+}
+
+// TestMetricNamesLint: every figure passes promlint, and a full scrape
+// exports exactly MetricNames.
+func TestMetricNamesLint(t *testing.T) {
+	now := time.Now()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newCollector(func() *figures {
+		return &figures{now: now, staleAfter: DefaultStaleAfter, replication: &replicate.State{MaxLag: time.Minute},
+			routers: []pgfleet.RouterState{{Name: "cgn-a", Store: 7, Audit: 3, LastIngest: now.Add(-27 * time.Hour)}},
+			holes:   map[string]holeCount{"cgn-a": {runs: 1, entries: 2}}}
+	}))
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	problems, err := promlint.NewWithMetricFamilies(fams).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+	var names []string
+	for _, f := range fams {
+		names = append(names, f.GetName())
+	}
+	if !slices.Equal(names, slices.Sorted(slices.Values(MetricNames))) {
+		t.Errorf("exported %v\nMetricNames %v", names, MetricNames)
 	}
 }
