@@ -208,6 +208,11 @@ func Load(path string) (*Config, error) {
 	return c, nil
 }
 
+// DescribeYAMLError is describeYAMLError for the project's other strict
+// files (the fleet service's configuration), so that their errors name
+// the field the same way.
+func DescribeYAMLError(err error, body ast.Node) string { return describeYAMLError(err, body) }
+
 // describeYAMLError turns a go-yaml error into one line with its position
 // and, when the node is found in body, the field path ("inside.bogus");
 // the library's own rendering spans several lines and names Go types.

@@ -66,6 +66,10 @@ func (c *Config) validateMonitoring() []error {
 	return errs
 }
 
+// CheckListen is the rule of metrics.listen, for the fleet service's
+// metrics.listen too.
+func CheckListen(l string) error { return checkListen(l) }
+
 // checkListen accepts host:port where host is an IP address, "localhost"
 // or empty (every address) and port is 1-65535.
 func checkListen(l string) error {

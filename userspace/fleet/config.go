@@ -3,13 +3,8 @@ package fleet
 import (
 	"errors"
 	"fmt"
-	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/goccy/go-yaml"
@@ -111,7 +106,7 @@ func withDefaults() *Config {
 func ParseConfig(data []byte) (*Config, error) {
 	file, err := parser.ParseBytes(data, 0)
 	if err != nil {
-		return nil, fmt.Errorf("parse fleet config: %s", describeYAMLError(err, nil))
+		return nil, fmt.Errorf("parse fleet config: %s", config.DescribeYAMLError(err, nil))
 	}
 	var body ast.Node
 	for _, doc := range file.Docs {
@@ -127,7 +122,7 @@ func ParseConfig(data []byte) (*Config, error) {
 	}
 	c := withDefaults()
 	if err := yaml.NodeToValue(body, c, yaml.Strict()); err != nil {
-		return nil, fmt.Errorf("parse fleet config: %s", describeYAMLError(err, body))
+		return nil, fmt.Errorf("parse fleet config: %s", config.DescribeYAMLError(err, body))
 	}
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid fleet config: %w", err)
@@ -196,7 +191,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("replicate_max_lag: must be a positive duration"))
 	}
 	if l := c.Metrics.Listen; l != "" {
-		if err := checkListen(l); err != nil {
+		if err := config.CheckListen(l); err != nil {
 			errs = append(errs, fmt.Errorf("metrics.listen: %q: %w", l, err))
 		}
 	}
@@ -206,88 +201,3 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// checkListen is a router's rule for metrics.listen (userspace/config
-// keeps its own unexported; TestListenRuleAsARouters holds the two to one
-// verdict): host:port where host is an IP address, "localhost" or empty
-// (every address) and port is 1-65535.
-func checkListen(l string) error {
-	host, port, err := net.SplitHostPort(l)
-	if err != nil {
-		return fmt.Errorf("want host:port like %s", config.DefaultMetricsListen)
-	}
-	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
-		return fmt.Errorf("port %q is not a number from 1 to 65535", port)
-	}
-	if host != "" && host != "localhost" {
-		if _, err := netip.ParseAddr(host); err != nil {
-			return fmt.Errorf("host %q is not an IP address or localhost", host)
-		}
-	}
-	return nil
-}
-
-// describeYAMLError turns a go-yaml error into one line naming the field
-// ("retention.bogus"), as userspace/config does for a router's file.
-func describeYAMLError(err error, body ast.Node) string {
-	var yerr yaml.Error
-	if errors.As(err, &yerr) && yerr.GetToken() != nil {
-		pos := yerr.GetToken().Position
-		msg := fmt.Sprintf("%s (line %d, column %d)", yerr.GetMessage(), pos.Line, pos.Column)
-		if field := fieldAt(body, pos.Line, pos.Column); field != "" {
-			msg = field + ": " + msg
-		}
-		return msg
-	}
-	// A value its type refused (a duration such as "5 minutes") comes
-	// without a position; config.Duration's message quotes the value,
-	// and the scalar holding it is the field.
-	if m := quoted.FindStringSubmatch(err.Error()); m != nil && body != nil {
-		if field := fieldHolding(body, m[1]); field != "" {
-			return field + ": " + err.Error()
-		}
-	}
-	return err.Error()
-}
-
-var quoted = regexp.MustCompile(`"([^"]*)"`)
-
-func cleanPath(p string) string { return strings.TrimPrefix(strings.TrimPrefix(p, "$"), ".") }
-
-func fieldAt(body ast.Node, line, column int) string {
-	if body == nil {
-		return ""
-	}
-	var path string
-	ast.Walk(visitor(func(n ast.Node) bool {
-		if tk := n.GetToken(); tk != nil && tk.Position.Line == line && tk.Position.Column == column {
-			path = n.GetPath()
-			return false
-		}
-		return path == ""
-	}), body)
-	return cleanPath(path)
-}
-
-func fieldHolding(body ast.Node, value string) string {
-	var path string
-	ast.Walk(visitor(func(n ast.Node) bool {
-		if _, isMap := n.(*ast.MappingValueNode); !isMap {
-			if tk := n.GetToken(); tk != nil && tk.Value == value && n.Type() != ast.MappingKeyType {
-				path = n.GetPath()
-				return false
-			}
-		}
-		return path == ""
-	}), body)
-	return cleanPath(path)
-}
-
-// visitor walks while fn returns true.
-type visitor func(ast.Node) bool
-
-func (v visitor) Visit(n ast.Node) ast.Visitor {
-	if n == nil || !v(n) {
-		return nil
-	}
-	return v
-}
