@@ -129,6 +129,9 @@ func printStatus(w io.Writer, ans *wire.StatusResponse) error {
 // copy in the database has come.
 func printFleetStatus(w io.Writer, f wire.FleetStatus) {
 	fmt.Fprintf(w, "fleet %s (database schema version %d)\n", safeText(f.Name), f.SchemaVersion)
+	for _, a := range f.Alarm {
+		fmt.Fprintf(w, "  ALARM                %s\n", safeText(a))
+	}
 	if len(f.Routers) == 0 {
 		fmt.Fprintln(w, "  no router has replicated to the database yet")
 	}
@@ -137,7 +140,14 @@ func printFleetStatus(w io.Writer, f wire.FleetStatus) {
 		if r.LastIngest != nil {
 			last = humanTime(*r.LastIngest)
 		}
-		fmt.Fprintf(w, "  router %-20s store seq %d, audit seq %d, last ingest %s\n", safeText(r.Name), r.StoreSeq, r.AuditSeq, last)
+		note := ""
+		if r.Stale {
+			note = " (STALE: nothing delivered for longer than stale_after)"
+		}
+		if r.AuditHoleEntries > 0 {
+			note += fmt.Sprintf(" (%d audit entries removed by its retention before they were replicated)", r.AuditHoleEntries)
+		}
+		fmt.Fprintf(w, "  router %-20s store seq %d, audit seq %d, last ingest %s%s\n", safeText(r.Name), r.StoreSeq, r.AuditSeq, last, note)
 	}
 	ret := "not yet run"
 	if !f.Retention.LastAt.IsZero() {

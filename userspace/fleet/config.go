@@ -200,4 +200,3 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
-

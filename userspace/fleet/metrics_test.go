@@ -222,7 +222,27 @@ func TestFleetMetrics(t *testing.T) {
 	if e.value(t, alarmSample(AlarmStaleRouter)) != 1 || e.value(t, routerSample(MetricRouterStale, "fleet:east")) != 0 {
 		t.Errorf("cgn-a stale, but the alarm or the fleet's own log:\n%s", e.fleetLines())
 	}
+	// The status says the same as the metrics.
+	st, err := f.client.Status(ctx)
+	if err != nil || st.Fleet == nil {
+		t.Fatalf("status: %+v, %v", st, err)
+	}
+	staleIn := func(st *wire.FleetStatus) (names []string) {
+		for _, r := range st.Routers {
+			if r.Stale {
+				names = append(names, r.Name)
+			}
+		}
+		return names
+	}
+	if got := staleIn(st.Fleet); !slices.Equal(got, []string{"cgn-a"}) || len(st.Fleet.Alarm) != 1 ||
+		!strings.Contains(st.Fleet.Alarm[0], "no ingest for over stale_after 3s from cgn-a") {
+		t.Errorf("status: stale %v, alarm %q; want cgn-a and its alarm", got, st.Fleet.Alarm)
+	}
 	ingest(third)
+	if st, err := f.client.Status(ctx); err != nil || len(staleIn(st.Fleet)) != 0 || len(st.Fleet.Alarm) != 0 {
+		t.Errorf("status after cgn-a's next ingest: %+v, %v; want nothing stale and no alarm", st.Fleet, err)
+	}
 	e = f.scrape(t)
 	if e.value(t, routerSample(MetricRouterStale, "cgn-a")) != 0 || e.value(t, alarmSample(AlarmStaleRouter)) != 0 ||
 		e.value(t, routerSample(MetricRouterStoreSeq, "cgn-a")) != float64(third[0].Seq) {

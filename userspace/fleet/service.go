@@ -259,18 +259,23 @@ func (s *Service) apiComponent(done *<-chan error) component {
 
 // status is the fleet's part of /v1/status.
 func (s *Service) status(ctx context.Context) (*wire.FleetStatus, error) {
-	routers, err := s.db.Routers(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("routers: %w", err)
-	}
-	st := &wire.FleetStatus{Name: s.cfg.Name, SchemaVersion: s.to, Routers: []wire.FleetRouter{}}
-	for _, r := range routers {
-		fr := wire.FleetRouter{Name: r.Name, StoreSeq: r.Store, AuditSeq: r.Audit}
+	// The figures the metrics report, so that the two always agree; a
+	// database that cannot be read is an alarm here too, not a failed
+	// status.
+	f := s.figures()
+	st := &wire.FleetStatus{Name: s.cfg.Name, SchemaVersion: s.to, Routers: []wire.FleetRouter{}, Alarm: []string{}}
+	for _, r := range f.routers {
+		fr := wire.FleetRouter{Name: r.Name, StoreSeq: r.Store, AuditSeq: r.Audit, Stale: f.stale(r), AuditHoleEntries: f.holes[r.Name].entries}
 		if !r.LastIngest.IsZero() {
 			t := r.LastIngest.UTC()
 			fr.LastIngest = &t
 		}
 		st.Routers = append(st.Routers, fr)
+	}
+	for _, reason := range AlarmReasons {
+		if text := f.alarm(reason); text != "" {
+			st.Alarm = append(st.Alarm, text)
+		}
 	}
 	s.mu.Lock()
 	st.Retention = wire.RetentionStatus{Period: s.cfg.Retention.Records.String(), LastAt: s.lastRetention}

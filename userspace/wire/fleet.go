@@ -20,6 +20,10 @@ type FleetStatus struct {
 	// database, as a router's (its store figures stay zero); absent when
 	// it is not running.
 	Replication *ReplicationStatus `json:"replication,omitempty"`
+	// Alarm says what the fleet's blocknat_fleet_alarm holds for: the
+	// database unreadable, its own audit copy behind, a router that
+	// stopped replicating; empty when all is well.
+	Alarm []string `json:"alarm"`
 }
 
 // FleetRouter is one router's replicated copy.
@@ -31,4 +35,10 @@ type FleetRouter struct {
 	AuditSeq uint64 `json:"audit_seq"`
 	// LastIngest is when the router last delivered a batch; null if never.
 	LastIngest *time.Time `json:"last_ingest"`
+	// Stale is true when a router (not a fleet's own log) has delivered
+	// nothing for longer than stale_after.
+	Stale bool `json:"stale"`
+	// AuditHoleEntries counts the audit entries the router's own
+	// retention removed before they reached the database.
+	AuditHoleEntries uint64 `json:"audit_hole_entries"`
 }
