@@ -7,9 +7,7 @@
 //
 // The schema blocknat and everything in it belong to the owner role, the
 // one the fleet service connects as and Migrate runs as (it needs
-// CREATEROLE the first time, to create blocknat_router, and CREATE on the
-// database, as the database's owner has, for the trusted extension
-// btree_gist, which schema version 4 installs in blocknat). blocknat_router
+// CREATEROLE the first time, to create blocknat_router). blocknat_router
 // is a NOLOGIN group with USAGE on the schema and EXECUTE on four
 // SECURITY DEFINER functions only, blocknat.progress, blocknat.ingest,
 // blocknat.ingest_audit and blocknat.skip_audit; it can read, change or
@@ -42,12 +40,7 @@
 // audit entries live in one partition per UTC day (day = Unix time /
 // 86400 s), created on demand by the ingest functions, and a closed
 // record or ended lease is copied into every day partition its interval
-// touches, so that a question about T reads T's day only. Within a day, a
-// GiST index on a record's block and interval (records_interval: public,
-// port_lo and int8range(start_ms, end_ms, '[]'), by btree_gist) gives a
-// lookup the records of the block whose interval meets the searched one
-// and no others, however often the block was taken that day; it serves
-// NearestRecords' equality on the block as well. Open records and
+// touches, so that a question about T reads T's day only. Open records and
 // current leases are tables of their own, which retention never touches.
 // Epochs are small and about no one: one table, never dropped. Record
 // times are Unix milliseconds, rounded outward as the store rounds them;

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"strconv"
 	"testing"
 	"time"
 
@@ -365,44 +364,5 @@ func TestAcrossRouters(t *testing.T) {
 	stop := errors.New("stop")
 	if err := rd.Export(t0, t0, func(store.Record) error { return stop }); !errors.Is(err, stop) {
 		t.Errorf("export whose fn fails: %v, want its error", err)
-	}
-}
-
-// A lookup finds its records through records_interval, reading the
-// block's records whose interval meets the searched one and not the rest
-// of the block's day. The query is the Reader's own, so its plan shows in
-// what the index's statistics count.
-func TestLookupReadsOnlyTheInterval(t *testing.T) {
-	f := newFleet(t)
-	owner := f.database(t, "fleet", 0)
-	r1 := f.router(t, "r1", "fleet")
-	ingestAll(t, r1, "r1", benchEvents(1, 20000), 2000)
-	f.srv.ExecIn(t, "fleet", "ANALYZE")
-	at := t0.Add(6 * time.Hour)
-	lo, hi := block(5)
-	// Counted by a filter, which no index serves, so that the count adds
-	// nothing to the index's statistics.
-	dayRows, err := strconv.Atoi(f.strings(t, "fleet", `SELECT (count(*) FILTER (WHERE public = $2::inet AND port_lo = $3))::text
-		FROM blocknat.records WHERE day = $1`, at.Unix()/86400, pub.String(), int(lo))[0])
-	if err != nil || dayRows < 40 {
-		t.Fatalf("the block has %d records that day (%v): the test tests too little", dayRows, err)
-	}
-
-	rd := owner.Reader(pgfleet.ReaderOptions{Now: func() time.Time { return t0.Add(48 * time.Hour) }})
-	got, err := rd.LookupInterval(pub, (lo+hi)/2, at.Add(-time.Minute), at.Add(time.Minute))
-	if err != nil || len(got) == 0 {
-		t.Fatalf("lookup: %d records, %v", len(got), err)
-	}
-	owner.Close() // a session reports its statistics as it ends, an idle one only after seconds
-	var scans, read int
-	testutil.Eventually(t, 15*time.Second, func() bool {
-		row := f.strings(t, "fleet", `SELECT format('%s %s', coalesce(sum(s.idx_scan), 0), coalesce(sum(s.idx_tup_read), 0))
-			FROM pg_inherits i JOIN pg_stat_user_indexes s ON s.indexrelid = i.inhrelid
-			WHERE i.inhparent = 'blocknat.records_interval'::regclass`)
-		fmt.Sscan(row[0], &scans, &read)
-		return scans > 0
-	}, "a scan of records_interval")
-	if read < len(got) || read > dayRows/4 {
-		t.Errorf("records_interval gave %d entries for %d records, of %d records of the block that day", read, len(got), dayRows)
 	}
 }

@@ -162,10 +162,6 @@ const (
 	openCols   = "router, subscriber, inside, public, port_lo, port_hi, start_ms, NULL::bigint, epoch, flags"
 )
 
-// recordInterval is a record's interval as the index records_interval
-// (migration 004) keys it; a query must spell it the same to use it.
-const recordInterval = "int8range(start_ms, greatest(start_ms, end_ms), '[]')"
-
 func scanRecord(row pgx.CollectableRow) (store.Record, error) {
 	var (
 		rec               store.Record
@@ -259,15 +255,10 @@ func (r *Reader) LookupInterval(ip netip.Addr, port uint16, from, to time.Time) 
 		floor := max(int(port)-s.width+1, 0)
 		var err error
 		if dFrom, dTo, ok := days(lo, hi, s.recordsOldest); ok {
-			// The overlap is what records_interval finds; it is implied by
-			// the exact test after it, which stays the answer's definition
-			// (a lookup within one millisecond has loMS above hiMS, and the
-			// searched range then starts at hiMS).
 			closed, err = s.records(ctx, `SELECT `+recordCols+` FROM blocknat.records
-				WHERE day BETWEEN $1 AND $2 AND public = $3::inet AND port_lo BETWEEN $4 AND $5
-				  AND `+recordInterval+` && int8range($8, $6, '[]')
-				  AND port_hi >= $5 AND start_ms <= $6 AND end_ms >= $7`,
-				dFrom, dTo, pub.String(), floor, int(port), hiMS, loMS, min(loMS, hiMS))
+				WHERE day BETWEEN $1 AND $2 AND public = $3::inet AND port_lo BETWEEN $4 AND $5 AND port_hi >= $5
+				  AND start_ms <= $6 AND end_ms >= $7`,
+				dFrom, dTo, pub.String(), floor, int(port), hiMS, loMS)
 			if err != nil {
 				return err
 			}
