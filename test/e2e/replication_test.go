@@ -418,7 +418,13 @@ func TestReplicationSurvivesPostmasterKill(t *testing.T) {
 	// The router still records on its own: a block activated while the
 	// database is dead is in its lookup.
 	last := lastPort(t, srv)
-	ans := lookupVia(t, last, time.Now(), 2*time.Second, "--config", e.cfgPath)
+	// The server has heard the packet; the Recorder commits its block's
+	// record within its batch interval, so ask until it has.
+	var ans wire.LookupResponse
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		ans = lookupVia(t, last, time.Now(), 2*time.Second, "--config", e.cfgPath)
+		return len(ans.Candidates) > 0
+	}, "the router's own lookup of %s while the database is down", last)
 	if want := e.reverse(t, last).Inside; len(ans.Candidates) != 1 || ans.Candidates[0].Inside != want {
 		t.Errorf("router's lookup of %s while the database is down: %+v, want %s", last, ans.Candidates, want)
 	}
