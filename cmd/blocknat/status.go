@@ -144,6 +144,9 @@ func printFleetStatus(w io.Writer, f wire.FleetStatus) {
 		if r.Stale {
 			note = " (STALE: nothing delivered for longer than stale_after)"
 		}
+		if r.Retired != nil {
+			note += " (retired " + humanTime(*r.Retired) + ")"
+		}
 		if r.AuditHoleEntries > 0 {
 			note += fmt.Sprintf(" (%d audit entries removed by its retention before they were replicated)", r.AuditHoleEntries)
 		}

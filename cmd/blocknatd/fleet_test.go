@@ -2,12 +2,18 @@ package main
 
 import (
 	"bytes"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/blocknat/blocknat/test/testutil/pgtest"
+	"github.com/blocknat/blocknat/userspace/audit"
 	"github.com/blocknat/blocknat/userspace/fleet"
+	"github.com/blocknat/blocknat/userspace/pgfleet"
 )
 
 // TestFleetConfigRefused: `blocknatd fleet` reads the fleet's own
@@ -66,5 +72,58 @@ func TestFleetUnit(t *testing.T) {
 	if filepath.Join("/var/lib", filepath.Base(fleet.DefaultStateDir)) != fleet.DefaultStateDir ||
 		filepath.Join("/run", filepath.Base(filepath.Dir(fleet.DefaultSocket))) != filepath.Dir(fleet.DefaultSocket) {
 		t.Errorf("state_dir %s or api.socket %s is not under StateDirectory or RuntimeDirectory", fleet.DefaultStateDir, fleet.DefaultSocket)
+	}
+}
+
+// TestFleetRetire: `blocknatd fleet retire` marks a router that has
+// replicated as retired, through the fleet's own configuration, and
+// refuses a name that never replicated and a missing --router.
+func TestFleetRetire(t *testing.T) {
+	ctx := t.Context()
+	pg := pgtest.Start(t)
+	pg.CreateRole(t, "blocknat_owner", "LOGIN", "CREATEROLE")
+	pg.CreateDB(t, "blocknat", "blocknat_owner")
+	dsn := pg.DSN("blocknat_owner", "blocknat")
+	owner, err := pgfleet.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	if _, _, err := owner.Migrate(ctx, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatal(err)
+	}
+	pg.CreateRole(t, "cgn_a", "LOGIN", "IN ROLE blocknat_router")
+	router, err := pgfleet.Connect(ctx, pg.DSN("cgn_a", "blocknat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer router.Close()
+	if _, err := router.IngestAudit(ctx, "cgn_a", []audit.Entry{{Seq: 1, Time: time.Now(), Operator: "uid:0(root)", Action: "status",
+		Outcome: audit.OutcomeAnswered, Hash: strings.Repeat("0", 64)}}); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "fleet.yaml")
+	if err := os.WriteFile(path, []byte("name: east\npostgres: \""+dsn+"\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"fleet", "retire", "--config", path}, 2, "usage: blocknatd fleet retire --config FILE --router NAME"},
+		{[]string{"fleet", "--config", path, "--router", "cgn_a"}, 2, "--router applies to fleet retire only"},
+		{[]string{"fleet", "retire", "--config", path, "--router", "cgn_b"}, 1, "retire router cgn_b: it has never replicated"},
+		{[]string{"fleet", "retire", "--config", path, "--router", "cgn_a"}, 0, "router cgn_a retired at "},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(ctx, tc.args, &stdout, &stderr)
+		if out := stdout.String() + stderr.String(); code != tc.code || !strings.Contains(out, tc.want) {
+			t.Errorf("%v: exit %d, want %d; output %q lacks %q", tc.args, code, tc.code, out, tc.want)
+		}
+	}
+	routers, err := owner.Routers(ctx)
+	if err != nil || len(routers) != 1 || routers[0].InService() {
+		t.Errorf("after retiring cgn_a: %+v, %v; want it retired", routers, err)
 	}
 }

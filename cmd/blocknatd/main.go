@@ -11,6 +11,8 @@
 //	blocknatd guard install|remove|show --config FILE   the nftables guard alone
 //	blocknatd fleet --config FILE    the fleet service: the query API over every router's copy in PostgreSQL
 //	                                 (userspace/fleet; FILE defaults to /etc/blocknat/fleet.yaml)
+//	blocknatd fleet retire --config FILE --router NAME
+//	                                 mark a router that left the fleet for good, so the fleet stops expecting it
 //
 // The guard (userspace/guard) is an nftables table that drops every packet
 // from an inside prefix leaving an outside interface untranslated. The agent
@@ -31,12 +33,14 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/blocknat/blocknat/loader"
 	"github.com/blocknat/blocknat/userspace/agent"
 	"github.com/blocknat/blocknat/userspace/config"
 	"github.com/blocknat/blocknat/userspace/fleet"
 	"github.com/blocknat/blocknat/userspace/guard"
+	"github.com/blocknat/blocknat/userspace/pgfleet"
 	"github.com/blocknat/blocknat/userspace/preflight"
 )
 
@@ -68,6 +72,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		action, args = args[0], args[1:]
 	}
+	if verb == "fleet" && len(args) > 0 && args[0] == "retire" {
+		action, args = args[0], args[1:]
+	}
 	fs := flag.NewFlagSet(strings.TrimSpace("blocknatd "+verb+" "+action), flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	defaultPath := defaultConfigPath
@@ -78,6 +85,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	live := fs.Bool("live", false, "check only: also look at the router as it is (interfaces, XDP, bpffs, capabilities, "+
 		"state_dir, the API socket's directory, the metrics address, the clock), with the checks the agent runs at start")
 	replace := fs.Bool("replace", false, "replace XDP programs on the configured interfaces that blocknat did not attach (run only)")
+	router := fs.String("router", "", "fleet retire only: the `name` of the router to retire")
 	removeGuard := fs.Bool("remove-guard", false, "detach only: also remove the nftables guard. Without the guard, every subscriber packet "+
 		"the kernel forwards leaves with its inside address; keep it unless blocknat leaves this router for good "+
 		"and the inside prefixes are routed or translated some other way")
@@ -103,7 +111,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "blocknatd %s: --remove-guard only applies to detach\n", verb)
 		return 2
 	}
+	if (*router != "") != (action == "retire") {
+		fmt.Fprintf(stderr, "usage: blocknatd fleet retire --config FILE --router NAME (--router applies to fleet retire only, which needs it)\n")
+		return 2
+	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
+	if verb == "fleet" && action == "retire" {
+		return runRetire(ctx, *cfgPath, *router, stdout, stderr)
+	}
 	if verb == "fleet" {
 		return runFleet(ctx, *cfgPath, log, stderr)
 	}
@@ -162,6 +177,33 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		log.Error("blocknatd failed", "err", err.Error())
 		return 1
 	}
+	return 0
+}
+
+// runRetire marks a router retired in the fleet's database, as the
+// fleet's owner role; the database keeps who did it and when.
+func runRetire(ctx context.Context, path, router string, stdout, stderr io.Writer) int {
+	cfg, err := fleet.LoadConfig(path)
+	if err != nil {
+		fmt.Fprintf(stderr, "blocknatd fleet retire: %v\n", err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	db, err := pgfleet.Connect(ctx, cfg.Postgres)
+	if err != nil {
+		fmt.Fprintf(stderr, "blocknatd fleet retire: %v\n", err)
+		return 1
+	}
+	defer db.Close()
+	r, err := db.RetireRouter(ctx, router)
+	if err != nil {
+		fmt.Fprintf(stderr, "blocknatd fleet retire: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "router %s retired at %s: the fleet no longer expects it (store seq %d, audit seq %d, last ingest %s); "+
+		"its records stay until retention drops them, and a delivery from it puts it back in service\n",
+		r.Name, r.Retired.Format(time.RFC3339), r.Store, r.Audit, r.LastIngest.Format(time.RFC3339))
 	return 0
 }
 

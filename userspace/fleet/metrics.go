@@ -84,9 +84,10 @@ type holeCount struct{ runs, entries uint64 }
 // own copy has the replication reason instead.
 func isFleetLog(router string) bool { return strings.HasPrefix(router, fleetLogPrefix) }
 
-// stale says whether r is a router that has not ingested for staleAfter.
+// stale says whether r is a router in service (not retired, or back
+// since) that has not ingested for staleAfter.
 func (f *figures) stale(r pgfleet.RouterState) bool {
-	return !isFleetLog(r.Name) && f.now.Sub(r.LastIngest) > f.staleAfter
+	return !isFleetLog(r.Name) && r.InService() && f.now.Sub(r.LastIngest) > f.staleAfter
 }
 
 // alarm is the sentence for one reason, "" when it does not hold.

@@ -374,3 +374,23 @@ func TestMetricNamesLint(t *testing.T) {
 		t.Errorf("exported %v\nMetricNames %v", names, MetricNames)
 	}
 }
+
+// TestRetiredRouterIsNotStale: a retired router is not expected, so never
+// stale; one that delivered after its retirement is in service again and
+// is held to stale_after like any other.
+func TestRetiredRouterIsNotStale(t *testing.T) {
+	now := time.Now()
+	f := &figures{now: now, staleAfter: time.Hour}
+	r := pgfleet.RouterState{Name: "cgn-a", LastIngest: now.Add(-2 * time.Hour)}
+	if !f.stale(r) {
+		t.Error("a router 2h without an ingest, stale_after 1h: not stale")
+	}
+	r.Retired = now.Add(-time.Minute)
+	if f.stale(r) || f.alarm(AlarmStaleRouter) != "" {
+		t.Error("a retired router is stale")
+	}
+	r.Retired, r.LastIngest = now.Add(-3*time.Hour), now.Add(-2*time.Hour)
+	if !f.stale(r) {
+		t.Error("a router back in service since its retirement, then 2h quiet: not stale")
+	}
+}

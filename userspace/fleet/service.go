@@ -270,6 +270,10 @@ func (s *Service) status(ctx context.Context) (*wire.FleetStatus, error) {
 			t := r.LastIngest.UTC()
 			fr.LastIngest = &t
 		}
+		if !r.InService() {
+			t := r.Retired
+			fr.Retired = &t
+		}
 		st.Routers = append(st.Routers, fr)
 	}
 	for _, reason := range AlarmReasons {

@@ -64,7 +64,7 @@ func scrub(msg, secret string) string {
 func (db *DB) Close() { db.pool.Close() }
 
 // SchemaVersion is the version Migrate brings the schema to.
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 //go:embed migrations/*.sql
 var migrationFiles embed.FS

@@ -123,31 +123,72 @@ func (db *DB) DropExpired(ctx context.Context, ret Retention, now time.Time) (dr
 // RouterState is where one router's replication stands.
 type RouterState struct {
 	Name         string
-	Store, Audit uint64    // the streams' last seq
-	LastIngest   time.Time // the latest batch taken from either stream
+	Store, Audit uint64
+	LastIngest   time.Time
+	// Retired is when the router was retired (RetireRouter); zero for a
+	// router in service.
+	Retired time.Time
 }
 
-// Routers returns every router that has sent anything, by name.
+// InService reports whether the fleet expects the router's deliveries: it
+// was never retired, or it delivered again after its retirement.
+func (r RouterState) InService() bool { return r.Retired.IsZero() || r.LastIngest.After(r.Retired) }
+
+// Routers lists every router that has replicated to the database.
 func (db *DB) Routers(ctx context.Context) ([]RouterState, error) {
-	rows, err := db.pool.Query(ctx, `SELECT router,
-			coalesce(max(last_seq) FILTER (WHERE stream = 'store'), 0),
-			coalesce(max(last_seq) FILTER (WHERE stream = 'audit'), 0),
-			max(updated)
-		FROM blocknat.progress GROUP BY router ORDER BY router`)
+	rows, err := db.pool.Query(ctx, `SELECT p.router,
+			coalesce(max(p.last_seq) FILTER (WHERE p.stream = 'store'), 0),
+			coalesce(max(p.last_seq) FILTER (WHERE p.stream = 'audit'), 0),
+			max(p.updated), max(r.retired)
+		FROM blocknat.progress p LEFT JOIN blocknat.retired_routers r ON r.router = p.router
+		GROUP BY p.router ORDER BY p.router`)
 	if err != nil {
 		return nil, fmt.Errorf("routers in %s: %w", db.target, err)
 	}
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (RouterState, error) {
 		var r RouterState
 		var st, au int64
-		err := row.Scan(&r.Name, &st, &au, &r.LastIngest)
+		var retired *time.Time
+		err := row.Scan(&r.Name, &st, &au, &r.LastIngest, &retired)
 		r.Store, r.Audit, r.LastIngest = uint64(st), uint64(au), r.LastIngest.UTC()
+		if retired != nil {
+			r.Retired = retired.UTC()
+		}
 		return r, err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("routers in %s: %w", db.target, err)
 	}
 	return out, nil
+}
+
+// RetireRouter marks a router that has left the fleet for good, so that
+// the fleet no longer expects its deliveries; what it replicated stays
+// until retention drops it. It returns the router's state; a name that
+// never replicated here is refused, as it is most likely a typing error.
+func (db *DB) RetireRouter(ctx context.Context, router string) (RouterState, error) {
+	if err := checkRouter(router); err != nil {
+		return RouterState{}, fmt.Errorf("retire: %w", err)
+	}
+	tag, err := db.pool.Exec(ctx, `INSERT INTO blocknat.retired_routers (router)
+		SELECT $1 WHERE EXISTS (SELECT 1 FROM blocknat.progress WHERE router = $1)
+		ON CONFLICT (router) DO UPDATE SET retired = now(), by_role = session_user`, router)
+	if err != nil {
+		return RouterState{}, fmt.Errorf("retire router %s in %s: %w", router, db.target, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return RouterState{}, fmt.Errorf("retire router %s: it has never replicated to %s (the names that have are in blocknat status)", router, db.target)
+	}
+	routers, err := db.Routers(ctx)
+	if err != nil {
+		return RouterState{}, err
+	}
+	for _, r := range routers {
+		if r.Name == router {
+			return r, nil
+		}
+	}
+	return RouterState{}, fmt.Errorf("retire router %s: gone from %s while retiring it", router, db.target)
 }
 
 // AuditCopy returns up to limit entries of router's replicated audit log

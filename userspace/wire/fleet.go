@@ -38,6 +38,10 @@ type FleetRouter struct {
 	// Stale is true when a router (not a fleet's own log) has delivered
 	// nothing for longer than stale_after.
 	Stale bool `json:"stale"`
+	// Retired is when the router was retired (`blocknatd fleet retire`);
+	// absent for a router in service. A retired router is never stale,
+	// unless it delivers again, which puts it back in service.
+	Retired *time.Time `json:"retired,omitempty"`
 	// AuditHoleEntries counts the audit entries the router's own
 	// retention removed before they reached the database.
 	AuditHoleEntries uint64 `json:"audit_hole_entries"`
