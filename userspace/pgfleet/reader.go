@@ -66,18 +66,6 @@ func dayOf(ns int64) int32 { return int32(ns / nsPerDay) }
 
 func dayStart(day int32) time.Time { return time.Unix(int64(day)*86400, 0).UTC() }
 
-// clampNS converts t to Unix nanoseconds, saturating outside 1970..2262,
-// as the store does.
-func clampNS(t time.Time) int64 {
-	switch {
-	case t.Before(time.Unix(0, 0)):
-		return -1
-	case t.After(time.Unix(0, math.MaxInt64)):
-		return math.MaxInt64
-	}
-	return t.UnixNano()
-}
-
 func floorDiv(a, b int64) int64 {
 	q := a / b
 	if a%b != 0 && a < 0 {
@@ -100,21 +88,6 @@ func addrString(a netip.Addr, field string) (string, error) {
 		return "", fmt.Errorf("%s: %v is not an IPv4 address", field, a)
 	}
 	return a.String(), nil
-}
-
-func addr4(a netip.Addr, field string) (netip.Addr, error) {
-	a = a.Unmap()
-	if !a.Is4() {
-		return a, fmt.Errorf("%s: %v is not an IPv4 address: %w", field, a, store.ErrInvalid)
-	}
-	return a, nil
-}
-
-func checkRange(what string, from, to time.Time) (lo, hi int64, err error) {
-	if from.IsZero() || to.IsZero() || to.Before(from) {
-		return 0, 0, fmt.Errorf("%s range: [%s, %s]: %w", what, from, to, store.ErrInvalid)
-	}
-	return clampNS(from), clampNS(to), nil
 }
 
 // days returns the day partitions that hold every record (or lease)
@@ -142,7 +115,7 @@ func (r *Reader) read(what string, fn func(ctx context.Context, s *snap) error) 
 	defer cancel()
 	opts := pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}
 	err := pgx.BeginTxFunc(ctx, r.db.pool, opts, func(tx pgx.Tx) error {
-		s := &snap{tx: tx, now: clampNS(r.now())}
+		s := &snap{tx: tx, now: store.ClampNS(r.now())}
 		err := tx.QueryRow(ctx, `SELECT records_oldest_day, leases_oldest_day,
 			(SELECT coalesce(max(width), 0) FROM blocknat.widths) FROM blocknat.meta`).
 			Scan(&s.recordsOldest, &s.leaseOldest, &s.width)
@@ -238,11 +211,11 @@ func compareRecords(a, b store.Record) int {
 // ip:port whose interval meets [from, to] (both inclusive), ordered by
 // start.
 func (r *Reader) LookupInterval(ip netip.Addr, port uint16, from, to time.Time) ([]store.Record, error) {
-	pub, err := addr4(ip, "lookup ip")
+	pub, err := store.CheckIPv4(ip, "lookup ip")
 	if err != nil {
 		return nil, err
 	}
-	lo, hi, err := checkRange("lookup", from, to)
+	lo, hi, err := store.CheckRange("lookup", from, to)
 	if err != nil {
 		return nil, err
 	}
@@ -284,14 +257,14 @@ func (r *Reader) LookupInterval(ip netip.Addr, port uint16, from, to time.Time) 
 // router's own, so records of different routers are different
 // subscribers; each names its router.
 func (r *Reader) History(inside netip.Addr, from, to time.Time) ([]store.Record, error) {
-	in, err := addr4(inside, "history inside")
+	in, err := store.CheckIPv4(inside, "history inside")
 	if err != nil {
 		return nil, err
 	}
 	if from.IsZero() || to.IsZero() || to.Before(from) {
 		return nil, fmt.Errorf("history range: [%s, %s]: %w", from, to, store.ErrInvalid)
 	}
-	lo, hi := clampNS(from), clampNS(to)
+	lo, hi := store.ClampNS(from), store.ClampNS(to)
 	loMS, hiMS := ceilDiv(lo, nsPerMS), floorDiv(hi, nsPerMS)
 	var closed, open []store.Record
 	err = r.read(fmt.Sprintf("history %s", inside), func(ctx context.Context, s *snap) error {
@@ -337,11 +310,11 @@ func (r *Reader) RouterNearestRecords(router string, sub uint32, public netip.Ad
 }
 
 func (r *Reader) nearest(router string, sub uint32, public netip.Addr, portLo uint16, from, to time.Time) (before, after *store.Record, err error) {
-	pub, err := addr4(public, "nearest records public")
+	pub, err := store.CheckIPv4(public, "nearest records public")
 	if err != nil {
 		return nil, nil, err
 	}
-	lo, hi, err := checkRange("nearest records", from, to)
+	lo, hi, err := store.CheckRange("nearest records", from, to)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -444,7 +417,7 @@ func (r *Reader) Export(from, to time.Time, fn func(store.Record) error) error {
 	if from.IsZero() || to.IsZero() || to.Before(from) {
 		return fmt.Errorf("export range: [%s, %s]: %w", from, to, store.ErrInvalid)
 	}
-	lo, hi := clampNS(from), clampNS(to)
+	lo, hi := store.ClampNS(from), store.ClampNS(to)
 	return r.read("export", func(ctx context.Context, s *snap) error {
 		return s.exportRecords(ctx, lo, hi, fn)
 	})
@@ -457,7 +430,7 @@ func (r *Reader) ExportWithLeases(from, to time.Time, fn func(store.Record, []st
 	if from.IsZero() || to.IsZero() || to.Before(from) {
 		return fmt.Errorf("export range: [%s, %s]: %w", from, to, store.ErrInvalid)
 	}
-	lo, hi := clampNS(from), clampNS(to)
+	lo, hi := store.ClampNS(from), store.ClampNS(to)
 	return r.read("export with leases", func(ctx context.Context, s *snap) error {
 		// One connection runs one query at a time: a batch of the cursor
 		// is fetched, then its leases are read in one query, then fn runs.
@@ -615,11 +588,11 @@ func compareLeases(a, b store.Lease) int {
 // LeasesOf returns every router's leases of the inside address whose
 // interval meets [from, to] (both inclusive), ordered by Start.
 func (r *Reader) LeasesOf(inside netip.Addr, from, to time.Time) ([]store.Lease, error) {
-	in, err := addr4(inside, "leases of inside")
+	in, err := store.CheckIPv4(inside, "leases of inside")
 	if err != nil {
 		return nil, err
 	}
-	lo, hi, err := checkRange("leases of", from, to)
+	lo, hi, err := store.CheckRange("leases of", from, to)
 	if err != nil {
 		return nil, err
 	}
@@ -640,7 +613,7 @@ func (r *Reader) LeasesByMAC(mac net.HardwareAddr, from, to time.Time) ([]store.
 	if len(mac) == 0 || len(mac) > maxMACLen {
 		return nil, fmt.Errorf("leases by mac: mac: %d bytes, want 1 to %d: %w", len(mac), maxMACLen, store.ErrInvalid)
 	}
-	lo, hi, err := checkRange("leases by mac", from, to)
+	lo, hi, err := store.CheckRange("leases by mac", from, to)
 	if err != nil {
 		return nil, err
 	}
@@ -735,7 +708,7 @@ func (r *Reader) RouterEpochAt(router string, t time.Time) (store.Epoch, error) 
 }
 
 func (r *Reader) epochAt(router string, t time.Time) (store.Epoch, error) {
-	ns := clampNS(t)
+	ns := store.ClampNS(t)
 	when := t.UTC().Format(time.RFC3339Nano)
 	if ns < 0 {
 		return store.Epoch{}, fmt.Errorf("epoch at %s: %w", when, store.ErrNotFound)

@@ -57,7 +57,7 @@ func (s *Store) Canary(seq uint32, since time.Time) (Canary, error) {
 	var out Canary
 	found := false
 	err := s.read("canary", func(v *view) error {
-		return v.scan(canaryTimeKey(clampNS(since)), []byte{prefixCanary + 1}, func(k, val []byte) error {
+		return v.scan(canaryTimeKey(ClampNS(since)), []byte{prefixCanary + 1}, func(k, val []byte) error {
 			if found {
 				return nil
 			}

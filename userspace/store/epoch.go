@@ -101,7 +101,7 @@ func (s *Store) PutEpoch(e Epoch) error {
 func (s *Store) EpochAt(t time.Time) (Epoch, error) {
 	var e Epoch
 	found := false
-	ns := clampNS(t)
+	ns := ClampNS(t)
 	if ns < 0 {
 		return e, fmt.Errorf("epoch at %s: %w", t, ErrNotFound)
 	}

@@ -14,7 +14,7 @@ func (s *Store) ExportWithLeases(from, to time.Time, fn func(Record, []Lease) er
 	if from.IsZero() || to.IsZero() || to.Before(from) {
 		return fmt.Errorf("export range: [%s, %s]: %w", from, to, ErrInvalid)
 	}
-	lo, hi := clampNS(from), clampNS(to)
+	lo, hi := ClampNS(from), ClampNS(to)
 	return s.read("export with leases", func(v *view) error {
 		it, err := v.db.NewIter(nil)
 		if err != nil {

@@ -378,7 +378,7 @@ func (s *Store) endExpiredLeasesLocked() (int, error) {
 	if err := s.mayWrite(); err != nil {
 		return 0, fmt.Errorf("end expired leases: %w", err)
 	}
-	now := clampNS(s.now())
+	now := ClampNS(s.now())
 	w, err := s.newLeaseBatch()
 	if err != nil {
 		return 0, fmt.Errorf("end expired leases: %w", err)
@@ -435,11 +435,13 @@ func compareLeases(a, b Lease) int {
 	return cmp.Or(a.Start.Compare(b.Start), a.Inside.Compare(b.Inside), bytes.Compare(a.MAC, b.MAC))
 }
 
-func checkRange(what string, from, to time.Time) (lo, hi int64, err error) {
+// CheckRange checks a question's interval [from, to] and returns it in
+// Unix nanoseconds, clamped as ClampNS does.
+func CheckRange(what string, from, to time.Time) (lo, hi int64, err error) {
 	if from.IsZero() || to.IsZero() || to.Before(from) {
 		return 0, 0, fmt.Errorf("%s range: [%s, %s]: %w", what, from, to, ErrInvalid)
 	}
-	return clampNS(from), clampNS(to), nil
+	return ClampNS(from), ClampNS(to), nil
 }
 
 // startBound is prefix followed by the first start after hi: the exclusive
@@ -457,7 +459,7 @@ func (s *Store) LeasesOf(inside netip.Addr, from, to time.Time) ([]Lease, error)
 	if err != nil {
 		return nil, err
 	}
-	lo, hi, err := checkRange("leases of", from, to)
+	lo, hi, err := CheckRange("leases of", from, to)
 	if err != nil {
 		return nil, err
 	}
@@ -523,7 +525,7 @@ func (s *Store) LeasesByMAC(mac net.HardwareAddr, from, to time.Time) ([]Lease, 
 	if len(mac) == 0 || len(mac) > maxMACLen {
 		return nil, fmt.Errorf("leases by mac: mac: %d bytes, want 1 to %d: %w", len(mac), maxMACLen, ErrInvalid)
 	}
-	lo, hi, err := checkRange("leases by mac", from, to)
+	lo, hi, err := CheckRange("leases by mac", from, to)
 	if err != nil {
 		return nil, err
 	}
@@ -615,7 +617,7 @@ func (s *Store) LeasesByMAC(mac net.HardwareAddr, from, to time.Time) ([]Lease, 
 // order of Start, reading one consistent view. fn must not call the Store.
 // An error from fn stops the export and is returned.
 func (s *Store) ExportLeases(from, to time.Time, fn func(Lease) error) error {
-	lo, hi, err := checkRange("export leases", from, to)
+	lo, hi, err := CheckRange("export leases", from, to)
 	if err != nil {
 		return err
 	}

@@ -53,7 +53,7 @@ func (s *Store) NearestRecords(sub uint32, public netip.Addr, portLo uint16, fro
 	if err != nil {
 		return nil, nil, err
 	}
-	lo, hi, err := checkRange("nearest records", from, to)
+	lo, hi, err := CheckRange("nearest records", from, to)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -131,7 +131,7 @@ func (s *Store) outboxFor(b *pebble.Batch, now time.Time) (*outboxWriter, error)
 }
 
 func newOutboxWriter(b *pebble.Batch, first uint64, now time.Time) *outboxWriter {
-	return &outboxWriter{b: b, first: first, next: first, enqueued: clampNS(now)}
+	return &outboxWriter{b: b, first: first, next: first, enqueued: ClampNS(now)}
 }
 
 // add appends one event whose payload encode writes.

@@ -56,7 +56,7 @@ func (s *Store) read(what string, fn func(v *view) error) error {
 	if err != nil {
 		return fmt.Errorf("%s: new iterator: %w", what, err)
 	}
-	v := &view{db: s.db, it: it, swept: s.swept.Load(), width: s.maxWidth.Load(), now: clampNS(s.now())}
+	v := &view{db: s.db, it: it, swept: s.swept.Load(), width: s.maxWidth.Load(), now: ClampNS(s.now())}
 	err = fn(v)
 	if cerr := it.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("%s: close iterator: %w", what, cerr)
@@ -154,7 +154,7 @@ func (s *Store) Lookup(ip netip.Addr, port uint16, t time.Time, tolerance time.D
 	if tolerance < 0 {
 		return nil, fmt.Errorf("lookup tolerance: %s is negative: %w", tolerance, ErrInvalid)
 	}
-	out, err := s.lookup(public, port, clampNS(t.Add(-tolerance)), clampNS(t.Add(tolerance)))
+	out, err := s.lookup(public, port, ClampNS(t.Add(-tolerance)), ClampNS(t.Add(tolerance)))
 	if err != nil {
 		return nil, fmt.Errorf("lookup %s:%d: %w", ip, port, err)
 	}
@@ -169,7 +169,7 @@ func (s *Store) LookupInterval(ip netip.Addr, port uint16, from, to time.Time) (
 	if err != nil {
 		return nil, err
 	}
-	lo, hi, err := checkRange("lookup", from, to)
+	lo, hi, err := CheckRange("lookup", from, to)
 	if err != nil {
 		return nil, err
 	}
@@ -243,7 +243,7 @@ func (s *Store) History(inside netip.Addr, from, to time.Time) ([]Record, error)
 	if from.IsZero() || to.IsZero() || to.Before(from) {
 		return nil, fmt.Errorf("history range: [%s, %s]: %w", from, to, ErrInvalid)
 	}
-	lo, hi := clampNS(from), clampNS(to)
+	lo, hi := ClampNS(from), ClampNS(to)
 	var out []Record
 	err = s.read("history", func(v *view) error {
 		type hit struct {
@@ -342,7 +342,7 @@ func (s *Store) Export(from, to time.Time, fn func(Record) error) error {
 	if from.IsZero() || to.IsZero() || to.Before(from) {
 		return fmt.Errorf("export range: [%s, %s]: %w", from, to, ErrInvalid)
 	}
-	lo, hi := clampNS(from), clampNS(to)
+	lo, hi := ClampNS(from), ClampNS(to)
 	err := s.read("export", func(v *view) error { return v.export(lo, hi, fn) })
 	if err != nil {
 		return fmt.Errorf("export: %w", err)

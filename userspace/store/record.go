@@ -68,18 +68,30 @@ func checkTime(t time.Time, field string, now time.Time) (int64, error) {
 	return t.UnixNano(), nil
 }
 
-func addr4(a netip.Addr, field string) ([4]byte, error) {
+// CheckIPv4 returns a as the IPv4 address every question is about (an
+// IPv4-mapped one unmapped), or an error naming field; a fleet's reader
+// (userspace/pgfleet) holds its arguments to the same rule.
+func CheckIPv4(a netip.Addr, field string) (netip.Addr, error) {
 	a = a.Unmap()
 	if !a.Is4() {
-		return [4]byte{}, fmt.Errorf("%s: %v is not an IPv4 address: %w", field, a, ErrInvalid)
+		return a, fmt.Errorf("%s: %v is not an IPv4 address: %w", field, a, ErrInvalid)
+	}
+	return a, nil
+}
+
+func addr4(a netip.Addr, field string) ([4]byte, error) {
+	a, err := CheckIPv4(a, field)
+	if err != nil {
+		return [4]byte{}, err
 	}
 	return a.As4(), nil
 }
 
 func addrFrom4(b [4]byte) netip.Addr { return netip.AddrFrom4(b) }
 
-// clampNS converts t to Unix nanoseconds, saturating outside 1970..2262.
-func clampNS(t time.Time) int64 {
+// ClampNS converts t to Unix nanoseconds, saturating outside 1970..2262,
+// as every read of the store (and of a fleet's copy) takes a time.
+func ClampNS(t time.Time) int64 {
 	switch {
 	case t.Before(time.Unix(0, 0)):
 		return -1

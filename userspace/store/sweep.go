@@ -50,7 +50,7 @@ func (s *Store) Sweep(retention time.Duration) (SweepStats, error) {
 		return st, fmt.Errorf("sweep: %w", err)
 	}
 	st.EndedLeases = ended
-	cutoffNS := clampNS(cutoff)
+	cutoffNS := ClampNS(cutoff)
 	if cutoffNS < 0 {
 		return st, nil // the cutoff is before anything the store can hold
 	}
