@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/blocknat/blocknat/userspace/metrics"
 	"github.com/blocknat/blocknat/userspace/replicate"
 	"github.com/blocknat/blocknat/userspace/wire"
 )
@@ -54,11 +55,6 @@ func (s *Service) replicationStatus() *wire.ReplicationStatus {
 	if s.repl == nil {
 		return nil
 	}
-	return replicationStatusOf(s.repl.State())
-}
-
-func replicationStatusOf(r replicate.State) *wire.ReplicationStatus {
-	return &wire.ReplicationStatus{Router: r.Router, Connected: r.Connected, AuditSent: r.AuditSent, AuditLast: r.AuditLast,
-		AuditPending: r.AuditPending, Lag: r.Lag.String(), MaxLag: r.MaxLag.String(), LastSuccess: r.LastSuccess,
-		LastError: r.LastError, LastErrorAt: r.LastErrorAt}
+	st := s.repl.State()
+	return metrics.ReplicationStatusOf(&st)
 }
