@@ -228,14 +228,6 @@ func (h *harness) tryAsk(c *client, b []byte, to netip.AddrPort) (response, bool
 	return r, true
 }
 
-// expectSilence fails if c receives anything within d.
-func expectSilence(t *testing.T, c *client, d time.Duration) {
-	t.Helper()
-	if b, _, ok := c.recv(d); ok {
-		t.Fatalf("want no answer, got % x", b)
-	}
-}
-
 func listenUDP(at netip.AddrPort) (*net.UDPConn, error) {
 	return net.ListenUDP("udp4", net.UDPAddrFromAddrPort(at))
 }
