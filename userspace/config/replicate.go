@@ -42,7 +42,8 @@ const (
 )
 
 // FleetRouterPrefix starts the name a fleet service's own audit log is
-// replicated under, so no router may take it.
+// replicated under; a router's name cannot hold its ':'
+// (ValidateRouterName), so no router may take it.
 const FleetRouterPrefix = "fleet:"
 
 var routerName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)

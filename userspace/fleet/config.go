@@ -70,12 +70,8 @@ const (
 	DefaultStaleAfter = 26 * time.Hour
 )
 
-// fleetLogPrefix begins the database name of a fleet service's own audit
-// log; a router's name cannot hold its ':' (config.ValidateRouterName).
-const fleetLogPrefix = "fleet:"
-
 // RouterName is the name the fleet's own audit log has in the database.
-func (c *Config) RouterName() string { return fleetLogPrefix + c.Name }
+func (c *Config) RouterName() string { return config.FleetRouterPrefix + c.Name }
 
 // AuditKeyPath is the signing key's path, defaulting into state_dir.
 func (c *Config) AuditKeyPath() string {

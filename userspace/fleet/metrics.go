@@ -12,6 +12,7 @@ import (
 
 	"github.com/blocknat/blocknat/userspace/logattr"
 	"github.com/blocknat/blocknat/userspace/metrics"
+	"github.com/blocknat/blocknat/userspace/config"
 	"github.com/blocknat/blocknat/userspace/pgfleet"
 	"github.com/blocknat/blocknat/userspace/replicate"
 )
@@ -82,7 +83,7 @@ type holeCount struct{ runs, entries uint64 }
 // routers are held to stale_after: a fleet's log ingests when someone
 // uses that fleet, which a standby may not for days, and this service's
 // own copy has the replication reason instead.
-func isFleetLog(router string) bool { return strings.HasPrefix(router, fleetLogPrefix) }
+func isFleetLog(router string) bool { return strings.HasPrefix(router, config.FleetRouterPrefix) }
 
 // stale says whether r is a router in service (not retired, or back
 // since) that has not ingested for staleAfter.
