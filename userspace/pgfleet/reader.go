@@ -295,21 +295,11 @@ func (r *Reader) History(inside netip.Addr, from, to time.Time) ([]store.Record,
 // NearestRecords returns, for the block (public, portLo) held by
 // subscriber sub, the latest record that ended before from and the
 // earliest that started after to, of any router (nil when none within
-// the retained data). A subscriber number is a router's own: use
-// RouterNearestRecords to ask about one router's subscriber.
+// the retained data). Routers that share a public address share the
+// mapping too (RFC 7422 leaves nothing else), so sub means the same
+// subscriber on each of them: a standby's record is the nearest as much
+// as the active router's.
 func (r *Reader) NearestRecords(sub uint32, public netip.Addr, portLo uint16, from, to time.Time) (before, after *store.Record, err error) {
-	return r.nearest("", sub, public, portLo, from, to)
-}
-
-// RouterNearestRecords is NearestRecords within router's records only.
-func (r *Reader) RouterNearestRecords(router string, sub uint32, public netip.Addr, portLo uint16, from, to time.Time) (before, after *store.Record, err error) {
-	if err := checkRouter(router); err != nil {
-		return nil, nil, fmt.Errorf("nearest records: %v: %w", err, store.ErrInvalid)
-	}
-	return r.nearest(router, sub, public, portLo, from, to)
-}
-
-func (r *Reader) nearest(router string, sub uint32, public netip.Addr, portLo uint16, from, to time.Time) (before, after *store.Record, err error) {
 	pub, err := store.CheckIPv4(public, "nearest records public")
 	if err != nil {
 		return nil, nil, err
@@ -330,9 +320,9 @@ func (r *Reader) nearest(router string, sub uint32, public netip.Addr, portLo ui
 			// end_ns < lo, in milliseconds.
 			list, err := s.records(ctx, `SELECT `+recordCols+` FROM blocknat.records
 				WHERE day BETWEEN $1 AND $2 AND public = $3::inet AND port_lo = $4 AND subscriber = $5
-				  AND end_ms < $6 AND ($7 = '' OR router = $7)
+				  AND end_ms < $6
 				ORDER BY end_ms DESC, start_ms, router LIMIT 1`,
-				s.recordsOldest, dayOf(lo), pub.String(), int(portLo), int64(sub), ceilDiv(lo, nsPerMS), router)
+				s.recordsOldest, dayOf(lo), pub.String(), int(portLo), int64(sub), ceilDiv(lo, nsPerMS))
 			if err != nil {
 				return err
 			}
@@ -345,17 +335,17 @@ func (r *Reader) nearest(router string, sub uint32, public netip.Addr, portLo ui
 		hiMS := floorDiv(hi, nsPerMS)
 		list, err := s.records(ctx, `SELECT `+recordCols+` FROM blocknat.records
 			WHERE day >= $1 AND public = $2::inet AND port_lo = $3 AND subscriber = $4
-			  AND start_ms > $5 AND ($6 = '' OR router = $6)
+			  AND start_ms > $5
 			ORDER BY start_ms, router LIMIT 1`,
-			max(dayOf(hi), s.recordsOldest), pub.String(), int(portLo), int64(sub), hiMS, router)
+			max(dayOf(hi), s.recordsOldest), pub.String(), int(portLo), int64(sub), hiMS)
 		if err != nil {
 			return err
 		}
 		after = first(list)
 		list, err = s.records(ctx, `SELECT `+openCols+` FROM blocknat.open_records
-			WHERE public = $1::inet AND port_lo = $2 AND subscriber = $3 AND start_ms > $4 AND ($5 = '' OR router = $5)
+			WHERE public = $1::inet AND port_lo = $2 AND subscriber = $3 AND start_ms > $4
 			ORDER BY start_ms, router LIMIT 1`,
-			pub.String(), int(portLo), int64(sub), hiMS, router)
+			pub.String(), int(portLo), int64(sub), hiMS)
 		if err != nil {
 			return err
 		}
